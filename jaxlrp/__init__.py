@@ -1,0 +1,25 @@
+"""jaxlrp: Layer-wise Relevance Propagation as a JAX function transformation.
+
+>>> import jaxlrp
+>>> from jaxlrp import composites, rules
+>>> explain = jaxlrp.lrp(model.apply, composites.EpsilonPlusFlat())
+>>> relevance = jax.jit(explain)(variables, x, target=3)
+"""
+
+from . import composites, rules
+from ._errors import UnsupportedOperationError
+from .composites import Composite
+from .diagnostics import inspect
+from .explain import lrp, value_and_lrp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "lrp",
+    "value_and_lrp",
+    "inspect",
+    "rules",
+    "composites",
+    "Composite",
+    "UnsupportedOperationError",
+]

@@ -1,0 +1,490 @@
+"""The LRP interpreter: evaluate a program so that its VJP is the LRP backward pass.
+
+Two stages, modelled on ``jax._src.core.eval_jaxpr``:
+
+1. :func:`analyze` walks the flattened program once, statically:
+
+   * **taint**: which floating-point variables depend on the explained input.
+     Untainted equations (parameter preprocessing, BatchNorm statistics, integer
+     index arithmetic) run unchanged and carry no relevance;
+   * **regions**: an elementwise operation whose tainted operands all stem from one
+     *origin* (and keep its shape) belongs to that origin's activation region
+     (``max(x, 0)``, GELU's inline arithmetic, ``x * logistic(x)``, an unfolded
+     BatchNorm ...). Region values are computed normally, but whenever a value of a
+     region is read outside it, relevance goes straight to the origin through the
+     activation rule (:class:`~jaxlrp.rules.Pass` by default);
+   * **nodes**: every other tainted equation that mixes values is a rule-bearing
+     node: dense/conv layers (fused with the affine chain after them, see
+     :mod:`jaxlrp.canonize`), sums and average pools, products of two tainted
+     values. Routing operations (reshape, slicing, max pooling, ...) keep their
+     plain VJP. Anything else raises :class:`~jaxlrp.UnsupportedOperationError`;
+   * layer descriptions (:class:`~jaxlrp.composites.Layer`) for the composite, with
+     name stack, parameter paths (from data flow), and first/last flags.
+
+2. :func:`evaluate` runs the program. Each node becomes a ``jax.custom_vjp`` whose
+   backward pass calls the node's rule: the cotangent *is* the relevance. The
+   caller differentiates the whole evaluation with ``jax.vjp``.
+
+The interpreter knows primitives only through :mod:`jaxlrp._primitives` and rules
+only through their ``__call__(node, relevance)`` interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from . import _primitives as P
+from . import canonize
+from ._errors import UnsupportedOperationError
+from ._program import Eqn, Lit, Program, Var, body, flatten
+from .composites import Layer
+from .rules import Node
+
+
+def _inexact(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.inexact)
+
+
+@dataclasses.dataclass(eq=False)
+class NodeSpec:
+    """A rule-bearing operation: where it is and how to evaluate it."""
+
+    layer: Layer
+    eqn: int  # index of the head equation (-1 for activations)
+    tainted: tuple = ()  # operand positions of the relevance-carrying inputs
+    weight: Optional[int] = None  # operand position of the weight
+    chain: tuple = ()  # folded affine equations (canonize)
+    scales: bool = False
+    axis_map: Optional[tuple] = None
+    affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
+    out: Optional[Var] = None
+    origin: Optional[Var] = None  # for activations: the region's source
+
+
+@dataclasses.dataclass(eq=False)
+class Analysis:
+    program: Program
+    tainted: set
+    origin: dict  # region variable -> origin variable (only where different)
+    plan: list  # per equation: "bind", "region", "skip", "node", "scan", "cond"
+    nodes: dict  # equation index -> NodeSpec
+    activations: dict  # region variable -> NodeSpec
+    subs: dict  # equation index -> list of sub-Analysis (scan body, cond branches)
+    routed: list  # (eqn index) of tainted routing equations: plain VJP fallbacks
+
+
+class _Context:
+    """State shared across nested analyses: layer numbering and parameter names."""
+
+    def __init__(self, composite):
+        self.composite = composite
+        self.layers: list = []
+
+    def new_layer(self, **kw) -> Layer:
+        layer = Layer(index=len(self.layers), **kw)
+        self.layers.append(layer)
+        return layer
+
+
+def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, out_free=None) -> Analysis:
+    """Static analysis of ``program`` given which inputs carry relevance."""
+    tainted: set = {v for v, t in zip(program.invars, in_taint) if t and _inexact(v)}
+    prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
+    depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
+    origin: dict = {}
+    inverse: set = set()  # variables computed from an inverse of a tainted value
+    consumers: dict = {}
+    for i, e in enumerate(program.eqns):
+        for a in e.invars:
+            if isinstance(a, Var):
+                consumers.setdefault(a, []).append(i)
+    outputs = {v for v in program.outvars if isinstance(v, Var)}
+    consumers_for_chain = {v: (u if v not in outputs else u + [-1]) for v, u in consumers.items()}
+    plan = ["bind"] * len(program.eqns)
+    nodes: dict = {}
+    subs: dict = {}
+    routed: list = []
+
+    def is_t(a) -> bool:
+        return isinstance(a, Var) and a in tainted
+
+    def org(a):
+        return origin.get(a, a)
+
+    def fail(e: Eqn, reason: str, hint: str = ""):
+        raise UnsupportedOperationError(e.prim.name, e.name, reason, hint)
+
+    def param_paths(e: Eqn, pos: int) -> tuple:
+        a = e.invars[pos]
+        return tuple(sorted(prov.get(a, ()))) if isinstance(a, Var) else ()
+
+    for i, e in enumerate(program.eqns):
+        if plan[i] != "bind":  # folded into an earlier layer
+            continue
+        name = e.prim.name
+        tpos = tuple(k for k, a in enumerate(e.invars) if is_t(a))
+        outs_inexact = [v for v in e.outvars if _inexact(v)]
+        if not tpos or not outs_inexact or name in P.STOP:
+            ps = set().union(*(prov.get(a, set()) for a in e.invars if isinstance(a, Var)))
+            if ps:
+                for v in e.outvars:
+                    prov[v] = ps
+            continue
+        d_in = max(depth.get(e.invars[k], 0) for k in tpos)
+        if _inverts(e, tpos) or any(e.invars[k] in inverse for k in tpos):
+            inverse.update(e.outvars)
+
+        def make_node(kind, out, at=i, **kw):
+            layer = ctx.new_layer(
+                kind=kind,
+                primitive=name,
+                name=e.name,
+                param_paths=kw.pop("param_paths", ()),
+                first=kind in ("dense", "conv") and d_in == 0,
+                input_shapes=tuple(e.invars[k].shape for k in tpos),
+                output_shape=out.shape,
+                folded=kw.pop("folded", ()),
+            )
+            spec = NodeSpec(layer=layer, eqn=i, tainted=tpos, out=out, **kw)
+            # Evaluated where its folded chain ends: the chain's other operands
+            # (BatchNorm statistics) may be computed after the head equation.
+            nodes[at] = spec
+            plan[at] = "node"
+            tainted.add(out)
+            depth[out] = d_in + (1 if kind in ("dense", "conv") else 0)
+            return spec
+
+        if name in P.LINEAR and len(tpos) == 1:
+            wpos = 1 - tpos[0]
+            axis_map = canonize.output_axis_map(e, wpos)
+            members, out, scales = canonize.affine_chain(program, i, axis_map, is_t, consumers_for_chain)
+            for j in [i] + members[:-1]:
+                plan[j] = "skip"
+            make_node(
+                P.LINEAR[name],
+                out,
+                at=members[-1] if members else i,
+                weight=wpos,
+                chain=tuple(members),
+                scales=scales,
+                axis_map=axis_map,
+                param_paths=param_paths(e, wpos),
+                folded=tuple(program.eqns[j].prim.name for j in members),
+            )
+        elif name in P.LINEAR:
+            make_node("product", e.outvars[0])
+        elif name in P.ELEMENTWISE:
+            (out,) = e.outvars
+            origins = {org(e.invars[k]) for k in tpos}
+            if len(origins) == 1 and out.shape == next(iter(origins)).shape:
+                (o,) = origins
+                plan[i] = "region"
+                tainted.add(out)
+                origin[out] = o
+                depth[out] = d_in
+            elif name in P.AFFINE:
+                make_node("sum", out, affine=True)
+            elif name == "mul" and len(tpos) == 1:
+                make_node("sum", out)  # scaling with broadcasting: a linear map
+            elif name == "div" and tpos == (0,):
+                make_node("sum", out)
+            elif name == "mul":
+                if any(e.invars[k] in inverse for k in tpos):
+                    fail(e, "multiplication by an inverse of an input-dependent value (a normalisation such as "
+                         "LayerNorm or RMSNorm)", "explain the function up to the normalisation, or wrap the "
+                         "normaliser in jax.lax.stop_gradient to treat it as a constant")
+                make_node("product", out)
+            elif name == "div":
+                fail(e, "division by an input-dependent value (softmax, normalisation)",
+                     "explain the logits rather than probabilities, or wrap the denominator in "
+                     "jax.lax.stop_gradient to treat it as a constant")
+            elif name in P.SELECTING:
+                plan[i] = "bind"
+                routed.append(i)
+                _mark(out, tainted, depth, d_in)
+            else:
+                fail(e, "elementwise operation of several input-dependent values with no rule")
+        elif name in P.SUMS:
+            make_node(P.SUMS[name], e.outvars[0], affine=name in P.AFFINE)
+        elif name in P.ROUTING:
+            routed.append(i)
+            for v in outs_inexact:
+                _mark(v, tainted, depth, d_in)
+        elif name in P.CONTROL:
+            plan[i] = name
+            subs[i] = _analyze_control(e, [is_t(a) for a in e.invars], [prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars], [depth.get(a, 0) for a in e.invars], ctx)
+            for v, t in zip(e.outvars, _control_out_taint(e, subs[i])):
+                if t and _inexact(v):
+                    _mark(v, tainted, depth, d_in)
+        elif name in P.UNSUPPORTED_HINTS:
+            fail(e, "not supported on the relevance path", P.UNSUPPORTED_HINTS[name])
+        else:
+            fail(e, "no LRP rule is known for this primitive",
+                 "explain a function without it, or wrap the input-independent part in "
+                 "jax.lax.stop_gradient; please report it if it should be supported")
+
+    # Activations: region values read outside their region.
+    activations: dict = {}
+
+    def _activation(a):
+        if isinstance(a, Var) and a in origin and a not in activations:
+            src = program.eqns[_producer[a]]
+            layer = ctx.new_layer(
+                kind="activation", primitive=src.prim.name, name=src.name,
+                input_shapes=(origin[a].shape,), output_shape=a.shape,
+            )
+            activations[a] = NodeSpec(layer=layer, eqn=-1, origin=origin[a], out=a)
+
+    _producer = {v: i for i, e in enumerate(program.eqns) for v in e.outvars}
+    for i, e in enumerate(program.eqns):
+        if plan[i] == "node":
+            e = program.eqns[nodes[i].eqn]
+        if plan[i] not in ("region", "skip"):
+            for a in e.invars:
+                _activation(a)
+    for a in program.outvars:
+        _activation(a)
+
+    # "last": dense/conv nodes whose output reaches the program output without
+    # crossing another dense/conv node.
+    free = set(v for v, f in zip(program.outvars, out_free or [True] * len(program.outvars)) if f and isinstance(v, Var))
+    for i in reversed(range(len(program.eqns))):
+        e = program.eqns[i]
+        if plan[i] == "node":
+            spec = nodes[i]
+            reach = spec.out in free
+            if spec.layer.kind in ("dense", "conv"):
+                if reach:
+                    spec.layer = dataclasses.replace(spec.layer, last=True)
+                    ctx.layers[spec.layer.index] = spec.layer
+                continue
+            if reach:
+                free.update(a for a in e.invars if isinstance(a, Var))
+        elif plan[i] == "skip":
+            continue
+        elif any(v in free for v in e.outvars):
+            free.update(a for a in e.invars if isinstance(a, Var))
+    return Analysis(program, tainted, origin, plan, nodes, activations, subs, routed)
+
+
+def _inverts(e: Eqn, tpos: tuple) -> bool:
+    """Whether ``e`` computes an inverse of one of its tainted operands."""
+    name = e.prim.name
+    if name not in P.INVERSE:
+        return False
+    if name == "div":
+        return 1 in tpos
+    if name == "integer_pow":
+        return e.params["y"] < 0
+    if name == "pow":
+        y = e.invars[1]
+        return 1 in tpos or not isinstance(y, Lit) or bool(jnp.any(jnp.asarray(y.val) < 0))
+    return True
+
+
+def _mark(v, tainted, depth, d):
+    tainted.add(v)
+    depth[v] = d
+
+
+def _analyze_control(e: Eqn, taint, prov, depth, ctx) -> list:
+    """Analyse the bodies of ``scan`` and ``cond`` (with the scan carry's fixed point)."""
+    if e.prim.name == "cond":
+        ops = slice(1, None)  # operand 0 is the branch index
+        return [
+            analyze(flatten(b.jaxpr, b.consts, e.name), taint[ops], prov[ops], depth[ops], ctx)
+            for b in e.params["branches"]
+        ]
+    nc, nk = e.params["num_consts"], e.params["num_carry"]
+    jaxpr, consts = body(e.params, "jaxpr")
+    taint = list(taint)
+    while True:  # fixed point of the carry's taint, probing without registering layers
+        prog = flatten(jaxpr, consts, e.name)
+        probe = analyze(prog, taint, prov, depth, _Context(ctx.composite))
+        out_t = [isinstance(v, Var) and v in probe.tainted for v in prog.outvars[:nk]]
+        new = taint[:nc] + [a or b for a, b in zip(taint[nc:nc + nk], out_t)] + taint[nc + nk:]
+        if new == taint:
+            break
+        taint = new
+    return [analyze(flatten(jaxpr, consts, e.name), taint, prov, depth, ctx)]
+
+
+def _control_out_taint(e: Eqn, subs: list) -> list:
+    out = [False] * len(e.outvars)
+    for sub in subs:
+        for k, v in enumerate(sub.program.outvars):
+            out[k] = out[k] or (isinstance(v, Var) and v in sub.tainted)
+    return out
+
+
+# -------------------------------------------------------------------------- evaluation
+
+
+def _node_call(spec: NodeSpec, rule, apply):
+    """A function ``(inputs, weight, bias) -> z`` whose VJP is ``rule``."""
+    kind = spec.layer.kind
+
+    def forward(inputs, weight, bias):
+        z = apply(inputs, weight)
+        return z if bias is None else z + bias
+
+    @jax.custom_vjp
+    def call(inputs, weight, bias):
+        return forward(inputs, weight, bias)
+
+    def fwd(inputs, weight, bias):
+        z = forward(inputs, weight, bias)
+        return z, (inputs, weight, bias, z)
+
+    def bwd(res, relevance):
+        inputs, weight, bias, z = res
+        rel = rule(Node(kind, inputs, weight, bias, z, apply), relevance)
+        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None
+
+    call.defvjp(fwd, bwd)
+    return call
+
+
+def _passthrough(spec: NodeSpec, rule):
+    """``(source, value) -> value`` sending relevance of ``value`` to ``source``."""
+
+    @jax.custom_vjp
+    def call(source, value):
+        return value
+
+    def fwd(source, value):
+        return value, (source, value)
+
+    def bwd(res, relevance):
+        source, value = res
+        (r,) = rule(Node("activation", (source,), None, None, value, None), relevance)
+        return r.astype(source.dtype), None
+
+    call.defvjp(fwd, bwd)
+    return call
+
+
+def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None) -> list:
+    """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
+
+    ``rules`` maps layer index to rule. ``taps`` maps layer index to
+    ``(input_taps, output_tap)``: zero arrays added to the node's relevance-carrying
+    inputs and output, so that their cotangents are the relevance there.
+    """
+    taps = taps or {}
+    prog = an.program
+    env: dict = {}
+    passed: dict = {}
+
+    def raw(a):
+        return a.val if isinstance(a, Lit) else env[a]
+
+    def read(a):
+        if isinstance(a, Var) and a in an.activations:
+            if a not in passed:
+                spec = an.activations[a]
+                passed[a] = _passthrough(spec, rules[spec.layer.index])(env[spec.origin], env[a])
+            return passed[a]
+        return raw(a)
+
+    for v, x in zip(prog.invars, args):
+        env[v] = x
+    for i, e in enumerate(prog.eqns):
+        kind = an.plan[i]
+        if kind == "skip":
+            continue
+        if kind == "region":
+            outs = e.bind(*[raw(a) for a in e.invars])
+        elif kind == "node":
+            spec = an.nodes[i]
+            env[spec.out] = _eval_node(an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index))
+            continue
+        elif kind == "scan":
+            outs = _eval_scan(e, an.subs[i][0], rules, [read(a) for a in e.invars])
+        elif kind == "cond":
+            outs = _eval_cond(e, an.subs[i], rules, [read(a) for a in e.invars])
+        else:
+            outs = e.bind(*[read(a) for a in e.invars])
+        for v, x in zip(e.outvars, outs):
+            env[v] = x
+    return [read(a) for a in prog.outvars]
+
+
+def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap) -> Any:
+    e = an.program.eqns[spec.eqn]
+    ops = [read(a) for a in e.invars]
+    inputs = tuple(ops[k] for k in spec.tainted)
+    if tap is not None:
+        inputs = tuple(x + t for x, t in zip(inputs, tap[0]))
+    weight = bias = None
+    if spec.weight is not None:
+        weight = ops[spec.weight]
+        wpos = spec.weight
+        if spec.chain:
+            out_shape = e.outvars[0].shape
+            shape = canonize.reduced_shape(out_shape, spec.axis_map)
+            a, bias = canonize.chain_coefficients(
+                an.program, spec.chain, e.outvars[0], shape, e.outvars[0].dtype, raw
+            )
+            if spec.scales:
+                weight = canonize.fold_scale(weight, a, spec.axis_map)
+
+        def apply(xs, w):
+            args = list(ops)
+            args[spec.tainted[0]] = xs[0]
+            args[wpos] = w
+            return e.bind(*args)[0]
+
+    elif spec.affine:
+        zeros = {k: jnp.zeros_like(ops[k]) for k in spec.tainted}
+        frozen = [
+            jnp.zeros_like(x) if k not in spec.tainted and _inexact(e.invars[k]) else x
+            for k, x in enumerate(ops)
+        ]
+        bias_args = [zeros.get(k, x) for k, x in enumerate(ops)]
+        if any(k not in spec.tainted and _inexact(e.invars[k]) for k in range(len(ops))):
+            bias = e.bind(*bias_args)[0]
+
+        def apply(xs, w):
+            args = list(frozen)
+            for k, x in zip(spec.tainted, xs):
+                args[k] = x
+            return e.bind(*args)[0]
+
+    else:
+
+        def apply(xs, w):
+            args = list(ops)
+            for k, x in zip(spec.tainted, xs):
+                args[k] = x
+            return e.bind(*args)[0]
+
+    z = _node_call(spec, rule, apply)(inputs, weight, bias)
+    if tap is not None:
+        z = z + tap[1]
+    return z
+
+
+def _eval_scan(e: Eqn, sub: Analysis, rules: dict, vals: list) -> list:
+    p = e.params
+    nc, nk = p["num_consts"], p["num_carry"]
+    consts, init, xs = vals[:nc], vals[nc:nc + nk], vals[nc + nk:]
+    # A carry that becomes tainted inside the body must have the body's dtype.
+    init = [jnp.asarray(x, v.dtype) for x, v in zip(init, sub.program.invars[nc:nc + nk])]
+
+    def step(carry, x):
+        outs = evaluate(sub, rules, [*consts, *carry, *x])
+        return outs[:nk], outs[nk:]
+
+    carry, ys = jax.lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
+    return [*carry, *ys]
+
+
+def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list) -> list:
+    index, ops = vals[0], vals[1:]
+    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs)) for s in subs]
+    return list(jax.lax.switch(index, branches, *ops))

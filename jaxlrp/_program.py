@@ -1,0 +1,134 @@
+"""A flat program representation of a jaxpr, the input of the LRP interpreter.
+
+Call-like primitives (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, remat, ...;
+see :data:`jaxlrp._primitives.CALLS`) are inlined, composing name stacks, so that
+layer detection and fusion see one straight-line program: ``jax.nn.relu`` is a
+``custom_jvp_call`` around a ``jit`` around ``max``, and becomes just ``max``.
+Control flow (``scan``, ``cond``) stays one equation; its bodies are flattened on
+demand with :func:`flatten`.
+
+Only :mod:`jax.extend.core` is used, so this works on jax 0.10 and 0.11.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Union
+
+import numpy as np
+from jax.extend import core as jcore
+
+from . import _primitives as P
+
+
+class Var:
+    """A variable of a :class:`Program` (compared by identity)."""
+
+    __slots__ = ("aval",)
+
+    def __init__(self, aval):
+        self.aval = aval
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.aval.shape)
+
+    @property
+    def dtype(self):
+        return self.aval.dtype
+
+    def __repr__(self):
+        return f"Var({self.aval})"
+
+
+class Lit:
+    """A constant operand: a jaxpr literal or a closed-over constant."""
+
+    __slots__ = ("val", "aval")
+
+    def __init__(self, val, aval):
+        self.val = val
+        self.aval = aval
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(np.shape(self.val))
+
+    @property
+    def dtype(self):
+        return self.aval.dtype
+
+
+Atom = Union[Var, Lit]
+
+
+@dataclasses.dataclass(eq=False)
+class Eqn:
+    """One primitive application with its composed name stack."""
+
+    prim: Any
+    invars: list
+    outvars: list
+    params: dict
+    name: str
+
+    def bind(self, *args):
+        """Apply the primitive to ``args`` with this equation's parameters."""
+        params = self.prim.get_bind_params(self.params)
+        subfuns = ()
+        if isinstance(params, tuple):  # jax < 0.8 returned (subfuns, params)
+            subfuns, params = params
+        out = self.prim.bind(*subfuns, *args, **params)
+        return list(out) if self.prim.multiple_results else [out]
+
+
+@dataclasses.dataclass(eq=False)
+class Program:
+    invars: list
+    outvars: list
+    eqns: list
+
+
+def join_names(prefix: str, name: str) -> str:
+    return "/".join(p for p in (prefix, name) if p)
+
+
+def body(params: dict, key: str):
+    """``(jaxpr, consts)`` of a sub-program parameter (closed or open jaxpr)."""
+    sub = params[key]
+    if isinstance(sub, jcore.ClosedJaxpr):
+        return sub.jaxpr, sub.consts
+    return sub, ()
+
+
+def flatten(jaxpr, consts=(), prefix: str = "") -> Program:
+    """Flatten ``jaxpr`` (with its ``consts``) into a :class:`Program`."""
+    invars = [Var(v.aval) for v in jaxpr.invars]
+    eqns: list = []
+    outs = _inline(jaxpr, consts, invars, prefix, eqns)
+    return Program(invars, outs, eqns)
+
+
+def _inline(jaxpr, consts, args, prefix, eqns) -> list:
+    env: dict = {}
+
+    def read(a):
+        return Lit(a.val, a.aval) if isinstance(a, jcore.Literal) else env[a]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = Lit(c, v.aval)
+    for v, a in zip(jaxpr.invars, args):
+        env[v] = a
+    for e in jaxpr.eqns:
+        name = join_names(prefix, str(e.source_info.name_stack))
+        ins = [read(a) for a in e.invars]
+        key = P.CALLS.get(e.primitive.name)
+        if key is not None and key in e.params:
+            sub, sub_consts = body(e.params, key)
+            outs = _inline(sub, sub_consts, ins, name, eqns)
+        else:
+            outs = [Var(v.aval) for v in e.outvars]
+            eqns.append(Eqn(e.primitive, ins, outs, dict(e.params), name))
+        for v, o in zip(e.outvars, outs):
+            env[v] = o
+    return [read(a) for a in jaxpr.outvars]

@@ -1,0 +1,389 @@
+"""Composites: which rule each layer gets.
+
+A :class:`Composite` is an ordered list of ``(matcher, rule)`` pairs; the first pair
+whose matcher accepts a layer decides its rule. After the user's pairs come the
+defaults shared by every composite (Zennit's "layer map base"):
+
+=============  ==========================================  ==================
+kind           what it is in the jaxpr                     default rule
+=============  ==========================================  ==================
+``dense``      ``dot_general`` with a weight               ``Epsilon()``
+``conv``       ``conv_general_dilated`` with a weight      ``Epsilon()``
+``sum``        ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
+               two input-dependent tensors (residuals)
+``avgpool``    ``reduce_window_sum`` (average/sum pool)    ``Norm()``
+``product``    product of two input-dependent tensors      ``Uniform()``
+``activation`` elementwise functions of one tensor         ``Pass()``
+=============  ==========================================  ==================
+
+Matchers
+--------
+A matcher is a callable ``Layer -> bool`` or a string:
+
+* a layer kind above, or ``"linear"`` (dense or conv);
+* ``"first"``: dense/conv layers fed directly by the explained input (through
+  reshapes, activations and other parameter-free operations only);
+* ``"last"``: dense/conv layers whose output reaches the function's output without
+  passing through another dense/conv layer;
+* otherwise a glob (:mod:`fnmatch`) matched against the layer's name (the Flax
+  module path from the name stack, e.g. ``"*/conv1"``) and against the path of its
+  weight in the parameter pytree (e.g. ``"params/Dense_2/*"``).
+
+:func:`kind`, :func:`name`, :func:`param`, :func:`first`, :func:`last`,
+:func:`all_of`, :func:`any_of` and :func:`not_` build matchers explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable, Optional, Sequence, Union
+
+from . import rules as _rules
+from .rules import Rule
+
+__all__ = [
+    "Layer",
+    "Composite",
+    "Matcher",
+    "kind",
+    "name",
+    "param",
+    "first",
+    "last",
+    "all_of",
+    "any_of",
+    "not_",
+    "EpsilonPlus",
+    "EpsilonPlusFlat",
+    "EpsilonGammaBox",
+    "EpsilonAlpha2Beta1",
+    "EpsilonAlpha2Beta1Flat",
+    "get",
+    "names",
+    "KINDS",
+]
+
+KINDS = ("dense", "conv", "sum", "avgpool", "product", "activation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A static description of one rule-bearing operation of the traced function.
+
+    Attributes
+    ----------
+    index:
+        Position among the rule-bearing operations, in program order.
+    kind:
+        One of :data:`KINDS`.
+    primitive:
+        The JAX primitive, e.g. ``"conv_general_dilated"``.
+    name:
+        The name stack of the equation (Flax module path), e.g. ``"CNN/conv1"``;
+        empty if the function pushes no names.
+    param_paths:
+        Paths of the parameters the weight is computed from, e.g.
+        ``("params/conv1/kernel",)``.
+    first, last:
+        See the module docstring.
+    input_shapes, output_shape:
+        Shapes of the relevance-carrying inputs and of the output.
+    folded:
+        Names of the operations folded into this layer (bias add, BatchNorm).
+    key:
+        A unique name for the layer, used in reports and per-layer relevance.
+    """
+
+    index: int
+    kind: str
+    primitive: str
+    name: str
+    param_paths: tuple = ()
+    first: bool = False
+    last: bool = False
+    input_shapes: tuple = ()
+    output_shape: tuple = ()
+    folded: tuple = ()
+    key: str = ""
+
+
+Matcher = Union[str, Callable[[Layer], bool]]
+
+
+def kind(*kinds: str) -> Callable[[Layer], bool]:
+    """Match layers of the given kinds (``"linear"`` means dense or conv)."""
+    wanted = set()
+    for k in kinds:
+        if k == "linear":
+            wanted |= {"dense", "conv"}
+        elif k in KINDS:
+            wanted.add(k)
+        else:
+            raise ValueError(f"unknown layer kind {k!r}; known kinds: {', '.join(KINDS + ('linear',))}")
+    return lambda layer: layer.kind in wanted
+
+
+def name(pattern: str) -> Callable[[Layer], bool]:
+    """Match the layer name (name stack) against a glob, e.g. ``"*/conv1"``."""
+    return lambda layer: fnmatch.fnmatchcase(layer.name, pattern)
+
+
+def param(pattern: str) -> Callable[[Layer], bool]:
+    """Match the parameter path of the weight against a glob, e.g. ``"params/Dense_2/*"``."""
+    return lambda layer: any(fnmatch.fnmatchcase(p, pattern) for p in layer.param_paths)
+
+
+def first(layer: Layer) -> bool:
+    """Match dense/conv layers fed directly by the explained input."""
+    return layer.first
+
+
+def last(layer: Layer) -> bool:
+    """Match dense/conv layers whose output reaches the output without another layer."""
+    return layer.last
+
+
+def all_of(*matchers: Matcher) -> Callable[[Layer], bool]:
+    """Match layers that every matcher accepts."""
+    fs = [as_matcher(m) for m in matchers]
+    return lambda layer: all(f(layer) for f in fs)
+
+
+def any_of(*matchers: Matcher) -> Callable[[Layer], bool]:
+    """Match layers that any matcher accepts."""
+    fs = [as_matcher(m) for m in matchers]
+    return lambda layer: any(f(layer) for f in fs)
+
+
+def not_(matcher: Matcher) -> Callable[[Layer], bool]:
+    """Match layers that ``matcher`` rejects."""
+    f = as_matcher(matcher)
+    return lambda layer: not f(layer)
+
+
+def as_matcher(m: Matcher) -> Callable[[Layer], bool]:
+    """Turn a string or callable into a ``Layer -> bool`` predicate."""
+    if callable(m):
+        return m
+    if not isinstance(m, str):
+        raise TypeError(f"a matcher is a string or a callable Layer -> bool, got {type(m).__name__}")
+    if m in KINDS or m == "linear":
+        return kind(m)
+    if m == "first":
+        return first
+    if m == "last":
+        return last
+    by_name, by_param = name(m), param(m)
+    return lambda layer: by_name(layer) or by_param(layer)
+
+
+_BASE: tuple = (
+    ("activation", _rules.Pass()),
+    ("sum", _rules.Norm()),
+    ("avgpool", _rules.Norm()),
+    ("product", _rules.Uniform()),
+    ("linear", _rules.Epsilon()),
+)
+
+
+class Composite:
+    """An ordered mapping from layers to rules; the first match wins.
+
+    Parameters
+    ----------
+    rules:
+        ``(matcher, rule)`` pairs, tried in order before the defaults (see the module
+        docstring).
+
+    Examples
+    --------
+    >>> from jaxlrp import composites, rules
+    >>> c = composites.Composite([
+    ...     ("first", rules.ZBox(-1.0, 1.0)),
+    ...     ("*/conv1", rules.Gamma(0.25)),
+    ...     ("conv", rules.ZPlus()),
+    ...     ("dense", rules.Epsilon(0.1)),
+    ... ])
+    """
+
+    def __init__(self, rules: Sequence[tuple] = ()):
+        pairs = []
+        for pair in list(rules) + list(_BASE):
+            try:
+                m, r = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"composite entries are (matcher, rule) pairs, got {pair!r}") from None
+            if not isinstance(r, Rule):
+                raise TypeError(f"expected a jaxlrp rule for matcher {m!r}, got {r!r}")
+            pairs.append((m, as_matcher(m), r))
+        self._pairs = tuple(pairs)
+
+    @property
+    def rules(self) -> tuple:
+        """The ``(matcher, rule)`` pairs, defaults included."""
+        return tuple((m, r) for m, _, r in self._pairs)
+
+    def rule_for(self, layer: Layer) -> Rule:
+        """The rule of ``layer``: the first pair whose matcher accepts the layer and
+        whose rule applies to the layer's kind."""
+        for _, f, r in self._pairs:
+            if layer.kind in r.kinds and f(layer):
+                return r
+        raise AssertionError(f"no default rule for kind {layer.kind!r}")  # _BASE covers KINDS
+
+    def assign(self, layers: Sequence[Layer]) -> tuple:
+        """The rule of each layer (see :meth:`rule_for`).
+
+        Raises ``ValueError`` when one of the user's pairs matches some layers but
+        its rule applies to none of them (e.g. ``("*/conv1", rules.Norm())`` on a
+        conv layer): such a pair would otherwise be ignored silently.
+        """
+        assigned = tuple(self.rule_for(layer) for layer in layers)
+        for m, f, r in self._pairs[: len(self._pairs) - len(_BASE)]:
+            hits = [layer for layer in layers if f(layer)]
+            if hits and not any(layer.kind in r.kinds for layer in hits):
+                names = ", ".join(f"'{l.key}' ({l.kind})" for l in hits[:5])
+                raise ValueError(
+                    f"matcher {m!r} selects {names}, but rule {r!r} applies only to "
+                    f"kinds {', '.join(sorted(r.kinds))}"
+                )
+        return assigned
+
+    def __repr__(self):
+        inner = ", ".join(f"({m!r}, {r!r})" for m, _, r in self._pairs[: len(self._pairs) - len(_BASE)])
+        return f"{type(self).__name__}([{inner}])"
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+class EpsilonPlus(Composite):
+    """Conv layers :class:`~jaxlrp.rules.ZPlus`, dense layers :class:`~jaxlrp.rules.Epsilon`
+    (Zennit's ``EpsilonPlus``)."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(
+            list(rules) + [("conv", _rules.ZPlus(stabilizer)), ("dense", _rules.Epsilon(epsilon))]
+        )
+
+
+class EpsilonPlusFlat(Composite):
+    """As :class:`EpsilonPlus`, with :class:`~jaxlrp.rules.Flat` on the first layer
+    (Zennit's ``EpsilonPlusFlat``)."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(
+            list(rules)
+            + [
+                ("first", _rules.Flat(stabilizer)),
+                ("conv", _rules.ZPlus(stabilizer)),
+                ("dense", _rules.Epsilon(epsilon)),
+            ]
+        )
+
+
+class EpsilonGammaBox(Composite):
+    """:class:`~jaxlrp.rules.ZBox` on the first layer, :class:`~jaxlrp.rules.Gamma` on conv
+    layers, :class:`~jaxlrp.rules.Epsilon` on dense layers (Zennit's ``EpsilonGammaBox``).
+
+    Parameters
+    ----------
+    low, high:
+        Bounds of the input (in the space the first layer sees), scalars or arrays
+        broadcastable against it.
+    """
+
+    def __init__(
+        self,
+        low: Any = -3.0,
+        high: Any = 3.0,
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        rules: Sequence[tuple] = (),
+    ):
+        super().__init__(
+            list(rules)
+            + [
+                ("first", _rules.ZBox(low, high, stabilizer)),
+                ("conv", _rules.Gamma(gamma, stabilizer)),
+                ("dense", _rules.Epsilon(epsilon)),
+            ]
+        )
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """Conv layers :class:`~jaxlrp.rules.AlphaBeta` (2, 1), dense layers
+    :class:`~jaxlrp.rules.Epsilon` (Zennit's ``EpsilonAlpha2Beta1``)."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(
+            list(rules)
+            + [("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)), ("dense", _rules.Epsilon(epsilon))]
+        )
+
+
+class EpsilonAlpha2Beta1Flat(Composite):
+    """As :class:`EpsilonAlpha2Beta1`, with :class:`~jaxlrp.rules.Flat` on the first layer."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(
+            list(rules)
+            + [
+                ("first", _rules.Flat(stabilizer)),
+                ("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)),
+                ("dense", _rules.Epsilon(epsilon)),
+            ]
+        )
+
+
+_PRESETS = {
+    "epsilon_plus": EpsilonPlus,
+    "epsilon_plus_flat": EpsilonPlusFlat,
+    "epsilon_gamma_box": EpsilonGammaBox,
+    "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+    "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
+}
+
+
+def names() -> tuple:
+    """Names accepted by :func:`get`."""
+    return tuple(_PRESETS)
+
+
+def get(preset: str, **kwargs: Any) -> Composite:
+    """A preset composite by its snake-case name, e.g. ``get("epsilon_plus_flat")``.
+
+    Keyword arguments go to the preset's constructor.
+    """
+    try:
+        cls = _PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown composite {preset!r}; known: {', '.join(_PRESETS)}") from None
+    return cls(**kwargs)
+
+
+def from_rule(rule: Rule) -> Composite:
+    """A composite applying ``rule`` to every dense and conv layer (or, for a rule of
+    parameter-free layers such as :class:`~jaxlrp.rules.Norm`, to the kinds it
+    supports); other layers keep their defaults."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"expected a jaxlrp rule, got {rule!r}")
+    kinds = (rule.kinds & _rules.WEIGHTED_KINDS) or rule.kinds
+    return Composite([(kind(*sorted(kinds)), rule)])
+
+
+def resolve(composite: Optional[Composite], rule: Optional[Rule]) -> Composite:
+    """The composite to use given ``lrp``'s ``composite=`` and ``rule=`` arguments."""
+    if composite is not None and rule is not None:
+        raise ValueError("pass either composite= or rule=, not both")
+    if rule is not None:
+        return from_rule(rule)
+    if composite is None:
+        return Composite()
+    if isinstance(composite, str):
+        return get(composite)
+    if not isinstance(composite, Composite):
+        raise TypeError(f"composite must be a jaxlrp Composite or a preset name, got {composite!r}")
+    return composite

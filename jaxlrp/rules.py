@@ -1,0 +1,518 @@
+r"""LRP rules: how one layer redistributes the relevance of its output to its input.
+
+Every rule here is a small immutable object holding only its hyper-parameters. Its
+``__call__(node, relevance)`` receives a :class:`Node` (the layer as the interpreter
+saw it in the forward pass) and the relevance ``R`` arriving at the layer's output,
+and returns the relevance of each relevance-carrying input.
+
+Most rules are instances of one formula, the *modified gradient* form of LRP
+(Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", §10.2.4):
+
+.. math::
+
+    R_{\text{in}} = \sum_t \text{scale}_t \sum_i c_i\, \tilde x_i \odot
+        \rho_i(W)^\top \Big( \frac{m_t \odot R}{\operatorname{stab}(d_t)} \Big),
+    \qquad d_t = \sum_i c_i\, \rho_i(W)\, \tilde x_i + \tilde b_t,
+
+where each *term* ``t`` has *branches* ``i`` (a modified input :math:`\tilde x_i`, a
+modified weight :math:`\rho_i(W)` and a coefficient :math:`c_i`), a modified bias
+:math:`\tilde b_t`, an output mask :math:`m_t` and a scale. The transposed products
+are vector-Jacobian products of the layer's own primitive, so every layout, stride,
+padding, dilation and feature grouping of ``dot_general`` and
+``conv_general_dilated`` is handled by the same code.
+
+The stabiliser is :math:`\operatorname{stab}(d) = d + \epsilon\,\mathrm{sign}(d)`
+with :math:`\mathrm{sign}(0) = +1` (Zennit's convention); a denominator that is
+exactly zero (possible only with :math:`\epsilon = 0`) yields zero relevance, never
+NaN. Notation: :math:`x^+ = \max(x, 0)`, :math:`x^- = \min(x, 0)`, likewise for
+weights and biases.
+
+The semantics follow Zennit (Anders et al., 2021) so that results can be compared
+one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = Any
+
+__all__ = [
+    "Node",
+    "Rule",
+    "Epsilon",
+    "Zero",
+    "Gamma",
+    "AlphaBeta",
+    "ZPlus",
+    "ZBox",
+    "Flat",
+    "WSquare",
+    "Pass",
+    "Norm",
+    "Uniform",
+    "WEIGHTED_KINDS",
+]
+
+#: Layer kinds that have a weight (``dot_general`` / ``conv_general_dilated``).
+WEIGHTED_KINDS = frozenset({"dense", "conv"})
+#: Parameter-free linear aggregations (sums, means, average pooling).
+AGGREGATE_KINDS = frozenset({"sum", "avgpool"})
+
+
+class Node(NamedTuple):
+    """A layer as a rule sees it, with the values of the forward pass.
+
+    Attributes
+    ----------
+    kind:
+        ``"dense"``, ``"conv"``, ``"sum"``, ``"avgpool"``, ``"product"`` or
+        ``"activation"``.
+    inputs:
+        The relevance-carrying inputs (one for dense/conv layers; the summands of a
+        sum; the factors of a product; the source of an activation).
+    weight:
+        The layer's weight, with any following BatchNorm scale folded in; ``None``
+        for parameter-free nodes.
+    bias:
+        The bias (folded), broadcastable to ``output``; ``None`` if there is none.
+    output:
+        The layer's output ``z`` (bias included).
+    apply:
+        ``apply(inputs, weight) -> z`` without the bias: the layer's own primitive,
+        re-bound with its parameters. Linear in each input for dense, conv, sum and
+        avgpool nodes; ``None`` for activations.
+    """
+
+    kind: str
+    inputs: tuple
+    weight: Optional[Array]
+    bias: Optional[Array]
+    output: Array
+    apply: Optional[Callable[[tuple, Optional[Array]], Array]]
+
+
+class Rule:
+    """Base class of rules.
+
+    A rule is an immutable object; subclasses set ``kinds`` (the node kinds the rule
+    can be applied to) and implement ``__call__(node, relevance) -> tuple`` of the
+    relevance of each entry of ``node.inputs``.
+    """
+
+    kinds: frozenset = frozenset()
+
+    def __call__(self, node: Node, relevance: Array) -> tuple:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def _stabilize(d: Array, eps: float) -> Array:
+    return d + eps * jnp.where(d >= 0, 1, -1).astype(d.dtype)
+
+
+def _divide(r: Array, d: Array) -> Array:
+    """``r / d`` with ``0`` where ``d == 0`` (and no NaN in either branch)."""
+    zero = d == 0
+    return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
+
+
+def _pos(a: Array) -> Array:
+    return jnp.maximum(a, 0)
+
+
+def _neg(a: Array) -> Array:
+    return jnp.minimum(a, 0)
+
+
+class _Branch(NamedTuple):
+    inputs: tuple  # modified inputs (point of evaluation and multiplier)
+    weight: Optional[Array]  # modified weight
+    coef: float = 1.0
+
+
+class _Term(NamedTuple):
+    branches: Sequence[_Branch]
+    bias: Optional[Array] = None
+    mask: Optional[Array] = None
+    scale: float = 1.0
+    denominator: Optional[Array] = None  # use instead of recomputing the forward
+
+
+def _propagate(node: Node, relevance: Array, terms: Sequence[_Term], eps: float) -> tuple:
+    """Evaluate the modified-gradient formula of the module docstring."""
+    out = [jnp.zeros_like(x) for x in node.inputs]
+    for term in terms:
+        pullbacks, d = [], term.denominator
+        for br in term.branches:
+            z_i, pull = jax.vjp(lambda *xs, w=br.weight: node.apply(xs, w), *br.inputs)
+            pullbacks.append(pull)
+            if term.denominator is None:
+                d = br.coef * z_i if d is None else d + br.coef * z_i
+        if term.denominator is None and term.bias is not None:
+            d = d + term.bias
+        r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
+        s = _divide(r, _stabilize(d, eps))
+        for br, pull in zip(term.branches, pullbacks):
+            for k, g in enumerate(pull(s)):
+                out[k] = out[k] + (term.scale * br.coef) * br.inputs[k] * g
+    return tuple(out)
+
+
+def _bias(node: Node, ignore: bool) -> Optional[Array]:
+    return None if ignore else node.bias
+
+
+def _map_bias(b: Optional[Array], f: Callable[[Array], Array]) -> Optional[Array]:
+    return None if b is None else f(b)
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+# ------------------------------------------------------------------------------ rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Epsilon(Rule):
+    r"""LRP-:math:`\epsilon` (Bach et al. 2015).
+
+    .. math:: R_j = x_j \sum_k \frac{w_{jk} R_k}{z_k + \epsilon\,\mathrm{sign}(z_k)},
+              \qquad z_k = \sum_j x_j w_{jk} + b_k
+
+    ``epsilon=0`` is LRP-0, which on a ReLU network equals gradient times input.
+    Applies to dense and conv layers, and to sums and average pooling (where it is
+    the Norm rule with stabiliser ``epsilon``).
+
+    Parameters
+    ----------
+    epsilon:
+        Stabiliser, ``>= 0``. Larger values absorb weak or contradictory relevance.
+    ignore_bias:
+        Drop the bias from the denominator (then relevance is conserved for
+        ``epsilon=0``).
+    """
+
+    epsilon: float = 1e-6
+    ignore_bias: bool = False
+    kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("epsilon", self.epsilon)
+
+    def __call__(self, node, relevance):
+        b = _bias(node, self.ignore_bias)
+        denominator = node.output if b is node.bias else None
+        term = _Term([_Branch(node.inputs, node.weight)], bias=b, denominator=denominator)
+        return _propagate(node, relevance, [term], self.epsilon)
+
+
+def Zero(ignore_bias: bool = False) -> Epsilon:
+    """LRP-0: :class:`Epsilon` with ``epsilon=0``."""
+    return Epsilon(0.0, ignore_bias=ignore_bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZPlus(Rule):
+    r"""The :math:`z^+` rule (Montavon et al. 2017): positive contributions only.
+
+    .. math:: R_j = \sum_k \frac{x_j^+ w_{jk}^+ + x_j^- w_{jk}^-}
+              {\sum_{j'} (x_{j'}^+ w_{j'k}^+ + x_{j'}^- w_{j'k}^-) + b_k^+} R_k
+
+    Equals ``AlphaBeta(1, 0)``. Conserves relevance when the bias is ignored.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0``, added with the sign of the denominator.
+    ignore_bias:
+        Drop :math:`b^+` from the denominator.
+    """
+
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        return _propagate(node, relevance, [_positive_term(node, self.ignore_bias)], self.stabilizer)
+
+
+def _positive_term(node: Node, ignore_bias: bool, scale: float = 1.0) -> _Term:
+    (x,), w = node.inputs, node.weight
+    return _Term(
+        [_Branch((_pos(x),), _pos(w)), _Branch((_neg(x),), _neg(w))],
+        bias=_map_bias(_bias(node, ignore_bias), _pos),
+        scale=scale,
+    )
+
+
+def _negative_term(node: Node, ignore_bias: bool, scale: float) -> _Term:
+    (x,), w = node.inputs, node.weight
+    return _Term(
+        [_Branch((_pos(x),), _neg(w)), _Branch((_neg(x),), _pos(w))],
+        bias=_map_bias(_bias(node, ignore_bias), _neg),
+        scale=scale,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaBeta(Rule):
+    r"""LRP-:math:`\alpha\beta` (Bach et al. 2015).
+
+    .. math:: R_j = \sum_k \Big( \alpha \frac{(x_j w_{jk})^+}{\sum_{j'} (x_{j'} w_{j'k})^+ + b_k^+}
+              - \beta \frac{(x_j w_{jk})^-}{\sum_{j'} (x_{j'} w_{j'k})^- + b_k^-} \Big) R_k
+
+    with :math:`(x w)^+ = x^+ w^+ + x^- w^-` and :math:`(x w)^- = x^+ w^- + x^- w^+`.
+    Relevance is conserved where both parts of a neuron are non-zero; a neuron with
+    no negative contributions (common after a ReLU) passes :math:`\alpha R_k`.
+
+    Parameters
+    ----------
+    alpha, beta:
+        Both ``>= 0`` with ``alpha - beta == 1`` (so relevance is conserved when the
+        bias is ignored).
+    stabilizer:
+        ``>= 0``.
+    ignore_bias:
+        Drop :math:`b^\pm` from the denominators.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("alpha", self.alpha)
+        _check_nonneg("beta", self.beta)
+        _check_nonneg("stabilizer", self.stabilizer)
+        if abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
+
+    def __call__(self, node, relevance):
+        terms = [_positive_term(node, self.ignore_bias, self.alpha)]
+        if self.beta:
+            terms.append(_negative_term(node, self.ignore_bias, -self.beta))
+        return _propagate(node, relevance, terms, self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma(Rule):
+    r"""LRP-:math:`\gamma` (Montavon et al. 2019), generalised to inputs of either sign.
+
+    With :math:`P = w + \gamma w^+` and :math:`N = w + \gamma w^-`: outputs with
+    :math:`z_k > 0` use the contributions :math:`x^+ P + x^- N` and bias
+    :math:`b + \gamma b^+`; outputs with :math:`z_k < 0` use :math:`x^+ N + x^- P`
+    and bias :math:`b + \gamma b^-`; outputs with :math:`z_k = 0` pass nothing.
+    For :math:`x \ge 0` this is the classic rule
+    :math:`R_j = \sum_k x_j (w_{jk} + \gamma w_{jk}^+) / \sum_{j'} x_{j'}(w_{j'k} + \gamma w_{j'k}^+) R_k`.
+    ``gamma=0`` is LRP-0; large ``gamma`` approaches :math:`z^+`.
+
+    Parameters
+    ----------
+    gamma:
+        ``>= 0``.
+    stabilizer:
+        ``>= 0``.
+    ignore_bias:
+        Drop the bias from the denominators.
+    """
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("gamma", self.gamma)
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        (x,), w, g, z = node.inputs, node.weight, self.gamma, node.output
+        P, N = w + g * _pos(w), w + g * _neg(w)
+        b = _bias(node, self.ignore_bias)
+        xp, xn = _pos(x), _neg(x)
+        terms = [
+            _Term([_Branch((xp,), P), _Branch((xn,), N)], _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            _Term([_Branch((xp,), N), _Branch((xn,), P)], _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+        ]
+        return _propagate(node, relevance, terms, self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZBox(Rule):
+    r"""The :math:`z^\mathcal{B}` rule (Montavon et al. 2017) for inputs in a box.
+
+    .. math:: R_i = \sum_k \frac{x_i w_{ik} - l_i w_{ik}^+ - h_i w_{ik}^-}
+              {\sum_{i'} (x_{i'} w_{i'k} - l_{i'} w_{i'k}^+ - h_{i'} w_{i'k}^-)} R_k
+
+    Meant for the first layer, with ``low``/``high`` the smallest and largest
+    possible input values (in the space the layer sees, e.g. after normalisation).
+    The bias is dropped; relevance is conserved.
+
+    Parameters
+    ----------
+    low, high:
+        Scalars or arrays broadcastable against the layer's input, ``low <= high``.
+    stabilizer:
+        ``>= 0``.
+    """
+
+    low: Any = 0.0
+    high: Any = 1.0
+    stabilizer: float = 1e-6
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+        try:
+            bad = bool(jnp.any(jnp.asarray(self.low) > jnp.asarray(self.high)))
+        except jax.errors.ConcretizationTypeError:  # traced bounds: cannot check
+            bad = False
+        if bad:
+            raise ValueError("ZBox needs low <= high")
+
+    def __call__(self, node, relevance):
+        (x,), w = node.inputs, node.weight
+        low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
+        high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
+        term = _Term([_Branch((x,), w), _Branch((low,), _pos(w), -1.0), _Branch((high,), _neg(w), -1.0)])
+        return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat(Rule):
+    r"""The flat rule (Lapuschkin et al. 2019): relevance spread uniformly over each
+    output's receptive field, :math:`R_j = \sum_k R_k / \#\{j' \to k\}`.
+
+    Independent of the input values (so zero-valued inputs also get relevance);
+    the bias is dropped, so relevance is conserved.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0``.
+    """
+
+    stabilizer: float = 1e-6
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        (x,) = node.inputs
+        term = _Term([_Branch((jnp.ones_like(x),), jnp.ones_like(node.weight))])
+        return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class WSquare(Rule):
+    r"""The :math:`w^2` rule (Montavon et al. 2017) for unbounded real inputs.
+
+    .. math:: R_j = \sum_k \frac{w_{jk}^2}{\sum_{j'} w_{j'k}^2 + b_k^2} R_k
+
+    Independent of the input values. As in Zennit the squared bias enters the
+    denominator unless ``ignore_bias``.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0``.
+    ignore_bias:
+        Drop :math:`b^2` from the denominator (then relevance is conserved).
+    """
+
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+    kinds = WEIGHTED_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        (x,) = node.inputs
+        term = _Term(
+            [_Branch((jnp.ones_like(x),), jnp.square(node.weight))],
+            bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
+        )
+        return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm(Rule):
+    r"""Proportional split for parameter-free sums and average pooling.
+
+    .. math:: R_i = \sum_k \frac{x_i \,\partial z_k / \partial x_i}{z_k + \epsilon\,\mathrm{sign}(z_k)} R_k
+
+    For a residual add :math:`z = a + b` this is :math:`R_a = a/(a+b)\,R`. The default
+    rule of sums, means, average pooling and residual connections.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0``.
+    """
+
+    stabilizer: float = 1e-6
+    kinds = AGGREGATE_KINDS
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        term = _Term([_Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
+        return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Rule):
+    r"""Products of several input-dependent factors (gating, bilinear maps).
+
+    Each of the :math:`n` factors receives :math:`1/n` of the proportional split,
+    :math:`R_i = \frac{1}{n} x_i \frac{\partial z}{\partial x_i} \frac{R}{z}` (the
+    uniform rule of AttnLRP, Achtibat et al. 2024). For a product of two factors,
+    each gets half; relevance is conserved by Euler's theorem.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0``.
+    """
+
+    stabilizer: float = 1e-6
+    kinds = frozenset({"product"})
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        n = len(node.inputs)
+        term = _Term([_Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
+        return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass(Rule):
+    """Identity: the relevance of the output is the relevance of the input.
+
+    The default of elementwise activations (ReLU, tanh, GELU, ... and inference-mode
+    BatchNorm that could not be folded into a preceding layer).
+    """
+
+    kinds = frozenset({"activation"})
+
+    def __call__(self, node, relevance):
+        return (relevance,)

@@ -1,0 +1,590 @@
+"""Visualisation helpers for relevance (attribution) maps.
+
+Turns relevance arrays produced by LRP into RGB images: colour maps, value
+normalisation, heatmaps, overlays on the input image, image grids and PNG
+export. Only numpy is required to import this module; Pillow is imported
+lazily by the functions that render text or write files.
+
+All functions accept numpy arrays, jax arrays or anything else that
+``numpy.asarray`` understands. Every image returned is a freshly allocated
+``uint8`` array of shape ``(H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "COLORMAPS",
+    "colormap",
+    "normalize",
+    "heatmap",
+    "overlay",
+    "grid",
+    "save_png",
+]
+
+# Colour maps are defined by anchors ``(position, (r, g, b))`` with positions
+# increasing from 0 to 1; the 256 entries of a map are linearly interpolated
+# between neighbouring anchors. Tuples keep these definitions immutable.
+_Anchor = tuple[float, tuple[int, int, int]]
+
+_ANCHORS: Mapping[str, tuple[_Anchor, ...]] = MappingProxyType({
+    # diverging: negative blue, zero white, positive red
+    "bwr": (
+        (0.0, (0, 0, 255)),
+        (0.5, (255, 255, 255)),
+        (1.0, (255, 0, 0)),
+    ),
+    # like bwr, but the extremes darken towards navy and maroon
+    "seismic": (
+        (0.0, (0, 0, 80)),
+        (0.25, (0, 0, 255)),
+        (0.5, (255, 255, 255)),
+        (0.75, (255, 0, 0)),
+        (1.0, (130, 0, 0)),
+    ),
+    # negative cold (cyan -> blue), zero black, positive hot (red -> yellow)
+    "coldnhot": (
+        (0.0, (0, 255, 255)),
+        (0.25, (0, 0, 255)),
+        (0.5, (0, 0, 0)),
+        (0.75, (255, 0, 0)),
+        (1.0, (255, 255, 0)),
+    ),
+    # sequential: black to white
+    "gray": (
+        (0.0, (0, 0, 0)),
+        (1.0, (255, 255, 255)),
+    ),
+    # sequential, for non-negative maps: black -> red -> yellow -> white
+    "hot": (
+        (0.0, (0, 0, 0)),
+        (1.0 / 3.0, (255, 0, 0)),
+        (2.0 / 3.0, (255, 255, 0)),
+        (1.0, (255, 255, 255)),
+    ),
+})
+
+#: Names accepted by :func:`colormap`.
+COLORMAPS: tuple[str, ...] = tuple(_ANCHORS)
+
+_REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "max_abs")
+
+_LUT_SIZE = 256
+
+Cmap = Union[str, np.ndarray]
+
+
+def colormap(name: str) -> np.ndarray:
+    """Return a colour lookup table.
+
+    Parameters
+    ----------
+    name : str
+        One of ``"bwr"``, ``"seismic"``, ``"coldnhot"``, ``"gray"``,
+        ``"hot"`` (see :data:`COLORMAPS`). The first three are diverging
+        maps meant for signed relevance (zero sits in the middle), the last
+        two are sequential maps meant for non-negative values.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new ``uint8`` array of shape ``(256, 3)``; row 0 is the colour of
+        the lowest value, row 255 the colour of the highest.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known colour map.
+    """
+    try:
+        anchors = _ANCHORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown colour map {name!r}; valid names are: "
+            f"{', '.join(COLORMAPS)}"
+        ) from None
+    positions = np.array([pos for pos, _ in anchors], dtype=np.float64)
+    colours = np.array([rgb for _, rgb in anchors], dtype=np.float64)
+    x = np.linspace(0.0, 1.0, _LUT_SIZE)
+    table = np.stack(
+        [np.interp(x, positions, colours[:, c]) for c in range(3)], axis=-1
+    )
+    return np.clip(np.rint(table), 0, 255).astype(np.uint8)
+
+
+def _as_float_array(values: ArrayLike, what: str) -> np.ndarray:
+    """Convert to a float64 numpy array and reject empty or non-finite input."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise ValueError(
+            f"{what} contains non-finite values ({n_nan} NaN, {n_inf} inf); "
+            "the relevance computation probably diverged or divided by zero "
+            "(check the stabiliser epsilon)"
+        )
+    return arr
+
+
+def _check_percentile(percentile: float | None) -> None:
+    if percentile is not None and not 0.0 < percentile <= 100.0:
+        raise ValueError(
+            f"percentile must be in (0, 100], got {percentile!r}"
+        )
+
+
+def normalize(
+    relevance: ArrayLike,
+    symmetric: bool = True,
+    percentile: float | None = None,
+) -> np.ndarray:
+    """Scale relevance values into ``[0, 1]``.
+
+    Parameters
+    ----------
+    relevance : array_like
+        Relevance values of any shape; must be finite and non-empty.
+    symmetric : bool, default True
+        If true, ``[-m, m]`` is mapped linearly onto ``[0, 1]`` so that zero
+        relevance lands exactly on 0.5, where ``m`` is the largest absolute
+        value. Use this with the diverging colour maps. If false, the values
+        are min-max scaled (the minimum goes to 0, the maximum to 1).
+    percentile : float, optional
+        Value in ``(0, 100]``. If given, the bound is taken as this percentile
+        instead of the extreme value and values beyond it are clipped, which
+        keeps a few outliers from washing out the rest of the map. In the
+        symmetric case ``m`` is the percentile of ``|R|``; should that be
+        zero while some values are not, ``max |R|`` is used instead. In the
+        non-symmetric case the range is from the ``100 - percentile`` to the
+        ``percentile`` percentile of ``R``.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float64 array with the shape of ``relevance`` and values in
+        ``[0, 1]``. A constant input (e.g. all zeros) gives 0.5 everywhere in
+        the symmetric case and 0 everywhere otherwise, never NaN.
+
+    Raises
+    ------
+    ValueError
+        If the input is empty, contains NaN or inf, or ``percentile`` is out
+        of range.
+    """
+    _check_percentile(percentile)
+    rel = _as_float_array(relevance, "relevance")
+
+    if symmetric:
+        magnitude = np.abs(rel)
+        bound = float(magnitude.max())
+        if percentile is not None:
+            clipped_bound = float(np.percentile(magnitude, percentile))
+            if clipped_bound > 0.0:
+                bound = clipped_bound
+        if not bound > 0.0:
+            return np.full(rel.shape, 0.5)
+        return np.clip(rel / bound, -1.0, 1.0) * 0.5 + 0.5
+
+    if percentile is None:
+        low, high = float(rel.min()), float(rel.max())
+    else:
+        low = float(np.percentile(rel, 100.0 - percentile))
+        high = float(np.percentile(rel, percentile))
+        if not high > low:
+            low, high = float(rel.min()), float(rel.max())
+    if not high > low:
+        return np.zeros(rel.shape)
+    return np.clip((rel - low) / (high - low), 0.0, 1.0)
+
+
+def _lookup_table(cmap: Cmap) -> np.ndarray:
+    """Resolve a colour-map name or a user-supplied ``(N, 3)`` table."""
+    if isinstance(cmap, str):
+        return colormap(cmap)
+    table = np.asarray(cmap)
+    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 2:
+        raise ValueError(
+            "cmap must be a colour-map name or an array of shape (N, 3) with "
+            f"N >= 2, got shape {table.shape}"
+        )
+    if table.dtype != np.uint8:
+        raise ValueError(f"a cmap array must have dtype uint8, got {table.dtype}")
+    return table
+
+
+def _reduce_channels(rel: np.ndarray, channel_axis: int, reduce: str) -> np.ndarray:
+    if reduce not in _REDUCTIONS:
+        raise ValueError(
+            f"unknown reduction {reduce!r}; valid reductions are: "
+            f"{', '.join(_REDUCTIONS)}"
+        )
+    if not -rel.ndim <= channel_axis < rel.ndim:
+        raise ValueError(
+            f"channel_axis {channel_axis} is out of range for an array of "
+            f"shape {rel.shape}"
+        )
+    if reduce == "sum":
+        return rel.sum(axis=channel_axis)
+    if reduce == "abs_sum":
+        return np.abs(rel).sum(axis=channel_axis)
+    return np.abs(rel).max(axis=channel_axis)
+
+
+def heatmap(
+    relevance: ArrayLike,
+    cmap: Cmap = "bwr",
+    symmetric: bool = True,
+    percentile: float | None = None,
+    channel_axis: int = -1,
+    reduce: str = "sum",
+) -> np.ndarray:
+    """Render a relevance map as an RGB image.
+
+    Parameters
+    ----------
+    relevance : array_like
+        Relevance of shape ``(H, W)``, or with a channel axis, e.g.
+        ``(H, W, C)`` or ``(C, H, W)`` (see ``channel_axis``).
+    cmap : str or numpy.ndarray, default "bwr"
+        Colour-map name (see :func:`colormap`) or a ``uint8`` lookup table of
+        shape ``(N, 3)``.
+    symmetric : bool, default True
+        Passed to :func:`normalize`; keep it true for signed relevance with a
+        diverging colour map, set it false for non-negative maps with
+        ``"hot"`` or ``"gray"``.
+    percentile : float, optional
+        Passed to :func:`normalize`.
+    channel_axis : int, default -1
+        Axis holding the channels of a 3-D ``relevance``; ignored for 2-D
+        input.
+    reduce : {"sum", "abs_sum", "max_abs"}, default "sum"
+        How channels are combined into one value per pixel: the signed sum,
+        the sum of absolute values, or the largest absolute value. The last
+        two give non-negative maps. Ignored for 2-D input.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(H, W, 3)``.
+
+    Raises
+    ------
+    ValueError
+        If ``relevance`` is not 2-D or 3-D (1-D input hints at
+        ``sequence_plot``), contains NaN or inf, or an argument is invalid.
+    """
+    rel = np.asarray(relevance)
+    if rel.ndim == 1:
+        raise ValueError(
+            f"heatmap needs a 2-D (H, W) or 3-D image-shaped relevance, got a "
+            f"1-D array of length {rel.shape[0]}; for token or sequence "
+            "relevance use `sequence_plot` instead"
+        )
+    if rel.ndim not in (2, 3):
+        raise ValueError(
+            "heatmap needs relevance of shape (H, W) or with one channel "
+            f"axis, got shape {rel.shape}; drop the batch axis first"
+        )
+    table = _lookup_table(cmap)
+    rel = _as_float_array(rel, "relevance")
+    if rel.ndim == 3:
+        rel = _reduce_channels(rel, channel_axis, reduce)
+    unit = normalize(rel, symmetric=symmetric, percentile=percentile)
+    index = np.floor(unit * (table.shape[0] - 1) + 0.5).astype(np.intp)
+    return table[index]
+
+
+def _image_to_unit_gray(image: ArrayLike) -> np.ndarray:
+    """Convert an image to grayscale floats in ``[0, 1]`` of shape ``(H, W)``."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+        raise ValueError(
+            f"image must have shape (H, W) or (H, W, 3), got {img.shape}"
+        )
+    if img.dtype == np.uint8:
+        unit = img.astype(np.float64) / 255.0
+    else:
+        unit = _as_float_array(img, "image")
+        low, high = float(unit.min()), float(unit.max())
+        if not high > low:
+            unit = np.zeros(unit.shape)
+        else:
+            unit = (unit - low) / (high - low)
+    if unit.ndim == 2:
+        return unit
+    # ITU-R BT.601 luma weights
+    return np.clip(unit @ np.array([0.299, 0.587, 0.114]), 0.0, 1.0)
+
+
+def overlay(
+    image: ArrayLike,
+    relevance: ArrayLike,
+    alpha: float = 0.5,
+    cmap: Cmap = "bwr",
+    symmetric: bool = True,
+    percentile: float | None = None,
+    channel_axis: int = -1,
+    reduce: str = "sum",
+) -> np.ndarray:
+    """Blend a relevance heatmap over a grayscale version of the input image.
+
+    Parameters
+    ----------
+    image : array_like
+        Input image of shape ``(H, W)`` or ``(H, W, 3)`` (channels last).
+        ``uint8`` images are taken as ``[0, 255]``; any other dtype is
+        min-max scaled to ``[0, 1]``, so normalised network inputs can be
+        passed as they are.
+    relevance : array_like
+        Relevance for ``image``; see :func:`heatmap`. After channel reduction
+        its shape must be ``(H, W)``.
+    alpha : float, default 0.5
+        Weight of the heatmap in ``[0, 1]``: 0 shows only the grayscale
+        image, 1 only the heatmap.
+    cmap, symmetric, percentile, channel_axis, reduce
+        Passed to :func:`heatmap`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(H, W, 3)``.
+
+    Raises
+    ------
+    ValueError
+        If ``alpha`` is outside ``[0, 1]``, the shapes do not match, or the
+        inputs are invalid (see :func:`heatmap`).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    gray = _image_to_unit_gray(image)
+    heat = heatmap(
+        relevance,
+        cmap=cmap,
+        symmetric=symmetric,
+        percentile=percentile,
+        channel_axis=channel_axis,
+        reduce=reduce,
+    )
+    if heat.shape[:2] != gray.shape:
+        raise ValueError(
+            f"image is {gray.shape[0]}x{gray.shape[1]} but the relevance map is "
+            f"{heat.shape[0]}x{heat.shape[1]}"
+        )
+    blended = (1.0 - alpha) * gray[..., None] + alpha * (heat / 255.0)
+    return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+
+
+def _as_rgb_uint8(image: ArrayLike, what: str) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ValueError(
+            f"{what} must have dtype uint8, got {img.dtype}; convert relevance "
+            "with heatmap() or overlay() first"
+        )
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(
+            f"{what} must have shape (H, W) or (H, W, 3), got {img.shape}"
+        )
+    return img
+
+
+def _background_rgb(background: int | Sequence[int]) -> np.ndarray:
+    colour = np.asarray(background)
+    if colour.ndim == 0:
+        colour = np.repeat(colour, 3)
+    if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
+        raise ValueError(
+            "background must be an integer or an (r, g, b) triple in "
+            f"[0, 255], got {background!r}"
+        )
+    return colour.astype(np.uint8)
+
+
+def _fit_text(text: str, width: float, measure: Callable[[str], float]) -> str:
+    """Shorten ``text`` with an ellipsis until ``measure(text) <= width``."""
+    if measure(text) <= width:
+        return text
+    while text and measure(text + "...") > width:
+        text = text[:-1]
+    return text + "..." if text else ""
+
+
+def grid(
+    images: Sequence[ArrayLike],
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    pad: int = 2,
+    background: int | Sequence[int] = 255,
+    scale: int = 1,
+) -> np.ndarray:
+    """Tile images into one RGB image.
+
+    Every cell of the grid is as large as the largest (scaled) image; smaller
+    images are centred in their cell. Cells are separated from each other and
+    from the border by ``pad`` pixels of background. Without titles the
+    result has height ``nrows * H + (nrows + 1) * pad`` and width
+    ``ncols * W + (ncols + 1) * pad`` where ``H, W`` is the cell size.
+
+    Parameters
+    ----------
+    images : sequence of array_like
+        Non-empty sequence of ``uint8`` images of shape ``(H, W)`` or
+        ``(H, W, 3)``; sizes may differ.
+    titles : sequence of str, optional
+        One title per image, drawn above it with Pillow's default font
+        (titles too wide for a cell are shortened with an ellipsis). Requires
+        Pillow.
+    ncols : int, optional
+        Number of columns; defaults to ``ceil(sqrt(len(images)))``. Values
+        larger than the number of images are reduced to it.
+    pad : int, default 2
+        Spacing in pixels (in output pixels, not scaled).
+    background : int or (int, int, int), default 255
+        Background grey level or RGB colour.
+    scale : int, default 1
+        Integer nearest-neighbour upscaling factor applied to every image,
+        useful for small inputs such as 28x28 digits.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(H', W', 3)``.
+
+    Raises
+    ------
+    ValueError
+        If ``images`` is empty, an image is not ``uint8`` RGB/grayscale, the
+        number of titles differs from the number of images, or ``ncols``,
+        ``pad`` or ``scale`` is invalid.
+    """
+    tiles = [_as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
+    if not tiles:
+        raise ValueError("grid needs at least one image")
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != len(tiles):
+            raise ValueError(
+                f"got {len(titles)} titles for {len(tiles)} images; pass one "
+                "title per image"
+            )
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if int(pad) != pad or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+    if ncols is not None and (int(ncols) != ncols or ncols < 1):
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    scale, pad = int(scale), int(pad)
+    colour = _background_rgb(background)
+
+    if scale > 1:
+        tiles = [np.repeat(np.repeat(t, scale, axis=0), scale, axis=1) for t in tiles]
+
+    count = len(tiles)
+    cols = math.ceil(math.sqrt(count)) if ncols is None else min(int(ncols), count)
+    rows = math.ceil(count / cols)
+    tile_h = max(t.shape[0] for t in tiles)
+    tile_w = max(t.shape[1] for t in tiles)
+
+    font = None
+    title_h = 0
+    if titles is not None:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()
+        # height of a reference string with ascenders and descenders, so the
+        # band does not depend on the particular titles
+        title_h = int(font.getbbox("Ag|")[3]) + 2
+
+    cell_h = title_h + tile_h
+    height = rows * cell_h + (rows + 1) * pad
+    width = cols * tile_w + (cols + 1) * pad
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[...] = colour
+
+    origins = []
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, cols)
+        top = pad + row * (cell_h + pad)
+        left = pad + col * (tile_w + pad)
+        origins.append((top, left))
+        y = top + title_h + (tile_h - tile.shape[0]) // 2
+        x = left + (tile_w - tile.shape[1]) // 2
+        canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+
+    if titles is not None and font is not None:
+        from PIL import Image, ImageDraw
+
+        picture = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(picture)
+        luminance = float(colour @ np.array([0.299, 0.587, 0.114]))
+        ink = (0, 0, 0) if luminance >= 128 else (255, 255, 255)
+
+        def measure(text: str) -> float:
+            return draw.textlength(text, font=font)
+
+        for (top, left), title in zip(origins, titles):
+            text = _fit_text(title, tile_w, measure)
+            if text:
+                x = left + max(0.0, (tile_w - measure(text)) / 2)
+                draw.text((x, top), text, fill=ink, font=font)
+        canvas = np.asarray(picture, dtype=np.uint8).copy()
+
+    return canvas
+
+
+def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
+    """Write an image as PNG, creating missing parent directories.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination file; it is written in PNG format whatever its suffix.
+    image : array_like
+        ``uint8`` array of shape ``(H, W, 3)`` (RGB) or ``(H, W)``
+        (grayscale).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written to.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not ``uint8`` or has the wrong shape.
+    """
+    from PIL import Image
+
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ValueError(
+            f"save_png needs a uint8 image, got dtype {img.dtype}; use "
+            "heatmap() or overlay() to convert relevance"
+        )
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3)):
+        raise ValueError(
+            f"save_png needs shape (H, W) or (H, W, 3), got {img.shape}"
+        )
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(img)).save(target, format="PNG")
+    return target

@@ -1,0 +1,345 @@
+"""Tests for jaxlrp.viz."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxlrp import viz
+
+BLUE = np.array([0, 0, 255])
+RED = np.array([255, 0, 0])
+
+
+def _close(colour: np.ndarray, target: np.ndarray, tol: int = 8) -> bool:
+    return bool(np.all(np.abs(colour.astype(int) - target) <= tol))
+
+
+# --------------------------------------------------------------- colormaps
+
+
+@pytest.mark.parametrize("name", ["bwr", "seismic", "coldnhot", "gray", "hot"])
+def test_colormap_shape_and_dtype(name):
+    table = viz.colormap(name)
+    assert table.shape == (256, 3)
+    assert table.dtype == np.uint8
+    # interpolated, so neighbouring entries differ by small steps only
+    assert np.abs(np.diff(table.astype(int), axis=0)).max() <= 8
+
+
+def test_colormap_names_constant_matches():
+    assert set(viz.COLORMAPS) == {"bwr", "seismic", "coldnhot", "gray", "hot"}
+
+
+def test_bwr_endpoints_and_middle():
+    table = viz.colormap("bwr")
+    assert _close(table[0], BLUE, tol=0)
+    assert _close(table[-1], RED, tol=0)
+    assert table[127].min() >= 250 and table[128].min() >= 250  # white-ish
+
+
+def test_seismic_endpoints_darker_than_pure():
+    table = viz.colormap("seismic")
+    assert table[0, 2] < 200 and table[0, :2].max() == 0  # dark blue
+    assert table[-1, 0] < 200 and table[-1, 1:].max() == 0  # dark red
+    assert table[128].min() >= 250
+    assert table[0, 2] < table[64, 2] and table[-1, 0] < table[192, 0]
+
+
+def test_coldnhot_cold_black_hot():
+    table = viz.colormap("coldnhot")
+    assert _close(table[0], np.array([0, 255, 255]), tol=0)  # cyan
+    assert table[127:129].max() <= 4  # black at zero
+    assert _close(table[-1], np.array([255, 255, 0]), tol=0)  # yellow
+    assert table[64, 2] > table[64, 0]  # negative side is blue-ish
+    assert table[192, 0] > table[192, 2]  # positive side is red-ish
+
+
+def test_gray_and_hot_endpoints():
+    gray = viz.colormap("gray")
+    assert gray[0].tolist() == [0, 0, 0] and gray[-1].tolist() == [255, 255, 255]
+    assert np.all(gray[:, 0] == gray[:, 1]) and np.all(gray[:, 1] == gray[:, 2])
+    hot = viz.colormap("hot")
+    assert hot[0].tolist() == [0, 0, 0] and hot[-1].tolist() == [255, 255, 255]
+    assert _close(hot[85], RED)
+    # brightness increases monotonically for a sequential map
+    assert np.all(np.diff(hot.astype(int).sum(axis=1)) >= 0)
+
+
+def test_colormap_returns_fresh_array():
+    table = viz.colormap("bwr")
+    table[:] = 0
+    assert viz.colormap("bwr")[0].tolist() == [0, 0, 255]
+
+
+def test_unknown_colormap_lists_valid_names():
+    with pytest.raises(ValueError, match="bwr.*seismic.*coldnhot.*gray.*hot"):
+        viz.colormap("viridis")
+
+
+# --------------------------------------------------------------- normalize
+
+
+def test_normalize_symmetric_zero_is_half():
+    rel = np.array([[-2.0, 0.0, 1.0], [0.5, -1.0, 0.0]])
+    out = viz.normalize(rel)
+    assert out.shape == rel.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out[0, 1] == 0.5 and out[1, 2] == 0.5
+    assert out[0, 0] == 0.0  # -max|R| -> 0
+    assert out[0, 2] == pytest.approx(0.75)
+
+
+def test_normalize_symmetric_percentile_clips():
+    rel = np.concatenate([np.linspace(-1.0, 1.0, 99), [100.0]])
+    out = viz.normalize(rel, percentile=90)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out[-1] == 1.0
+    # without clipping the outlier squashes everything near 0.5
+    assert out[0] < 0.1
+    assert viz.normalize(rel)[0] > 0.49
+
+
+def test_normalize_non_symmetric_min_max():
+    rel = np.array([2.0, 4.0, 6.0])
+    np.testing.assert_allclose(viz.normalize(rel, symmetric=False), [0.0, 0.5, 1.0])
+
+
+def test_normalize_constant_input_no_nan():
+    zeros = np.zeros((4, 4))
+    assert np.all(viz.normalize(zeros) == 0.5)
+    assert np.all(viz.normalize(zeros, symmetric=False) == 0.0)
+    assert np.all(viz.normalize(np.full((4, 4), 3.0), symmetric=False) == 0.0)
+    # a percentile of zero (sparse map) falls back to max|R|, no NaN
+    sparse = np.zeros(100)
+    sparse[0] = 2.0
+    out = viz.normalize(sparse, percentile=50)
+    assert not np.isnan(out).any() and out[0] == 1.0 and out[1] == 0.5
+
+
+def test_normalize_rejects_nan_and_bad_percentile():
+    with pytest.raises(ValueError, match="NaN"):
+        viz.normalize(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="percentile"):
+        viz.normalize(np.ones(3), percentile=0)
+
+
+# ----------------------------------------------------------------- heatmap
+
+
+def _left_positive_right_negative(h: int = 8, w: int = 10) -> np.ndarray:
+    rel = np.zeros((h, w))
+    rel[:, : w // 2] = 1.0
+    rel[:, w // 2 :] = -1.0
+    return rel
+
+
+def test_heatmap_left_red_right_blue():
+    img = viz.heatmap(_left_positive_right_negative())
+    assert img.shape == (8, 10, 3) and img.dtype == np.uint8
+    assert np.all(img[:, :5] == RED)
+    assert np.all(img[:, 5:] == BLUE)
+
+
+def test_heatmap_zero_is_white_with_bwr():
+    rel = np.zeros((3, 3))
+    rel[0, 0], rel[2, 2] = 1.0, -1.0
+    img = viz.heatmap(rel)
+    assert img[1, 1].min() >= 250
+
+
+def test_heatmap_maps_values_to_nearest_table_entry():
+    ramp = np.linspace(0.0, 1.0, 256).reshape(1, 256)
+    img = viz.heatmap(ramp, cmap="gray", symmetric=False)
+    np.testing.assert_array_equal(img[0, :, 0], np.arange(256))
+
+
+def test_heatmap_custom_table():
+    table = np.array([[0, 255, 0], [255, 0, 255]], dtype=np.uint8)
+    img = viz.heatmap(_left_positive_right_negative(), cmap=table)
+    assert img[0, 0].tolist() == [255, 0, 255] and img[0, -1].tolist() == [0, 255, 0]
+    with pytest.raises(ValueError, match="uint8"):
+        viz.heatmap(np.ones((2, 2)), cmap=table.astype(float))
+    with pytest.raises(ValueError, match="shape"):
+        viz.heatmap(np.ones((2, 2)), cmap=table[:, :2])
+
+
+def test_heatmap_accepts_jax_arrays():
+    jnp = pytest.importorskip("jax.numpy")
+    img = viz.heatmap(jnp.asarray(_left_positive_right_negative(), dtype=jnp.float32))
+    np.testing.assert_array_equal(img, viz.heatmap(_left_positive_right_negative()))
+
+
+def test_heatmap_channel_reductions():
+    # pixels (channels last): zero, [1, -3] and [4, 0]
+    rel = np.zeros((1, 3, 2))
+    rel[0, 1] = [1.0, -3.0]
+    rel[0, 2] = [4.0, 0.0]
+    # sum: 0, -2, 4 -> white, half-way to blue, red
+    summed = viz.heatmap(rel, reduce="sum")
+    assert summed[0, 0].min() >= 250
+    assert summed[0, 1, 2] == 255 and 120 <= summed[0, 1, 0] <= 136
+    assert np.all(summed[0, 2] == RED)
+    # abs_sum: 0, 4, 4 -> black, white, white
+    abs_sum = viz.heatmap(rel, reduce="abs_sum", cmap="gray", symmetric=False)
+    assert abs_sum[0, :, 0].tolist() == [0, 255, 255]
+    # max_abs: 0, 3, 4 -> black, 3/4 gray, white
+    max_abs = viz.heatmap(rel, reduce="max_abs", cmap="gray", symmetric=False)
+    assert max_abs[0, :, 0].tolist() == [0, round(0.75 * 255), 255]
+
+
+def test_heatmap_channel_axis_first():
+    rel_last = np.stack([_left_positive_right_negative()] * 3, axis=-1)
+    rel_first = np.moveaxis(rel_last, -1, 0)
+    np.testing.assert_array_equal(
+        viz.heatmap(rel_first, channel_axis=0), viz.heatmap(rel_last)
+    )
+
+
+def test_heatmap_unknown_reduction():
+    with pytest.raises(ValueError, match="sum.*abs_sum.*max_abs"):
+        viz.heatmap(np.ones((2, 2, 3)), reduce="mean")
+
+
+def test_heatmap_rejects_1d_with_hint():
+    with pytest.raises(ValueError, match="sequence_plot"):
+        viz.heatmap(np.ones(5))
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "inf")])
+def test_heatmap_rejects_non_finite(bad, word):
+    rel = np.ones((3, 3))
+    rel[1, 1] = bad
+    with pytest.raises(ValueError, match=f"non-finite.*{word}"):
+        viz.heatmap(rel)
+
+
+def test_heatmap_unknown_cmap():
+    with pytest.raises(ValueError, match="valid names"):
+        viz.heatmap(np.ones((2, 2)), cmap="nope")
+
+
+# ----------------------------------------------------------------- overlay
+
+
+def test_overlay_blends_grayscale_and_heatmap():
+    image = np.zeros((8, 10, 3), dtype=np.uint8)  # black image
+    rel = _left_positive_right_negative()
+    out = viz.overlay(image, rel, alpha=0.5)
+    assert out.shape == (8, 10, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [128, 0, 0]  # half red over black
+    assert out[0, -1].tolist() == [0, 0, 128]
+    # alpha 0 is the grayscale image, alpha 1 the heatmap
+    colour = np.zeros((8, 10, 3), dtype=np.uint8)
+    colour[..., 0] = 255  # pure red image -> gray level 0.299 * 255
+    gray = viz.overlay(colour, rel, alpha=0.0)
+    assert np.all(gray == 76)
+    np.testing.assert_array_equal(viz.overlay(colour, rel, alpha=1.0), viz.heatmap(rel))
+
+
+def test_overlay_float_image_is_min_max_scaled():
+    image = np.linspace(-3.0, 7.0, 21).reshape(3, 7)  # any range, 2-D
+    out = viz.overlay(image, np.zeros((3, 7)), alpha=0.0)
+    assert out[0, 0].tolist() == [0, 0, 0]
+    assert out[1, 3].tolist() == [128, 128, 128]  # 2.0 is half-way
+    assert out[-1, -1].tolist() == [255, 255, 255]
+
+
+def test_overlay_uint8_image_keeps_its_levels():
+    image = np.full((2, 3), 100, dtype=np.uint8)  # not min-max scaled
+    assert np.all(viz.overlay(image, np.zeros((2, 3)), alpha=0.0) == 100)
+    white = np.full((2, 3, 3), 255, dtype=np.uint8)
+    assert np.all(viz.overlay(white, np.zeros((2, 3)), alpha=0.0) == 255)
+
+
+def test_overlay_shape_mismatch_and_alpha():
+    with pytest.raises(ValueError, match="4x5"):
+        viz.overlay(np.zeros((4, 5)), np.zeros((4, 6)))
+    with pytest.raises(ValueError, match="alpha"):
+        viz.overlay(np.zeros((4, 5)), np.zeros((4, 5)), alpha=1.5)
+
+
+# -------------------------------------------------------------------- grid
+
+
+def _tile(h: int, w: int, value: int) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+def test_grid_size_arithmetic():
+    tiles = [_tile(4, 6, v) for v in (10, 20, 30, 40, 50)]
+    out = viz.grid(tiles, ncols=3, pad=2)
+    # 2 rows x 3 cols, padding between cells and around the border
+    assert out.shape == (2 * 4 + 3 * 2, 3 * 6 + 4 * 2, 3)
+    assert out.dtype == np.uint8
+    assert np.all(out[2:6, 2:8] == 10)  # first tile after the pad
+    assert np.all(out[2:6, 10:16] == 20)
+    assert np.all(out[8:12, 10:16] == 50)
+    assert np.all(out[8:12, 18:24] == 255)  # empty cell is background
+    assert np.all(out[:2] == 255)
+
+
+def test_grid_default_columns_and_scale():
+    tiles = [_tile(3, 3, 0)] * 4
+    out = viz.grid(tiles, pad=1, scale=4)  # 2x2 grid of 12x12 tiles
+    assert out.shape == (2 * 12 + 3, 2 * 12 + 3, 3)
+    assert np.all(out[1:13, 1:13] == 0)
+
+
+def test_grid_pads_different_sizes_and_grayscale():
+    small = np.full((2, 2), 7, dtype=np.uint8)  # grayscale (H, W)
+    big = _tile(6, 4, 9)
+    out = viz.grid([small, big], pad=0, background=(1, 2, 3))
+    assert out.shape == (6, 8, 3)
+    assert np.all(out[2:4, 1:3] == 7)  # centred in its 6x4 cell
+    assert out[0, 0].tolist() == [1, 2, 3]
+    assert np.all(out[:, 4:] == 9)
+
+
+def test_grid_titles_add_band_and_draw_text():
+    pytest.importorskip("PIL")
+    tiles = [_tile(20, 40, 200), _tile(20, 40, 200)]
+    plain = viz.grid(tiles, ncols=2, pad=2)
+    titled = viz.grid(tiles, titles=["a", "relevance"], ncols=2, pad=2)
+    assert titled.shape[1] == plain.shape[1]
+    band = titled.shape[0] - plain.shape[0]
+    assert band > 0
+    # dark text pixels in each title's band; the background stays white
+    assert titled[2 : 2 + band, 2:42].min() < 128
+    assert titled[2 : 2 + band, 44:84].min() < 128
+    assert np.all(titled[:2] == 255)
+    # tiles are shifted down by the band, unchanged
+    np.testing.assert_array_equal(titled[2 + band : 22 + band, 2:42], tiles[0])
+
+
+def test_grid_titles_length_mismatch():
+    with pytest.raises(ValueError, match="2 titles for 3 images"):
+        viz.grid([_tile(2, 2, 0)] * 3, titles=["a", "b"])
+
+
+def test_grid_rejects_empty_and_float_images():
+    with pytest.raises(ValueError, match="at least one"):
+        viz.grid([])
+    with pytest.raises(ValueError, match="uint8"):
+        viz.grid([np.zeros((2, 2, 3))])
+
+
+# ---------------------------------------------------------------- save_png
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7)])
+def test_save_png_round_trip(tmp_path, shape):
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    target = tmp_path / "nested" / "dir" / "out.png"
+    written = viz.save_png(str(target), image)
+    assert written == target and target.is_file()
+    with Image.open(target) as loaded:
+        assert loaded.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(loaded), image)
+
+
+def test_save_png_rejects_float(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        viz.save_png(tmp_path / "x.png", np.zeros((2, 2, 3)))
