@@ -75,6 +75,7 @@ class Analysis:
     activations: dict  # region variable -> NodeSpec
     subs: dict  # equation index -> list of sub-Analysis (scan body, cond branches)
     routed: list  # (eqn index) of tainted routing equations: plain VJP fallbacks
+    depth: dict  # tainted variable -> number of dense/conv layers on its path from the input
 
 
 class _Context:
@@ -90,7 +91,7 @@ class _Context:
         return layer
 
 
-def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, out_free=None) -> Analysis:
+def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_last: bool = False) -> Analysis:
     """Static analysis of ``program`` given which inputs carry relevance."""
     tainted: set = {v for v, t in zip(program.invars, in_taint) if t and _inexact(v)}
     prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
@@ -251,7 +252,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, out_fr
 
     # "last": dense/conv nodes whose output reaches the program output without
     # crossing another dense/conv node.
-    free = set(v for v, f in zip(program.outvars, out_free or [True] * len(program.outvars)) if f and isinstance(v, Var))
+    free = set() if never_last else {v for v in program.outvars if isinstance(v, Var)}
     for i in reversed(range(len(program.eqns))):
         e = program.eqns[i]
         if plan[i] == "node":
@@ -268,7 +269,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, out_fr
             continue
         elif any(v in free for v in e.outvars):
             free.update(a for a in e.invars if isinstance(a, Var))
-    return Analysis(program, tainted, origin, plan, nodes, activations, subs, routed)
+    return Analysis(program, tainted, origin, plan, nodes, activations, subs, routed, depth)
 
 
 def _inverts(e: Eqn, tpos: tuple) -> bool:
@@ -292,25 +293,35 @@ def _mark(v, tainted, depth, d):
 
 
 def _analyze_control(e: Eqn, taint, prov, depth, ctx) -> list:
-    """Analyse the bodies of ``scan`` and ``cond`` (with the scan carry's fixed point)."""
+    """Analyse the bodies of ``scan`` and ``cond``.
+
+    A body is one set of equations for every iteration (or branch), so its layers get
+    one rule each: a scan layer is ``first`` only if it is first in every iteration
+    (the carry's taint and layer depth are fixed points over iterations), and layers
+    inside control flow are never ``last``.
+    """
     if e.prim.name == "cond":
         ops = slice(1, None)  # operand 0 is the branch index
         return [
-            analyze(flatten(b.jaxpr, b.consts, e.name), taint[ops], prov[ops], depth[ops], ctx)
+            analyze(flatten(b.jaxpr, b.consts, e.name), taint[ops], prov[ops], depth[ops], ctx, never_last=True)
             for b in e.params["branches"]
         ]
     nc, nk = e.params["num_consts"], e.params["num_carry"]
     jaxpr, consts = body(e.params, "jaxpr")
-    taint = list(taint)
-    while True:  # fixed point of the carry's taint, probing without registering layers
+    taint, depth = list(taint), list(depth)
+    while True:  # probe without registering layers until the carry is stable
         prog = flatten(jaxpr, consts, e.name)
-        probe = analyze(prog, taint, prov, depth, _Context(ctx.composite))
-        out_t = [isinstance(v, Var) and v in probe.tainted for v in prog.outvars[:nk]]
-        new = taint[:nc] + [a or b for a, b in zip(taint[nc:nc + nk], out_t)] + taint[nc + nk:]
-        if new == taint:
+        probe = analyze(prog, taint, prov, depth, _Context(ctx.composite), never_last=True)
+        carry_out = prog.outvars[:nk]
+        out_t = [isinstance(v, Var) and v in probe.tainted for v in carry_out]
+        out_d = [probe.depth.get(v, 0) if isinstance(v, Var) else 0 for v in carry_out]
+        carry = list(zip(taint[nc:nc + nk], depth[nc:nc + nk], out_t, out_d))
+        new_t = [t or ot for t, _, ot, _ in carry]
+        new_d = [max(d, min(od, 1)) for _, d, _, od in carry]  # depth >= 1 is all that matters
+        if new_t == taint[nc:nc + nk] and new_d == depth[nc:nc + nk]:
             break
-        taint = new
-    return [analyze(flatten(jaxpr, consts, e.name), taint, prov, depth, ctx)]
+        taint[nc:nc + nk], depth[nc:nc + nk] = new_t, new_d
+    return [analyze(flatten(jaxpr, consts, e.name), taint, prov, depth, ctx, never_last=True)]
 
 
 def _control_out_taint(e: Eqn, subs: list) -> list:

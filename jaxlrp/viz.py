@@ -283,14 +283,14 @@ def heatmap(
     ------
     ValueError
         If ``relevance`` is not 2-D or 3-D (1-D input hints at
-        ``sequence_plot``), contains NaN or inf, or an argument is invalid.
+        reshape a sequence to ``(1, L)`` or ``(1, L, C)``), contains NaN or inf, or an argument is invalid.
     """
     rel = np.asarray(relevance)
     if rel.ndim == 1:
         raise ValueError(
             f"heatmap needs a 2-D (H, W) or 3-D image-shaped relevance, got a "
             f"1-D array of length {rel.shape[0]}; for token or sequence "
-            "relevance use `sequence_plot` instead"
+            "relevance reshape it to (1, L) or (1, L, C) for a one-row heatmap"
         )
     if rel.ndim not in (2, 3):
         raise ValueError(

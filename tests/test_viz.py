@@ -202,7 +202,7 @@ def test_heatmap_unknown_reduction():
 
 
 def test_heatmap_rejects_1d_with_hint():
-    with pytest.raises(ValueError, match="sequence_plot"):
+    with pytest.raises(ValueError, match=r"\(1, L\)"):
         viz.heatmap(np.ones(5))
 
 
