@@ -57,6 +57,7 @@ class NodeSpec:
     eqn: int  # index of the head equation (-1 for activations)
     tainted: tuple = ()  # operand positions of the relevance-carrying inputs
     weight: Optional[int] = None  # operand position of the weight
+    reduction: Optional[int] = None  # a psum over devices that is part of the layer
     chain: tuple = ()  # folded affine equations (canonize)
     scales: bool = False
     axis_map: Optional[tuple] = None
@@ -162,19 +163,23 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
         if name in P.LINEAR and len(tpos) == 1:
             wpos = 1 - tpos[0]
             axis_map = canonize.output_axis_map(e, wpos)
-            members, out, scales = canonize.affine_chain(program, i, axis_map, is_t, consumers_for_chain)
-            for j in [i] + members[:-1]:
+            reduction, members, out, scales = canonize.affine_chain(
+                program, i, axis_map, is_t, consumers_for_chain
+            )
+            folded = ([reduction] if reduction is not None else []) + members
+            for j in [i] + folded[:-1]:
                 plan[j] = "skip"
             make_node(
                 P.LINEAR[name],
                 out,
-                at=members[-1] if members else i,
+                at=folded[-1] if folded else i,
                 weight=wpos,
+                reduction=reduction,
                 chain=tuple(members),
                 scales=scales,
                 axis_map=axis_map,
                 param_paths=param_paths(e, wpos),
-                folded=tuple(program.eqns[j].prim.name for j in members),
+                folded=tuple(program.eqns[j].prim.name for j in folded),
             )
         elif name in P.LINEAR:
             make_node("product", e.outvars[0])
@@ -300,6 +305,9 @@ def _analyze_control(e: Eqn, taint, prov, depth, ctx) -> list:
     (the carry's taint and layer depth are fixed points over iterations), and layers
     inside control flow are never ``last``.
     """
+    if e.prim.name == "shard_map":
+        jaxpr, consts = body(e.params, "jaxpr")
+        return [analyze(flatten(jaxpr, consts, e.name), taint, prov, depth, ctx, never_last=True)]
     if e.prim.name == "cond":
         ops = slice(1, None)  # operand 0 is the branch index
         return [
@@ -418,6 +426,8 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None)
             outs = _eval_scan(e, an.subs[i][0], rules, [read(a) for a in e.invars])
         elif kind == "cond":
             outs = _eval_cond(e, an.subs[i], rules, [read(a) for a in e.invars])
+        elif kind == "shard_map":
+            outs = _eval_shard_map(e, an.subs[i][0], rules, [read(a) for a in e.invars])
         else:
             outs = e.bind(*[read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
@@ -435,12 +445,11 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap) -> Any:
     if spec.weight is not None:
         weight = ops[spec.weight]
         wpos = spec.weight
+        reduce = an.program.eqns[spec.reduction] if spec.reduction is not None else None
         if spec.chain:
-            out_shape = e.outvars[0].shape
-            shape = canonize.reduced_shape(out_shape, spec.axis_map)
-            a, bias = canonize.chain_coefficients(
-                an.program, spec.chain, e.outvars[0], shape, e.outvars[0].dtype, raw
-            )
+            start = (reduce or e).outvars[0]
+            shape = canonize.reduced_shape(start.shape, spec.axis_map)
+            a, bias = canonize.chain_coefficients(an.program, spec.chain, start, shape, start.dtype, raw)
             if spec.scales:
                 weight = canonize.fold_scale(weight, a, spec.axis_map)
 
@@ -448,7 +457,8 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap) -> Any:
             args = list(ops)
             args[spec.tainted[0]] = xs[0]
             args[wpos] = w
-            return e.bind(*args)[0]
+            (z,) = e.bind(*args)
+            return reduce.bind(z)[0] if reduce is not None else z
 
     elif spec.affine:
         zeros = {k: jnp.zeros_like(ops[k]) for k in spec.tainted}
@@ -499,3 +509,13 @@ def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list) -> list:
     index, ops = vals[0], vals[1:]
     branches = [lambda *xs, s=s: evaluate(s, rules, list(xs)) for s in subs]
     return list(jax.lax.switch(index, branches, *ops))
+
+
+def _eval_shard_map(e: Eqn, sub: Analysis, rules: dict, vals: list) -> list:
+    p = e.params
+    inner = jax.shard_map(
+        lambda *xs: tuple(evaluate(sub, rules, list(xs))),
+        mesh=p["mesh"], in_specs=p["in_specs"], out_specs=p["out_specs"],
+        axis_names=p["newly_manual_axes"], check_vma=p["check_vma"],
+    )
+    return list(inner(*vals))

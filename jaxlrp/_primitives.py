@@ -61,6 +61,8 @@ SUMS: dict[str, str] = {
     "reduce_window_sum": "avgpool",
     "scatter-add": "sum",
     "scatter_add": "sum",
+    "psum": "sum",  # inside shard_map: the sum over devices
+    "psum_invariant": "sum",
 }
 
 # Structural operations: relevance follows the plain VJP (it moves values
@@ -75,7 +77,7 @@ ROUTING: frozenset[str] = frozenset(
 )
 
 # Control flow with a body that is interpreted.
-CONTROL: frozenset[str] = frozenset({"scan", "cond"})
+CONTROL: frozenset[str] = frozenset({"scan", "cond", "shard_map"})
 
 # Primitives whose output carries no dependence on the input for relevance.
 STOP: frozenset[str] = frozenset({"stop_gradient"})

@@ -27,6 +27,9 @@ import numpy as np
 
 from ._program import Eqn, Lit, Program, Var
 
+# Collective sums over devices that may directly follow a linear layer inside
+# shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
+_REDUCTIONS = frozenset({"psum", "psum_invariant"})
 # Elementwise operations allowed in a foldable chain.
 _AFFINE = frozenset({"add", "sub", "mul", "div", "neg", "convert_element_type", "copy", "copy_p"})
 # Of those, the ones that can scale (not only shift) the layer output.
@@ -69,13 +72,20 @@ def affine_chain(
 ) -> tuple:
     """Find the foldable chain after equation ``head``.
 
-    Returns ``(members, out_var, scales)``: indices of the chain's equations, the
-    variable the fused layer produces, and whether the chain can scale its input.
+    Returns ``(reduction, members, out_var, scales)``: the index of a collective
+    sum over devices that belongs to the layer (or ``None``), indices of the chain's
+    equations, the variable the fused layer produces, and whether the chain can
+    scale its input.
     """
     v: Var = program.eqns[head].outvars[0]
-    members, scales = [], False
+    members, scales, reduction = [], False, None
+    users = consumers.get(v, ())
+    if len(users) == 1 and users[0] >= 0:
+        e = program.eqns[users[0]]
+        if e.prim.name in _REDUCTIONS and len(e.invars) == 1 and len(e.outvars) == 1:
+            reduction, v = users[0], e.outvars[0]
     if axis_map is None:
-        return members, v, scales
+        return reduction, members, v, scales
     rank = len(v.shape)
     while True:
         users = consumers.get(v, ())
@@ -99,7 +109,7 @@ def affine_chain(
         scales |= name in _SCALING or (name == "sub" and pos[0] == 1)
         members.append(j)
         v = e.outvars[0]
-    return members, v, scales
+    return reduction, members, v, scales
 
 
 def _per_channel(a, axis_map: tuple, rank: int) -> bool:

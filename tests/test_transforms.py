@@ -115,3 +115,44 @@ def test_sharded_over_8_devices_equals_single_device():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "max relative difference" in proc.stdout
+
+
+SHARD_MAP = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import PartitionSpec as P
+    import jaxlrp
+    from jaxlrp import composites, rules
+    mesh = jax.make_mesh((4,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    rng = np.random.default_rng(0)
+    w1, w2 = jnp.asarray(rng.normal(size=(8, 12)), jnp.float32), jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
+
+    def row_parallel(p, x):  # the second layer's contraction split over 4 devices, then psum
+        h = jax.nn.relu(x @ p[0])
+        part = lambda w, h: jax.lax.psum(h @ w, "d")
+        return jax.shard_map(part, mesh=mesh, in_specs=(P("d", None), P(None, "d")), out_specs=P())(p[1], h)
+
+    def plain(p, x):
+        return jax.nn.relu(x @ p[0]) @ p[1]
+
+    np.testing.assert_allclose(row_parallel((w1, w2), x), plain((w1, w2), x), rtol=1e-5)
+    comp = composites.Composite([("linear", rules.ZPlus()), ("sum", rules.Norm(0.0))])
+    a = jax.jit(jaxlrp.lrp(row_parallel, comp))((w1, w2), x, target=1)
+    b = jaxlrp.lrp(plain, comp)((w1, w2), x, target=1)
+    err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    print("max relative difference", err)
+    assert err < 1e-5, err
+    """
+)
+
+
+def test_shard_map_with_psum_inside_the_model():
+    """Tensor parallelism inside the model: a dense layer whose contraction is split
+    over devices and summed by psum is one layer, with the rule's denominators global."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARD_MAP], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "max relative difference" in proc.stdout

@@ -1,0 +1,176 @@
+"""Benchmark: jitted LRP against ``jax.grad`` of the same function, same process.
+
+For each (model, batch, composite) cell it reports
+
+* the wall-time ratio ``LRP / grad``: both functions jitted and warmed up, timed in
+  interleaved rounds, medians of ``--repeats`` calls per round, median over rounds;
+* XLA's FLOP ratio and memory ratio from the compiled executables
+  (``cost_analysis``, ``memory_analysis``: noise-free);
+* compile times.
+
+``grad`` is ``jax.grad(lambda x: sum(f(x) * onehot))`` -- the gradient of the
+explained logits, the physical floor for LRP (one forward and one backward pass).
+
+    python bench/run.py --models cnn mlp --batch 8 64 --composites epsilon epsilon_plus_flat
+
+writes ``bench/results.md`` and ``bench/results.json`` (see ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxlrp
+from jaxlrp import composites
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(512)(x))
+        x = nn.relu(nn.Dense(512)(x))
+        return nn.Dense(10)(x)
+
+
+class CNN(nn.Module):
+    """The small CNN of the design study: 3 conv layers (c=32), 32x32x3 input."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(10)(x)
+
+
+MODELS = {"mlp": (MLP, (28, 28, 1)), "cnn": (CNN, (32, 32, 3))}
+COMPOSITES = {
+    "epsilon": lambda: composites.Composite(),
+    "epsilon_plus_flat": composites.EpsilonPlusFlat,
+    "epsilon_gamma_box": lambda: composites.EpsilonGammaBox(-3.0, 3.0),
+    "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
+}
+
+
+def _compiled(f, *args):
+    t0 = time.perf_counter()
+    c = jax.jit(f).lower(*args).compile()
+    return c, time.perf_counter() - t0
+
+
+def _flops(c) -> float:
+    ca = c.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0]
+    return float(ca.get("flops", float("nan"))) if ca else float("nan")
+
+
+def _memory(c) -> float:
+    m = c.memory_analysis()
+    if m is None:
+        return float("nan")
+    return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+
+
+def _time(f, args, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
+    cls, shape = MODELS[model_name]
+    model = cls()
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    onehot = jax.nn.one_hot(jnp.zeros(batch, jnp.int32), 10)
+
+    def grad(v, x):
+        return jax.grad(lambda x: jnp.sum(model.apply(v, x) * onehot))(x)
+
+    explain = jaxlrp.lrp(model.apply, COMPOSITES[comp_name]())
+
+    def lrp(v, x):
+        return explain(v, x, target=0)
+
+    cg, tg_compile = _compiled(grad, variables, x)
+    cl, tl_compile = _compiled(lrp, variables, x)
+    for f in (cg, cl):  # warm-up
+        jax.block_until_ready(f(variables, x))
+    tg, tl = [], []
+    for _ in range(rounds):  # interleaved
+        tg.append(_time(cg, (variables, x), repeats))
+        tl.append(_time(cl, (variables, x), repeats))
+    t_grad, t_lrp = statistics.median(tg), statistics.median(tl)
+    return {
+        "model": model_name, "batch": batch, "composite": comp_name,
+        "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
+        "flop_ratio": _flops(cl) / _flops(cg), "memory_ratio": _memory(cl) / _memory(cg),
+        "compile_grad_s": tg_compile, "compile_lrp_s": tl_compile,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="LRP vs jax.grad benchmark")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--batch", nargs="+", type=int, default=[1, 64])
+    ap.add_argument("--composites", nargs="+", default=list(COMPOSITES), choices=list(COMPOSITES))
+    ap.add_argument("--repeats", type=int, default=20, help="calls per timing round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output path stem")
+    args = ap.parse_args(argv)
+    if min(args.batch) < 1 or args.repeats < 1 or args.rounds < 1:
+        ap.error("--batch, --repeats and --rounds must be positive")
+
+    machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    rows = []
+    for m in args.models:
+        for b in args.batch:
+            for c in args.composites:
+                r = bench_cell(m, b, c, args.repeats, args.rounds)
+                rows.append(r)
+                print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
+                      f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f}  mem x{r['memory_ratio']:.2f}",
+                      flush=True)
+    cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
+        "",
+        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
+            f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['memory_ratio']:.2f} | "
+            f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
+        )
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
