@@ -343,7 +343,7 @@ def _control_out_taint(e: Eqn, subs: list) -> list:
 # -------------------------------------------------------------------------- evaluation
 
 
-def _node_call(spec: NodeSpec, rule, apply):
+def _node_call(spec: NodeSpec, rule, apply, example_ndim: int):
     """A function ``(inputs, weight, bias) -> z`` whose VJP is ``rule``."""
     kind = spec.layer.kind
 
@@ -361,14 +361,14 @@ def _node_call(spec: NodeSpec, rule, apply):
 
     def bwd(res, relevance):
         inputs, weight, bias, z = res
-        rel = rule(Node(kind, inputs, weight, bias, z, apply), relevance)
+        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim), relevance)
         return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None
 
     call.defvjp(fwd, bwd)
     return call
 
 
-def _passthrough(spec: NodeSpec, rule):
+def _passthrough(spec: NodeSpec, rule, example_ndim: int):
     """``(source, value) -> value`` sending relevance of ``value`` to ``source``."""
 
     @jax.custom_vjp
@@ -380,19 +380,20 @@ def _passthrough(spec: NodeSpec, rule):
 
     def bwd(res, relevance):
         source, value = res
-        (r,) = rule(Node("activation", (source,), None, None, value, None), relevance)
+        (r,) = rule(Node("activation", (source,), None, None, value, None, example_ndim), relevance)
         return r.astype(source.dtype), None
 
     call.defvjp(fwd, bwd)
     return call
 
 
-def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None) -> list:
+def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0) -> list:
     """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
 
     ``rules`` maps layer index to rule. ``taps`` maps layer index to
     ``(input_taps, output_tap)``: zero arrays added to the node's relevance-carrying
     inputs and output, so that their cotangents are the relevance there.
+    ``example_ndim`` is passed to the rules (see :class:`~jaxlrp.rules.Node`).
     """
     taps = taps or {}
     prog = an.program
@@ -406,7 +407,7 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None)
         if isinstance(a, Var) and a in an.activations:
             if a not in passed:
                 spec = an.activations[a]
-                passed[a] = _passthrough(spec, rules[spec.layer.index])(env[spec.origin], env[a])
+                passed[a] = _passthrough(spec, rules[spec.layer.index], example_ndim)(env[spec.origin], env[a])
             return passed[a]
         return raw(a)
 
@@ -420,14 +421,16 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None)
             outs = e.bind(*[raw(a) for a in e.invars])
         elif kind == "node":
             spec = an.nodes[i]
-            env[spec.out] = _eval_node(an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index))
+            env[spec.out] = _eval_node(
+                an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim
+            )
             continue
         elif kind == "scan":
-            outs = _eval_scan(e, an.subs[i][0], rules, [read(a) for a in e.invars])
+            outs = _eval_scan(e, an.subs[i][0], rules, [read(a) for a in e.invars], example_ndim)
         elif kind == "cond":
-            outs = _eval_cond(e, an.subs[i], rules, [read(a) for a in e.invars])
+            outs = _eval_cond(e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim)
         elif kind == "shard_map":
-            outs = _eval_shard_map(e, an.subs[i][0], rules, [read(a) for a in e.invars])
+            outs = _eval_shard_map(e, an.subs[i][0], rules, [read(a) for a in e.invars], example_ndim)
         else:
             outs = e.bind(*[read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
@@ -435,7 +438,7 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None)
     return [read(a) for a in prog.outvars]
 
 
-def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap) -> Any:
+def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
     e = an.program.eqns[spec.eqn]
     ops = [read(a) for a in e.invars]
     inputs = tuple(ops[k] for k in spec.tainted)
@@ -484,13 +487,13 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap) -> Any:
                 args[k] = x
             return e.bind(*args)[0]
 
-    z = _node_call(spec, rule, apply)(inputs, weight, bias)
+    z = _node_call(spec, rule, apply, example_ndim)(inputs, weight, bias)
     if tap is not None:
         z = z + tap[1]
     return z
 
 
-def _eval_scan(e: Eqn, sub: Analysis, rules: dict, vals: list) -> list:
+def _eval_scan(e: Eqn, sub: Analysis, rules: dict, vals: list, example_ndim: int) -> list:
     p = e.params
     nc, nk = p["num_consts"], p["num_carry"]
     consts, init, xs = vals[:nc], vals[nc:nc + nk], vals[nc + nk:]
@@ -498,23 +501,23 @@ def _eval_scan(e: Eqn, sub: Analysis, rules: dict, vals: list) -> list:
     init = [jnp.asarray(x, v.dtype) for x, v in zip(init, sub.program.invars[nc:nc + nk])]
 
     def step(carry, x):
-        outs = evaluate(sub, rules, [*consts, *carry, *x])
+        outs = evaluate(sub, rules, [*consts, *carry, *x], example_ndim=example_ndim)
         return outs[:nk], outs[nk:]
 
     carry, ys = jax.lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
     return [*carry, *ys]
 
 
-def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list) -> list:
+def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int) -> list:
     index, ops = vals[0], vals[1:]
-    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs)) for s in subs]
+    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim) for s in subs]
     return list(jax.lax.switch(index, branches, *ops))
 
 
-def _eval_shard_map(e: Eqn, sub: Analysis, rules: dict, vals: list) -> list:
+def _eval_shard_map(e: Eqn, sub: Analysis, rules: dict, vals: list, example_ndim: int) -> list:
     p = e.params
     inner = jax.shard_map(
-        lambda *xs: tuple(evaluate(sub, rules, list(xs))),
+        lambda *xs: tuple(evaluate(sub, rules, list(xs), example_ndim=example_ndim)),
         mesh=p["mesh"], in_specs=p["in_specs"], out_specs=p["out_specs"],
         axis_names=p["newly_manual_axes"], check_vma=p["check_vma"],
     )

@@ -41,6 +41,7 @@ class Traced:
     treedefs: list  # of the explained arguments
     argnums: tuple
     single: bool  # argnums was an int
+    example_ndim: int  # leading axes of the output that index examples
 
 
 def _argnums(argnums, nargs: int) -> tuple:
@@ -99,7 +100,8 @@ def trace(fn: Callable, composite: Composite, argnums, args: Sequence) -> Traced
     an = analyze(flatten(closed.jaxpr, closed.consts), taint, prov, [0] * len(flat), ctx)
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
-    return Traced(an, layers, rules, flat, explained, treedefs, nums, single)
+    example_ndim = max(len(closed.out_avals[0].shape) - 1, 0)
+    return Traced(an, layers, rules, flat, explained, treedefs, nums, single, example_ndim)
 
 
 def _with_keys(layers: list) -> tuple:
@@ -135,7 +137,7 @@ def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
         vals = list(t.flat_args)
         for j, x in zip(t.explained, x_leaves):
             vals[j] = x
-        (out,) = evaluate(t.analysis, t.rules, vals, taps)
+        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim)
         return out
 
     x_leaves = [t.flat_args[j] for j in t.explained]

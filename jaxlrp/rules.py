@@ -86,6 +86,10 @@ class Node(NamedTuple):
         ``apply(inputs, weight) -> z`` without the bias: the layer's own primitive,
         re-bound with its parameters. Linear in each input for dense, conv, sum and
         avgpool nodes; ``None`` for activations.
+    example_ndim:
+        How many leading axes of the values index examples (the explained output's
+        leading axes; 0 for a function of one example, e.g. inside ``jax.vmap``).
+        Rules with per-example quantities (pruning thresholds, normalisers) use it.
     """
 
     kind: str
@@ -94,6 +98,7 @@ class Node(NamedTuple):
     bias: Optional[Array]
     output: Array
     apply: Optional[Callable[[tuple, Optional[Array]], Array]]
+    example_ndim: int = 0
 
 
 class Rule:

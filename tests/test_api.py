@@ -158,3 +158,31 @@ def test_rule_that_cannot_apply_to_matched_layers_raises(mlp):
     comp = composites.Composite([("*/fc1", rules.Norm())])
     with pytest.raises(ValueError, match="applies only to kinds"):
         jaxlrp.lrp(fn, comp)(v, x)
+
+
+def test_custom_rule_sees_example_axes():
+    """A user-defined rule plugs in like a built-in one, and learns how many leading
+    axes index examples (0 inside vmap): what per-example rules need."""
+    import dataclasses
+
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Probe(rules.Rule):
+        kinds = frozenset({"dense"})
+
+        def __call__(self, node, relevance):
+            seen.append(node.example_ndim)
+            return rules.Epsilon()(node, relevance)
+
+    w = np.random.default_rng(0).normal(size=(4, 3))
+    fn = lambda w, x: x @ w
+    x = np.random.default_rng(1).normal(size=(2, 5, 4))
+    explain = jaxlrp.lrp(fn, rule=Probe())
+    r2 = explain(w, x)
+    r1 = explain(w, x[0])
+    r0 = jax.vmap(explain, in_axes=(None, 0))(w, x[0])
+    assert seen == [2, 1, 0]
+    np.testing.assert_allclose(r2[0], r1, rtol=1e-12)
+    np.testing.assert_allclose(r0, r1, rtol=1e-12)
+    np.testing.assert_allclose(r1, jaxlrp.lrp(fn)(w, x[0]), rtol=1e-12)
