@@ -99,6 +99,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
     depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
     origin: dict = {}
     inverse: set = set()  # variables computed from an inverse of a tainted value
+    gates: set = set()  # region or routed values of a sigmoid (gates)
     consumers: dict = {}
     for i, e in enumerate(program.eqns):
         for a in e.invars:
@@ -140,18 +141,18 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
         if _inverts(e, tpos) or any(e.invars[k] in inverse for k in tpos):
             inverse.update(e.outvars)
 
-        def make_node(kind, out, at=i, **kw):
+        def make_node(kind, out, at=i, order=tpos, **kw):
             layer = ctx.new_layer(
                 kind=kind,
                 primitive=name,
                 name=e.name,
                 param_paths=kw.pop("param_paths", ()),
                 first=kind in ("dense", "conv") and d_in == 0,
-                input_shapes=tuple(e.invars[k].shape for k in tpos),
+                input_shapes=tuple(e.invars[k].shape for k in order),
                 output_shape=out.shape,
                 folded=kw.pop("folded", ()),
             )
-            spec = NodeSpec(layer=layer, eqn=i, tainted=tpos, out=out, **kw)
+            spec = NodeSpec(layer=layer, eqn=i, tainted=order, out=out, **kw)
             # Evaluated where its folded chain ends: the chain's other operands
             # (BatchNorm statistics) may be computed after the head equation.
             nodes[at] = spec
@@ -192,6 +193,8 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 tainted.add(out)
                 origin[out] = o
                 depth[out] = d_in
+                if name in P.GATING or any(e.invars[k] in gates for k in tpos):
+                    gates.add(out)
             elif name in P.AFFINE:
                 make_node("sum", out, affine=True)
             elif name == "mul" and len(tpos) == 1:
@@ -203,7 +206,11 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                     fail(e, "multiplication by an inverse of an input-dependent value (a normalisation such as "
                          "LayerNorm or RMSNorm)", "explain the function up to the normalisation, or wrap the "
                          "normaliser in jax.lax.stop_gradient to treat it as a constant")
-                make_node("product", out)
+                is_gate = [e.invars[k] in gates for k in tpos]
+                if sum(is_gate) == 1:  # signal first, gate second
+                    make_node("gate", out, order=tuple(sorted(tpos, key=lambda k: e.invars[k] in gates)))
+                else:
+                    make_node("product", out)
             elif name == "div":
                 fail(e, "division by an input-dependent value (softmax, normalisation)",
                      "explain the logits rather than probabilities, or wrap the denominator in "
@@ -220,6 +227,8 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
             routed.append(i)
             for v in outs_inexact:
                 _mark(v, tainted, depth, d_in)
+            if any(e.invars[k] in gates for k in tpos):
+                gates.update(outs_inexact)
         elif name in P.CONTROL:
             plan[i] = name
             subs[i] = _analyze_control(e, [is_t(a) for a in e.invars], [prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars], [depth.get(a, 0) for a in e.invars], ctx)

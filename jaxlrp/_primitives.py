@@ -50,6 +50,10 @@ INVERSE: frozenset[str] = frozenset({"rsqrt", "div", "pow", "integer_pow"})
 # Affine in their tainted operands, with the untainted float operands as a bias:
 # with sources of different origin, a sum node (residual connections).
 AFFINE: frozenset[str] = frozenset({"add", "sub", "add_any", "scatter-add", "scatter_add"})
+# Elementwise functions with values in (0, 1): their outputs act as gates. A
+# product of a gate and another value (LSTM/GRU cells, gated units) is a "gate"
+# node: by default the signal takes all the relevance (Arras et al. 2017).
+GATING: frozenset[str] = frozenset({"logistic"})
 # Elementwise choice between tainted values of different origin.
 SELECTING: frozenset[str] = frozenset({"max", "min", "select_n", "clamp"})  # -> plain VJP
 

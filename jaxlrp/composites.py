@@ -13,6 +13,8 @@ kind           what it is in the jaxpr                     default rule
                two input-dependent tensors (residuals)
 ``avgpool``    ``reduce_window_sum`` (average/sum pool)    ``Norm()``
 ``product``    product of two input-dependent tensors      ``Uniform()``
+``gate``       product of a signal and a sigmoid gate      ``SignalTakesAll()``
+               (LSTM/GRU cells, gated units)
 ``activation`` elementwise functions of one tensor         ``Pass()``
 =============  ==========================================  ==================
 
@@ -64,7 +66,7 @@ __all__ = [
     "KINDS",
 ]
 
-KINDS = ("dense", "conv", "sum", "avgpool", "product", "activation")
+KINDS = ("dense", "conv", "sum", "avgpool", "product", "gate", "activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +185,7 @@ _BASE: tuple = (
     ("sum", _rules.Norm()),
     ("avgpool", _rules.Norm()),
     ("product", _rules.Uniform()),
+    ("gate", _rules.SignalTakesAll()),
     ("linear", _rules.Epsilon()),
 )
 

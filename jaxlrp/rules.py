@@ -55,6 +55,7 @@ __all__ = [
     "Pass",
     "Norm",
     "Uniform",
+    "SignalTakesAll",
     "WEIGHTED_KINDS",
 ]
 
@@ -70,8 +71,9 @@ class Node(NamedTuple):
     Attributes
     ----------
     kind:
-        ``"dense"``, ``"conv"``, ``"sum"``, ``"avgpool"``, ``"product"`` or
-        ``"activation"``.
+        ``"dense"``, ``"conv"``, ``"sum"``, ``"avgpool"``, ``"product"``,
+        ``"gate"`` (a product of a signal and a sigmoid gate; ``inputs`` is
+        ``(signal, gate)``) or ``"activation"``.
     inputs:
         The relevance-carrying inputs (one for dense/conv layers; the summands of a
         sum; the factors of a product; the source of an activation).
@@ -498,7 +500,7 @@ class Uniform(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"product"})
+    kinds = frozenset({"product", "gate"})
 
     def __post_init__(self):
         _check_nonneg("stabilizer", self.stabilizer)
@@ -507,6 +509,38 @@ class Uniform(Rule):
         n = len(node.inputs)
         term = _Term([_Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
         return _propagate(node, relevance, [term], self.stabilizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalTakesAll(Rule):
+    r"""Gated products :math:`z = s \odot g` with a sigmoid gate :math:`g`: all
+    relevance goes to the signal :math:`s`, none to the gate (Arras et al. 2017,
+    "Explaining recurrent neural network predictions in sentiment analysis").
+
+    .. math:: R_s = s rac{\partial z}{\partial s} rac{R}{z} = R, \qquad R_g = 0
+
+    The default rule of ``"gate"`` layers (LSTM and GRU cells, gated linear units);
+    :class:`Uniform` gives the half split instead.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0`` (matters only where the gate broadcasts over the signal).
+    """
+
+    stabilizer: float = 1e-6
+    kinds = frozenset({"gate"})
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        signal, gate = node.inputs
+        if signal.shape == relevance.shape:
+            return relevance, jnp.zeros_like(gate)
+        _, pull = jax.vjp(lambda s: node.apply((s, gate), None), signal)
+        (g,) = pull(_divide(relevance, _stabilize(node.output, self.stabilizer)))
+        return signal * g, jnp.zeros_like(gate)
 
 
 @dataclasses.dataclass(frozen=True)
