@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from . import _primitives as P
 from . import canonize
 from ._errors import UnsupportedOperationError
-from ._program import Eqn, Lit, Program, Var, body, flatten
+from ._program import Eqn, Lit, Program, Var, body, flatten, replay
 from .composites import Layer
 from .rules import Node
 
@@ -63,7 +63,8 @@ class NodeSpec:
     axis_map: Optional[tuple] = None
     affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
     out: Optional[Var] = None
-    origin: Optional[Var] = None  # for activations: the region's source
+    origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
+    replay: tuple = ()  # softmax: the equations computing the output from ``origin``
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,8 +99,14 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
     prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
     depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
     origin: dict = {}
-    inverse: set = set()  # variables computed from an inverse of a tainted value
-    gates: set = set()  # region or routed values of a sigmoid (gates)
+    # Tags of tainted variables, used to recognise patterns, passed along
+    # activations and routing (and, for "inverse", scalings and sums):
+    #   "inverse": an inverse of a tainted value (rsqrt, 1/x); "gate", "root",
+    #   "probs": a sigmoid / square root / softmax output; "exp": an activation
+    #   region containing exp;
+    #   sums[v]: origins summed into v (a sum node, through activations and routing).
+    tags: dict = {}
+    sums: dict = {}
     consumers: dict = {}
     for i, e in enumerate(program.eqns):
         for a in e.invars:
@@ -138,8 +145,19 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                     prov[v] = ps
             continue
         d_in = max(depth.get(e.invars[k], 0) for k in tpos)
-        if _inverts(e, tpos) or any(e.invars[k] in inverse for k in tpos):
-            inverse.update(e.outvars)
+        in_tags = set().union(*(tags.get(e.invars[k], ()) for k in tpos))
+        in_sums = set().union(*(sums.get(e.invars[k], ()) for k in tpos))
+
+        def tag(vs, carry=("gate", "root", "probs", "inverse"), extra=()):
+            """Tags passed along activations and routing."""
+            new = (in_tags & set(carry)) | set(extra)
+            for v in vs:
+                tags[v] = tags.get(v, set()) | new
+                if in_sums:
+                    sums[v] = in_sums
+
+        def factor(k, t):
+            return t in tags.get(e.invars[k], ())
 
         def make_node(kind, out, at=i, order=tpos, **kw):
             layer = ctx.new_layer(
@@ -183,7 +201,10 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 folded=tuple(program.eqns[j].prim.name for j in folded),
             )
         elif name in P.LINEAR:
-            make_node("product", e.outvars[0])
+            kind = _product_kind(tpos, factor)
+            if kind is None:
+                fail(e, "matrix product of inverses of input-dependent values")
+            make_node(kind[0], e.outvars[0], order=kind[1])
         elif name in P.ELEMENTWISE:
             (out,) = e.outvars
             origins = {org(e.invars[k]) for k in tpos}
@@ -193,26 +214,36 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 tainted.add(out)
                 origin[out] = o
                 depth[out] = d_in
-                if name in P.GATING or any(e.invars[k] in gates for k in tpos):
-                    gates.add(out)
+                tag([out], carry=("gate", "root", "probs", "exp", "inverse"),
+                    extra=[t for t, ps in (("gate", P.GATING), ("root", P.ROOTS), ("exp", {"exp", "exp2"}))
+                           if name in ps] + (["inverse"] if _inverts(e, tpos) else []))
             elif name in P.AFFINE:
                 make_node("sum", out, affine=True)
+                tag([out], carry=("inverse",))
             elif name == "mul" and len(tpos) == 1:
                 make_node("sum", out)  # scaling with broadcasting: a linear map
+                tag([out], carry=("inverse",))
             elif name == "div" and tpos == (0,):
                 make_node("sum", out)
+                tag([out], carry=("inverse",))
             elif name == "mul":
-                if any(e.invars[k] in inverse for k in tpos):
-                    fail(e, "multiplication by an inverse of an input-dependent value (a normalisation such as "
-                         "LayerNorm or RMSNorm)", "explain the function up to the normalisation, or wrap the "
-                         "normaliser in jax.lax.stop_gradient to treat it as a constant")
-                is_gate = [e.invars[k] in gates for k in tpos]
-                if sum(is_gate) == 1:  # signal first, gate second
-                    make_node("gate", out, order=tuple(sorted(tpos, key=lambda k: e.invars[k] in gates)))
-                else:
-                    make_node("product", out)
+                kind = _product_kind(tpos, factor)
+                if kind is None:
+                    fail(e, "product of inverses of input-dependent values", "wrap the normalisers in "
+                         "jax.lax.stop_gradient to treat them as constants")
+                make_node(kind[0], out, order=kind[1])
+            elif name == "div" and factor(0, "exp") and sums.get(e.invars[1]) == {org(e.invars[0])}:
+                # softmax: exp(x - c) / sum(exp(x - c)) over the same source x
+                src = org(e.invars[0])
+                make_node("softmax", out, order=(0,), origin=src,
+                          replay=_ancestors(program, plan, out, src, is_t))
+                tags[out] = {"probs"}
+            elif name == "div" and tpos == (0, 1) and factor(1, "root") and not factor(0, "inverse"):
+                # (x - mean) / sqrt(var + eps): the normaliser is a constant
+                make_node("normalize", out, order=(0, 1))
             elif name == "div":
-                fail(e, "division by an input-dependent value (softmax, normalisation)",
+                fail(e, "division by an input-dependent value that is neither a softmax nor a "
+                     "normalisation by a square root",
                      "explain the logits rather than probabilities, or wrap the denominator in "
                      "jax.lax.stop_gradient to treat it as a constant")
             elif name in P.SELECTING:
@@ -223,12 +254,13 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 fail(e, "elementwise operation of several input-dependent values with no rule")
         elif name in P.SUMS:
             make_node(P.SUMS[name], e.outvars[0], affine=name in P.AFFINE)
+            tag(e.outvars, carry=("inverse",))
+            sums[e.outvars[0]] = {org(e.invars[k]) for k in tpos}
         elif name in P.ROUTING:
             routed.append(i)
             for v in outs_inexact:
                 _mark(v, tainted, depth, d_in)
-            if any(e.invars[k] in gates for k in tpos):
-                gates.update(outs_inexact)
+            tag(outs_inexact)
         elif name in P.CONTROL:
             plan[i] = name
             subs[i] = _analyze_control(e, [is_t(a) for a in e.invars], [prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars], [depth.get(a, 0) for a in e.invars], ctx)
@@ -257,6 +289,8 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
     _producer = {v: i for i, e in enumerate(program.eqns) for v in e.outvars}
     for i, e in enumerate(program.eqns):
         if plan[i] == "node":
+            if nodes[i].layer.kind == "softmax":  # reads its source directly
+                continue
             e = program.eqns[nodes[i].eqn]
         if plan[i] not in ("region", "skip"):
             for a in e.invars:
@@ -284,6 +318,39 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
         elif any(v in free for v in e.outvars):
             free.update(a for a in e.invars if isinstance(a, Var))
     return Analysis(program, tainted, origin, plan, nodes, activations, subs, routed, depth)
+
+
+def _product_kind(tpos: tuple, factor) -> Optional[tuple]:
+    """``(kind, operand order)`` of a product of two tainted factors, or ``None``.
+
+    The special factor goes second: a normaliser (LayerNorm/RMSNorm), attention
+    probabilities (a softmax output) or a sigmoid gate.
+    """
+    for t, kind in (("inverse", "normalize"), ("probs", "attention"), ("gate", "gate")):
+        special = [k for k in tpos if factor(k, t)]
+        if len(special) == 1 and len(tpos) == 2:
+            (other,) = [k for k in tpos if k != special[0]]
+            if t != "inverse" and factor(other, "inverse"):
+                return None
+            return kind, (other, special[0])
+        if special and t == "inverse":
+            return None
+    return "product", tpos
+
+
+def _ancestors(program: Program, plan: list, out: Var, src: Var, is_t) -> tuple:
+    """Indices of the equations computing ``out`` from ``src`` (and constants)."""
+    producer = {v: j for j, e in enumerate(program.eqns) for v in e.outvars}
+    seen, stack = {producer[out]}, list(program.eqns[producer[out]].invars)
+    while stack:
+        v = stack.pop()
+        if not isinstance(v, Var) or v is src or not is_t(v) or v not in producer:
+            continue
+        j = producer[v]
+        if j not in seen:
+            seen.add(j)
+            stack.extend(a for a in program.eqns[j].invars if isinstance(a, Var))
+    return tuple(sorted(seen))
 
 
 def _inverts(e: Eqn, tpos: tuple) -> bool:
@@ -377,8 +444,10 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int):
     return call
 
 
-def _passthrough(spec: NodeSpec, rule, example_ndim: int):
-    """``(source, value) -> value`` sending relevance of ``value`` to ``source``."""
+def _passthrough(kind: str, rule, example_ndim: int, apply=None):
+    """``(source, value) -> value`` sending the relevance of ``value`` to ``source``
+    through ``rule`` (activations: Pass; softmax: its rule, with ``apply`` recomputing
+    ``value`` from ``source``)."""
 
     @jax.custom_vjp
     def call(source, value):
@@ -389,7 +458,7 @@ def _passthrough(spec: NodeSpec, rule, example_ndim: int):
 
     def bwd(res, relevance):
         source, value = res
-        (r,) = rule(Node("activation", (source,), None, None, value, None, example_ndim), relevance)
+        (r,) = rule(Node(kind, (source,), None, None, value, apply, example_ndim), relevance)
         return r.astype(source.dtype), None
 
     call.defvjp(fwd, bwd)
@@ -416,7 +485,7 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None,
         if isinstance(a, Var) and a in an.activations:
             if a not in passed:
                 spec = an.activations[a]
-                passed[a] = _passthrough(spec, rules[spec.layer.index], example_ndim)(env[spec.origin], env[a])
+                passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim)(env[spec.origin], env[a])
             return passed[a]
         return raw(a)
 
@@ -447,7 +516,23 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None,
     return [read(a) for a in prog.outvars]
 
 
+def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
+    """A recognised softmax: its value as computed, relevance to its source."""
+    source = read(spec.origin)
+    if tap is not None:
+        source = source + tap[0][0]
+
+    def apply(xs, w):
+        return replay(an.program, spec.replay, {spec.origin: xs[0]}, raw)[spec.out]
+
+    value = an.program.eqns[spec.eqn].bind(*[raw(a) for a in an.program.eqns[spec.eqn].invars])[0]
+    z = _passthrough("softmax", rule, example_ndim, apply)(source, value)
+    return z if tap is None else z + tap[1]
+
+
 def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
+    if spec.layer.kind == "softmax":
+        return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim)
     e = an.program.eqns[spec.eqn]
     ops = [read(a) for a in e.invars]
     inputs = tuple(ops[k] for k in spec.tainted)

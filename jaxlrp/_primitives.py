@@ -54,6 +54,8 @@ AFFINE: frozenset[str] = frozenset({"add", "sub", "add_any", "scatter-add", "sca
 # product of a gate and another value (LSTM/GRU cells, gated units) is a "gate"
 # node: by default the signal takes all the relevance (Arras et al. 2017).
 GATING: frozenset[str] = frozenset({"logistic"})
+# Roots of a tainted value: a division by one is a normalisation (LayerNorm).
+ROOTS: frozenset[str] = frozenset({"sqrt", "rsqrt"})
 # Elementwise choice between tainted values of different origin.
 SELECTING: frozenset[str] = frozenset({"max", "min", "select_n", "clamp"})  # -> plain VJP
 

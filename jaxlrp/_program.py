@@ -132,3 +132,17 @@ def _inline(jaxpr, consts, args, prefix, eqns) -> list:
         for v, o in zip(e.outvars, outs):
             env[v] = o
     return [read(a) for a in jaxpr.outvars]
+
+
+def replay(program: Program, indices, env: dict, read) -> dict:
+    """Re-run equations ``indices`` of ``program`` (in order) with plain binds.
+
+    ``env`` maps some variables to new values; every other operand is taken from
+    ``read``. Returns ``env`` extended with the outputs.
+    """
+    env = dict(env)
+    for j in indices:
+        e = program.eqns[j]
+        args = [env[a] if isinstance(a, Var) and a in env else read(a) for a in e.invars]
+        env.update(zip(e.outvars, e.bind(*args)))
+    return env

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ._program import Eqn, Lit, Program, Var
+from ._program import Eqn, Lit, Program, Var, replay
 
 # Collective sums over devices that may directly follow a linear layer inside
 # shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
@@ -129,13 +129,10 @@ def reduced_shape(out_shape: Sequence[int], axis_map: tuple) -> tuple:
 def chain_coefficients(program: Program, members: Sequence[int], start: Var, shape: tuple, dtype, read) -> tuple:
     """``(a, c)`` with ``chain(t) = a * t + c``, evaluated on arrays of ``shape``."""
 
+    end = program.eqns[members[-1]].outvars[0]
+
     def run(t):
-        env = {start: t}
-        for j in members:
-            e = program.eqns[j]
-            args = [env[x] if isinstance(x, Var) and x in env else read(x) for x in e.invars]
-            (env[e.outvars[0]],) = e.bind(*args)
-        return env[program.eqns[members[-1]].outvars[0]]
+        return replay(program, members, {start: t}, read)[end]
 
     c = run(jnp.zeros(shape, dtype))
     return run(jnp.ones(shape, dtype)) - c, c

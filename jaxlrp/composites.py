@@ -15,6 +15,10 @@ kind           what it is in the jaxpr                     default rule
 ``product``    product of two input-dependent tensors      ``Uniform()``
 ``gate``       product of a signal and a sigmoid gate      ``SignalTakesAll()``
                (LSTM/GRU cells, gated units)
+``attention``  product of values and softmax probabilities ``Uniform()``
+``normalize``  a signal times or divided by a normaliser   ``SignalTakesAll()``
+               (LayerNorm, RMSNorm: normaliser constant)
+``softmax``    ``exp(x - c) / sum(exp(x - c))``             ``Softmax()``
 ``activation`` elementwise functions of one tensor         ``Pass()``
 =============  ==========================================  ==================
 
@@ -61,12 +65,14 @@ __all__ = [
     "EpsilonGammaBox",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
+    "AttnLRP",
+    "CPLRP",
     "get",
     "names",
     "KINDS",
 ]
 
-KINDS = ("dense", "conv", "sum", "avgpool", "product", "gate", "activation")
+KINDS = ("dense", "conv", "sum", "avgpool", "product", "gate", "attention", "normalize", "softmax", "activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +192,9 @@ _BASE: tuple = (
     ("avgpool", _rules.Norm()),
     ("product", _rules.Uniform()),
     ("gate", _rules.SignalTakesAll()),
+    ("attention", _rules.Uniform()),
+    ("normalize", _rules.SignalTakesAll()),
+    ("softmax", _rules.Softmax()),
     ("linear", _rules.Epsilon()),
 )
 
@@ -341,12 +350,38 @@ class EpsilonAlpha2Beta1Flat(Composite):
         )
 
 
+class AttnLRP(Composite):
+    """Transformers (Achtibat et al. 2024, AttnLRP): Epsilon on dense layers, the
+    uniform rule on products of input-dependent tensors (``q . k`` and
+    ``attention . v``), the softmax rule, and normalisers as constants.
+
+    These are the defaults of every composite; the preset names them and sets the
+    dense layers' epsilon.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.Uniform())])
+
+
+class CPLRP(Composite):
+    """Conservative propagation through transformers (Ali et al. 2022): as
+    :class:`AttnLRP`, but no relevance flows through the attention weights; it all
+    goes to the values."""
+
+    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = ()):
+        super().__init__(
+            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.SignalTakesAll())]
+        )
+
+
 _PRESETS = {
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_gamma_box": EpsilonGammaBox,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
+    "attn_lrp": AttnLRP,
+    "cp_lrp": CPLRP,
 }
 
 

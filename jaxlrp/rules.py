@@ -56,6 +56,7 @@ __all__ = [
     "Norm",
     "Uniform",
     "SignalTakesAll",
+    "Softmax",
     "WEIGHTED_KINDS",
 ]
 
@@ -72,8 +73,11 @@ class Node(NamedTuple):
     ----------
     kind:
         ``"dense"``, ``"conv"``, ``"sum"``, ``"avgpool"``, ``"product"``,
-        ``"gate"`` (a product of a signal and a sigmoid gate; ``inputs`` is
-        ``(signal, gate)``) or ``"activation"``.
+        ``"gate"`` (a signal times a sigmoid gate), ``"normalize"`` (a signal times
+        or divided by a normaliser such as LayerNorm's), ``"attention"`` (a signal
+        times softmax probabilities) -- for these three ``inputs`` is
+        ``(signal, special factor)`` --, ``"softmax"`` (``inputs`` is the softmax's
+        source) or ``"activation"``.
     inputs:
         The relevance-carrying inputs (one for dense/conv layers; the summands of a
         sum; the factors of a product; the source of an activation).
@@ -500,7 +504,7 @@ class Uniform(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"product", "gate"})
+    kinds = frozenset({"product", "gate", "attention"})
 
     def __post_init__(self):
         _check_nonneg("stabilizer", self.stabilizer)
@@ -520,7 +524,11 @@ class SignalTakesAll(Rule):
     .. math:: R_s = s rac{\partial z}{\partial s} rac{R}{z} = R, \qquad R_g = 0
 
     The default rule of ``"gate"`` layers (LSTM and GRU cells, gated linear units);
-    :class:`Uniform` gives the half split instead.
+    :class:`Uniform` gives the half split instead. Also the default of
+    ``"normalize"`` layers (LayerNorm, RMSNorm: the normaliser is a constant, so the
+    relevance goes to the centred input, as in AttnLRP and LXT) and, in
+    :class:`~jaxlrp.composites.CPLRP`, of ``"attention"`` products (all relevance to
+    the values, none through the attention weights; Ali et al. 2022).
 
     Parameters
     ----------
@@ -529,7 +537,7 @@ class SignalTakesAll(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"gate"})
+    kinds = frozenset({"gate", "normalize", "attention"})
 
     def __post_init__(self):
         _check_nonneg("stabilizer", self.stabilizer)
@@ -541,6 +549,33 @@ class SignalTakesAll(Rule):
         _, pull = jax.vjp(lambda s: node.apply((s, gate), None), signal)
         (g,) = pull(_divide(relevance, _stabilize(node.output, self.stabilizer)))
         return signal * g, jnp.zeros_like(gate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Softmax(Rule):
+    r"""Softmax :math:`s = \mathrm{softmax}(x)` (Achtibat et al. 2024, AttnLRP):
+
+    .. math:: R_x = x \odot J^	op rac{R}{s} = x \odot \Big(R - s \sum_j R_j\Big)
+
+    (a first-order Taylor expansion at :math:`x` with the softmax's bias). The
+    Jacobian is that of the recognised equations, so temperatures and shifts inside
+    the softmax are taken into account.
+
+    Parameters
+    ----------
+    stabilizer:
+        ``>= 0`` (softmax outputs are positive, so it only guards underflow).
+    """
+
+    stabilizer: float = 1e-6
+    kinds = frozenset({"softmax"})
+
+    def __post_init__(self):
+        _check_nonneg("stabilizer", self.stabilizer)
+
+    def __call__(self, node, relevance):
+        term = _Term([_Branch(node.inputs, None)], denominator=node.output)
+        return _propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)

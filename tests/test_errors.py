@@ -24,18 +24,28 @@ class Normed(nn.Module):
         return nn.Dense(2, name="head")(x)
 
 
-def test_softmax_output_raises_with_layer_name():
-    x = jnp.ones((2, 4))
-    v = Softmaxed().init(jax.random.PRNGKey(0), x)
-    with pytest.raises(UnsupportedOperationError, match=r"'div' in layer 'Softmaxed'.*logits"):
-        jaxlrp.lrp(Softmaxed().apply)(v, x)
+def test_unrecognised_division_raises_with_layer_name():
+    """A division by an input-dependent value that is neither a softmax nor a
+    square-root normaliser."""
+
+    def fn(w, x):
+        with jax.named_scope("ratio"):
+            z = x @ w
+            return z / (1.0 + jnp.sum(z * z, axis=-1, keepdims=True))
+
+    with pytest.raises(UnsupportedOperationError, match=r"'div' in layer 'ratio'.*stop_gradient"):
+        jaxlrp.lrp(fn)(jnp.ones((3, 4)), jnp.ones((2, 3)))
 
 
-def test_layernorm_raises_with_layer_name():
-    x = jnp.ones((2, 4))
-    v = Normed().init(jax.random.PRNGKey(0), x)
-    with pytest.raises(UnsupportedOperationError, match=r"'mul' in layer 'Normed/norm'.*LayerNorm"):
-        jaxlrp.lrp(Normed().apply)(v, x)
+def test_product_of_two_normalisers_raises():
+    def fn(w, x):
+        z = x @ w
+        r1 = jax.lax.rsqrt(jnp.mean(z * z, -1, keepdims=True) + 1.0)
+        r2 = jax.lax.rsqrt(jnp.mean(jnp.abs(z), -1, keepdims=True) + 1.0)
+        return z * (r1 * r2)
+
+    with pytest.raises(UnsupportedOperationError, match="inverses"):
+        jaxlrp.lrp(fn)(jnp.ones((3, 4)), jnp.ones((2, 3)))
 
 
 def test_unknown_primitive_raises():
