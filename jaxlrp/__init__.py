@@ -6,7 +6,7 @@
 >>> relevance = jax.jit(explain)(variables, x, target=3)
 """
 
-from . import composites, rules
+from . import composites, data, rules, viz
 from ._errors import UnsupportedOperationError
 from .composites import Composite
 from .diagnostics import inspect
@@ -20,6 +20,8 @@ __all__ = [
     "inspect",
     "rules",
     "composites",
+    "data",
+    "viz",
     "Composite",
     "UnsupportedOperationError",
 ]

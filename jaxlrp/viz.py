@@ -29,6 +29,7 @@ __all__ = [
     "overlay",
     "grid",
     "save_png",
+    "sequence_plot",
 ]
 
 # Colour maps are defined by anchors ``(position, (r, g, b))`` with positions
@@ -588,3 +589,232 @@ def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(img)).save(target, format="PNG")
     return target
+
+
+_SEQUENCE_BASES = "ACGT"
+_SEQUENCE_MIN_TRACK = 8  # smallest drawable track height in pixels
+_SEQUENCE_GUTTER = 10  # width of the base labels of per-base tracks
+
+
+def _sequence_letters(sequence: str | ArrayLike, length: int) -> str:
+    """Letters of a sequence given as a string or one-hot ``(L, 4)`` array."""
+    if isinstance(sequence, str):
+        letters = sequence.upper()
+    else:
+        onehot = _as_float_array(sequence, "sequence")
+        if onehot.ndim != 2 or onehot.shape[1] != len(_SEQUENCE_BASES):
+            raise ValueError(
+                "sequence must be a string or a one-hot array of shape (L, 4) "
+                f"over {_SEQUENCE_BASES}, got shape {onehot.shape}"
+            )
+        index = onehot.argmax(axis=1)
+        empty = ~onehot.any(axis=1)
+        letters = "".join(
+            "N" if blank else _SEQUENCE_BASES[i] for i, blank in zip(index, empty)
+        )
+    if len(letters) != length:
+        raise ValueError(
+            f"sequence has length {len(letters)} but relevance has {length} "
+            "positions"
+        )
+    return letters
+
+
+def _column_starts(length: int, width: int) -> np.ndarray:
+    """First sequence position drawn in each of ``width`` pixel columns."""
+    return (np.arange(width) * length) // width
+
+
+def sequence_plot(
+    relevance: ArrayLike,
+    sequence: str | ArrayLike | None = None,
+    *,
+    mask: ArrayLike | None = None,
+    per_base: bool = False,
+    width: int | None = None,
+    height: int = 100,
+    cmap: Cmap = "bwr",
+    percentile: float | None = None,
+    mask_color: Sequence[int] = (255, 226, 140),
+) -> np.ndarray:
+    """Render per-position relevance of a sequence as a bar plot.
+
+    Each position gets a bar rising above a grey zero line for positive
+    relevance (in the colour of the top of ``cmap``, red for ``"bwr"``) or
+    hanging below it for negative relevance (the bottom colour, blue). Bar
+    lengths are relative to the largest absolute value (see ``percentile``),
+    the same scale for all tracks. Positions are spread evenly over the
+    width; when bars are at least 3 pixels wide a 1-pixel gap separates
+    them, and when the image is narrower than the sequence each pixel column
+    shows the largest positive and the most negative value of the positions
+    it covers, so no peak is lost.
+
+    Parameters
+    ----------
+    relevance : array_like
+        Relevance of shape ``(L,)``, or ``(L, 4)`` for one-hot DNA input
+        (channels A, C, G, T). The channels are summed unless ``per_base``.
+    sequence : str or array_like, optional
+        The sequence, as a string of length ``L`` or a one-hot array of shape
+        ``(L, 4)`` (all-zero rows read as ``N``). Its letters are written
+        under the bars when every position is at least 8 pixels wide and
+        the height leaves room for them; otherwise they are left out.
+        Requires Pillow when drawn.
+    mask : array_like, optional
+        Boolean array of shape ``(L,)``, e.g. ground-truth motif positions;
+        their columns get the background colour ``mask_color``.
+    per_base : bool, default False
+        Draw the four channels of an ``(L, 4)`` relevance as four tracks,
+        from top to bottom A, C, G, T, each with its own zero line. When
+        ``height >= 64`` and ``width >= 40`` the tracks are labelled with
+        their base in a 10-pixel gutter on the left (requires Pillow), and
+        the bars use the remaining width.
+    width : int, optional
+        Width in pixels; defaults to 8 pixels per position, clipped to
+        ``[120, 1600]``.
+    height : int, default 100
+        Height in pixels, including the band of letters; at least 8 per
+        track.
+    cmap : str or numpy.ndarray, default "bwr"
+        Colour-map name (see :func:`colormap`) or a ``uint8`` table of shape
+        ``(N, 3)``; its last row colours positive bars, its first row
+        negative bars.
+    percentile : float, optional
+        Passed to :func:`normalize`: scale bars to this percentile of
+        ``|R|`` and clip longer ones, so one outlier does not flatten the
+        rest.
+    mask_color : (int, int, int), default (255, 226, 140)
+        RGB background of masked positions (light amber).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(height, width, 3)`` on a white
+        background.
+
+    Raises
+    ------
+    ValueError
+        If ``relevance`` is not ``(L,)`` or ``(L, 4)``, is empty or contains
+        NaN or inf, ``per_base`` is set for 1-D relevance, ``sequence`` or
+        ``mask`` does not match ``L``, or a size or colour is invalid.
+    """
+    rel = np.asarray(relevance)
+    if rel.ndim == 2 and rel.shape[1] != len(_SEQUENCE_BASES):
+        raise ValueError(
+            f"2-D relevance must have shape (L, 4) with one channel per base "
+            f"{_SEQUENCE_BASES}, got shape {rel.shape}; pass (L,) relevance "
+            "for other inputs"
+        )
+    if rel.ndim not in (1, 2):
+        raise ValueError(
+            f"sequence_plot needs relevance of shape (L,) or (L, 4), got shape "
+            f"{rel.shape}; drop the batch axis first"
+        )
+    rel = _as_float_array(rel, "relevance")
+    length = rel.shape[0]
+    if per_base:
+        if rel.ndim != 2:
+            raise ValueError("per_base=True needs relevance of shape (L, 4)")
+        values = rel.T
+    else:
+        values = (rel.sum(axis=1) if rel.ndim == 2 else rel)[None, :]
+    tracks = values.shape[0]
+    table = _lookup_table(cmap)
+    _check_percentile(percentile)
+    colour = np.asarray(mask_color)
+    if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
+        raise ValueError(
+            f"mask_color must be an (r, g, b) triple in [0, 255], got {mask_color!r}"
+        )
+    if width is None:
+        width = min(max(8 * length, 120), 1600)
+    if int(width) != width or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    min_height = _SEQUENCE_MIN_TRACK * tracks
+    if int(height) != height or height < min_height:
+        raise ValueError(
+            f"height must be an integer of at least {min_height} for "
+            f"{tracks} track(s), got {height!r}"
+        )
+    width, height = int(width), int(height)
+    letters = None if sequence is None else _sequence_letters(sequence, length)
+    shaded = None
+    if mask is not None:
+        shaded = np.asarray(mask)
+        if shaded.shape != (length,):
+            raise ValueError(
+                f"mask must have shape ({length},) like the sequence, got "
+                f"{shaded.shape}"
+            )
+        shaded = shaded.astype(bool)
+
+    # per-base tracks get their base letter in a gutter on the left, when
+    # the tracks are tall enough for text and the gutter leaves room
+    gutter = _SEQUENCE_GUTTER if per_base and height >= 64 and width >= 40 else 0
+    plot_w = width - gutter
+
+    # signed bar lengths in [-1, 1], one common scale for all tracks
+    signed = normalize(values, symmetric=True, percentile=percentile) * 2.0 - 1.0
+    starts = _column_starts(length, plot_w)
+    up = np.maximum(np.maximum.reduceat(signed, starts, axis=1), 0.0)
+    down = np.maximum(-np.minimum.reduceat(signed, starts, axis=1), 0.0)
+    if plot_w >= 3 * length:
+        last = np.append(starts[1:] != starts[:-1], True)
+        up[:, last] = 0.0
+        down[:, last] = 0.0
+
+    font = None
+    band = 0
+    if gutter or (letters is not None and plot_w >= 8 * length):
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()
+    if font is not None and letters is not None and plot_w >= 8 * length:
+        band = int(font.getbbox("ACGTN")[3]) + 3
+        if height - band < min_height:
+            band = 0
+
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    plot = canvas[:, gutter:]
+    if shaded is not None:
+        columns = np.logical_or.reduceat(shaded, starts)
+        plot[:, columns] = colour.astype(np.uint8)
+
+    plot_h = height - band
+    edges = np.rint(np.linspace(0, plot_h, tracks + 1)).astype(int)
+    zeros = []
+    for t in range(tracks):
+        top, bottom = int(edges[t]), int(edges[t + 1])
+        if t > 0:
+            canvas[top, :] = 220
+        zero = top + (bottom - top - 1) // 2
+        zeros.append(zero)
+        rise = np.rint(up[t] * (zero - top - 1)).astype(int)
+        fall = np.rint(down[t] * (bottom - 2 - zero)).astype(int)
+        rows = np.arange(top, bottom)[:, None]
+        region = plot[top:bottom]
+        region[(rows >= zero - rise[None, :]) & (rows < zero)] = table[-1]
+        region[(rows > zero) & (rows <= zero + fall[None, :])] = table[0]
+        plot[zero, :] = 150
+
+    if font is not None and (gutter or band):
+        from PIL import Image, ImageDraw
+
+        picture = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(picture)
+        ink = (40, 40, 40)
+        text_h = float(font.getbbox("ACGT")[3])
+        if gutter:
+            for base, zero in zip(_SEQUENCE_BASES, zeros):
+                x = (gutter - draw.textlength(base, font=font)) / 2
+                draw.text((x, zero - text_h / 2), base, fill=ink, font=font)
+        if band:
+            bounds = gutter + (np.arange(length + 1) * plot_w) // length
+            for i, letter in enumerate(letters or ""):
+                centre = 0.5 * (bounds[i] + bounds[i + 1] - 1)
+                x = centre - draw.textlength(letter, font=font) / 2 + 0.5
+                draw.text((x, plot_h + 1), letter, fill=ink, font=font)
+        canvas = np.asarray(picture, dtype=np.uint8).copy()
+
+    return canvas

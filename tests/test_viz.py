@@ -343,3 +343,141 @@ def test_save_png_round_trip(tmp_path, shape):
 def test_save_png_rejects_float(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         viz.save_png(tmp_path / "x.png", np.zeros((2, 2, 3)))
+
+
+# ----------------------------------------------------------- sequence_plot
+
+
+def _one_hot(sequence: str) -> np.ndarray:
+    return np.eye(4)[["ACGT".index(c) for c in sequence]]
+
+
+def _colour_mask(image: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    return np.all(image == colour, axis=-1)
+
+
+def test_sequence_plot_shape_dtype_and_default_width():
+    image = viz.sequence_plot(np.linspace(-1.0, 1.0, 30))
+    assert image.dtype == np.uint8 and image.shape == (100, 240, 3)
+    assert viz.sequence_plot(np.ones(5)).shape == (100, 120, 3)  # at least 120
+    assert viz.sequence_plot(np.ones(1000)).shape == (100, 1600, 3)  # at most 1600
+    assert viz.sequence_plot(np.ones(7), width=33, height=21).shape == (21, 33, 3)
+
+
+def test_sequence_plot_bars_red_above_blue_below():
+    relevance = np.array([1.0, -1.0, 0.0, 0.5])
+    image = viz.sequence_plot(relevance, width=40, height=41)
+    red, blue = _colour_mask(image, RED), _colour_mask(image, BLUE)
+    zero = 20  # the grey zero line sits in the middle
+    assert np.all(image[zero] == 150)
+    # position 0 (columns 0..9, the last one a gap): full red bar above
+    assert red[1:zero, 0:9].all() and not red[zero:, :10].any()
+    assert not red[:, 9].any()
+    # position 1: full blue bar below, nothing above
+    assert blue[zero + 1 : 40, 10:19].all() and not blue[:zero, 10:20].any()
+    # position 2: nothing but the zero line
+    assert np.all(image[np.arange(41) != zero, 20:30] == 255)
+    # position 3: a red bar half as tall as position 0
+    height = red[:, 30].sum()
+    assert abs(height - red[:, 0].sum() / 2) <= 1
+    assert not blue.any(axis=0)[[0, 2, 3]].any()
+
+
+def test_sequence_plot_sums_one_hot_channels():
+    relevance = _one_hot("ACGT") * np.array([[1.0], [-2.0], [0.5], [2.0]])
+    summed = viz.sequence_plot(relevance.sum(axis=1), width=40, height=40)
+    per_channel = viz.sequence_plot(relevance, width=40, height=40)
+    np.testing.assert_array_equal(per_channel, summed)
+
+
+def test_sequence_plot_per_base_tracks():
+    relevance = np.zeros((3, 4))
+    relevance[0, 0] = 1.0  # A track, position 0, positive
+    relevance[2, 3] = -1.0  # T track, position 2, negative
+    image = viz.sequence_plot(relevance, per_base=True, width=70, height=80)
+    assert image.shape == (80, 70, 3)
+    red, blue = _colour_mask(image, RED), _colour_mask(image, BLUE)
+    rows_red, cols_red = np.nonzero(red)
+    rows_blue, cols_blue = np.nonzero(blue)
+    assert rows_red.max() < 20 and cols_red.max() < 10 + 20  # A track, first bar
+    assert rows_blue.min() >= 60 and cols_blue.min() >= 10 + 40  # T track, last bar
+    # base labels in the gutter
+    assert image[:, :10].min() < 128
+
+
+def test_sequence_plot_letters_under_bars():
+    relevance = np.array([1.0, -1.0, 0.5, 0.0, 0.2])
+    plain = viz.sequence_plot(relevance, width=100, height=60)
+    lettered = viz.sequence_plot(relevance, "ACGTN", width=100, height=60)
+    assert not np.array_equal(plain, lettered)
+    # the letters are dark grey, in a band below the lowest bar
+    bars = _colour_mask(lettered, RED) | _colour_mask(lettered, BLUE)
+    dark = (lettered.max(axis=-1) < 100) & ~bars
+    lowest_bar = np.flatnonzero(bars.any(axis=1)).max()
+    letter_rows = np.flatnonzero(dark.any(axis=1))
+    assert letter_rows.size and letter_rows.min() > lowest_bar
+    band = dark[lowest_bar + 1 :]
+    for i in range(5):
+        assert band[:, 20 * i : 20 * i + 20].any()
+    # a one-hot sequence gives the same picture as the string
+    np.testing.assert_array_equal(
+        viz.sequence_plot(relevance, _one_hot("ACGT").tolist() + [[0, 0, 0, 0]],
+                          width=100, height=60),
+        lettered,
+    )
+
+
+def test_sequence_plot_skips_letters_that_do_not_fit():
+    relevance = np.linspace(-1, 1, 50)
+    image = viz.sequence_plot(relevance, "A" * 50, width=100, height=60)
+    plain = viz.sequence_plot(relevance, width=100, height=60)
+    np.testing.assert_array_equal(image, plain)
+
+
+def test_sequence_plot_mask_shading():
+    relevance = np.zeros(4)
+    mask = np.array([False, True, True, False])
+    image = viz.sequence_plot(relevance, mask=mask, width=40, height=30)
+    shade = _colour_mask(image, np.array([255, 226, 140]))
+    assert shade[:, 10:30].sum(axis=0).min() >= 28  # all but the zero line
+    assert not shade[:, :10].any() and not shade[:, 30:].any()
+
+
+def test_sequence_plot_narrow_image_keeps_peaks():
+    relevance = np.zeros(1000)
+    relevance[333] = 1.0
+    relevance[777] = -0.5
+    image = viz.sequence_plot(relevance, width=100, height=50)
+    red_columns = np.flatnonzero(_colour_mask(image, RED).any(axis=0))
+    blue_columns = np.flatnonzero(_colour_mask(image, BLUE).any(axis=0))
+    assert red_columns.tolist() == [33] and blue_columns.tolist() == [77]
+
+
+def test_sequence_plot_custom_cmap_ends():
+    table = viz.colormap("coldnhot")
+    image = viz.sequence_plot(np.array([1.0, -1.0]), width=20, height=20, cmap=table)
+    assert _colour_mask(image, table[-1]).any() and _colour_mask(image, table[0]).any()
+
+
+@pytest.mark.parametrize(
+    "relevance, kwargs, message",
+    [
+        (np.zeros((5, 3)), {}, r"\(L, 4\)"),
+        (np.zeros((2, 5, 4)), {}, "batch axis"),
+        (np.array([0.0, np.nan]), {}, "NaN"),
+        (np.array([]), {}, "empty"),
+        (np.zeros(5), {"per_base": True}, "per_base"),
+        (np.zeros(5), {"sequence": "ACG"}, "length 3"),
+        (np.zeros(5), {"sequence": np.zeros((5, 3))}, "one-hot"),
+        (np.zeros(5), {"mask": np.zeros(4, bool)}, "mask"),
+        (np.zeros(5), {"width": 0}, "width"),
+        (np.zeros(5), {"height": 4}, "height"),
+        (np.zeros((5, 4)), {"per_base": True, "height": 20}, "height"),
+        (np.zeros(5), {"mask_color": (0, 0)}, "mask_color"),
+        (np.zeros(5), {"cmap": "viridis"}, "unknown colour map"),
+        (np.zeros(5), {"percentile": 0.0}, "percentile"),
+    ],
+)
+def test_sequence_plot_errors(relevance, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        viz.sequence_plot(relevance, **kwargs)
