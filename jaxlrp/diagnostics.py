@@ -1,4 +1,20 @@
-"""Diagnostics: which rule each layer got, and where relevance is lost or created."""
+"""Diagnostics: which rule each layer got, where relevance is lost or created, and
+artifacts of the model rather than of the data.
+
+* :func:`inspect` -- per-layer rule, relevance in and out, fallbacks;
+  :func:`absorption` -- the share of relevance each layer absorbs (biases,
+  stabilisers) or creates.
+* :func:`border_mass` -- relevance at the borders of an image (padding artifacts of
+  convolutions).
+* :func:`decay_profile` -- relevance along one axis and its exponential decay rate
+  (the "fading memory" of recurrent models fed an image column by column).
+* :func:`permute` / :func:`unpermute` / :func:`permutation_test` -- train on inputs
+  under a fixed permutation of one axis and map the relevance back: a model that
+  looks at the data gives the same map (Landt-Hayen et al. 2023).
+* :func:`cap_and_scale` -- the input capping the same authors recommend.
+
+Every function returns numbers, so artifacts can be asserted, not only looked at.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +30,18 @@ from .composites import Composite
 from .explain import run, top_level_nodes, trace
 from .rules import Rule
 
-__all__ = ["inspect", "Report", "LayerRow"]
+__all__ = [
+    "inspect",
+    "Report",
+    "LayerRow",
+    "absorption",
+    "border_mass",
+    "decay_profile",
+    "permute",
+    "unpermute",
+    "permutation_test",
+    "cap_and_scale",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,3 +175,165 @@ def _routed(an) -> list:
         for sub in subs:
             found += _routed(sub)
     return found
+
+
+# ------------------------------------------------------------------ artifact checks
+
+
+def absorption(report: Report) -> dict:
+    """Share of each layer's incoming relevance it absorbs: ``1 - R_in / R_out``.
+
+    0 where a layer conserves; positive where biases or stabilisers absorb relevance
+    (negative: created). Layers without relevance sums (inside ``scan``) are left out.
+    """
+    return {r.key: 1.0 - r.conservation for r in report.rows if r.conservation is not None}
+
+
+def border_mass(relevance, width: int = 1, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
+    """Fraction of the absolute relevance within ``width`` pixels of the border.
+
+    Parameters
+    ----------
+    relevance:
+        ``(N, H, W, ...)`` (batched; channels are summed over).
+    width:
+        Border width in pixels, ``>= 1``.
+    spatial_axes:
+        The two image axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)``; compare with the border's share of the pixels
+        (``1 - (H - 2w)(W - 2w) / (H W)``): a clearly larger value is a padding
+        artifact.
+    """
+    r = np.abs(np.asarray(relevance, dtype=np.float64))
+    if r.ndim < 3:
+        raise ValueError(f"border_mass needs batched images (N, H, W, ...), got shape {r.shape}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    ax = [a % r.ndim for a in spatial_axes]
+    if len(ax) != 2 or 0 in ax:
+        raise ValueError(f"spatial_axes must name two non-batch axes, got {spatial_axes}")
+    h, w = r.shape[ax[0]], r.shape[ax[1]]
+    if 2 * width >= min(h, w):
+        raise ValueError(f"width {width} leaves no interior in a {h}x{w} image")
+    inner = np.zeros((h, w), bool)
+    inner[width:h - width, width:w - width] = True
+    shape = [1] * r.ndim
+    shape[ax[0]], shape[ax[1]] = h, w
+    border = ~inner.reshape(shape)
+    total = r.reshape(r.shape[0], -1).sum(1)
+    edge = (r * border).reshape(r.shape[0], -1).sum(1)
+    return np.divide(edge, total, out=np.zeros_like(total), where=total > 0)
+
+
+def decay_profile(relevance, axis: int, reverse: bool = False) -> tuple:
+    """Absolute relevance per position along ``axis`` and its exponential decay rate.
+
+    Models fed an image sequentially (a recurrent network reading columns) show a
+    relevance that fades with the distance from the last step fed -- an artifact of
+    the model's memory, not of the data.
+
+    Parameters
+    ----------
+    relevance:
+        ``(N, ...)`` batched relevance.
+    axis:
+        The axis along which the input was fed (not 0).
+    reverse:
+        ``True`` if the input was fed from the last position to the first.
+
+    Returns
+    -------
+    profile : numpy.ndarray
+        ``(N, L)``: the share of each example's absolute relevance at each position,
+        ordered from the last step fed to the first.
+    rate : numpy.ndarray
+        ``(N,)``: the decay rate ``k`` of a least-squares fit
+        ``log profile[t] ~ c - k t`` (``k > 0``: relevance fades towards earlier steps;
+        with a leak rate ``a`` per step, ``k`` is about ``-log(1 - a)``).
+    """
+    r = np.abs(np.asarray(relevance, dtype=np.float64))
+    ax = axis % r.ndim
+    if ax == 0:
+        raise ValueError("axis 0 indexes examples; pass the axis the input was fed along")
+    other = tuple(a for a in range(1, r.ndim) if a != ax)
+    prof = r.sum(axis=other)  # (N, L)
+    if not reverse:
+        prof = prof[:, ::-1]  # the last step fed first
+    total = prof.sum(1, keepdims=True)
+    prof = np.divide(prof, total, out=np.zeros_like(prof), where=total > 0)
+    t = np.arange(prof.shape[1], dtype=np.float64)
+    logp = np.log(np.maximum(prof, 1e-300))
+    tc = t - t.mean()
+    slope = ((logp - logp.mean(1, keepdims=True)) * tc).sum(1) / (tc * tc).sum()
+    return prof, -slope
+
+
+def permute(x, perm, axis: int):
+    """Apply a fixed permutation ``perm`` to ``axis`` of every example."""
+    return np.take(np.asarray(x), np.asarray(perm), axis=axis)
+
+
+def unpermute(relevance, perm, axis: int):
+    """Map relevance computed on permuted inputs back to the original positions."""
+    return np.take(np.asarray(relevance), np.argsort(np.asarray(perm)), axis=axis)
+
+
+def permutation_test(fit_and_explain: Callable, x, y, *, axis: int, seed: int = 0) -> dict:
+    """The permutation test of Landt-Hayen et al. (2023) for where a model looks.
+
+    Trains twice -- on ``x`` and on ``x`` with one fixed random permutation of
+    ``axis`` applied to every example -- explains both, maps the second relevance
+    back through the inverse permutation and compares the two maps. A model whose
+    focus comes from the data gives similar maps; one whose relevance follows its
+    own structure (the order in which it reads the input) does not.
+
+    Parameters
+    ----------
+    fit_and_explain:
+        ``fit_and_explain(x, y) -> (relevance, accuracy)``: trains a fresh model on
+        ``(x, y)`` and returns the relevance of ``x`` (same shape) and a held-out
+        accuracy (or ``None``).
+    x, y:
+        Inputs ``(N, ...)`` and labels.
+    axis:
+        The axis to permute (not 0).
+    seed:
+        Seed of the permutation.
+
+    Returns
+    -------
+    dict
+        ``correlation`` (per example, Pearson correlation of the two maps'
+        absolute values), ``accuracy`` and ``accuracy_permuted``, ``perm``,
+        ``relevance`` and ``relevance_permuted`` (mapped back).
+    """
+    x = np.asarray(x)
+    ax = axis % x.ndim
+    if ax == 0:
+        raise ValueError("axis 0 indexes examples; pass a feature axis")
+    perm = np.random.default_rng(seed).permutation(x.shape[ax])
+    r0, acc0 = fit_and_explain(x, y)
+    r1, acc1 = fit_and_explain(permute(x, perm, ax), y)
+    r1 = unpermute(r1, perm, ax)
+    a = np.abs(np.asarray(r0, np.float64)).reshape(len(x), -1)
+    b = np.abs(np.asarray(r1, np.float64)).reshape(len(x), -1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    corr = np.divide((a * b).sum(1), den, out=np.zeros(len(x)), where=den > 0)
+    return {"correlation": corr, "accuracy": acc0, "accuracy_permuted": acc1, "perm": perm,
+            "relevance": np.asarray(r0), "relevance_permuted": r1}
+
+
+def cap_and_scale(x, cap: float):
+    """Clip inputs to ``[-cap, cap]`` and scale them to ``[-1, 1]``.
+
+    Landt-Hayen et al. found outliers (un-capped anomalies) dominate relevance maps,
+    especially of echo state networks; capping keeps the maps on the signal.
+    """
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    return jnp.clip(jnp.asarray(x), -cap, cap) / cap
