@@ -6,7 +6,7 @@
 >>> relevance = jax.jit(explain)(variables, x, target=3)
 """
 
-from . import composites, data, rules, viz
+from . import composites, data, diagnostics, metrics, rules, viz
 from ._errors import UnsupportedOperationError
 from .composites import Composite
 from .diagnostics import inspect
@@ -21,6 +21,8 @@ __all__ = [
     "rules",
     "composites",
     "data",
+    "diagnostics",
+    "metrics",
     "viz",
     "Composite",
     "UnsupportedOperationError",
