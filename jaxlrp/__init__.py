@@ -6,7 +6,7 @@
 >>> relevance = jax.jit(explain)(variables, x, target=3)
 """
 
-from . import composites, data, diagnostics, metrics, rules, viz
+from . import composites, data, diagnostics, metrics, rules, variants, viz
 from ._errors import UnsupportedOperationError
 from .composites import Composite
 from .diagnostics import inspect
@@ -23,6 +23,7 @@ __all__ = [
     "data",
     "diagnostics",
     "metrics",
+    "variants",
     "viz",
     "Composite",
     "UnsupportedOperationError",

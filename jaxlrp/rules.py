@@ -87,7 +87,9 @@ class Node(NamedTuple):
     bias:
         The bias (folded), broadcastable to ``output``; ``None`` if there is none.
     output:
-        The layer's output ``z`` (bias included).
+        The layer's output ``z`` (bias included); rules may use it instead of
+        recomputing ``apply(inputs, weight) + bias``, so a wrapper that changes
+        ``inputs``, ``weight`` or ``apply`` must recompute it.
     apply:
         ``apply(inputs, weight) -> z`` without the bias: the layer's own primitive,
         re-bound with its parameters. Linear in each input for dense, conv, sum and

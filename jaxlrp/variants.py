@@ -1,0 +1,497 @@
+r"""LRP variants: Relative LRP (R-LRP) and Pruned LRP (PLRP-:math:`\lambda`, PLRP-M).
+
+Both variants are ordinary rules and composites: :func:`relative` and :func:`pruned`
+return :class:`~jaxlrp.composites.Composite` objects for :func:`jaxlrp.lrp`, so they
+work on every architecture the core supports (dense, convolutional, residual), per
+example, under :func:`jax.jit` and :func:`jax.vmap`, and the relevance of
+intermediate layers is available through ``lrp``'s ``layers=`` argument::
+
+    explain = jaxlrp.lrp(model.apply, variants.pruned(composites.EpsilonPlusFlat(), 0.3))
+    R, per_layer = jax.jit(explain)(variables, x, target=3, layers="linear")
+
+.. note::
+
+   The full texts of the two papers were not available when this module was
+   written. The definitions below are this project's reading of what the authors
+   published (the abstracts, and third-party summaries and re-implementations of
+   the pruning paper), not a verified reproduction of their equations.
+
+Notation: for one example, :math:`x` is a layer's input, :math:`W` its weight,
+:math:`R^{\text{out}}` the relevance of its output and :math:`r` the relevance of
+its input; sums :math:`\sum` run over all axes of a value except the leading
+``node.example_ndim`` axes, which index examples (every quantity below is computed
+per example, with no loop over examples).
+
+Relative LRP
+------------
+Nyiri & Gibaru (2025), "Relative Layer-Wise Relevance Propagation: a more Robust
+Neural Networks eXplaination", arXiv:2501.14322. Stated properties: no division by
+small values except at residual (skip) connections; conservation up to a
+multiplicative factor; no hyperparameters; dense, convolutional and residual
+networks. Our definition, at every dense/conv layer (and single-input linear
+aggregation: sums, means, average pooling):
+
+.. math::
+
+    \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
+    r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r
+    \quad (r = 0 \text{ where } \textstyle\sum |\tilde r| = 0),
+
+where :math:`\rho(W)^\top` is the vector-Jacobian product of the layer's own
+primitive (:math:`\rho` the identity by default). No per-neuron denominator: the
+only division is by the layer's total L1 mass of one example. The bias is not
+used. Residual adds (sums of several input-dependent tensors) keep the
+proportional split :math:`R_a = a / (a + b)\, R` (:class:`~jaxlrp.rules.Norm` without
+stabiliser; a zero sum passes nothing), the one per-neuron division the paper
+allows. So :math:`\sum|r| = \sum|R^{\text{out}}|` at every such layer: the L1
+mass of the output relevance is conserved through sequential networks, and the
+signed relevance is conserved only up to one factor per layer.
+
+Pruned LRP
+----------
+Yanez Sarmiento, Witzke, Klein & Renard (2024), "Sparse Explanations of Neural
+Networks Using Pruned Layer-Wise Relevance Propagation", arXiv:2404.14271. At every dense/conv layer except those fed by the input
+(:attr:`Layer.first <jaxlrp.composites.Layer>`), after the base rule has produced
+:math:`r`, prune per example and per sign :math:`s \in \{+, -\}`: with
+:math:`v_{(1)} \le \dots \le v_{(m)}` the sorted magnitudes of the entries of sign
+:math:`s` and :math:`c_k = \sum_{t \le k} v_{(t)}`,
+
+.. math::
+
+    \theta_s = \max\{ v_{(k)} : c_k \le p_s\, c_m \} \;(\theta_s = 0 \text{ if none}),
+    \qquad \text{pruned}_i \iff \operatorname{sign}(r_i) = s \wedge |r_i| \le \theta_s,
+
+so the smallest entries whose cumulative mass stays within the proportion
+:math:`p_s` of the sign's mass are removed; ties at the threshold are pruned, and
+:math:`p_s = 0` prunes nothing. If ties would remove a sign's whole mass, that sign
+is left unpruned for that example. Then:
+
+* PLRP-:math:`\lambda` (``mode="lambda"``) rescales the survivors of each sign,
+  :math:`\hat r_i = \lambda_s r_i` with
+  :math:`\lambda_s = \sum_{i \in s} |r_i| / \sum_{i \in s,\, \text{kept}} |r_i|`,
+  so the positive and the negative masses, hence :math:`\sum r`, are unchanged.
+* PLRP-M (``mode="m"``) redistributes through the layer: with the keep mask
+  :math:`m` of the first pass, the base rule is evaluated again on the layer
+  :math:`z' = W (m \odot \tilde x) + \tilde b`, i.e. with the pruned lower neurons
+  removed from numerator and denominator (for LRP-:math:`\epsilon`,
+  :math:`R_j = m_j \sum_k x_j w_{jk} R_k / \operatorname{stab}(\sum_{j'} m_{j'}
+  x_{j'} w_{j'k} + b_k)`), so each upper neuron's relevance is conserved whenever
+  the base rule conserves it. The mask applies to every branch of the base rule
+  (the modified inputs of :math:`z^+`, :math:`\gamma`, flat, :math:`z^\mathcal{B}`).
+  Kept contributions that cancel can bring back a small denominator.
+
+All shapes are static: the threshold is found with ``sort``, ``cumsum`` and
+``searchsorted`` on the per-example flattened relevance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from . import composites as _composites
+from . import rules as _rules
+from .composites import Composite, Layer
+from .rules import WEIGHTED_KINDS, Node, Rule
+
+Array = Any
+Proportion = Union[float, Array]
+
+__all__ = [
+    "Relative",
+    "relative",
+    "Pruned",
+    "PrunedComposite",
+    "pruned",
+    "prune_mask",
+    "MODES",
+]
+
+#: The redistribution modes of :func:`pruned`.
+MODES = ("lambda", "m")
+
+_LINEAR_AGGREGATES = frozenset({"sum", "avgpool"})
+# R-LRP's residual merge: the proportional split without a stabiliser (a zero sum
+# passes nothing), so that R-LRP stays free of hyperparameters and scale-invariant.
+_MERGE = _rules.Norm(0.0)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _example_ndim(x: Array, example_ndim: int) -> int:
+    return max(0, min(int(example_ndim), x.ndim))
+
+
+def _mass(x: Array, example_ndim: int) -> Array:
+    """L1 mass per example: ``sum |x|`` over the non-example axes (shape ``x.shape[:e]``)."""
+    e = _example_ndim(x, example_ndim)
+    return jnp.sum(jnp.abs(x), axis=tuple(range(e, x.ndim)))
+
+
+def _per_example(a: Array, like: Array, e: int) -> Array:
+    """Broadcast a per-example array (shape ``like.shape[:e]``) against ``like``."""
+    return a.reshape(a.shape + (1,) * (like.ndim - e))
+
+
+def _concrete_float(p: Any) -> Optional[float]:
+    """``float(p)`` when ``p`` is a concrete scalar, else ``None`` (traced or array)."""
+    try:
+        return float(p)
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def _check_proportion(name: str, p: Any) -> None:
+    value = _concrete_float(p)
+    if value is not None and not 0.0 <= value < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+
+
+def _is_zero(p: Any) -> bool:
+    return _concrete_float(p) == 0.0
+
+
+# ------------------------------------------------------------------------------ R-LRP
+
+
+@dataclasses.dataclass(frozen=True)
+class Relative(Rule):
+    r"""The Relative LRP rule (Nyiri & Gibaru 2025, arXiv:2501.14322), as we read it.
+
+    For a dense/conv layer, or a single-input linear aggregation (sum, mean,
+    average pooling), per example:
+
+    .. math::
+
+        \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
+        r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r,
+
+    with :math:`r = 0` where :math:`\sum|\tilde r| = 0`, and the sums over the
+    non-example axes (``node.example_ndim``). No per-neuron denominator and no
+    bias; the L1 mass of the relevance is conserved, the signed sum only up to the
+    layer's factor. Sums of several input-dependent tensors (residual adds) use the
+    proportional split :math:`R_a = a/(a+b)\,R` instead (``Norm(0.0)``: no
+    stabiliser, a zero sum passes nothing), the one division by per-neuron values
+    the paper keeps. Scaling a weight by :math:`c > 0` scales nothing but the global
+    factor wherever it scales both sides of a residual merge alike. The full paper was not available: this is
+    the project's reading of the published abstract (see :mod:`jaxlrp.variants`).
+
+    Parameters
+    ----------
+    rho:
+        Optional weight modification :math:`\rho` (e.g. ``lambda w: jnp.maximum(w, 0)``);
+        ``None`` (default) is the identity, which leaves the rule free of
+        hyperparameters. Not applied to parameter-free aggregations.
+    """
+
+    rho: Optional[Callable[[Array], Array]] = None
+    kinds = WEIGHTED_KINDS | _LINEAR_AGGREGATES
+
+    def __call__(self, node: Node, relevance: Array) -> tuple:
+        if len(node.inputs) != 1:  # residual merge: the proportional split
+            return _MERGE(node, relevance)
+        (x,) = node.inputs
+        w = node.weight
+        if w is not None and self.rho is not None:
+            w = self.rho(w)
+        _, pull = jax.vjp(lambda x_: node.apply((x_,), w), x)
+        (g,) = pull(relevance)
+        return (_match_mass(x * g, relevance, node.example_ndim),)
+
+
+def _match_mass(r: Array, target: Array, example_ndim: int) -> Array:
+    """Rescale ``r`` per example so that ``sum |r| == sum |target|`` (0 stays 0)."""
+    e = _example_ndim(r, example_ndim)
+    if target.shape[: min(e, target.ndim)] != r.shape[:e]:
+        e = 0  # the layer mixes examples: one normaliser for the whole value
+    have, want = _mass(r, e), _mass(target, e).astype(r.dtype)
+    zero = have == 0
+    scale = jnp.where(zero, 0, want / jnp.where(zero, 1, have))
+    return r * _per_example(scale, r, e)
+
+
+def relative(rules: Sequence[tuple] = ()) -> Composite:
+    r"""Relative LRP as a composite: :class:`Relative` on every dense and conv layer
+    and on sums, means and average pooling (residual adds: proportional split).
+
+    Products and activations keep the defaults of :mod:`jaxlrp.composites`.
+
+    Parameters
+    ----------
+    rules:
+        ``(matcher, rule)`` pairs tried first (as in the preset composites).
+
+    Returns
+    -------
+    Composite
+        For :func:`jaxlrp.lrp`, e.g. ``jaxlrp.lrp(fn, variants.relative())``.
+
+    Notes
+    -----
+    Nyiri & Gibaru (2025), arXiv:2501.14322. The full paper was not available; the
+    definition is the project's reading of the published abstract (see
+    :mod:`jaxlrp.variants`). With ``target=c`` the relevance of every layer of a
+    sequential network has the L1 mass :math:`|f_c(x)|`.
+    """
+    return Composite(list(rules) + [(_composites.kind(*sorted(Relative.kinds)), Relative())])
+
+
+# ------------------------------------------------------------------------------- PLRP
+
+
+def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int):
+    """Per-example, per-sign pruning of ``r``.
+
+    Returns ``(pruned, mags, e)``: ``pruned`` of shape ``(2, B, n)`` (sign, example,
+    flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same shape, and
+    the number of example axes used.
+    """
+    e = _example_ndim(r, example_ndim)
+    flat = r.reshape((math.prod(r.shape[:e]), -1))
+    zero = jnp.zeros((), r.dtype)
+    mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
+    # One sort serves both signs: ascending, the positive magnitudes come in ascending
+    # order and the negative ones in descending order (read backwards). Entries of the
+    # other sign count as zeros: they come first, with cumulative mass 0.
+    signed = jnp.sort(flat, axis=-1)
+    ordered = jnp.stack([jnp.where(signed > 0, signed, zero), jnp.flip(jnp.where(signed < 0, -signed, zero), -1)])
+    cumulative = jnp.cumsum(ordered, axis=-1)
+    p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
+    budget = p * cumulative[..., -1]
+    # k = number of sorted entries whose cumulative mass stays within the budget
+    search = jax.vmap(jax.vmap(lambda c, b: jnp.searchsorted(c, b, side="right")))
+    k = search(cumulative, budget)
+    theta = jnp.take_along_axis(ordered, jnp.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]
+    theta = jnp.where(k > 0, theta, zero)
+    pruned = (mags > 0) & (mags <= theta[..., None])
+    # ties at the threshold could remove a sign's whole mass: then prune none of it
+    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
+    pruned = pruned & (kept > 0)[..., None]
+    return pruned, mags, e
+
+
+def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, example_ndim: int = 0) -> Array:
+    r"""Which entries of ``r`` PLRP prunes (True = pruned), per example and per sign.
+
+    For each example (the leading ``example_ndim`` axes) and each sign, the entries
+    of that sign with :math:`|r_i| \le \theta_s` are pruned, :math:`\theta_s` the
+    largest sorted magnitude whose cumulative mass stays within ``p_s`` times the
+    sign's mass (see :mod:`jaxlrp.variants`). Ties at the threshold are pruned,
+    ``p = 0`` prunes nothing, and a sign whose whole mass would go (only possible
+    through ties) is not pruned.
+
+    Parameters
+    ----------
+    r:
+        Relevance, any shape.
+    p, p_neg:
+        Proportions in ``[0, 1)`` of the positive and negative mass to prune
+        (``p_neg=None``: same as ``p``). May be traced.
+    example_ndim:
+        Number of leading axes of ``r`` that index examples.
+
+    Returns
+    -------
+    Array
+        Boolean, shape of ``r``.
+    """
+    pruned, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
+    return (pruned[0] | pruned[1]).reshape(r.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruned(Rule):
+    r"""Pruned LRP around a base rule of dense/conv layers (Yanez Sarmiento et al.
+    2024, arXiv:2404.14271), as we read it.
+
+    The base rule produces the relevance :math:`r` of the layer's input; the entries
+    selected by :func:`prune_mask` are then removed and their mass redistributed:
+
+    * ``mode="lambda"`` (PLRP-:math:`\lambda`): the survivors of each sign are scaled
+      by :math:`\lambda_s = \sum_{i \in s}|r_i| / \sum_{i \in s, \text{kept}}|r_i|`;
+      the positive and negative masses are unchanged.
+    * ``mode="m"`` (PLRP-M): the base rule is evaluated a second time with the pruned
+      lower neurons masked out of the layer (numerator and denominator), so each upper
+      neuron's relevance is redistributed over the kept neurons only.
+
+    With concrete ``p == p_neg == 0`` the base rule is returned unchanged. The full
+    paper was not available: this is the project's reading of the published work
+    (see :mod:`jaxlrp.variants`).
+
+    Parameters
+    ----------
+    rule:
+        The base rule (for dense/conv layers).
+    p:
+        Proportion in ``[0, 1)`` of the positive relevance mass to prune (may be
+        traced, e.g. to sweep ``p`` under one ``jit``).
+    p_neg:
+        Proportion for the negative relevance; ``None``: same as ``p``.
+    mode:
+        ``"lambda"`` or ``"m"``.
+    """
+
+    rule: Rule
+    p: Proportion = 0.0
+    p_neg: Optional[Proportion] = None
+    mode: str = "lambda"
+
+    def __post_init__(self):
+        if not isinstance(self.rule, Rule):
+            raise TypeError(f"Pruned wraps a jaxlrp rule, got {self.rule!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        _check_proportion("p", self.p)
+        _check_proportion("p_neg", self.p_negative)
+
+    @property
+    def kinds(self) -> frozenset:  # type: ignore[override]
+        """The weighted kinds the base rule applies to."""
+        return self.rule.kinds & WEIGHTED_KINDS
+
+    @property
+    def p_negative(self) -> Proportion:
+        """The proportion used for the negative relevance."""
+        return self.p if self.p_neg is None else self.p_neg
+
+    def __call__(self, node: Node, relevance: Array) -> tuple:
+        base = self.rule(node, relevance)
+        if (_is_zero(self.p) and _is_zero(self.p_negative)) or len(node.inputs) != 1:
+            return base
+        (r,) = base
+        pruned, mags, e = _prune(r, self.p, self.p_negative, node.example_ndim)
+        if self.mode == "lambda":
+            return (_rescale(r, pruned, mags),)
+        keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
+        return self.rule(_masked(node, keep), relevance)
+
+
+def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass."""
+    zero = jnp.zeros((), r.dtype)
+    total = jnp.sum(mags, axis=-1)
+    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
+    # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
+    lam = jnp.where(jnp.any(pruned, axis=-1), total / jnp.where(kept > 0, kept, 1), 1)
+    flat = r.reshape(mags.shape[1:])
+    factor = jnp.where(flat > 0, lam[0][:, None], lam[1][:, None])
+    out = jnp.where(pruned[0] | pruned[1], zero, flat * factor)
+    return out.reshape(r.shape)
+
+
+def _masked(node: Node, keep: Array) -> Node:
+    """The layer with the pruned lower neurons removed (PLRP-M)."""
+    apply = node.apply
+
+    def masked_apply(xs: tuple, w: Optional[Array]) -> Array:
+        return apply((jnp.where(keep, xs[0], jnp.zeros((), xs[0].dtype)),) + tuple(xs[1:]), w)
+
+    z = masked_apply(node.inputs, node.weight)
+    if node.bias is not None:
+        z = z + node.bias
+    return node._replace(apply=masked_apply, output=z.astype(node.output.dtype))
+
+
+class PrunedComposite(Composite):
+    """A composite whose dense/conv rules are wrapped in :class:`Pruned`, except on
+    layers fed by the input (:attr:`Layer.first <jaxlrp.composites.Layer>`).
+
+    Built by :func:`pruned`; every other layer gets the base composite's rule.
+    """
+
+    def __init__(self, base: Composite, p: Proportion, p_neg: Optional[Proportion] = None, mode: str = "lambda"):
+        if not isinstance(base, Composite):
+            raise TypeError(f"pruned() needs a jaxlrp Composite or a preset name, got {base!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        _check_proportion("p", p)
+        if p_neg is not None:
+            _check_proportion("p_neg", p_neg)
+        super().__init__()
+        self._base, self._p, self._p_neg, self._mode = base, p, p_neg, mode
+
+    @property
+    def base(self) -> Composite:
+        """The wrapped composite."""
+        return self._base
+
+    @property
+    def p(self) -> Proportion:
+        """Proportion of the positive relevance mass pruned per layer and example."""
+        return self._p
+
+    @property
+    def p_neg(self) -> Optional[Proportion]:
+        """Proportion of the negative relevance mass (``None``: same as :attr:`p`)."""
+        return self._p_neg
+
+    @property
+    def mode(self) -> str:
+        """``"lambda"`` or ``"m"``."""
+        return self._mode
+
+    @property
+    def rules(self) -> tuple:
+        """The base composite's ``(matcher, rule)`` pairs (before pruning)."""
+        return self._base.rules
+
+    def rule_for(self, layer: Layer) -> Rule:
+        rule = self._base.rule_for(layer)
+        if layer.kind in WEIGHTED_KINDS and not layer.first:
+            return Pruned(rule, self._p, self._p_neg, self._mode)
+        return rule
+
+    def assign(self, layers: Sequence[Layer]) -> tuple:
+        self._base.assign(layers)  # the base composite's own checks
+        return tuple(self.rule_for(layer) for layer in layers)
+
+    def __repr__(self):
+        return f"PrunedComposite({self._base!r}, p={self._p!r}, p_neg={self._p_neg!r}, mode={self._mode!r})"
+
+
+def pruned(
+    composite: Union[Composite, str, None],
+    p: Proportion,
+    p_neg: Optional[Proportion] = None,
+    mode: str = "lambda",
+) -> PrunedComposite:
+    r"""Pruned LRP (PLRP-:math:`\lambda` or PLRP-M) on top of a composite.
+
+    Parameters
+    ----------
+    composite:
+        The base composite, a preset name (``"epsilon_plus_flat"``), or ``None`` for
+        the default (LRP-:math:`\epsilon` on every dense/conv layer).
+    p:
+        Proportion in ``[0, 1)`` of each example's positive relevance mass pruned at
+        every dense/conv layer not fed by the input. May be traced.
+    p_neg:
+        Proportion for the negative relevance (``None``: ``p``).
+    mode:
+        ``"lambda"`` (rescale the survivors per sign) or ``"m"`` (recompute the
+        layer's rule without the pruned neurons).
+
+    Returns
+    -------
+    PrunedComposite
+        For :func:`jaxlrp.lrp`. ``p = 0`` gives exactly the base composite's
+        relevance.
+
+    Notes
+    -----
+    Yanez Sarmiento, Witzke, Klein & Renard (2024), arXiv:2404.14271. The full
+    paper was not available; the definition is the project's reading of what the
+    authors published (see :mod:`jaxlrp.variants`). The paper's "sparsity-gain"
+    threshold mode is not implemented.
+
+    Examples
+    --------
+    >>> explain = jaxlrp.lrp(model.apply, variants.pruned("epsilon_plus_flat", 0.3, mode="m"))
+    >>> R, per_layer = jax.jit(explain)(variables, x, layers="linear")
+    """
+    return PrunedComposite(_composites.resolve(composite, None), p, p_neg, mode)
