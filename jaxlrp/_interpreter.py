@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _primitives as P
 from . import canonize
@@ -65,6 +66,7 @@ class NodeSpec:
     out: Optional[Var] = None
     origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
     replay: tuple = ()  # softmax: the equations computing the output from ``origin``
+    nonnegative: bool = False  # the inputs are known to be >= 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,6 +109,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
     #   sums[v]: origins summed into v (a sum node, through activations and routing).
     tags: dict = {}
     sums: dict = {}
+    nonneg: set = set()  # tainted variables that are never negative
     consumers: dict = {}
     for i, e in enumerate(program.eqns):
         for a in e.invars:
@@ -159,7 +162,11 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
         def factor(k, t):
             return t in tags.get(e.invars[k], ())
 
+        if _keeps_sign(e, tpos, nonneg):
+            nonneg.update(outs_inexact)
+
         def make_node(kind, out, at=i, order=tpos, **kw):
+            positive = all(e.invars[k] in nonneg for k in order)
             layer = ctx.new_layer(
                 kind=kind,
                 primitive=name,
@@ -169,8 +176,9 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 input_shapes=tuple(e.invars[k].shape for k in order),
                 output_shape=out.shape,
                 folded=kw.pop("folded", ()),
+                nonnegative=positive,
             )
-            spec = NodeSpec(layer=layer, eqn=i, tainted=order, out=out, **kw)
+            spec = NodeSpec(layer=layer, eqn=i, tainted=order, out=out, nonnegative=positive, **kw)
             # Evaluated where its folded chain ends: the chain's other operands
             # (BatchNorm statistics) may be computed after the head equation.
             nodes[at] = spec
@@ -353,6 +361,32 @@ def _ancestors(program: Program, plan: list, out: Var, src: Var, is_t) -> tuple:
     return tuple(sorted(seen))
 
 
+def _keeps_sign(e: Eqn, tpos: tuple, nonneg: set) -> bool:
+    """Whether ``e``'s outputs are provably non-negative (see ``P.NONNEGATIVE``).
+
+    Linear layers never are (their outputs are unbounded); their folded chains are
+    not looked at.
+    """
+    name = e.prim.name
+    if name in P.LINEAR:
+        return False
+    if name in P.NONNEGATIVE:
+        return True
+    if name == "integer_pow":
+        return e.params["y"] % 2 == 0
+    lits_nonneg = all(
+        isinstance(a, Lit) and bool(np.all(np.asarray(a.val) >= 0))
+        for k, a in enumerate(e.invars)
+        if k not in tpos and jnp.issubdtype(a.dtype, jnp.inexact)
+    )
+    if name == "max" and any(isinstance(a, Lit) and bool(np.all(np.asarray(a.val) >= 0)) for a in e.invars):
+        return True  # relu: max(x, 0)
+    inputs_nonneg = all(e.invars[k] in nonneg for k in tpos)
+    if name == "div":
+        return tpos == (0,) and inputs_nonneg and lits_nonneg
+    return name in P.SIGN_PRESERVING and inputs_nonneg and lits_nonneg
+
+
 def _inverts(e: Eqn, tpos: tuple) -> bool:
     """Whether ``e`` computes an inverse of one of its tainted operands."""
     name = e.prim.name
@@ -437,7 +471,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int):
 
     def bwd(res, relevance):
         inputs, weight, bias, z = res
-        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim), relevance)
+        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative), relevance)
         return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None
 
     call.defvjp(fwd, bwd)

@@ -96,3 +96,15 @@ UNSUPPORTED_HINTS: dict[str, str] = {
     "cumprod": "a cumulative product has no LRP rule",
     "custom_lin": "linearised programs cannot be explained; explain the original function",
 }
+
+# Sign inference (to skip the negative-input branches of z+, gamma, alpha-beta):
+# elementwise functions whose output is never negative ...
+NONNEGATIVE: frozenset[str] = frozenset({"abs", "exp", "exp2", "logistic", "square", "sqrt", "rsqrt"})
+# ... and operations that keep non-negative inputs non-negative.
+SIGN_PRESERVING: frozenset[str] = frozenset(
+    """reshape transpose broadcast_in_dim squeeze expand_dims slice dynamic_slice
+    rev reduce_max reduce_window_max reduce_min reduce_window_min concatenate gather
+    copy copy_p convert_element_type reduce_precision sharding_constraint max min
+    reduce_sum reduce_window_sum cumsum add add_any mul stack split unstack
+    optimization_barrier""".split()
+)

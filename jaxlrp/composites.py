@@ -99,6 +99,8 @@ class Layer:
         Shapes of the relevance-carrying inputs and of the output.
     folded:
         Names of the operations folded into this layer (bias add, BatchNorm).
+    nonnegative:
+        Whether the inputs are provably non-negative (e.g. ReLU outputs).
     key:
         A unique name for the layer, used in reports and per-layer relevance.
     """
@@ -113,6 +115,7 @@ class Layer:
     input_shapes: tuple = ()
     output_shape: tuple = ()
     folded: tuple = ()
+    nonnegative: bool = False
     key: str = ""
 
 

@@ -98,6 +98,10 @@ class Node(NamedTuple):
         How many leading axes of the values index examples (the explained output's
         leading axes; 0 for a function of one example, e.g. inside ``jax.vmap``).
         Rules with per-example quantities (pruning thresholds, normalisers) use it.
+    nonnegative:
+        Whether the inputs are known from the program to be non-negative (outputs of
+        ReLU, max pooling over them, exp, sigmoid, ...): rules then skip the terms
+        of negative inputs, which are exactly zero.
     """
 
     kind: str
@@ -107,6 +111,7 @@ class Node(NamedTuple):
     output: Array
     apply: Optional[Callable[[tuple, Optional[Array]], Array]]
     example_ndim: int = 0
+    nonnegative: bool = False
 
 
 class Rule:
@@ -261,22 +266,22 @@ class ZPlus(Rule):
         return _propagate(node, relevance, [_positive_term(node, self.ignore_bias)], self.stabilizer)
 
 
+def _signed(node: Node, w_pos: Array, w_neg: Array) -> list:
+    """Branches ``x+ w_pos + x- w_neg``; without the second where ``x >= 0`` is known."""
+    (x,) = node.inputs
+    if node.nonnegative:
+        return [_Branch((x,), w_pos)]
+    return [_Branch((_pos(x),), w_pos), _Branch((_neg(x),), w_neg)]
+
+
 def _positive_term(node: Node, ignore_bias: bool, scale: float = 1.0) -> _Term:
-    (x,), w = node.inputs, node.weight
-    return _Term(
-        [_Branch((_pos(x),), _pos(w)), _Branch((_neg(x),), _neg(w))],
-        bias=_map_bias(_bias(node, ignore_bias), _pos),
-        scale=scale,
-    )
+    w = node.weight
+    return _Term(_signed(node, _pos(w), _neg(w)), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
 
 
 def _negative_term(node: Node, ignore_bias: bool, scale: float) -> _Term:
-    (x,), w = node.inputs, node.weight
-    return _Term(
-        [_Branch((_pos(x),), _neg(w)), _Branch((_neg(x),), _pos(w))],
-        bias=_map_bias(_bias(node, ignore_bias), _neg),
-        scale=scale,
-    )
+    w = node.weight
+    return _Term(_signed(node, _neg(w), _pos(w)), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,13 +358,12 @@ class Gamma(Rule):
         _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
-        (x,), w, g, z = node.inputs, node.weight, self.gamma, node.output
+        w, g, z = node.weight, self.gamma, node.output
         P, N = w + g * _pos(w), w + g * _neg(w)
         b = _bias(node, self.ignore_bias)
-        xp, xn = _pos(x), _neg(x)
         terms = [
-            _Term([_Branch((xp,), P), _Branch((xn,), N)], _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            _Term([_Branch((xp,), N), _Branch((xn,), P)], _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+            _Term(_signed(node, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            _Term(_signed(node, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
         ]
         return _propagate(node, relevance, terms, self.stabilizer)
 

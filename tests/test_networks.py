@@ -1,5 +1,7 @@
 """Whole networks: LRP identities and composites against the float64 reference."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,3 +182,28 @@ def test_epsilon_gamma_box_matches_manual_composite():
         ("layer0", rules.ZBox(-2.0, 2.0)), ("layer3", rules.Gamma(0.5)), ("dense", rules.Epsilon(0.01)),
     ])
     np.testing.assert_array_equal(jaxlrp.lrp(fn, preset)(params, x), jaxlrp.lrp(fn, manual)(params, x))
+
+
+def test_sign_inference_marks_relu_inputs_and_changes_nothing():
+    """Inputs known to be >= 0 (after ReLU and max pooling) let z+, gamma and
+    alpha-beta skip the negative-input terms; the relevance is the same."""
+    layers, fn, params, x = _net("cnn", seed=7)
+    from jaxlrp.explain import trace
+
+    t = trace(fn, composites.Composite(), None, (params, x))
+    flags = {l.key: l.nonnegative for l in t.layers if l.kind in ("conv", "dense")}
+    assert flags == {"layer0": False, "layer3": True, "layer7": True, "layer9": True}
+    for rule in (rules.ZPlus(), rules.Gamma(0.5), rules.AlphaBeta(2.0, 1.0)):
+        fast = jaxlrp.lrp(fn, rule=rule)(params, x)
+        # the same rule with the flag hidden: every term computed
+        slow = jaxlrp.lrp(fn, rule=_Unflagged(rule))(params, x)
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-15)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unflagged(rules.Rule):
+    rule: rules.Rule
+    kinds = rules.WEIGHTED_KINDS
+
+    def __call__(self, node, relevance):
+        return self.rule(node._replace(nonnegative=False), relevance)
