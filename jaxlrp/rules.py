@@ -114,6 +114,9 @@ class Node(NamedTuple):
     nonnegative: bool = False
 
 
+_NONNEGATIVE_PARAMETERS = frozenset({"epsilon", "stabilizer", "gamma", "alpha", "beta"})
+
+
 class Rule:
     """Base class of rules.
 
@@ -123,6 +126,12 @@ class Rule:
     """
 
     kinds: frozenset = frozenset()
+
+    def __post_init__(self):
+        """Reject negative (or NaN) stabilisers and rule parameters with ``ValueError``."""
+        for f in dataclasses.fields(self):
+            if f.name in _NONNEGATIVE_PARAMETERS:
+                _check_nonneg(f.name, getattr(self, f.name))
 
     def __call__(self, node: Node, relevance: Array) -> tuple:  # pragma: no cover
         raise NotImplementedError
@@ -223,8 +232,6 @@ class Epsilon(Rule):
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("epsilon", self.epsilon)
 
     def __call__(self, node, relevance):
         b = _bias(node, self.ignore_bias)
@@ -259,8 +266,6 @@ class ZPlus(Rule):
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         return _propagate(node, relevance, [_positive_term(node, self.ignore_bias)], self.stabilizer)
@@ -313,9 +318,7 @@ class AlphaBeta(Rule):
     kinds = WEIGHTED_KINDS
 
     def __post_init__(self):
-        _check_nonneg("alpha", self.alpha)
-        _check_nonneg("beta", self.beta)
-        _check_nonneg("stabilizer", self.stabilizer)
+        super().__post_init__()
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
@@ -353,9 +356,6 @@ class Gamma(Rule):
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("gamma", self.gamma)
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         w, g, z = node.weight, self.gamma, node.output
@@ -393,7 +393,7 @@ class ZBox(Rule):
     kinds = WEIGHTED_KINDS
 
     def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
+        super().__post_init__()
         try:
             bad = bool(jnp.any(jnp.asarray(self.low) > jnp.asarray(self.high)))
         except jax.errors.ConcretizationTypeError:  # traced bounds: cannot check
@@ -426,8 +426,6 @@ class Flat(Rule):
     stabilizer: float = 1e-6
     kinds = WEIGHTED_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         (x,) = node.inputs
@@ -456,8 +454,6 @@ class WSquare(Rule):
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         (x,) = node.inputs
@@ -486,8 +482,6 @@ class Norm(Rule):
     stabilizer: float = 1e-6
     kinds = AGGREGATE_KINDS
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         term = _Term([_Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
@@ -512,8 +506,6 @@ class Uniform(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"product", "gate", "attention"})
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         n = len(node.inputs)
@@ -545,8 +537,6 @@ class SignalTakesAll(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"gate", "normalize", "attention"})
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         signal, gate = node.inputs
@@ -576,8 +566,6 @@ class Softmax(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"softmax"})
 
-    def __post_init__(self):
-        _check_nonneg("stabilizer", self.stabilizer)
 
     def __call__(self, node, relevance):
         term = _Term([_Branch(node.inputs, None)], denominator=node.output)
