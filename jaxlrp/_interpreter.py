@@ -58,10 +58,7 @@ class NodeSpec:
     eqn: int  # index of the head equation (-1 for activations)
     tainted: tuple = ()  # operand positions of the relevance-carrying inputs
     weight: Optional[int] = None  # operand position of the weight
-    reduction: Optional[int] = None  # a psum over devices that is part of the layer
-    chain: tuple = ()  # folded affine equations (canonize)
-    scales: bool = False
-    axis_map: Optional[tuple] = None
+    chain: Optional[canonize.Chain] = None  # what follows a dense/conv layer and is folded in
     affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
     out: Optional[Var] = None
     origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
@@ -98,6 +95,9 @@ class _Context:
 def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_last: bool = False) -> Analysis:
     """Static analysis of ``program`` given which inputs carry relevance."""
     tainted: set = {v for v, t in zip(program.invars, in_taint) if t and _inexact(v)}
+    # Which variables will depend on the input, known before the main pass (which
+    # looks ahead when it folds BatchNorm chains): an over-approximation.
+    pre_taint = _taint_prepass(program, tainted)
     prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
     depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
     origin: dict = {}
@@ -167,11 +167,12 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
 
         def make_node(kind, out, at=i, order=tpos, **kw):
             positive = all(e.invars[k] in nonneg for k in order)
+            paths = kw.pop("param_paths", ())
             layer = ctx.new_layer(
                 kind=kind,
                 primitive=name,
-                name=e.name,
-                param_paths=kw.pop("param_paths", ()),
+                name=e.name or _module_path(paths),
+                param_paths=paths,
                 first=kind in ("dense", "conv") and d_in == 0,
                 input_shapes=tuple(e.invars[k].shape for k in order),
                 output_shape=out.shape,
@@ -190,21 +191,16 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
         if name in P.LINEAR and len(tpos) == 1:
             wpos = 1 - tpos[0]
             axis_map = canonize.output_axis_map(e, wpos)
-            reduction, members, out, scales = canonize.affine_chain(
-                program, i, axis_map, is_t, consumers_for_chain
-            )
-            folded = ([reduction] if reduction is not None else []) + members
+            chain = canonize.affine_chain(program, i, axis_map, lambda a: a in pre_taint, consumers_for_chain)
+            folded = list(chain.post + chain.members)
             for j in [i] + folded[:-1]:
                 plan[j] = "skip"
             make_node(
                 P.LINEAR[name],
-                out,
+                chain.out,
                 at=folded[-1] if folded else i,
                 weight=wpos,
-                reduction=reduction,
-                chain=tuple(members),
-                scales=scales,
-                axis_map=axis_map,
+                chain=chain,
                 param_paths=param_paths(e, wpos),
                 folded=tuple(program.eqns[j].prim.name for j in folded),
             )
@@ -359,6 +355,27 @@ def _ancestors(program: Program, plan: list, out: Var, src: Var, is_t) -> tuple:
             seen.add(j)
             stack.extend(a for a in program.eqns[j].invars if isinstance(a, Var))
     return tuple(sorted(seen))
+
+
+def _taint_prepass(program: Program, tainted: set) -> set:
+    """Variables reachable from ``tainted`` (control flow: every float output)."""
+    reach = set(tainted)
+    for e in program.eqns:
+        if e.prim.name not in P.STOP and any(isinstance(a, Var) and a in reach for a in e.invars):
+            reach.update(v for v in e.outvars if _inexact(v))
+    return reach
+
+
+def _module_path(paths: tuple) -> str:
+    """A layer name from its weight's parameter path, for functions that push no
+    name stack (flax nnx, plain pytrees): ``"blocks/0/conv1/kernel/value"`` ->
+    ``"blocks/0/conv1"``, ``"w1"`` -> ``"w1"``."""
+    if len(paths) != 1:
+        return ""
+    parts = paths[0].split("/")
+    if parts[-1] == "value" and len(parts) > 1:  # an nnx Variable
+        parts = parts[:-1]
+    return "/".join(parts[:-1] if len(parts) > 1 else parts)
 
 
 def _keeps_sign(e: Eqn, tpos: tuple, nonneg: set) -> bool:
@@ -576,20 +593,23 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     if spec.weight is not None:
         weight = ops[spec.weight]
         wpos = spec.weight
-        reduce = an.program.eqns[spec.reduction] if spec.reduction is not None else None
-        if spec.chain:
-            start = (reduce or e).outvars[0]
-            shape = canonize.reduced_shape(start.shape, spec.axis_map)
-            a, bias = canonize.chain_coefficients(an.program, spec.chain, start, shape, start.dtype, raw)
-            if spec.scales:
-                weight = canonize.fold_scale(weight, a, spec.axis_map)
+        chain = spec.chain
+        # the layer's own map: the primitive, then psum and size-1 reshapes
+        shaping = [an.program.eqns[j] for j in chain.post + tuple(j for j in chain.members if j in chain.reshapes)]
+        if any(j not in chain.reshapes for j in chain.members):
+            start = (an.program.eqns[chain.post[-1]] if chain.post else e).outvars[0]
+            a, bias = canonize.chain_coefficients(an.program, chain, start, start.dtype, raw)
+            if chain.scales:
+                weight = canonize.fold_scale(weight, a, chain.out_axes)
 
         def apply(xs, w):
             args = list(ops)
             args[spec.tainted[0]] = xs[0]
             args[wpos] = w
             (z,) = e.bind(*args)
-            return reduce.bind(z)[0] if reduce is not None else z
+            for s_eqn in shaping:
+                (z,) = s_eqn.bind(z)
+            return z
 
     elif spec.affine:
         zeros = {k: jnp.zeros_like(ops[k]) for k in spec.tainted}

@@ -20,7 +20,7 @@ elementwise region and passes relevance unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +30,8 @@ from ._program import Eqn, Lit, Program, Var, replay
 # Collective sums over devices that may directly follow a linear layer inside
 # shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
 _REDUCTIONS = frozenset({"psum", "psum_invariant"})
+# Shape-only operations that may follow a linear layer (size-1 axes only).
+_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
 # Elementwise operations allowed in a foldable chain.
 _AFFINE = frozenset({"add", "sub", "mul", "div", "neg", "convert_element_type", "copy", "copy_p"})
 # Of those, the ones that can scale (not only shift) the layer output.
@@ -63,37 +65,70 @@ def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
     return None
 
 
+class Chain(NamedTuple):
+    """What follows a linear layer and belongs to it (see :func:`affine_chain`)."""
+
+    post: tuple  # psum / size-1 reshapes applied to the layer's output
+    members: tuple  # the foldable affine chain (may contain size-1 reshapes)
+    out: Var  # the variable the fused layer produces
+    scales: bool  # whether the chain can scale (not only shift) its input
+    start_axes: Optional[tuple]  # output-to-weight axis map where the chain starts
+    out_axes: Optional[tuple]  # ... and of ``out``
+    reshapes: frozenset  # the members that are size-1 reshapes
+
+
 def affine_chain(
     program: Program,
     head: int,
     axis_map: Optional[tuple],
     is_tainted: Callable,
     consumers: dict,
-) -> tuple:
-    """Find the foldable chain after equation ``head``.
+) -> Chain:
+    """Find the operations after equation ``head`` that belong to the layer.
 
-    Returns ``(reduction, members, out_var, scales)``: the index of a collective
-    sum over devices that belongs to the layer (or ``None``), indices of the chain's
-    equations, the variable the fused layer produces, and whether the chain can
-    scale its input.
+    * ``post``: collective sums over devices inside ``shard_map`` (and size-1
+      reshapes) right after the layer, before any bias: part of the layer's map;
+    * ``members``: the foldable affine chain: adds, subtractions, multiplications
+      and divisions by per-output-channel constants, and reshapes that only add or
+      remove size-1 axes (Flax's ``Conv`` wraps an unbatched input in a batch of
+      one, then drops it again after the bias); the chain ends at the first other
+      operation, or where its value is used more than once.
     """
     v: Var = program.eqns[head].outvars[0]
-    members, scales, reduction = [], False, None
-    users = consumers.get(v, ())
-    if len(users) == 1 and users[0] >= 0:
+    post, members, reshapes, scales = [], [], set(), False
+    while True:
+        users = consumers.get(v, ())
+        if len(users) != 1 or users[0] < 0:
+            break
         e = program.eqns[users[0]]
-        if e.prim.name in _REDUCTIONS and len(e.invars) == 1 and len(e.outvars) == 1:
-            reduction, v = users[0], e.outvars[0]
+        if len(e.invars) != 1 or len(e.outvars) != 1:
+            break
+        if e.prim.name in _REDUCTIONS:
+            pass
+        elif _is_size1_reshape(e, v, axis_map):
+            axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
+        else:
+            break
+        post.append(users[0])
+        v = e.outvars[0]
+    start_axes = axis_map
     if axis_map is None:
-        return reduction, members, v, scales
-    rank = len(v.shape)
+        return Chain(tuple(post), (), v, False, None, None, frozenset())
     while True:
         users = consumers.get(v, ())
         if len(users) != 1:
             break
         j = users[0]
+        if j < 0:
+            break
         e = program.eqns[j]
         name = e.prim.name
+        if _is_size1_reshape(e, v, axis_map):
+            axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
+            members.append(j)
+            reshapes.add(j)
+            v = e.outvars[0]
+            continue
         if name not in _AFFINE or len(e.outvars) != 1:
             break
         if name == "convert_element_type" and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
@@ -104,12 +139,43 @@ def affine_chain(
             break
         if name == "div" and pos[0] != 0:
             break
-        if not all(_per_channel(a, axis_map, rank) for a in others):
+        if not all(_per_channel(a, axis_map, len(v.shape)) for a in others):
             break
         scales |= name in _SCALING or (name == "sub" and pos[0] == 1)
         members.append(j)
         v = e.outvars[0]
-    return reduction, members, v, scales
+    # drop trailing reshapes: they would only move the layer's output shape
+    while members and members[-1] in reshapes:
+        j = members.pop()
+        reshapes.discard(j)
+        v = program.eqns[j].invars[0]
+        axis_map = _reshape_axis_map(program.eqns[j].outvars[0].shape, v.shape, axis_map)
+    if not any(j not in reshapes for j in members):
+        members, reshapes = [], set()
+        v = program.eqns[post[-1]].outvars[0] if post else program.eqns[head].outvars[0]
+        axis_map = start_axes
+    return Chain(tuple(post), tuple(members), v, scales, start_axes, axis_map, frozenset(reshapes))
+
+
+def _is_size1_reshape(e: Eqn, v: Var, axis_map: Optional[tuple]) -> bool:
+    return (
+        e.prim.name in _RESHAPES
+        and axis_map is not None
+        and len(e.invars) == 1
+        and e.invars[0] is v
+        and _squeezes_only(v.shape, e.outvars[0].shape)
+    )
+
+
+def _squeezes_only(a: tuple, b: tuple) -> bool:
+    """Whether ``a`` and ``b`` differ only by axes of size 1."""
+    return [n for n in a if n != 1] == [n for n in b if n != 1]
+
+
+def _reshape_axis_map(a: tuple, b: tuple, axis_map: tuple) -> tuple:
+    """The axis map of a size-1-only reshape from shape ``a`` to ``b``."""
+    src = iter(m for n, m in zip(a, axis_map) if n != 1)
+    return tuple(next(src) if n != 1 else None for n in b)
 
 
 def _per_channel(a, axis_map: tuple, rank: int) -> bool:
@@ -126,14 +192,27 @@ def reduced_shape(out_shape: Sequence[int], axis_map: tuple) -> tuple:
     return tuple(n if w is not None else 1 for n, w in zip(out_shape, axis_map))
 
 
-def chain_coefficients(program: Program, members: Sequence[int], start: Var, shape: tuple, dtype, read) -> tuple:
-    """``(a, c)`` with ``chain(t) = a * t + c``, evaluated on arrays of ``shape``."""
+def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read) -> tuple:
+    """``(a, c)`` with ``chain(t) = a * t + c``, on arrays of the per-channel shape
+    (size 1 on the axes that do not come from the weight).
 
-    end = program.eqns[members[-1]].outvars[0]
+    Affine members are replayed as they are; size-1 reshapes reshape the
+    per-channel arrays to the per-channel version of their output shape.
+    """
 
     def run(t):
-        return replay(program, members, {start: t}, read)[end]
+        var, axes = start, chain.start_axes
+        for j in chain.members:
+            e = program.eqns[j]
+            if j in chain.reshapes:
+                axes = _reshape_axis_map(var.shape, e.outvars[0].shape, axes)
+                t = jnp.reshape(t, reduced_shape(e.outvars[0].shape, axes))
+            else:
+                t = replay(program, [j], {var: t}, read)[e.outvars[0]]
+            var = e.outvars[0]
+        return t
 
+    shape = reduced_shape(start.shape, chain.start_axes)
     c = run(jnp.zeros(shape, dtype))
     return run(jnp.ones(shape, dtype)) - c, c
 

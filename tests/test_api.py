@@ -186,3 +186,25 @@ def test_custom_rule_sees_example_axes():
     np.testing.assert_allclose(r2[0], r1, rtol=1e-12)
     np.testing.assert_allclose(r0, r1, rtol=1e-12)
     np.testing.assert_allclose(r1, jaxlrp.lrp(fn)(w, x[0]), rtol=1e-12)
+
+
+def test_layers_without_name_stack_are_named_by_parameter_path():
+    """Plain pytrees and flax nnx push no names: the weight's path names the layer."""
+    rng = np.random.default_rng(0)
+    p = {"w1": rng.normal(size=(4, 5)), "w2": rng.normal(size=(5, 2))}
+    fn = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
+    rel, per_layer = jaxlrp.lrp(fn)(p, rng.normal(size=(3, 4)), layers="w*")
+    assert set(per_layer) == {"w1", "w2"}
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv1 = nnx.Linear(4, 5, rngs=rngs)
+            self.head = nnx.Linear(5, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.conv1(x)))
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+    rep = jaxlrp.inspect(lambda s, x: nnx.merge(graphdef, s)(x), verbose=False)(state, np.ones((2, 4)))
+    assert [r.key for r in rep.rows] == ["conv1", "head"]

@@ -109,3 +109,52 @@ def test_batchnorm_before_a_layer_passes_relevance():
     rel = jaxlrp.lrp(PreBN().apply, rule=rules.ZPlus(0.0))(v, x, target=0)
     # z+ conserves on the conv; the normalised, rectified input is its only source
     np.testing.assert_allclose(rel.reshape(2, -1).sum(1), PreBN().apply(v, x)[:, 0], rtol=1e-5)
+
+
+def test_residual_branch_is_not_mistaken_for_batchnorm_statistics():
+    """On 1x1 maps with a batch of one, the other branch of a residual add has the
+    per-channel shape of BatchNorm statistics; it must not be folded as one."""
+
+    class TwoBranches(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.BatchNorm(use_running_average=True)(nn.Conv(4, (1, 1), use_bias=False)(x))
+            y = y + nn.BatchNorm(use_running_average=True)(nn.Conv(4, (1, 1), use_bias=False)(x))
+            return nn.relu(y).sum(axis=(1, 2))
+
+    x = np.random.default_rng(0).normal(size=(2, 1, 1, 3))
+    v = TwoBranches().init(jax.random.PRNGKey(0), x)
+    batch = jaxlrp.lrp(TwoBranches().apply)(v, x, target=1)
+    single = jaxlrp.lrp(TwoBranches().apply)(v, x[:1], target=1)
+    np.testing.assert_allclose(single, batch[:1], rtol=1e-10)
+
+
+def test_unbatched_flax_conv_batchnorm_is_folded_under_vmap():
+    """flax's Conv reshapes an unbatched input to a batch of one and back; the
+    reshape sits between the conv and its BatchNorm, and must not stop folding."""
+
+    class ConvBNUnbatched(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3), name="conv")(x)
+            x = nn.BatchNorm(use_running_average=True, name="bn")(x)
+            return nn.relu(x).sum(axis=(-3, -2))
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 5, 5, 2))
+    v = ConvBNUnbatched().init(jax.random.PRNGKey(0), x)
+    v = _random_bn_params(rng, v)
+    comp = composites.Composite([("conv", rules.Gamma(0.5))])
+    batch = jaxlrp.lrp(ConvBNUnbatched().apply, comp)(v, x, target=0)
+    vm = jax.vmap(lambda xi: jaxlrp.lrp(ConvBNUnbatched().apply, comp)(v, xi, target=0))(x)
+    np.testing.assert_allclose(vm, batch, rtol=1e-8, atol=1e-12)
+    rep = jaxlrp.inspect(ConvBNUnbatched().apply, comp, verbose=False)(v, x[0], target=0)
+    assert rep.rows[0].folded == ("add", "reshape", "sub", "mul", "add")
+
+
+def _random_bn_params(rng, v):
+    p = jax.tree_util.tree_map(np.asarray, v["params"])
+    s = jax.tree_util.tree_map(np.asarray, v["batch_stats"])
+    p["bn"]["scale"] = rng.normal(size=4)
+    s["bn"]["mean"], s["bn"]["var"] = rng.normal(size=4), rng.uniform(0.5, 2, size=4)
+    return {"params": p, "batch_stats": s}
