@@ -14,6 +14,15 @@ from .explain import lrp, value_and_lrp
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``jaxlrp.flax`` and ``jaxlrp.models`` are imported on first use."""
+    if name in ("flax", "models"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'jaxlrp' has no attribute {name!r}")
+
 __all__ = [
     "lrp",
     "value_and_lrp",
@@ -27,4 +36,6 @@ __all__ = [
     "viz",
     "Composite",
     "UnsupportedOperationError",
+    "flax",
+    "models",
 ]
