@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxlrp
-from jaxlrp import composites
+from jaxlrp import composites, models, variants
 
 
 class MLP(nn.Module):
@@ -59,12 +59,19 @@ class CNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-MODELS = {"mlp": (MLP, (28, 28, 1)), "cnn": (CNN, (32, 32, 3))}
+MODELS = {
+    "mlp": (MLP, (28, 28, 1)),
+    "cnn": (CNN, (32, 32, 3)),
+    "vgg16": (lambda: models.VGG(depth=16, num_classes=10), (224, 224, 3)),
+    "resnet50": (lambda: models.ResNet(depth=50, num_classes=10), (224, 224, 3)),
+}
 COMPOSITES = {
     "epsilon": lambda: composites.Composite(),
     "epsilon_plus_flat": composites.EpsilonPlusFlat,
     "epsilon_gamma_box": lambda: composites.EpsilonGammaBox(-3.0, 3.0),
     "epsilon_alpha2_beta1": composites.EpsilonAlpha2Beta1,
+    "plrp": lambda: variants.pruned(composites.EpsilonPlusFlat(), 0.3),
+    "relative": variants.relative,
 }
 
 
@@ -97,11 +104,11 @@ def _time(f, args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
+def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int, vmap: bool = False) -> dict:
     cls, shape = MODELS[model_name]
     model = cls()
     x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
-    variables = model.init(jax.random.PRNGKey(0), x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     onehot = jax.nn.one_hot(jnp.zeros(batch, jnp.int32), 10)
 
     def grad(v, x):
@@ -121,7 +128,12 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
         tg.append(_time(cg, (variables, x), repeats))
         tl.append(_time(cl, (variables, x), repeats))
     t_grad, t_lrp = statistics.median(tg), statistics.median(tl)
-    return {
+    extra = {}
+    if vmap:  # per-example explanations under vmap against the batched call
+        per_example = jax.jit(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)))
+        jax.block_until_ready(per_example(variables, x))
+        extra["vmap_ratio"] = statistics.median(_time(per_example, (variables, x), repeats) for _ in range(rounds)) / t_lrp
+    return {**extra,
         "model": model_name, "batch": batch, "composite": comp_name,
         "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
         "flop_ratio": _flops(cl) / _flops(cg), "memory_ratio": _memory(cl) / _memory(cg),
@@ -131,11 +143,12 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="LRP vs jax.grad benchmark")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 64])
     ap.add_argument("--composites", nargs="+", default=list(COMPOSITES), choices=list(COMPOSITES))
     ap.add_argument("--repeats", type=int, default=20, help="calls per timing round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    ap.add_argument("--vmap", action="store_true", help="also time vmap of per-example explanations")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output path stem")
     args = ap.parse_args(argv)
     if min(args.batch) < 1 or args.repeats < 1 or args.rounds < 1:
@@ -146,7 +159,7 @@ def main(argv=None) -> int:
     for m in args.models:
         for b in args.batch:
             for c in args.composites:
-                r = bench_cell(m, b, c, args.repeats, args.rounds)
+                r = bench_cell(m, b, c, args.repeats, args.rounds, args.vmap)
                 rows.append(r)
                 print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
                       f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f}  mem x{r['memory_ratio']:.2f}",
@@ -155,14 +168,16 @@ def main(argv=None) -> int:
     lines = [
         f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
         "",
-        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |"
+        + (" vmap / batched |" if args.vmap else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if args.vmap else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
             f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['memory_ratio']:.2f} | "
             f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
+            + (f" {r['vmap_ratio']:.2f} |" if args.vmap else "")
         )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
