@@ -21,8 +21,9 @@ weights load with :func:`load_torchvision`.
 >>> R = jaxlrp.flax.explain(model, variables, x, composite=models.vgg_composite(), target=483)
 """
 
-from . import linen, nnx, presets
+from . import linen, nnx, presets, transformer
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
+from .transformer import TextEncoder, ViT, token_relevance
 from .presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -37,6 +38,10 @@ from .torchvision import NAMES as TORCHVISION_NAMES
 from .torchvision import load_torchvision, torchvision_keys
 
 __all__ = [
+    "transformer",
+    "TextEncoder",
+    "ViT",
+    "token_relevance",
     "linen",
     "nnx",
     "presets",
