@@ -21,8 +21,9 @@ weights load with :func:`load_torchvision`.
 >>> R = jaxlrp.flax.explain(model, variables, x, composite=models.vgg_composite(), target=483)
 """
 
-from . import linen, nnx, presets, transformer
+from . import linen, nnx, presets, recurrent, transformer
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
+from .recurrent import EchoStateNetwork, GRUClassifier, LSTMClassifier, fit_readout, image_to_sequence
 from .transformer import TextEncoder, ViT, token_relevance
 from .presets import (
     IMAGENET_MEAN,
@@ -38,6 +39,12 @@ from .torchvision import NAMES as TORCHVISION_NAMES
 from .torchvision import load_torchvision, torchvision_keys
 
 __all__ = [
+    "recurrent",
+    "EchoStateNetwork",
+    "LSTMClassifier",
+    "GRUClassifier",
+    "fit_readout",
+    "image_to_sequence",
     "transformer",
     "TextEncoder",
     "ViT",
