@@ -103,3 +103,23 @@ def test_flax_lstm_cell_in_rnn():
     assert rel.shape == x.shape and np.all(np.isfinite(rel))
     rep = jaxlrp.inspect(Classifier().apply, verbose=False)(v, x)
     assert any(r.kind == "gate" for r in rep.rows)
+
+
+def test_nnx_rnn_with_lstm_cell():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = nnx.RNN(nnx.LSTMCell(4, 8, rngs=rngs))
+            self.head = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.rnn(x)[:, -1])
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+    fn = lambda s, x: nnx.merge(graphdef, s)(x)
+    x = np.random.default_rng(4).normal(size=(2, 5, 4)).astype(np.float32)
+    rel = jax.jit(jaxlrp.lrp(fn))(state, x)
+    assert rel.shape == x.shape and np.all(np.isfinite(rel)) and np.abs(rel).max() > 0
+    rep = jaxlrp.inspect(fn, verbose=False)(state, x)
+    assert {"dense", "gate", "sum"} <= {r.kind for r in rep.rows}
