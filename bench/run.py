@@ -29,7 +29,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxlrp
 from jaxlrp import composites, models, variants

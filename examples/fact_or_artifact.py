@@ -63,7 +63,6 @@ if __name__ == "__main__" and "--quick" in sys.argv[1:]:
 
 import flax.linen as nn  # noqa: E402  (after XLA_FLAGS)
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 

@@ -561,7 +561,7 @@ def figure(results: dict, cfg: Config, path: pathlib.Path) -> pathlib.Path:
 
 
 def markdown(results: dict, cfg: Config) -> str:
-    L = [f"# Pruned LRP and Relative LRP on synthetic data (`examples/variants.py`)", ""]
+    L = ["# Pruned LRP and Relative LRP on synthetic data (`examples/variants.py`)", ""]
     L.append(f"Command: `{results['command']}`; {results['seconds']:.0f} s on "
              f"{results['machine']}. Base composite: **{BASE_NAME}** (z+ on conv layers including the first, "
              "epsilon on dense layers); x-proportional at the input, unlike EpsilonPlusFlat, whose flat first "

@@ -32,7 +32,7 @@ only through their ``__call__(node, relevance)`` interface.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp

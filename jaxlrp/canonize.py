@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ._program import Eqn, Lit, Program, Var, replay
+from ._program import Eqn, Program, Var, replay
 
 # Collective sums over devices that may directly follow a linear layer inside
 # shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
@@ -229,4 +229,4 @@ def fold_scale(weight, a, axis_map: tuple):
     return weight * jnp.reshape(a, shape).astype(weight.dtype)
 
 
-__all__ = ["output_axis_map", "affine_chain", "chain_coefficients", "fold_scale", "reduced_shape", "Lit"]
+__all__ = ["Chain", "output_axis_map", "affine_chain", "chain_coefficients", "fold_scale", "reduced_shape"]

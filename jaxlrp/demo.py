@@ -22,7 +22,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -160,7 +160,7 @@ def run(cfg: Config) -> dict:
     t_grad = _timed(grad, params, x)
 
     low, high = float(ds.x.min()), float(ds.x.max())
-    results, rows = {}, []
+    results = {}
     tiles = [viz.heatmap(x_test[i], cmap="gray", symmetric=False) for i in range(cfg.show)]
     titles = [f"{data.SHAPES[int(y_test[i])]} ({data.SHAPES[int(y_pred[i])]})" for i in range(cfg.show)]
     for name, comp in methods(low, high).items():

@@ -21,7 +21,7 @@ import numpy as np
 from . import composites as _composites
 from ._interpreter import Analysis, _Context, analyze, evaluate
 from ._program import flatten
-from .composites import Composite, Layer, Matcher
+from .composites import Composite, Matcher
 from .rules import Rule
 
 __all__ = ["lrp", "value_and_lrp"]

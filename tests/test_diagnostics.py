@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jaxlrp
-from jaxlrp import composites, diagnostics, rules
+from jaxlrp import diagnostics, rules
 
 
 def _mlp(bias):

@@ -240,7 +240,6 @@ def test_rma_against_reference(mode):
 
 
 def test_rma_modes_differ_on_signed_relevance():
-    RNG = np.random.default_rng(4)
     R = np.array([[2.0, -1.0, 1.0]])
     M = np.array([[True, True, False]])
     close(metrics.relevance_mass_accuracy(R, M, "positive"), [2 / 3])
@@ -306,7 +305,6 @@ def test_sparseness_and_complexity_against_reference():
 
 
 def test_sparseness_and_complexity_directions():
-    RNG = np.random.default_rng(10)
     d = 12
     uniform = -np.full((1, d), 0.7)  # sign is ignored
     onehot = np.eye(d)[None, 4]
