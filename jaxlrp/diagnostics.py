@@ -13,7 +13,10 @@ artifacts of the model rather than of the data.
   looks at the data gives the same map (Landt-Hayen et al. 2023).
 * :func:`cap_and_scale` -- the input capping the same authors recommend.
 
-Every function returns numbers, so artifacts can be asserted, not only looked at.
+Every function returns numbers, so artifacts can be asserted, not only looked at;
+to look at them, draw a decay profile with ``viz.sequence_plot(profile[i])`` and the
+mean absolute relevance behind a border mass with
+``viz.heatmap(abs(relevance).mean(0), cmap="hot", symmetric=False)``.
 """
 
 from __future__ import annotations
