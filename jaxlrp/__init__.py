@@ -6,9 +6,10 @@
 >>> relevance = jax.jit(explain)(variables, x, target=3)
 """
 
-from . import composites, data, diagnostics, metrics, rules, variants, viz
+from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import UnsupportedOperationError
 from .composites import Composite
+from .dataset import explain_dataset
 from .diagnostics import inspect
 from .explain import lrp, value_and_lrp
 
@@ -26,6 +27,8 @@ def __getattr__(name: str):
 __all__ = [
     "lrp",
     "value_and_lrp",
+    "explain_dataset",
+    "dataset",
     "inspect",
     "rules",
     "composites",
