@@ -43,7 +43,7 @@ from . import canonize
 from ._errors import UnsupportedOperationError
 from ._program import Eqn, Lit, Program, Var, body, flatten, replay
 from .composites import Layer
-from .rules import Node
+from .rules import after, Node
 
 
 def _inexact(a) -> bool:
@@ -470,26 +470,36 @@ def _control_out_taint(e: Eqn, subs: list) -> list:
 # -------------------------------------------------------------------------- evaluation
 
 
-def _node_call(spec: NodeSpec, rule, apply, example_ndim: int):
-    """A function ``(inputs, weight, bias) -> z`` whose VJP is ``rule``."""
+def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None):
+    """A function ``(inputs, weight, scale, bias) -> z`` whose VJP is ``rule``.
+
+    ``scale`` (or ``None``) is a folded per-channel scale (BatchNorm's): the forward
+    pass applies it to the output, as the model did, and the rule sees the folded
+    weight ``fold(weight, scale)``, built only in the backward pass so that no
+    folded copy of the weights is kept alive between the two passes.
+    """
     kind = spec.layer.kind
 
-    def forward(inputs, weight, bias):
+    def forward(inputs, weight, scale, bias):
         z = apply(inputs, weight)
+        if scale is not None:
+            z = z * scale.astype(z.dtype)
         return z if bias is None else z + bias
 
     @jax.custom_vjp
-    def call(inputs, weight, bias):
-        return forward(inputs, weight, bias)
+    def call(inputs, weight, scale, bias):
+        return forward(inputs, weight, scale, bias)
 
-    def fwd(inputs, weight, bias):
-        z = forward(inputs, weight, bias)
-        return z, (inputs, weight, bias, z)
+    def fwd(inputs, weight, scale, bias):
+        z = forward(inputs, weight, scale, bias)
+        return z, (inputs, weight, scale, bias, z)
 
     def bwd(res, relevance):
-        inputs, weight, bias, z = res
+        inputs, weight, scale, bias, z = res
+        if scale is not None:
+            weight = fold(after(weight, relevance), scale)
         rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative), relevance)
-        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None
+        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None
 
     call.defvjp(fwd, bwd)
     return call
@@ -589,7 +599,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     inputs = tuple(ops[k] for k in spec.tainted)
     if tap is not None:
         inputs = tuple(x + t for x, t in zip(inputs, tap[0]))
-    weight = bias = None
+    weight = bias = scale = fold = None
     if spec.weight is not None:
         weight = ops[spec.weight]
         wpos = spec.weight
@@ -600,7 +610,10 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
             start = (an.program.eqns[chain.post[-1]] if chain.post else e).outvars[0]
             a, bias = canonize.chain_coefficients(an.program, chain, start, start.dtype, raw)
             if chain.scales:
-                weight = canonize.fold_scale(weight, a, chain.out_axes)
+                scale = a
+
+                def fold(w, a):
+                    return canonize.fold_scale(w, a, chain.out_axes)
 
         def apply(xs, w):
             args = list(ops)
@@ -635,7 +648,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
                 args[k] = x
             return e.bind(*args)[0]
 
-    z = _node_call(spec, rule, apply, example_ndim)(inputs, weight, bias)
+    z = _node_call(spec, rule, apply, example_ndim, fold)(inputs, weight, scale, bias)
     if tap is not None:
         z = z + tap[1]
     return z

@@ -58,6 +58,8 @@ __all__ = [
     "SignalTakesAll",
     "Softmax",
     "WEIGHTED_KINDS",
+    "Combo",
+    "after",
 ]
 
 #: Layer kinds that have a weight (``dot_general`` / ``conv_general_dilated``).
@@ -150,6 +152,40 @@ def _divide(r: Array, d: Array) -> Array:
     return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
 
 
+@jax.custom_jvp
+def after(w: Array, r: Array) -> Array:
+    """``w``, made to depend on ``r``, for deriving modified weights from.
+
+    A rule's modified weights (``W+``, folded BatchNorm scales, ...) depend on the
+    parameters only, so XLA's scheduler computes those of every layer at the start
+    of the program and keeps them alive to the end (and drops
+    ``optimization_barrier`` on CPU). Derived from ``after(w, relevance)`` they are
+    made layer by layer as the relevance arrives. Adds ``0 * r[0]``, fused into
+    the derivation; under ``vmap`` the first example's, so ``w`` stays unbatched.
+    Its derivative is that of ``w`` alone.
+    """
+    return _after(w, r)
+
+
+@after.defjvp
+def _after_jvp(primals, tangents):
+    return after(*primals), tangents[0]
+
+
+@jax.custom_batching.custom_vmap
+def _after(w: Array, r: Array) -> Array:
+    spec = getattr(getattr(jax.typeof(r), "sharding", None), "spec", ())
+    if r.size == 0 or any(a is not None for a in spec):  # explicitly sharded: no slicing
+        return w
+    return w + jnp.zeros((), w.dtype) * r.reshape(-1)[0].astype(w.dtype)
+
+
+@_after.def_vmap
+def _after_vmap(axis_size, in_batched, w, r):
+    w_batched, r_batched = in_batched
+    return _after(w, r[0] if r_batched else r), w_batched
+
+
 def _pos(a: Array) -> Array:
     return jnp.maximum(a, 0)
 
@@ -158,9 +194,29 @@ def _neg(a: Array) -> Array:
     return jnp.minimum(a, 0)
 
 
+class Combo(NamedTuple):
+    """The weight ``a * W + b * W+`` (``W`` the layer's weight, ``W+ = max(W, 0)``).
+
+    A rule may give a modified weight this way; the engine then evaluates the
+    layer on the two basis weights only: the product with ``W`` at the layer's own
+    input is its forward output ``z`` (no recomputation), and each basis weight
+    needs one transposed product however many terms use it. Use it only where no
+    denominator becomes a difference of nearly equal products: a denominator that
+    should be exactly zero would become rounding noise, amplified by the division
+    (e.g. ``W- = W - W+`` in the negative part of alpha-beta). Gamma qualifies:
+    its denominators are at least ``|z|`` in size.
+    """
+
+    a: float
+    b: float
+
+
+W, W_POS = Combo(1.0, 0.0), Combo(0.0, 1.0)
+
+
 class _Branch(NamedTuple):
     inputs: tuple  # modified inputs (point of evaluation and multiplier)
-    weight: Optional[Array]  # modified weight
+    weight: Any  # a modified weight array, a Combo, or None (parameter-free nodes)
     coef: float = 1.0
 
 
@@ -173,22 +229,67 @@ class _Term(NamedTuple):
 
 
 def _propagate(node: Node, relevance: Array, terms: Sequence[_Term], eps: float) -> tuple:
-    """Evaluate the modified-gradient formula of the module docstring."""
-    out = [jnp.zeros_like(x) for x in node.inputs]
+    """Evaluate the modified-gradient formula of the module docstring.
+
+    Products are shared between terms: each distinct pair of (inputs, weight) is
+    evaluated forward at most once and pulled back once, with the sum of the
+    relevance quotients that use it (the transposed product is linear).
+    """
+    products = {}  # (ids of inputs, weight key) -> [inputs, weight, forward value, pullback, cotangent]
+    w_pos = []  # W+, made once when first needed
+
+    def basis(br: _Branch) -> list:
+        """``[(key, coefficient, weight)]`` of a branch's weight."""
+        if not isinstance(br.weight, Combo):
+            return [(id(br.weight), 1.0, br.weight)]
+        out = []
+        if br.weight.a:
+            own = all(a is b for a, b in zip(br.inputs, node.inputs))
+            out.append(("own" if own else "w", br.weight.a, node.weight))
+        if br.weight.b:
+            w_pos[:] = w_pos or [_pos(after(node.weight, relevance))]
+            out.append(("w+", br.weight.b, w_pos[0]))
+        return out
+
+    def entry(br: _Branch, key, weight) -> list:
+        k = (tuple(id(a) for a in br.inputs), key)
+        if k not in products:
+            products[k] = [br.inputs, weight, None, None, None]
+        return products[k]
+
+    quotients = []
     for term in terms:
-        pullbacks, d = [], term.denominator
-        for br in term.branches:
-            z_i, pull = jax.vjp(lambda *xs, w=br.weight: node.apply(xs, w), *br.inputs)
-            pullbacks.append(pull)
-            if term.denominator is None:
-                d = br.coef * z_i if d is None else d + br.coef * z_i
-        if term.denominator is None and term.bias is not None:
-            d = d + term.bias
+        d, bias = term.denominator, term.bias
+        if d is None:
+            for br in term.branches:
+                for key, c, w in basis(br):
+                    e = entry(br, key, w)
+                    if key == "own":  # z = x W + b is known; its bias moves into the bias sum
+                        z = node.output
+                        if node.bias is not None:
+                            bias = -br.coef * c * node.bias if bias is None else bias - br.coef * c * node.bias
+                    else:
+                        if e[2] is None:
+                            e[2], e[3] = jax.vjp(lambda *xs, w=w: node.apply(xs, w), *br.inputs)
+                        z = e[2]
+                    d = br.coef * c * z if d is None else d + br.coef * c * z
+            if bias is not None:
+                d = d + bias
         r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
         s = _divide(r, _stabilize(d, eps))
-        for br, pull in zip(term.branches, pullbacks):
-            for k, g in enumerate(pull(s)):
-                out[k] = out[k] + (term.scale * br.coef) * br.inputs[k] * g
+        quotients.append(s)
+    for term, s in zip(terms, quotients):
+        for br in term.branches:
+            for key, c, w in basis(br):
+                e = entry(br, key, w)
+                contribution = (term.scale * br.coef * c) * s
+                e[4] = contribution if e[4] is None else e[4] + contribution
+    out = [jnp.zeros_like(x) for x in node.inputs]
+    for inputs, weight, _, pull, cotangent in products.values():
+        if pull is None:
+            _, pull = jax.vjp(lambda *xs, w=weight: node.apply(xs, w), *inputs)
+        for k, g in enumerate(pull(cotangent)):
+            out[k] = out[k] + inputs[k] * g
     return tuple(out)
 
 
@@ -268,25 +369,27 @@ class ZPlus(Rule):
 
 
     def __call__(self, node, relevance):
-        return _propagate(node, relevance, [_positive_term(node, self.ignore_bias)], self.stabilizer)
+        term = _positive_term(node, _parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
+        return _propagate(node, relevance, [term], self.stabilizer)
 
 
-def _signed(node: Node, w_pos: Array, w_neg: Array) -> list:
-    """Branches ``x+ w_pos + x- w_neg``; without the second where ``x >= 0`` is known."""
+def _parts(node: Node) -> tuple:
+    """``(x+, x-)`` of the layer's input, or ``(x,)`` where ``x >= 0`` is known."""
     (x,) = node.inputs
-    if node.nonnegative:
-        return [_Branch((x,), w_pos)]
-    return [_Branch((_pos(x),), w_pos), _Branch((_neg(x),), w_neg)]
+    return (x,) if node.nonnegative else (_pos(x), _neg(x))
 
 
-def _positive_term(node: Node, ignore_bias: bool, scale: float = 1.0) -> _Term:
-    w = node.weight
-    return _Term(_signed(node, _pos(w), _neg(w)), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
+def _signed(parts: tuple, w_pos, w_neg) -> list:
+    """Branches ``x+ w_pos + x- w_neg`` over the :func:`_parts` of the input."""
+    return [_Branch((x,), w) for x, w in zip(parts, (w_pos, w_neg))]
 
 
-def _negative_term(node: Node, ignore_bias: bool, scale: float) -> _Term:
-    w = node.weight
-    return _Term(_signed(node, _neg(w), _pos(w)), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
+def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> _Term:
+    return _Term(_signed(parts, W_POS, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
+
+
+def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> _Term:
+    return _Term(_signed(parts, w_neg, W_POS), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,9 +426,10 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
     def __call__(self, node, relevance):
-        terms = [_positive_term(node, self.ignore_bias, self.alpha)]
+        parts, w_neg = _parts(node), _neg(after(node.weight, relevance))  # shared by the terms
+        terms = [_positive_term(node, parts, w_neg, self.ignore_bias, self.alpha)]
         if self.beta:
-            terms.append(_negative_term(node, self.ignore_bias, -self.beta))
+            terms.append(_negative_term(node, parts, w_neg, self.ignore_bias, -self.beta))
         return _propagate(node, relevance, terms, self.stabilizer)
 
 
@@ -358,12 +462,12 @@ class Gamma(Rule):
 
 
     def __call__(self, node, relevance):
-        w, g, z = node.weight, self.gamma, node.output
-        P, N = w + g * _pos(w), w + g * _neg(w)
-        b = _bias(node, self.ignore_bias)
+        g, z = self.gamma, node.output
+        P, N = Combo(1.0, g), Combo(1.0 + g, -g)  # w + g w+, w + g w-
+        b, parts = _bias(node, self.ignore_bias), _parts(node)
         terms = [
-            _Term(_signed(node, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            _Term(_signed(node, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+            _Term(_signed(parts, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            _Term(_signed(parts, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
         ]
         return _propagate(node, relevance, terms, self.stabilizer)
 
@@ -403,9 +507,10 @@ class ZBox(Rule):
 
     def __call__(self, node, relevance):
         (x,), w = node.inputs, node.weight
+        w_ = after(w, relevance)
         low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
         high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
-        term = _Term([_Branch((x,), w), _Branch((low,), _pos(w), -1.0), _Branch((high,), _neg(w), -1.0)])
+        term = _Term([_Branch((x,), w), _Branch((low,), _pos(w_), -1.0), _Branch((high,), _neg(w_), -1.0)])
         return _propagate(node, relevance, [term], self.stabilizer)
 
 
@@ -458,7 +563,7 @@ class WSquare(Rule):
     def __call__(self, node, relevance):
         (x,) = node.inputs
         term = _Term(
-            [_Branch((jnp.ones_like(x),), jnp.square(node.weight))],
+            [_Branch((jnp.ones_like(x),), jnp.square(after(node.weight, relevance)))],
             bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
         )
         return _propagate(node, relevance, [term], self.stabilizer)
@@ -519,7 +624,7 @@ class SignalTakesAll(Rule):
     relevance goes to the signal :math:`s`, none to the gate (Arras et al. 2017,
     "Explaining recurrent neural network predictions in sentiment analysis").
 
-    .. math:: R_s = s rac{\partial z}{\partial s} rac{R}{z} = R, \qquad R_g = 0
+    .. math:: R_s = s \frac{\partial z}{\partial s} \frac{R}{z} = R, \qquad R_g = 0
 
     The default rule of ``"gate"`` layers (LSTM and GRU cells, gated linear units);
     :class:`Uniform` gives the half split instead. Also the default of
@@ -551,7 +656,7 @@ class SignalTakesAll(Rule):
 class Softmax(Rule):
     r"""Softmax :math:`s = \mathrm{softmax}(x)` (Achtibat et al. 2024, AttnLRP):
 
-    .. math:: R_x = x \odot J^	op rac{R}{s} = x \odot \Big(R - s \sum_j R_j\Big)
+    .. math:: R_x = x \odot J^\top \frac{R}{s} = x \odot \Big(R - s \sum_j R_j\Big)
 
     (a first-order Taylor expansion at :math:`x` with the softmax's bias). The
     Jacobian is that of the recognised equations, so temperatures and shifts inside

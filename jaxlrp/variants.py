@@ -255,24 +255,50 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int):
     flat = r.reshape((math.prod(r.shape[:e]), -1))
     zero = jnp.zeros((), r.dtype)
     mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
-    # One sort serves both signs: ascending, the positive magnitudes come in ascending
-    # order and the negative ones in descending order (read backwards). Entries of the
-    # other sign count as zeros: they come first, with cumulative mass 0.
-    signed = jnp.sort(flat, axis=-1)
-    ordered = jnp.stack([jnp.where(signed > 0, signed, zero), jnp.flip(jnp.where(signed < 0, -signed, zero), -1)])
-    cumulative = jnp.cumsum(ordered, axis=-1)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    budget = p * cumulative[..., -1]
-    # k = number of sorted entries whose cumulative mass stays within the budget
-    search = jax.vmap(jax.vmap(lambda c, b: jnp.searchsorted(c, b, side="right")))
-    k = search(cumulative, budget)
-    theta = jnp.take_along_axis(ordered, jnp.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]
-    theta = jnp.where(k > 0, theta, zero)
+    theta = _threshold(mags, p * jnp.sum(mags, axis=-1))
     pruned = (mags > 0) & (mags <= theta[..., None])
     # ties at the threshold could remove a sign's whole mass: then prune none of it
     kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
     pruned = pruned & (kept > 0)[..., None]
     return pruned, mags, e
+
+
+_BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def _threshold(mags: Array, budget: Array) -> Array:
+    r"""The pruning threshold of each row of ``mags`` (non-negative), without sorting.
+
+    In ascending order, the entries whose running sum stays within ``budget`` are
+    pruned, ties with the last of them included: the threshold is the largest
+    value :math:`u` of the row with :math:`\sum_{m < u} m + u \le` ``budget``
+    (0 if there is none). Non-negative floats order like their bit patterns read as
+    integers, so a bisection on the bit pattern finds the largest :math:`t` with
+    :math:`S(t) = \sum_{m \le t} m \le` ``budget`` in as many masked sums as the
+    dtype has bits (a sort costs far more on CPU); the threshold is then the next
+    value above :math:`t` if it still fits on its own, else :math:`t`.
+    """
+    itype = _BITS[mags.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(mags, itype)
+    zero = jnp.zeros((), mags.dtype)
+
+    def mass_upto(t):
+        return jnp.sum(jnp.where(bits <= t[..., None], mags, zero), axis=-1)
+
+    def step(_, state):
+        lo, hi, s_lo = state  # S(lo) <= budget (s_lo = S(lo)); S(hi) > budget unless the row is all zeros
+        mid = lo + (hi - lo) // 2
+        s_mid = mass_upto(mid)
+        fits = s_mid <= budget
+        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid), jnp.where(fits, s_mid, s_lo)
+
+    lo = jnp.zeros(budget.shape, itype)
+    hi = jnp.max(bits, axis=-1)
+    lo, hi, s_lo = jax.lax.fori_loop(0, 8 * mags.dtype.itemsize, step, (lo, hi, jnp.zeros_like(budget)))
+    below = jax.lax.bitcast_convert_type(lo, mags.dtype)
+    above = jax.lax.bitcast_convert_type(hi, mags.dtype)  # the smallest value above ``below``
+    return jnp.where((hi > lo) & (s_lo + above <= budget), above, below)
 
 
 def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, example_ndim: int = 0) -> Array:
