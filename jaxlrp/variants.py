@@ -275,27 +275,30 @@ def _threshold(mags: Array, budget: Array) -> Array:
     value :math:`u` of the row with :math:`\sum_{m < u} m + u \le` ``budget``
     (0 if there is none). Non-negative floats order like their bit patterns read as
     integers, so a bisection on the bit pattern finds the largest :math:`t` with
-    :math:`S(t) = \sum_{m \le t} m \le` ``budget`` in as many masked sums as the
-    dtype has bits (a sort costs far more on CPU); the threshold is then the next
-    value above :math:`t` if it still fits on its own, else :math:`t`.
+    :math:`S(t) = \sum_{m \le t} m \le` ``budget`` in at most as many masked
+    sums as the dtype has bits (a sort costs far more on CPU; testing several
+    candidates per pass was slower still, as XLA materialises the comparisons).
+    The threshold is then the next value above :math:`t` if it still fits on its
+    own, else :math:`t`.
     """
     itype = _BITS[mags.dtype.itemsize]
     bits = jax.lax.bitcast_convert_type(mags, itype)
     zero = jnp.zeros((), mags.dtype)
 
-    def mass_upto(t):
-        return jnp.sum(jnp.where(bits <= t[..., None], mags, zero), axis=-1)
-
-    def step(_, state):
-        lo, hi, s_lo = state  # S(lo) <= budget (s_lo = S(lo)); S(hi) > budget unless the row is all zeros
+    def halve(state):
+        lo, hi, s_lo = state  # S(lo) = s_lo <= budget; S(hi) > budget unless the row is all zeros
         mid = lo + (hi - lo) // 2
-        s_mid = mass_upto(mid)
+        s_mid = jnp.sum(jnp.where(bits <= mid[..., None], mags, zero), axis=-1)
         fits = s_mid <= budget
         return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid), jnp.where(fits, s_mid, s_lo)
 
+    def unfinished(state):
+        lo, hi, _ = state
+        return jnp.any(hi - lo > 1)
+
     lo = jnp.zeros(budget.shape, itype)
     hi = jnp.max(bits, axis=-1)
-    lo, hi, s_lo = jax.lax.fori_loop(0, 8 * mags.dtype.itemsize, step, (lo, hi, jnp.zeros_like(budget)))
+    lo, hi, s_lo = jax.lax.while_loop(unfinished, halve, (lo, hi, jnp.zeros_like(budget)))
     below = jax.lax.bitcast_convert_type(lo, mags.dtype)
     above = jax.lax.bitcast_convert_type(hi, mags.dtype)  # the smallest value above ``below``
     return jnp.where((hi > lo) & (s_lo + above <= budget), above, below)

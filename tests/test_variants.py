@@ -79,6 +79,20 @@ def test_prune_mask_matches_reference(shape, example_ndim):
         assert not np.any(np.asarray(got) & (r == 0))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prune_mask_matches_reference_with_many_ties_and_wide_range(dtype):
+    """The threshold search on bit patterns: values spanning 30 orders of magnitude,
+    many exact ties, and a row of zeros."""
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(6, 200)) * 10.0 ** rng.integers(-15, 15, size=(6, 200))
+    r[:3] = np.round(rng.normal(size=(3, 200)) * 3)  # integers: ties everywhere
+    r[5] = 0.0
+    r = r.astype(dtype)
+    for p_pos, p_neg in [(0.1, 0.1), (0.5, 0.25), (0.9, 0.6)]:
+        got = _prune_mask(jnp.asarray(r), p_pos, p_neg, example_ndim=1)
+        np.testing.assert_array_equal(got, _reference_mask(r.astype(np.float64), p_pos, p_neg, 1))
+
+
 def test_prune_mask_budget_and_maximality():
     """Without ties the pruned mass of each sign stays within p of the sign's mass, and
     pruning the next-smallest entry would exceed it."""
