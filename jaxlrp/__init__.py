@@ -7,11 +7,11 @@
 """
 
 from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
-from ._errors import UnsupportedOperationError
+from ._errors import TrainingModeError, UnsupportedOperationError
 from .composites import Composite
 from .dataset import explain_dataset
 from .diagnostics import inspect
-from .explain import lrp, value_and_lrp
+from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,8 @@ __all__ = [
     "viz",
     "Composite",
     "UnsupportedOperationError",
+    "TrainingModeError",
+    "AmbiguousOutputWarning",
     "flax",
     "models",
 ]

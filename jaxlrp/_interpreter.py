@@ -92,13 +92,22 @@ class _Context:
         return layer
 
 
-def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_last: bool = False) -> Analysis:
-    """Static analysis of ``program`` given which inputs carry relevance."""
+def analyze(
+    program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_last: bool = False,
+    starts: frozenset = frozenset(),
+) -> Analysis:
+    """Static analysis of ``program`` given which inputs carry relevance.
+
+    ``starts`` are variables computed inside the program where relevance starts
+    (the output of an embedding layer): they are explained as if they were inputs.
+    """
     tainted: set = {v for v, t in zip(program.invars, in_taint) if t and _inexact(v)}
     # Which variables will depend on the input, known before the main pass (which
     # looks ahead when it folds BatchNorm chains): an over-approximation.
-    pre_taint = _taint_prepass(program, tainted)
+    pre_taint = _taint_prepass(program, tainted | starts)
     prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
+    from_params = _parameter_prepass(program, set(prov))
+    prov_derived = _parameter_prepass(program, set(prov), closed_over=False)
     depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
     origin: dict = {}
     # Tags of tainted variables, used to recognise patterns, passed along
@@ -146,6 +155,8 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
             if ps:
                 for v in e.outvars:
                     prov[v] = ps
+            for v in starts.intersection(outs_inexact):
+                _mark(v, tainted, depth, 0)
             continue
         d_in = max(depth.get(e.invars[k], 0) for k in tpos)
         in_tags = set().union(*(tags.get(e.invars[k], ()) for k in tpos))
@@ -178,6 +189,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 output_shape=out.shape,
                 folded=kw.pop("folded", ()),
                 nonnegative=positive,
+                constant_weight=kw.pop("constant_weight", False),
             )
             spec = NodeSpec(layer=layer, eqn=i, tainted=order, out=out, nonnegative=positive, **kw)
             # Evaluated where its folded chain ends: the chain's other operands
@@ -188,10 +200,19 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
             depth[out] = d_in + (1 if kind in ("dense", "conv") else 0)
             return spec
 
-        if name in P.LINEAR and len(tpos) == 1:
+        if name in P.LINEAR and len(tpos) == 1 and not _is_parameter(e.invars[1 - tpos[0]], from_params):
+            # a linear map whose operand is built from constants (jax.image.resize's
+            # interpolation matrix, a head mask of ones): no learned layer
+            routed.append(i)
+            _mark(e.outvars[0], tainted, depth, d_in)
+            tag(e.outvars)
+        elif name in P.LINEAR and len(tpos) == 1:
             wpos = 1 - tpos[0]
             axis_map = canonize.output_axis_map(e, wpos)
-            chain = canonize.affine_chain(program, i, axis_map, lambda a: a in pre_taint, consumers_for_chain)
+            chain = canonize.affine_chain(
+                program, i, axis_map, lambda a: a in pre_taint, consumers_for_chain,
+                lambda a: _is_parameter(a, from_params),
+            )
             folded = list(chain.post + chain.members)
             for j in [i] + folded[:-1]:
                 plan[j] = "skip"
@@ -203,6 +224,7 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
                 chain=chain,
                 param_paths=param_paths(e, wpos),
                 folded=tuple(program.eqns[j].prim.name for j in folded),
+                constant_weight=not param_paths(e, wpos) and e.invars[wpos] not in prov_derived,
             )
         elif name in P.LINEAR:
             kind = _product_kind(tpos, factor)
@@ -245,6 +267,10 @@ def analyze(program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_
             elif name == "div" and tpos == (0, 1) and factor(1, "root") and not factor(0, "inverse"):
                 # (x - mean) / sqrt(var + eps): the normaliser is a constant
                 make_node("normalize", out, order=(0, 1))
+            elif name == "div" and tpos == (0, 1) and not factor(0, "inverse"):
+                # another normaliser (LocalResponseNorm, x / sum(x)): the composite
+                # must choose (there is no default rule for "divide")
+                make_node("divide", out, order=(0, 1))
             elif name == "div":
                 fail(e, "division by an input-dependent value that is neither a softmax nor a "
                      "normalisation by a square root",
@@ -366,6 +392,25 @@ def _taint_prepass(program: Program, tainted: set) -> set:
     return reach
 
 
+def _is_parameter(a, from_params: set) -> bool:
+    """Whether operand ``a`` is computed from the function's parameters: its
+    non-explained arguments, or arrays it closes over (which the jaxpr cannot tell
+    from constants). Values built inside the function from literals and ``iota``
+    are not."""
+    if isinstance(a, Lit):
+        return np.ndim(a.val) > 0
+    return a in from_params
+
+
+def _parameter_prepass(program: Program, roots: set, closed_over: bool = True) -> set:
+    """Variables computed from ``roots`` (or, with ``closed_over``, closed-over arrays)."""
+    reach = set(roots)
+    for e in program.eqns:
+        if any(_is_parameter(a, reach) if closed_over else (isinstance(a, Var) and a in reach) for a in e.invars):
+            reach.update(e.outvars)
+    return reach
+
+
 def _module_path(paths: tuple) -> str:
     """A layer name from its weight's parameter path, for functions that push no
     name stack (flax nnx, plain pytrees): ``"blocks/0/conv1/kernel/value"`` ->
@@ -392,16 +437,20 @@ def _keeps_sign(e: Eqn, tpos: tuple, nonneg: set) -> bool:
     if name == "integer_pow":
         return e.params["y"] % 2 == 0
     lits_nonneg = all(
-        isinstance(a, Lit) and bool(np.all(np.asarray(a.val) >= 0))
-        for k, a in enumerate(e.invars)
-        if k not in tpos and jnp.issubdtype(a.dtype, jnp.inexact)
+        _static_nonneg(a) for k, a in enumerate(e.invars) if k not in tpos and jnp.issubdtype(a.dtype, jnp.inexact)
     )
-    if name == "max" and any(isinstance(a, Lit) and bool(np.all(np.asarray(a.val) >= 0)) for a in e.invars):
+    if name == "max" and any(_static_nonneg(a) for a in e.invars):
         return True  # relu: max(x, 0)
     inputs_nonneg = all(e.invars[k] in nonneg for k in tpos)
     if name == "div":
         return tpos == (0,) and inputs_nonneg and lits_nonneg
     return name in P.SIGN_PRESERVING and inputs_nonneg and lits_nonneg
+
+
+def _static_nonneg(a) -> bool:
+    """Whether ``a`` is a constant known at trace time to be ``>= 0``."""
+    value = a.static() if isinstance(a, Lit) else None
+    return value is not None and bool(np.all(value >= 0))
 
 
 def _inverts(e: Eqn, tpos: tuple) -> bool:
@@ -415,7 +464,8 @@ def _inverts(e: Eqn, tpos: tuple) -> bool:
         return e.params["y"] < 0
     if name == "pow":
         y = e.invars[1]
-        return 1 in tpos or not isinstance(y, Lit) or bool(jnp.any(jnp.asarray(y.val) < 0))
+        value = y.static() if isinstance(y, Lit) else None
+        return 1 in tpos or value is None or bool(np.any(value < 0))
     return True
 
 
@@ -526,15 +576,21 @@ def _passthrough(kind: str, rule, example_ndim: int, apply=None):
     return call
 
 
-def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0) -> list:
+def evaluate(
+    an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0,
+    starts: Optional[dict] = None,
+) -> list:
     """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
 
     ``rules`` maps layer index to rule. ``taps`` maps layer index to
     ``(input_taps, output_tap)``: zero arrays added to the node's relevance-carrying
     inputs and output, so that their cotangents are the relevance there.
-    ``example_ndim`` is passed to the rules (see :class:`~jaxlrp.rules.Node`).
+    ``starts`` maps the analysis' start variables to zero arrays added to them in
+    the same way. ``example_ndim`` is passed to the rules (see
+    :class:`~jaxlrp.rules.Node`).
     """
     taps = taps or {}
+    starts = starts or {}
     prog = an.program
     env: dict = {}
     passed: dict = {}
@@ -573,8 +629,48 @@ def evaluate(an: Analysis, rules: dict, args: list, taps: Optional[dict] = None,
         else:
             outs = e.bind(*[read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
-            env[v] = x
+            env[v] = x + starts[v] if v in starts else x
     return [read(a) for a in prog.outvars]
+
+
+def start_values(program: Program, pattern: str, in_prov) -> list:
+    """The variables where an explanation that starts at layer ``pattern`` begins.
+
+    ``pattern`` is a glob matched against the module paths (name stacks) of the
+    equations and the parameter paths of their operands. A matched module's
+    start values are the floating-point values it computes and something outside
+    it reads; for a matched parameter, the outputs of the equations that read it.
+    Values computed from other start values are not start values.
+    """
+    import fnmatch
+
+    params = {v for v, p in zip(program.invars, in_prov) if any(fnmatch.fnmatchcase(q, pattern) for q in p)}
+    scope = {}
+    for i, e in enumerate(program.eqns):
+        parts = e.name.split("/") if e.name else []
+        prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+        hit = next((q for q in prefixes if fnmatch.fnmatchcase(q, pattern)), None)
+        if hit is not None or any(isinstance(a, Var) and a in params for a in e.invars):
+            scope[i] = hit
+    readers: dict = {}
+    for i, e in enumerate(program.eqns):
+        for a in e.invars:
+            if isinstance(a, Var):
+                readers.setdefault(a, []).append(i)
+    outputs = {v for v in program.outvars if isinstance(v, Var)}
+    starts, downstream = [], set()
+    for i, e in enumerate(program.eqns):
+        if any(isinstance(a, Var) and a in downstream for a in e.invars):
+            downstream.update(e.outvars)
+            continue
+        if i not in scope:
+            continue
+        for v in e.outvars:
+            leaves = v in outputs or any(scope.get(j, 0) != scope[i] for j in readers.get(v, ()))
+            if _inexact(v) and (scope[i] is None or leaves):
+                starts.append(v)
+                downstream.add(v)
+    return starts
 
 
 def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:

@@ -13,8 +13,9 @@ Only :mod:`jax.extend.core` is used, so this works on jax 0.10 and 0.11.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Union
+from typing import Any, Optional
 
+import jax
 import numpy as np
 from jax.extend import core as jcore
 
@@ -58,8 +59,17 @@ class Lit:
     def dtype(self):
         return self.aval.dtype
 
+    def static(self) -> Optional[np.ndarray]:
+        """The value as a NumPy array, or ``None`` when it is only known at run time
+        (a constant closed over from an enclosing ``jit`` trace is a tracer).
 
-Atom = Union[Var, Lit]
+        Analysis decisions must use this, never ``jnp`` on ``val``: under an outer
+        ``jit``, ``jnp`` operations on constants are staged and return tracers.
+        """
+        try:
+            return np.asarray(self.val)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            return None
 
 
 @dataclasses.dataclass(eq=False)

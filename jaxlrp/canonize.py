@@ -14,6 +14,14 @@ by running the chain on zeros and ones of the per-channel shape. The chain stops
 the first operation that is not affine in the layer output with per-output-channel
 coefficients, or whose input is used elsewhere.
 
+Only the layer's own parameters and those of a following normalisation belong to
+the chain: every shift or scale must be computed from the function's parameters
+(its non-explained arguments or closed-over arrays). Literals and sign flips are
+part of the activation that follows, not of the layer: ``hard_sigmoid(z)`` computes
+``relu6(z + 3) / 6`` and ``log_sigmoid(z)`` is ``-softplus(-z)``; folding their
+``+3`` or negation would change the layer's weights and bias (and so which half of
+the weights z+ or alpha-beta use).
+
 BatchNorm placed *before* a layer (BN -> ReLU -> conv) is not folded; it is an
 elementwise region and passes relevance unchanged.
 """
@@ -32,10 +40,13 @@ from ._program import Eqn, Program, Var, replay
 _REDUCTIONS = frozenset({"psum", "psum_invariant"})
 # Shape-only operations that may follow a linear layer (size-1 axes only).
 _RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
-# Elementwise operations allowed in a foldable chain.
-_AFFINE = frozenset({"add", "sub", "mul", "div", "neg", "convert_element_type", "copy", "copy_p"})
-# Of those, the ones that can scale (not only shift) the layer output.
-_SCALING = frozenset({"mul", "div", "neg"})
+# Elementwise operations allowed in a foldable chain, each with an operand computed
+# from parameters (a bias, BatchNorm statistics and scales) ...
+_FOLDABLE = frozenset({"add", "sub", "mul", "div"})
+# ... of those, the ones that scale (not only shift) the layer output ...
+_SCALING = frozenset({"mul", "div"})
+# ... and value-preserving casts, allowed without one.
+_CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
 
 
 def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
@@ -83,16 +94,20 @@ def affine_chain(
     axis_map: Optional[tuple],
     is_tainted: Callable,
     consumers: dict,
+    is_parameter: Callable,
 ) -> Chain:
     """Find the operations after equation ``head`` that belong to the layer.
 
-    * ``post``: collective sums over devices inside ``shard_map`` (and size-1
-      reshapes) right after the layer, before any bias: part of the layer's map;
+    * ``post``: collective sums over devices inside ``shard_map``, transpositions
+      (``jax.vmap`` of ``W @ x`` puts the batch axis last, then moves it to the
+      front) and size-1 reshapes right after the layer, before any bias: part of
+      the layer's map;
     * ``members``: the foldable affine chain: adds, subtractions, multiplications
-      and divisions by per-output-channel constants, and reshapes that only add or
-      remove size-1 axes (Flax's ``Conv`` wraps an unbatched input in a batch of
-      one, then drops it again after the bias); the chain ends at the first other
-      operation, or where its value is used more than once.
+      and divisions by per-output-channel values computed from parameters
+      (``is_parameter``), and reshapes that only add or remove size-1 axes (Flax's
+      ``Conv`` wraps an unbatched input in a batch of one, then drops it again
+      after the bias); the chain ends at the first other operation, or where its
+      value is used more than once.
     """
     v: Var = program.eqns[head].outvars[0]
     post, members, reshapes, scales = [], [], set(), False
@@ -105,6 +120,8 @@ def affine_chain(
             break
         if e.prim.name in _REDUCTIONS:
             pass
+        elif e.prim.name == "transpose" and axis_map is not None:
+            axis_map = tuple(axis_map[k] for k in e.params["permutation"])
         elif _is_size1_reshape(e, v, axis_map):
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
         else:
@@ -129,7 +146,7 @@ def affine_chain(
             reshapes.add(j)
             v = e.outvars[0]
             continue
-        if name not in _AFFINE or len(e.outvars) != 1:
+        if name not in _FOLDABLE | _CASTS or len(e.outvars) != 1:
             break
         if name == "convert_element_type" and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
             break
@@ -137,11 +154,13 @@ def affine_chain(
         others = [a for a in e.invars if a is not v]
         if len(pos) != 1 or any(is_tainted(a) for a in others):
             break
-        if name == "div" and pos[0] != 0:
+        if name in ("div", "sub") and pos[0] != 0:  # 1 / z, b - z: not affine / a sign flip
             break
+        if name in _FOLDABLE and not any(is_parameter(a) for a in others):
+            break  # a literal: part of the activation (hard_sigmoid's + 3)
         if not all(_per_channel(a, axis_map, len(v.shape)) for a in others):
             break
-        scales |= name in _SCALING or (name == "sub" and pos[0] == 1)
+        scales |= name in _SCALING
         members.append(j)
         v = e.outvars[0]
     # drop trailing reshapes: they would only move the layer's output shape

@@ -19,8 +19,17 @@ kind           what it is in the jaxpr                     default rule
 ``normalize``  a signal times or divided by a normaliser   ``SignalTakesAll()``
                (LayerNorm, RMSNorm: normaliser constant)
 ``softmax``    ``exp(x - c) / sum(exp(x - c))``             ``Softmax()``
+``divide``     any other division by an input-dependent    none: choose
+               value (LocalResponseNorm, ``x / sum(x)``)   ``SignalTakesAll()``
+                                                           or ``Gradient()``
 ``activation`` elementwise functions of one tensor         ``Pass()``
 =============  ==========================================  ==================
+
+A ``divide`` layer has no default because no rule is right for every normaliser:
+``("divide", rules.SignalTakesAll())`` treats the denominator as a constant (the
+relevance goes to the numerator), ``("divide", rules.Gradient())`` takes the plain
+gradient; without either, tracing raises
+:class:`~jaxlrp.UnsupportedOperationError` naming the layer.
 
 Matchers
 --------
@@ -46,6 +55,7 @@ import fnmatch
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import rules as _rules
+from ._errors import UnsupportedOperationError
 from .rules import Rule
 
 __all__ = [
@@ -72,7 +82,12 @@ __all__ = [
     "KINDS",
 ]
 
-KINDS = ("dense", "conv", "sum", "avgpool", "product", "gate", "attention", "normalize", "softmax", "activation")
+KINDS = (
+    "dense", "conv", "sum", "avgpool", "product", "gate", "attention", "normalize", "divide", "softmax",
+    "activation",
+)
+#: Kinds with no default rule: the composite must choose one, or tracing fails.
+OPT_IN_KINDS = frozenset({"divide"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +116,12 @@ class Layer:
         Names of the operations folded into this layer (bias add, BatchNorm).
     nonnegative:
         Whether the inputs are provably non-negative (e.g. ReLU outputs).
+    constant_weight:
+        Whether the weight is an array the function closes over rather than an
+        argument: the jaxpr cannot tell a captured parameter from a constant.
+        (Weights built inside the function from literals, such as
+        ``jax.image.resize``'s interpolation matrix, are never layers: their
+        relevance follows the plain VJP.)
     key:
         A unique name for the layer, used in reports and per-layer relevance.
     """
@@ -116,6 +137,7 @@ class Layer:
     output_shape: tuple = ()
     folded: tuple = ()
     nonnegative: bool = False
+    constant_weight: bool = False
     key: str = ""
 
 
@@ -202,6 +224,12 @@ _BASE: tuple = (
 )
 
 
+def _aggregates(stabilizer: float) -> list:
+    """Norm rules for sums and average pools with a preset's stabiliser (as Zennit's
+    presets pass their ``stabilizer`` to ``Norm``)."""
+    return [("sum", _rules.Norm(stabilizer)), ("avgpool", _rules.Norm(stabilizer))]
+
+
 class Composite:
     """An ordered mapping from layers to rules; the first match wins.
 
@@ -245,6 +273,15 @@ class Composite:
         for _, f, r in self._pairs:
             if layer.kind in r.kinds and f(layer):
                 return r
+        if layer.kind in OPT_IN_KINDS:
+            raise UnsupportedOperationError(
+                layer.primitive, layer.name, "division by an input-dependent value that is neither a "
+                "softmax nor a normalisation by a square root",
+                f"choose a treatment in the composite, e.g. Composite([({layer.name or 'divide'!r}, "
+                "rules.SignalTakesAll())]) to treat the denominator as a constant (or wrap it in "
+                "jax.lax.stop_gradient), or rules.Gradient() for the plain gradient; or explain the "
+                "logits rather than probabilities",
+            )
         raise AssertionError(f"no default rule for kind {layer.kind!r}")  # _BASE covers KINDS
 
     def assign(self, layers: Sequence[Layer]) -> tuple:
@@ -255,6 +292,10 @@ class Composite:
         conv layer): such a pair would otherwise be ignored silently.
         """
         assigned = tuple(self.rule_for(layer) for layer in layers)
+        for layer, r in zip(layers, assigned):
+            problem = r.check(layer)
+            if problem:
+                raise ValueError(f"rule {r!r} cannot be applied to layer '{layer.key or layer.name}': {problem}")
         for m, f, r in self._pairs[: len(self._pairs) - len(_BASE)]:
             hits = [layer for layer in layers if f(layer)]
             if hits and not any(layer.kind in r.kinds for layer in hits):
@@ -279,7 +320,9 @@ class EpsilonPlus(Composite):
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
         super().__init__(
-            list(rules) + [("conv", _rules.ZPlus(stabilizer)), ("dense", _rules.Epsilon(epsilon))]
+            list(rules)
+            + [("conv", _rules.ZPlus(stabilizer)), ("dense", _rules.Epsilon(epsilon))]
+            + _aggregates(stabilizer)
         )
 
 
@@ -295,6 +338,7 @@ class EpsilonPlusFlat(Composite):
                 ("conv", _rules.ZPlus(stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
+            + _aggregates(stabilizer)
         )
 
 
@@ -325,6 +369,7 @@ class EpsilonGammaBox(Composite):
                 ("conv", _rules.Gamma(gamma, stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
+            + _aggregates(stabilizer)
         )
 
 
@@ -336,6 +381,7 @@ class EpsilonAlpha2Beta1(Composite):
         super().__init__(
             list(rules)
             + [("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)), ("dense", _rules.Epsilon(epsilon))]
+            + _aggregates(stabilizer)
         )
 
 
@@ -350,6 +396,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
                 ("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
+            + _aggregates(stabilizer)
         )
 
 
@@ -406,13 +453,18 @@ def get(preset: str, **kwargs: Any) -> Composite:
 
 
 def from_rule(rule: Rule) -> Composite:
-    """A composite applying ``rule`` to every dense and conv layer (or, for a rule of
-    parameter-free layers such as :class:`~jaxlrp.rules.Norm`, to the kinds it
-    supports); other layers keep their defaults."""
+    """A composite applying ``rule`` to every layer of a kind it supports; other
+    layers keep their defaults.
+
+    :class:`~jaxlrp.rules.Epsilon` (and so ``Zero()``) supports dense and conv layers
+    and also sums and average pools, where it is the Norm rule with its epsilon: so
+    ``rule=rules.Zero()`` is LRP-0 everywhere, and on ReLU networks (residual ones
+    included) it equals gradient x input exactly, where the default ``Norm(1e-6)``
+    of sums would differ by about the stabiliser.
+    """
     if not isinstance(rule, Rule):
         raise TypeError(f"expected a jaxlrp rule, got {rule!r}")
-    kinds = (rule.kinds & _rules.WEIGHTED_KINDS) or rule.kinds
-    return Composite([(kind(*sorted(kinds)), rule)])
+    return Composite([(kind(*sorted(rule.kinds)), rule)])
 
 
 def resolve(composite: Optional[Composite], rule: Optional[Rule]) -> Composite:

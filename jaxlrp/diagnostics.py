@@ -69,6 +69,15 @@ class LayerRow:
             return None
         return self.relevance_in / self.relevance_out
 
+    @property
+    def absorbed(self) -> Optional[float]:
+        """``relevance_out - relevance_in``: what the layer's bias, stabiliser or
+        constant operands (a position embedding added to the signal) absorbed;
+        negative where relevance was created."""
+        if self.relevance_in is None or self.relevance_out is None:
+            return None
+        return self.relevance_out - self.relevance_in
+
 
 @dataclasses.dataclass(frozen=True)
 class Report:
@@ -85,12 +94,44 @@ class Report:
         (plain VJP).
     output_relevance, input_relevance:
         Total relevance at the output and at the explained input.
+    notes:
+        Warnings about the treatment, e.g. layers whose weight is an array the
+        function closes over (the jaxpr cannot tell a parameter from a constant).
+
+    Relevance that does not reach the input was absorbed on the way:
+    :attr:`absorbed_by_layers` by the layers' biases, stabilisers and constant
+    summands (:attr:`LayerRow.absorbed`), and :attr:`absorbed_elsewhere` by
+    routing operations that pass part of it to constants, e.g. a class token or
+    position embedding concatenated to the signal. On a vision transformer
+    explained from pixels, most of the relevance can end there.
     """
 
     rows: tuple
     fallbacks: tuple
     output_relevance: float
     input_relevance: float
+    notes: tuple = ()
+
+    @property
+    def absorbed_by_layers(self) -> float:
+        """Sum of :attr:`LayerRow.absorbed` over the layers with relevance sums."""
+        return float(sum(r.absorbed for r in self.rows if r.absorbed is not None))
+
+    @property
+    def absorbed_elsewhere(self) -> float:
+        """Output minus input relevance not accounted for by the layers."""
+        return self.output_relevance - self.input_relevance - self.absorbed_by_layers
+
+    def _absorption_lines(self) -> list:
+        total = self.output_relevance
+        share = (lambda v: f" ({100 * v / total:.1f}% of the output)") if total else (lambda v: "")
+        worst = sorted((r for r in self.rows if r.absorbed), key=lambda r: -abs(r.absorbed))[:3]
+        lines = [f"absorbed by layers: {_fmt(self.absorbed_by_layers)}{share(self.absorbed_by_layers)}"
+                 + (" (most: " + ", ".join(f"{r.key} {_fmt(r.absorbed)}" for r in worst) + ")" if worst else "")]
+        if abs(self.absorbed_elsewhere) > 1e-6 * max(abs(total), 1e-30):
+            lines.append(f"absorbed elsewhere (routed to constants, e.g. a class token): "
+                         f"{_fmt(self.absorbed_elsewhere)}{share(self.absorbed_elsewhere)}")
+        return lines
 
     def __str__(self) -> str:
         head = ("layer", "kind", "primitive", "params", "in -> out shape", "rule", "R in", "R out")
@@ -107,6 +148,8 @@ class Report:
         out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         out += [fmt.format(*map(str, line)) for line in lines]
         out.append(f"relevance: output {_fmt(self.output_relevance)}, input {_fmt(self.input_relevance)}")
+        out += self._absorption_lines()
+        out += [f"note: {n}" for n in self.notes]
         if self.fallbacks:
             out.append("handled by a fallback:")
             out += [f"  {k}: {p} ({t})" for k, p, t in self.fallbacks]
@@ -123,6 +166,8 @@ def inspect(
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
+    start: Optional[str] = None,
+    example_axes: Optional[int] = None,
     verbose: bool = True,
 ) -> Callable:
     """Explain once and report, per layer, the rule and the relevance in and out.
@@ -137,10 +182,10 @@ def inspect(
 
     @functools.wraps(fn)
     def report(*args, target=None, output_relevance=None) -> Report:
-        t = trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         nodes = top_level_nodes(t)
         out, rel, taps = run(t, target, output_relevance, list(nodes))
-        seed_total = float(np.sum(np.asarray(_seed(out, target, output_relevance))))
+        seed_total = float(np.sum(np.asarray(_seed(out, target, output_relevance, t.example_ndim))))
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":
@@ -155,7 +200,13 @@ def inspect(
             ))
         fallbacks = [(l.key, l.primitive, f"activation: {t.rules[l.index]!r}") for l in t.layers if l.kind == "activation"]
         fallbacks += _routed(t.analysis)
-        rep = Report(tuple(rows), tuple(fallbacks), seed_total, float(sum(jnp.sum(r) for r in rel)))
+        notes = tuple(
+            f"layer '{l.key}' multiplies by an array the function closes over: treated as a weighted "
+            "layer; if it is a constant (a mask, an interpolation matrix), pass it as an argument or "
+            "give the layer rules.Pass() in the composite"
+            for l in t.layers if l.constant_weight
+        )
+        rep = Report(tuple(rows), tuple(fallbacks), seed_total, float(sum(jnp.sum(r) for r in rel)), notes)
         if verbose:
             print(rep)
         return rep
@@ -163,10 +214,10 @@ def inspect(
     return report
 
 
-def _seed(out, target, output_relevance):
+def _seed(out, target, output_relevance, example_ndim):
     from .explain import initial_relevance
 
-    return initial_relevance(out, target, output_relevance)
+    return initial_relevance(out, target, output_relevance, example_ndim)
 
 
 def _routed(an) -> list:

@@ -11,7 +11,9 @@ with :func:`jax.vjp`, seeded with the output relevance. The result composes with
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -19,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import composites as _composites
-from ._interpreter import Analysis, _Context, analyze, evaluate
+from ._errors import TrainingModeError
+from ._example_axes import find_mixing
+from ._interpreter import Analysis, _Context, analyze, evaluate, start_values
 from ._program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule
 
-__all__ = ["lrp", "value_and_lrp"]
+__all__ = ["lrp", "value_and_lrp", "AmbiguousOutputWarning"]
 
 Array = Any
 
@@ -42,6 +46,8 @@ class Traced:
     argnums: tuple
     single: bool  # argnums was an int
     example_ndim: int  # leading axes of the output that index examples
+    slots: list = dataclasses.field(default_factory=list)  # per argument: (treedef, [(traced, index or value)])
+    starts: list = dataclasses.field(default_factory=list)  # start variables (explaining from a layer)
 
 
 def _argnums(argnums, nargs: int) -> tuple:
@@ -62,33 +68,69 @@ def _path_str(path, i: int) -> str:
     return s or f"arg{i}"
 
 
-def trace(fn: Callable, composite: Composite, argnums, args: Sequence) -> Traced:
-    """Trace ``fn`` on ``args``, analyse it and assign rules."""
-    nums, single = _argnums(argnums, len(args))
-    flat, taint, prov, treedefs, explained = [], [], [], [], []
-    structure = []
+def _is_array(leaf) -> bool:
+    """Array leaves are traced; every other leaf (an activation function in an
+    Equinox module, a string, ``None`` fields) is static, as ``eqx.filter_jit``
+    treats it. Python scalars are arrays here only in the explained argument."""
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic)) or hasattr(leaf, "__jax_array__")
+
+
+def _check_explained_leaf(leaf, path, i: int) -> None:
+    dtype = jnp.result_type(leaf)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"the explained argument {i} has a complex leaf at '{_path_str(path, i)}'; relevance is "
+            "defined for real inputs (explain the real and imaginary parts as separate real arguments)"
+        )
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"the explained argument {i} has a leaf of dtype {dtype} at '{_path_str(path, i)}'; "
+            "relevance needs floating-point inputs (for token ids, explain from the embedding "
+            "with start='<embedding layer>')"
+        )
+
+
+def _flatten_args(args: Sequence, nums: tuple):
+    """Split ``args`` into traced leaves and static ones; ``(flat, taint, prov, explained,
+    treedefs, slots)`` where ``slots`` rebuilds the arguments from the traced leaves."""
+    flat, taint, prov, treedefs, explained, slots = [], [], [], [], [], []
     for i, a in enumerate(args):
         leaves, treedef = jax.tree_util.tree_flatten_with_path(a)
-        structure.append((len(leaves), treedef))
         if i in nums:
             treedefs.append(treedef)
+        slot = []
         for path, leaf in leaves:
-            if i in nums:
-                if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                    raise TypeError(
-                        f"the explained argument {i} has a leaf of dtype {jnp.result_type(leaf)} at "
-                        f"'{_path_str(path, i)}'; relevance needs floating-point inputs"
-                    )
+            if i in nums and (_is_array(leaf) or isinstance(leaf, (int, float, complex))):
+                _check_explained_leaf(leaf, path, i)
                 explained.append(len(flat))
+            elif not _is_array(leaf):
+                slot.append((False, leaf))  # static
+                continue
+            slot.append((True, len(flat)))
             flat.append(leaf)
             taint.append(i in nums)
             prov.append(set() if i in nums else {_path_str(path, i)})
+        slots.append((treedef, slot))
+    return flat, taint, prov, explained, treedefs, slots
+
+
+def trace(
+    fn: Callable, composite: Composite, argnums, args: Sequence, start: Optional[str] = None,
+    example_axes: Optional[int] = None,
+) -> Traced:
+    """Trace ``fn`` on ``args``, analyse it and assign rules."""
+    nums, single = _argnums(argnums, len(args))
+    if start is not None:
+        if argnums is not None:
+            raise ValueError("pass either start= (explain from a layer's output) or argnums=, not both")
+        nums = ()
+    flat, taint, prov, explained, treedefs, slots = _flatten_args(args, nums)
 
     def flat_fn(*leaves):
-        rebuilt, k = [], 0
-        for n, treedef in structure:
-            rebuilt.append(jax.tree_util.tree_unflatten(treedef, leaves[k:k + n]))
-            k += n
+        rebuilt = [
+            jax.tree_util.tree_unflatten(treedef, [leaves[v] if traced else v for traced, v in slot])
+            for treedef, slot in slots
+        ]
         return fn(*rebuilt)
 
     closed = jax.make_jaxpr(flat_fn)(*flat)
@@ -96,12 +138,67 @@ def trace(fn: Callable, composite: Composite, argnums, args: Sequence) -> Traced
         raise TypeError(f"the explained function must return one array, got {len(closed.out_avals)} outputs")
     if not jnp.issubdtype(closed.out_avals[0].dtype, jnp.inexact):
         raise TypeError(f"the explained function must return a floating-point array, got {closed.out_avals[0]}")
+    out_shape = tuple(closed.out_avals[0].shape)
+    example_ndim = _example_ndim(example_axes, out_shape, [flat[j] for j in explained])
+    program = flatten(closed.jaxpr, closed.consts)
+    starts = _starts(program, start, prov)
     ctx = _Context(composite)
-    an = analyze(flatten(closed.jaxpr, closed.consts), taint, prov, [0] * len(flat), ctx)
+    an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
+    _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
-    example_ndim = max(len(closed.out_avals[0].shape) - 1, 0)
-    return Traced(an, layers, rules, flat, explained, treedefs, nums, single, example_ndim)
+    return Traced(an, layers, rules, flat, explained, treedefs, nums, single, example_ndim, slots, starts)
+
+
+def _example_ndim(example_axes: Optional[int], out_shape: tuple, explained: list) -> int:
+    """How many leading output axes index examples (see :func:`lrp`)."""
+    ndim = len(out_shape)
+    if example_axes is not None:
+        if not isinstance(example_axes, int) or not 0 <= example_axes <= ndim:
+            raise ValueError(f"example_axes={example_axes!r} must be an int in [0, {ndim}] for an output of shape {out_shape}")
+        return example_axes
+    if ndim == 1 and any(np.ndim(x) >= 2 and np.shape(x)[0] == out_shape[0] for x in explained):
+        warnings.warn(
+            f"the function returns shape {out_shape} for an input with a leading axis of the same size: "
+            "it is taken as ONE example with that many outputs (target=None explains only the largest). "
+            "If each entry is one example's output, pass example_axes=1; pass example_axes=0 to silence "
+            "this warning.",
+            AmbiguousOutputWarning,
+            stacklevel=4,
+        )
+    return max(ndim - 1, 0)
+
+
+class AmbiguousOutputWarning(UserWarning):
+    """A 1-D output could index examples or outputs; see ``example_axes`` of :func:`lrp`."""
+
+
+def _starts(program, start: Optional[str], prov: list) -> list:
+    if start is None:
+        return []
+    if not isinstance(start, str):
+        raise TypeError(f"start must be a glob on a layer name or parameter path, got {start!r}")
+    found = start_values(program, start, prov)
+    if not found:
+        names = sorted({e.name for e in program.eqns if e.name} | set().union(*prov))
+        close = difflib.get_close_matches(start, names, n=5, cutoff=0.3)
+        hint = f"; close names: {', '.join(close)}" if close else f"; layer names: {', '.join(names[:10])}"
+        raise ValueError(f"start={start!r} matches no layer of the function{hint}")
+    return found
+
+
+def _check_per_example(an: Analysis, explained: list, starts: list, example_ndim: int, out_shape: tuple) -> None:
+    """Raise :class:`TrainingModeError` where the relevance path mixes examples.
+
+    Only the first axis is followed (the batch): later example axes, such as the
+    tokens of a per-token output, may be mixed by design (attention).
+    """
+    inputs = [an.program.invars[j] for j in explained] + list(starts)
+    axes = {v: frozenset({0}) for v in inputs if example_ndim and v.shape and v.shape[0] == out_shape[0]}
+    found = find_mixing(an.program, an.tainted, axes)
+    if found is not None:
+        e, reason = found
+        raise TrainingModeError([f"'{e.name or '<top level>'}': {e.prim.name} {reason}"])
 
 
 def _with_keys(layers: list) -> tuple:
@@ -133,26 +230,34 @@ def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
             jnp.zeros(spec.out.shape, spec.out.dtype),
         )
 
-    def f(x_leaves, taps):
+    def f(x_leaves, taps, start_taps):
         vals = list(t.flat_args)
         for j, x in zip(t.explained, x_leaves):
             vals[j] = x
-        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim)
+        starts = dict(zip(t.starts, start_taps))
+        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts)
         return out
 
     x_leaves = [t.flat_args[j] for j in t.explained]
-    out, pull = jax.vjp(f, x_leaves, taps)
-    seed = initial_relevance(out, target, output_relevance)
-    rel, tap_rel = pull(seed)
-    return out, rel, tap_rel
+    start_taps = [jnp.zeros(v.shape, v.dtype) for v in t.starts]
+    out, pull = jax.vjp(f, x_leaves, taps, start_taps)
+    seed = initial_relevance(out, target, output_relevance, t.example_ndim)
+    rel, tap_rel, start_rel = pull(seed)
+    return out, (start_rel if t.starts else rel), tap_rel
 
 
 def unflatten_relevance(t: Traced, leaves: list):
-    trees, k = [], 0
-    for treedef in t.treedefs:
-        n = treedef.num_leaves
-        trees.append(jax.tree_util.tree_unflatten(treedef, leaves[k:k + n]))
-        k += n
+    """The relevance in the structure of the explained arguments (``None`` at static
+    leaves), or of the start values."""
+    if t.starts:
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+    position = {j: k for k, j in enumerate(t.explained)}
+    trees = []
+    for i in t.argnums:
+        treedef, slot = t.slots[i]
+        trees.append(jax.tree_util.tree_unflatten(
+            treedef, [leaves[position[v]] if traced else None for traced, v in slot]
+        ))
     return trees[0] if t.single else tuple(trees)
 
 
@@ -163,13 +268,19 @@ def _concrete(a) -> Optional[np.ndarray]:
         return None
 
 
-def initial_relevance(out: Array, target, output_relevance) -> Array:
+def initial_relevance(out: Array, target, output_relevance, example_ndim: Optional[int] = None) -> Array:
     """The relevance that starts the backward pass.
 
     With ``target`` (an int, an int array over the example axes ``out.shape[:-1]``,
     or ``None`` for the per-example argmax) it is the selected output's own value and
-    zero elsewhere; ``output_relevance`` is used as given.
+    zero elsewhere; ``output_relevance`` is used as given. A traced target out of
+    range gives NaN for that example (like JAX's out-of-bounds ``fill``), a
+    concrete one raises ``ValueError``. Where every output axis indexes examples
+    (``example_ndim == out.ndim``), each example's output is one value and is the
+    seed itself.
     """
+    if example_ndim is None:
+        example_ndim = max(out.ndim - 1, 0)
     if output_relevance is not None:
         if target is not None:
             raise ValueError("pass either target= or output_relevance=, not both")
@@ -179,9 +290,9 @@ def initial_relevance(out: Array, target, output_relevance) -> Array:
                 f"output_relevance has shape {r.shape}, but the function's output has shape {out.shape}"
             )
         return r.astype(out.dtype)
-    if out.ndim == 0:
+    if out.ndim == 0 or example_ndim == out.ndim:
         if target is not None:
-            raise ValueError("the function returns a scalar, so target must be None")
+            raise ValueError("each example's output is a scalar, so target must be None")
         return out
     classes, example_shape = out.shape[-1], out.shape[:-1]
     if target is None:
@@ -198,8 +309,10 @@ def initial_relevance(out: Array, target, output_relevance) -> Array:
         value = _concrete(target)
         if value is not None and (np.any(value < 0) or np.any(value >= classes)):
             raise ValueError(f"target {value.tolist()} out of range for {classes} outputs")
-    onehot = jax.nn.one_hot(jnp.broadcast_to(index, example_shape), classes, dtype=out.dtype)
-    return out * onehot
+    index = jnp.broadcast_to(index, example_shape)
+    onehot = jax.nn.one_hot(index, classes, dtype=out.dtype)
+    bad = (index < 0) | (index >= classes)  # traced targets only: NaN marks the example
+    return jnp.where(bad[..., None], jnp.nan, out * onehot)
 
 
 def _layer_matcher(layers: Union[None, Matcher, Sequence[Matcher]]):
@@ -230,6 +343,8 @@ def value_and_lrp(
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
+    start: Optional[str] = None,
+    example_axes: Optional[int] = None,
 ) -> Callable:
     """Like :func:`lrp`, but the returned function gives ``(output, relevance)``.
 
@@ -239,7 +354,7 @@ def value_and_lrp(
 
     @functools.wraps(fn)
     def explain(*args, target=None, output_relevance=None, layers=None):
-        t = trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         matcher = _layer_matcher(layers)
         out, rel, tap_rel = run(t, target, output_relevance, _selected(t, matcher))
         relevance = unflatten_relevance(t, rel)
@@ -256,24 +371,44 @@ def lrp(
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
+    start: Optional[str] = None,
+    example_axes: Optional[int] = None,
 ) -> Callable:
     """Layer-wise relevance propagation of ``fn`` as a function transformation.
 
     Parameters
     ----------
     fn:
-        A JAX function, e.g. ``model.apply`` of a Flax module. It must return one
+        A JAX function, e.g. ``model.apply`` of a Flax module, or an Equinox
+        module's call (``lambda m, x: jax.vmap(m)(x)``). It must return one
         floating-point array whose last axis indexes the outputs to explain (the
-        leading axes index examples), or a scalar.
+        leading axes index examples), or a scalar. Leaves of the arguments that
+        are not arrays (activation functions, strings, ``None``) are static, as
+        ``equinox.filter_jit`` treats them.
     composite:
         Which rule each layer gets: a :class:`~jaxlrp.composites.Composite` or a
         preset name such as ``"epsilon_plus_flat"``. Default: LRP-ε (``ε=1e-6``) on
         every dense and conv layer.
     rule:
-        Instead of ``composite``: one rule for every dense and conv layer.
+        Instead of ``composite``: one rule for every layer of a kind it supports
+        (``rules.Zero()`` is LRP-0 on dense and conv layers and on sums: gradient x
+        input on ReLU networks, residual ones included).
     argnums:
-        Which positional argument(s) to explain (default: the last). Pytrees are
-        allowed; the relevance has the same structure.
+        Which positional argument(s) to explain. The default is the **last**
+        argument (``jax.grad``'s is the first), so that ``model.apply(variables,
+        x)`` explains ``x``. Pytrees are allowed; the relevance has the same
+        structure (``None`` at static leaves).
+    start:
+        Explain from a layer's output instead of an argument: a glob matched
+        against module paths (name stacks, e.g. ``"*/word_embeddings"``) and
+        parameter paths (e.g. ``"*embedding*"``). For models that take token ids:
+        the relevance of the embedding output is returned (a tuple if the pattern
+        selects several values), with no change to the model.
+    example_axes:
+        How many leading axes of the output index examples. Default: all but the
+        last (a 1-D output is one example's outputs; a warning is given when that
+        is ambiguous). ``example_axes=out.ndim`` means each example has one output,
+        which is the initial relevance.
 
     Returns
     -------
@@ -283,7 +418,9 @@ def lrp(
         * ``target``: an int, or an int array of the output's example shape
           ``out.shape[:-1]``, or ``None`` for each example's argmax. The initial
           relevance is the selected output's value (so with conservative rules the
-          relevance of one example sums to ``f_c(x)``).
+          relevance of one example sums to ``f_c(x)``). A target out of range
+          raises ``ValueError`` when it is concrete; under ``jit`` or ``vmap``,
+          where it is traced, that example's relevance is NaN.
         * ``output_relevance``: the initial relevance itself (shape of the output);
           a one-hot gives Zennit's convention.
         * ``layers``: a matcher (or list of matchers, see
@@ -294,12 +431,20 @@ def lrp(
 
         The relevance has the shape and dtype of the explained argument.
 
+    Raises
+    ------
+    UnsupportedOperationError
+        An operation on the relevance path has no rule (at trace time).
+    TrainingModeError
+        The relevance path reduces over the example axes (batch statistics) or
+        uses random numbers (active dropout).
+
     Examples
     --------
     >>> explain = jaxlrp.lrp(model.apply, composites.EpsilonPlusFlat())
     >>> R = jax.jit(explain)(variables, x, target=3)
     """
-    vl = value_and_lrp(fn, composite, rule=rule, argnums=argnums)
+    vl = value_and_lrp(fn, composite, rule=rule, argnums=argnums, start=start, example_axes=example_axes)
 
     @functools.wraps(fn)
     def explain(*args, target=None, output_relevance=None, layers=None):

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import composites as _composites
+from ._errors import TrainingModeError
 from .composites import Composite, Layer, Matcher
 from .diagnostics import Report
 from .diagnostics import inspect as _jaxlrp_inspect
@@ -84,28 +85,6 @@ __all__ = [
 Array = Any
 Model = Union[nn.Module, nnx.Module]
 Method = Union[str, Callable, None]
-
-
-class TrainingModeError(ValueError):
-    """The model is in training mode: a BatchNorm layer normalises with the batch's
-    statistics, or Dropout is active. Its explanations would mix examples (or depend
-    on a random mask); put the model in inference mode first (nnx:
-    ``model.eval()``; linen: ``use_running_average=True``, ``deterministic=True``).
-
-    Attributes
-    ----------
-    layers:
-        Descriptions of the offending layers (path and reason).
-    """
-
-    def __init__(self, layers: Sequence[str]):
-        self.layers = tuple(layers)
-        listed = "; ".join(self.layers[:5]) + (f"; and {len(self.layers) - 5} more" if len(self.layers) > 5 else "")
-        super().__init__(
-            f"the model is in training mode ({listed}): its explanations would mix examples in a batch "
-            "or depend on a random dropout mask. Use inference mode: for nnx call model.eval(); for linen "
-            "build BatchNorm with use_running_average=True and Dropout with deterministic=True."
-        )
 
 
 # --------------------------------------------------------------------- training mode

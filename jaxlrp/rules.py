@@ -53,6 +53,7 @@ __all__ = [
     "Flat",
     "WSquare",
     "Pass",
+    "Gradient",
     "Norm",
     "Uniform",
     "SignalTakesAll",
@@ -135,6 +136,12 @@ class Rule:
             if f.name in _NONNEGATIVE_PARAMETERS:
                 _check_nonneg(f.name, getattr(self, f.name))
 
+    def check(self, layer: Any) -> Optional[str]:
+        """Why this rule cannot be applied to ``layer`` (a
+        :class:`~jaxlrp.composites.Layer`), or ``None``; checked when rules are
+        assigned, before anything is computed."""
+        return None
+
     def __call__(self, node: Node, relevance: Array) -> tuple:  # pragma: no cover
         raise NotImplementedError
 
@@ -160,8 +167,8 @@ def after(w: Array, r: Array) -> Array:
     parameters only, so XLA's scheduler computes those of every layer at the start
     of the program and keeps them alive to the end (and drops
     ``optimization_barrier`` on CPU). Derived from ``after(w, relevance)`` they are
-    made layer by layer as the relevance arrives. Adds ``0 * r[0]``, fused into
-    the derivation; under ``vmap`` the first example's, so ``w`` stays unbatched.
+    made layer by layer as the relevance arrives. Adds ``0 * r[0]`` (``r[0]``
+    replaced by 0 where it is not finite), fused into the derivation; under ``vmap`` the first example's, so ``w`` stays unbatched.
     Its derivative is that of ``w`` alone.
     """
     return _after(w, r)
@@ -177,7 +184,10 @@ def _after(w: Array, r: Array) -> Array:
     spec = getattr(getattr(jax.typeof(r), "sharding", None), "spec", ())
     if r.size == 0 or any(a is not None for a in spec):  # explicitly sharded: no slicing
         return w
-    return w + jnp.zeros((), w.dtype) * r.reshape(-1)[0].astype(w.dtype)
+    r0 = r.reshape(-1)[0].astype(w.dtype)
+    # finite * 0 is 0: a NaN marking one example (a traced bad target) must not
+    # reach the weights, and so every other example
+    return w + jnp.zeros((), w.dtype) * jnp.where(jnp.isfinite(r0), r0, 0)
 
 
 @_after.def_vmap
@@ -640,8 +650,7 @@ class SignalTakesAll(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"gate", "normalize", "attention"})
-
+    kinds = frozenset({"gate", "normalize", "attention", "divide"})
 
     def __call__(self, node, relevance):
         signal, gate = node.inputs
@@ -682,10 +691,39 @@ class Pass(Rule):
     """Identity: the relevance of the output is the relevance of the input.
 
     The default of elementwise activations (ReLU, tanh, GELU, ... and inference-mode
-    BatchNorm that could not be folded into a preceding layer).
+    BatchNorm that could not be folded into a preceding layer). On a dense or conv
+    layer whose input and output have the same shape it skips the layer, as
+    Captum's ``IdentityRule`` does; on other weighted layers it is refused when
+    rules are assigned.
     """
 
-    kinds = frozenset({"activation"})
+    kinds = frozenset({"activation"}) | WEIGHTED_KINDS
+
+    def check(self, layer):
+        if layer.kind in WEIGHTED_KINDS and tuple(layer.input_shapes[0]) != tuple(layer.output_shape):
+            return (
+                f"the identity needs equal input and output shapes, got {layer.input_shapes[0]} -> "
+                f"{layer.output_shape}"
+            )
+        return None
 
     def __call__(self, node, relevance):
         return (relevance,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gradient(Rule):
+    r"""The plain gradient: :math:`R_{\text{in}} = J^\top R` for each input.
+
+    An opt-in treatment for normalisers no rule covers (a ``"divide"`` layer such
+    as LocalResponseNorm's :math:`x / (k + \alpha \sum x^2)^\beta`, or a
+    ``"normalize"`` layer), chosen per layer in the composite. It does not conserve
+    relevance in general; :class:`SignalTakesAll` (the denominator as a constant)
+    does, where the shapes agree.
+    """
+
+    kinds = frozenset({"divide", "normalize"})
+
+    def __call__(self, node, relevance):
+        _, pull = jax.vjp(lambda *xs: node.apply(xs, node.weight), *node.inputs)
+        return tuple(pull(relevance.astype(node.output.dtype)))
