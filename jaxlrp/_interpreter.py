@@ -70,7 +70,6 @@ class NodeSpec:
 class Analysis:
     program: Program
     tainted: set
-    origin: dict  # region variable -> origin variable (only where different)
     plan: list  # per equation: "bind", "region", "skip", "node", "scan", "cond"
     nodes: dict  # equation index -> NodeSpec
     activations: dict  # region variable -> NodeSpec
@@ -82,8 +81,7 @@ class Analysis:
 class _Context:
     """State shared across nested analyses: layer numbering and parameter names."""
 
-    def __init__(self, composite):
-        self.composite = composite
+    def __init__(self):
         self.layers: list = []
 
     def new_layer(self, **kw) -> Layer:
@@ -347,7 +345,7 @@ def analyze(
             continue
         elif any(v in free for v in e.outvars):
             free.update(a for a in e.invars if isinstance(a, Var))
-    return Analysis(program, tainted, origin, plan, nodes, activations, subs, routed, depth)
+    return Analysis(program, tainted, plan, nodes, activations, subs, routed, depth)
 
 
 def _product_kind(tpos: tuple, factor) -> Optional[tuple]:
@@ -496,7 +494,7 @@ def _analyze_control(e: Eqn, taint, prov, depth, ctx) -> list:
     taint, depth = list(taint), list(depth)
     while True:  # probe without registering layers until the carry is stable
         prog = flatten(jaxpr, consts, e.name)
-        probe = analyze(prog, taint, prov, depth, _Context(ctx.composite), never_last=True)
+        probe = analyze(prog, taint, prov, depth, _Context(), never_last=True)
         carry_out = prog.outvars[:nk]
         out_t = [isinstance(v, Var) and v in probe.tainted for v in carry_out]
         out_d = [probe.depth.get(v, 0) if isinstance(v, Var) else 0 for v in carry_out]

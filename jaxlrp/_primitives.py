@@ -4,8 +4,8 @@ The interpreter never tests for a primitive by name outside this module. Each se
 below names one treatment; a primitive that is in none of them, and is reached by
 relevance, raises :class:`jaxlrp.UnsupportedOperationError`.
 
-Names cover jax 0.10 and 0.11 (``jit`` was ``pjit`` before 0.7; ``closed_call``
-becomes ``eval_jaxpr`` at jax head; remat is ``remat2`` or ``checkpoint``).
+Names cover jax 0.10 and 0.11 (``closed_call`` becomes ``eval_jaxpr`` at jax head;
+remat is ``remat2`` or ``checkpoint``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 # Call-like primitives that are inlined: name -> parameter holding the body.
 CALLS: dict[str, str] = {
     "jit": "jaxpr",
-    "pjit": "jaxpr",
     "closed_call": "call_jaxpr",
     "core_call": "call_jaxpr",
     "eval_jaxpr": "jaxpr",

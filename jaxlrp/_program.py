@@ -84,11 +84,7 @@ class Eqn:
 
     def bind(self, *args):
         """Apply the primitive to ``args`` with this equation's parameters."""
-        params = self.prim.get_bind_params(self.params)
-        subfuns = ()
-        if isinstance(params, tuple):  # jax < 0.8 returned (subfuns, params)
-            subfuns, params = params
-        out = self.prim.bind(*subfuns, *args, **params)
+        out = self.prim.bind(*args, **self.prim.get_bind_params(self.params))
         return list(out) if self.prim.multiple_results else [out]
 
 

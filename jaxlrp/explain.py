@@ -142,7 +142,7 @@ def trace(
     example_ndim = _example_ndim(example_axes, out_shape, [flat[j] for j in explained])
     program = flatten(closed.jaxpr, closed.consts)
     starts = _starts(program, start, prov)
-    ctx = _Context(composite)
+    ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
     _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
@@ -323,7 +323,7 @@ def _layer_matcher(layers: Union[None, Matcher, Sequence[Matcher]]):
     return _composites.as_matcher(layers)
 
 
-def _per_layer(t: Traced, matcher, tap_rel) -> dict:
+def _per_layer(t: Traced, tap_rel) -> dict:
     out = {}
     for i in sorted(tap_rel):
         rel = tap_rel[i][0]
@@ -360,7 +360,7 @@ def value_and_lrp(
         relevance = unflatten_relevance(t, rel)
         if layers is None:
             return out, relevance
-        return out, (relevance, _per_layer(t, matcher, tap_rel))
+        return out, (relevance, _per_layer(t, tap_rel))
 
     return explain
 
