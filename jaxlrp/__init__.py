@@ -9,7 +9,7 @@
 from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import UnsupportedOperationError
 from .composites import Composite
-from .dataset import explain_dataset
+from .dataset import DatasetLockedError, explain_dataset
 from .diagnostics import inspect
 from .explain import lrp, value_and_lrp
 
@@ -39,6 +39,7 @@ __all__ = [
     "viz",
     "Composite",
     "UnsupportedOperationError",
+    "DatasetLockedError",
     "flax",
     "models",
 ]
