@@ -13,7 +13,9 @@ way ``explain_dataset`` does (one batch at a time, from host memory), then reads
 * ``zarr3``: one zarr v3 array through tensorstore, one chunk per batch, no
   compression, with a ``crc32c`` checksum codec (integrity on read);
 * ``zarr3-zstd``: the same with ``zstd`` compression (random floats hardly compress:
-  this measures the codec's cost, not its gain).
+  this measures the codec's cost, not its gain);
+* ``zarr3-shard16``: one shard per batch holding chunks of 16 rows (``sharding_indexed``
+  codec), so that reading a few rows does not decode a whole batch.
 
 Reads: everything sequentially (batch by batch, summed so nothing is kept) and 512
 random rows. Reads follow the writes, so they come mostly from the page cache (the
@@ -28,7 +30,6 @@ writes ``bench/storage.md`` and ``bench/storage.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pathlib
@@ -99,11 +100,20 @@ def verify_npy(out: str) -> float:
     return time.perf_counter() - t0
 
 
-def _zarr_spec(out: str, shape: tuple, batch: int, zstd: bool) -> dict:
+def _zarr_spec(out: str, shape: tuple, batch: int, zstd: bool, inner: int = 0) -> dict:
     codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
     if zstd:
         codecs.append({"name": "zstd", "configuration": {"level": 1}})
     codecs.append({"name": "crc32c"})
+    if inner:  # one shard per batch (one file, one write), read back in chunks of `inner` rows
+        codecs = [{
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": [inner, *shape[1:]],
+                "codecs": codecs,
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            },
+        }]
     return {
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": os.path.join(out, "relevance.zarr")},
@@ -118,10 +128,10 @@ def _zarr_spec(out: str, shape: tuple, batch: int, zstd: bool) -> dict:
     }
 
 
-def write_zarr(out: str, n_batches: int, batch: int, row: tuple, zstd: bool) -> None:
+def write_zarr(out: str, n_batches: int, batch: int, row: tuple, zstd: bool, inner: int = 0) -> None:
     import tensorstore as ts
 
-    store = ts.open(_zarr_spec(out, (n_batches * batch, *row), batch, zstd)).result()
+    store = ts.open(_zarr_spec(out, (n_batches * batch, *row), batch, zstd, inner)).result()
     for i, a in _batches(n_batches, batch, row):
         store[i * batch : (i + 1) * batch].write(a).result()
 
@@ -149,7 +159,7 @@ def main(argv=None) -> None:
     ap.add_argument("--row", type=int, nargs="+", default=[64, 64, 3])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
-    ap.add_argument("--formats", nargs="+", default=["npy", "npy-nohash", "zarr3", "zarr3-zstd"])
+    ap.add_argument("--formats", nargs="+", default=["npy", "npy-nohash", "zarr3", "zarr3-zstd", "zarr3-shard16"])
     ap.add_argument("--out", default=str(HERE / "storage"))
     args = ap.parse_args(argv)
     import jaxlrp.dataset  # noqa: F401  (imports outside the timings)
@@ -159,10 +169,10 @@ def main(argv=None) -> None:
     n_batches = max(1, round(args.gb * 1e9 / (row_bytes * args.batch)))
     gb = n_batches * args.batch * row_bytes / 1e9
     scratch = args.dir or tempfile.mkdtemp(prefix="jaxlrp-storage-")
-    results = {}
-    for fmt in args.formats:
-        w, s, r, v = [], [], [], []
-        for rep in range(args.repeats):
+    times = {fmt: {"w": [], "s": [], "r": [], "v": []} for fmt in args.formats}
+    for rep in range(args.repeats):  # formats interleaved, so that a busy spell hits all of them
+        for fmt in args.formats:
+            t = times[fmt]
             out = os.path.join(scratch, fmt)
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
@@ -170,25 +180,29 @@ def main(argv=None) -> None:
             if fmt.startswith("npy"):
                 write_npy(out, n_batches, args.batch, row, checksum=fmt == "npy")
             else:
-                write_zarr(out, n_batches, args.batch, row, zstd=fmt.endswith("zstd"))
-            w.append(time.perf_counter() - t0)
+                inner = int(fmt.split("shard")[1]) if "shard" in fmt else 0
+                write_zarr(out, n_batches, args.batch, row, zstd="zstd" in fmt, inner=inner)
+            t["w"].append(time.perf_counter() - t0)
             rng = np.random.default_rng(rep)
-            seq, rand, _ = read_npy(out, rng, fmt == "npy") if fmt.startswith("npy") else read_zarr(out, rng, args.batch)
-            s.append(seq)
-            r.append(rand)
+            if fmt.startswith("npy"):
+                seq, rand, _ = read_npy(out, rng, fmt == "npy")
+            else:
+                seq, rand, _ = read_zarr(out, rng, args.batch)
+            t["s"].append(seq)
+            t["r"].append(rand)
             if fmt == "npy":
-                v.append(verify_npy(out))
+                t["v"].append(verify_npy(out))
             shutil.rmtree(out)
+            print(fmt, rep, {k: round(x[-1], 2) for k, x in t.items() if x}, flush=True)
+    results = {}
+    for fmt, t in times.items():
         results[fmt] = {
-            "write_GBps": gb / statistics.median(w),
-            "read_seq_GBps": gb / statistics.median(s),
-            "read_512_random_rows_s": statistics.median(r),
-            "verify_GBps": gb / statistics.median(v) if v else None,
-            "write_s": w,
-            "read_seq_s": s,
-            "read_random_s": r,
+            "write_GBps": gb / statistics.median(t["w"]),
+            "read_seq_GBps": gb / statistics.median(t["s"]),
+            "read_512_random_rows_s": statistics.median(t["r"]),
+            "verify_GBps": gb / statistics.median(t["v"]) if t["v"] else None,
+            "seconds": t,
         }
-        print(fmt, {k: round(x, 3) for k, x in results[fmt].items() if isinstance(x, float)}, flush=True)
     if not args.dir:
         shutil.rmtree(scratch, ignore_errors=True)
     setup = {

@@ -173,7 +173,7 @@ def _check_targets(target: np.ndarray, classes: Optional[int], index: int, start
     rows = np.unique(np.nonzero(bad)[0])
     shown = ", ".join(f"row {r} (example {start + r}): {target[r].tolist()}" for r in rows[:5])
     more = f" and {len(rows) - 5} more rows" if len(rows) > 5 else ""
-    span = f"[0, {classes})" if classes is not None else "non-negative"
+    span = f"[0, {classes})" if classes is not None else "the non-negative integers"
     raise ValueError(
         f"batch {index} has targets outside {span}: {shown}{more}. Fix the labels (the explained "
         f"output has {classes if classes is not None else 'an unknown number of'} classes)"
@@ -276,7 +276,8 @@ def _flat(d: Mapping, prefix: str = "") -> dict:
 
 def _differences(old: Mapping, new: Mapping) -> list:
     a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k, '<absent>')!r} on disk, {b.get(k, '<absent>')!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k, '<absent>')!r} on disk, {b.get(k, '<absent>')!r} now" for k in keys]
 
 
 def _refuse_other_run(where: str, old: Mapping, new: Mapping) -> None:
@@ -495,7 +496,8 @@ def _save(path: str, a: np.ndarray) -> dict:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         crc = zlib.crc32(f.read(size - a.nbytes))  # the .npy header
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size, "crc32": zlib.crc32(a.reshape(-1).view(np.uint8), crc)}
+    crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size, "crc32": crc}
 
 
 def _finish(out: str, process: int, count: int, examples: int) -> None:
@@ -514,7 +516,8 @@ def _progress(enabled: bool, total: Optional[int]):
     """A tqdm bar on stderr, shown only on a terminal."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="batch", desc="jaxlrp", file=sys.stderr, disable=None if enabled else True, leave=True)
+    # disable=None: tqdm's own test, off unless the stream is a terminal
+    return tqdm(total=total, unit="batch", desc="jaxlrp", file=sys.stderr, disable=None if enabled else True)
 
 
 # -------------------------------------------------------------------------------- run
@@ -904,7 +907,8 @@ def load(
     ------
     ValueError
         A malformed ``meta.json`` or manifest, an unknown field, a damaged, missing or
-        stray batch (the message names the file).
+        stray batch (the message names the file). A run still being written may be
+        refused; it is read once each process has finished or stopped.
     """
     out = os.fspath(out)
     meta = os.path.join(out, _META)
@@ -912,7 +916,10 @@ def load(
         raise FileNotFoundError(f"{meta} is missing (resuming the run restores it)")
     identity = _read_json(meta).get("run")
     if not isinstance(identity, dict) or not isinstance(identity.get("fields"), dict):
-        raise ValueError(f"{meta} is malformed: it lacks the run's identity; remove it and resume the run")
+        raise ValueError(
+            f"{meta} is malformed: it lacks the run's identity (written by an older jaxlrp, or damaged); "
+            f"remove it and resume the run"
+        )
     available = sorted(identity["fields"])
     names = [fields] if isinstance(fields, str) else list(available if fields is None else fields)
     unknown = [f for f in names if f not in available]

@@ -157,7 +157,7 @@ def test_out_of_range_targets_stop_before_dispatch(tmp_path):
         assert sorted(n for n in os.listdir(out) if n.startswith("batch-")) == ["batch-000000-p000"]
     # an explainer jaxlrp cannot see into: negative targets are still refused
     wrapped = lambda p, x, target=None: explain(p, x, target=target)  # noqa: E731
-    with pytest.raises(ValueError, match="outside non-negative"):
+    with pytest.raises(ValueError, match="outside the non-negative integers"):
         jaxlrp.explain_dataset(wrapped, params, [(x[:8], -y[:8] - 1)], tmp_path / "w", progress=False)
 
 
