@@ -87,6 +87,8 @@ import sys
 import time
 import warnings
 import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -748,28 +750,65 @@ def _place_params(params, mesh: Mesh, spec):
 # ------------------------------------------------------------------------------ reading
 
 
+class _Parts(Sequence):
+    """The parts of a :class:`LazyRows`: arrays as given, and ``.npy`` paths memory-mapped
+    on access, the last few kept open (each open map holds a file descriptor)."""
+
+    def __init__(self, parts: Iterable, keep: int = 16):
+        self._items = list(parts)
+        self._open: OrderedDict = OrderedDict()
+        self._keep = keep
+        self.specs = [
+            _npy_header(p) if isinstance(p, (str, os.PathLike)) else (p.shape, p.dtype) for p in self._items
+        ]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        item = self._items[j]
+        if not isinstance(item, (str, os.PathLike)):
+            return item
+        if j not in self._open:
+            self._open[j] = np.load(item, mmap_mode="r")
+            while len(self._open) > self._keep:
+                self._open.popitem(last=False)
+        self._open.move_to_end(j)
+        return self._open[j]
+
+
 class LazyRows(NDArrayOperatorsMixin):
     """The rows of one field, concatenated over the batch files without reading them.
 
-    The files are memory-mapped; indexing the leading axis (an int, a slice, an array
-    of ints or a boolean mask, optionally followed by indices of the other axes)
-    reads only the rows it selects and returns a numpy array. ``np.asarray(rows)``
-    and arithmetic read everything. ``parts`` holds the memory-mapped arrays, one
-    per batch (and process), in order.
+    The files are memory-mapped when rows are read; indexing the leading axis (an
+    int, a slice, an array of ints or a boolean mask, optionally followed by indices
+    of the other axes) reads only the rows it selects and returns a numpy array.
+    ``np.asarray(rows)`` and arithmetic read everything.
+
+    Parameters
+    ----------
+    parts:
+        Arrays or paths of ``.npy`` files, one per batch (and process), in order;
+        same dtype and trailing shape.
 
     Attributes
     ----------
-    parts: tuple of read-only ``np.memmap``.
+    parts: a sequence of the parts; a path gives a read-only ``np.memmap``.
     shape, dtype, ndim, size, nbytes: as for the concatenated array.
     """
 
-    def __init__(self, parts: Iterable[np.ndarray]):
-        self.parts = tuple(parts)
-        if not self.parts:
+    def __init__(self, parts: Iterable):
+        self.parts = _Parts(parts)
+        if not len(self.parts):
             raise ValueError("LazyRows needs at least one part")
-        self._offsets = np.cumsum([0] + [p.shape[0] for p in self.parts])
-        self.dtype = self.parts[0].dtype
-        self.shape = (int(self._offsets[-1]), *self.parts[0].shape[1:])
+        (shape, self.dtype), specs = self.parts.specs[0], self.parts.specs
+        odd = [j for j, (s, d) in enumerate(specs) if tuple(s[1:]) != tuple(shape[1:]) or d != self.dtype]
+        if odd:
+            raise ValueError(f"part {odd[0]} has shape {specs[odd[0]][0]} {specs[odd[0]][1]}; part 0 {shape} {self.dtype}")
+        self._offsets = np.cumsum([0] + [s[0] for s, _ in specs])
+        self.shape = (int(self._offsets[-1]), *shape[1:])
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
@@ -779,10 +818,10 @@ class LazyRows(NDArrayOperatorsMixin):
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"LazyRows(shape={self.shape}, dtype={self.dtype}, files={len(self.parts)})"
+        return f"LazyRows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
 
     def __array__(self, dtype=None, copy=None):
-        a = np.concatenate(self.parts) if len(self.parts) > 1 else np.array(self.parts[0])
+        a = self._span(0, len(self))
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -812,12 +851,17 @@ class LazyRows(NDArrayOperatorsMixin):
         return rows[(slice(None), *rest)] if rest else rows
 
     def _span(self, lo: int, hi: int) -> np.ndarray:
-        pieces = [
-            p[max(lo - o, 0) : hi - o]
-            for p, o in zip(self.parts, self._offsets[:-1])
-            if o < hi and o + p.shape[0] > lo
-        ]
-        return np.concatenate(pieces) if pieces else np.empty((0, *self.shape[1:]), self.dtype)
+        """Rows ``lo:hi``, copied part by part (no part stays open)."""
+        out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
+        first = int(np.searchsorted(self._offsets, lo, side="right")) - 1
+        for j in range(max(first, 0), len(self.parts)):
+            o, e = int(self._offsets[j]), int(self._offsets[j + 1])
+            if o >= hi:
+                break
+            a, b = max(lo, o), min(hi, e)
+            if a < b:
+                out[a - lo : b - lo] = self.parts[j][a - o : b - o]
+        return out
 
     def _indices(self, head) -> np.ndarray:
         idx = np.asarray(head)
@@ -842,12 +886,12 @@ class LazyRows(NDArrayOperatorsMixin):
         return out.reshape(*idx.shape, *self.shape[1:])
 
 
-def _open(path: str, entry: Mapping, rows: int, checksum: bool) -> np.ndarray:
-    """Memory-map one stored file after checking it against its manifest entry."""
+def _checked(path: str, entry: Mapping, rows: int, checksum: bool) -> str:
+    """``path``, after checking the file against its manifest entry."""
     problem = _check_file(path, entry, rows, checksum)
     if problem:
         raise ValueError(f"{path} is damaged: {problem}. Resume the run to recompute it")
-    return np.load(path, mmap_mode="r")
+    return path
 
 
 def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
@@ -939,5 +983,5 @@ def load(
             entry = manifest.get("files", {}).get(f)
             if entry is None:
                 raise ValueError(f"{os.path.join(folder, _MANIFEST)} lists no {f!r}")
-            parts[f].append(_open(os.path.join(folder, f"{f}.npy"), entry, stop - start, verify))
+            parts[f].append(_checked(os.path.join(folder, f"{f}.npy"), entry, stop - start, verify))
     return {f: LazyRows(v) for f, v in parts.items()}

@@ -329,6 +329,16 @@ def test_load_is_lazy_and_indexes_like_the_concatenation(tmp_path):
         R[23]
     with pytest.raises(IndexError):
         R[[0, 23]]
+    # many files: mapped on access, a few kept open (an open map holds a file descriptor)
+    arrays = [np.full((i % 3 + 1, 2), i, np.int16) for i in range(40)]
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / f"part{i}.npy", a)
+    many = dataset.LazyRows([tmp_path / f"part{i}.npy" for i in range(40)])
+    np.testing.assert_array_equal(many[::-1], np.concatenate(arrays)[::-1])
+    np.testing.assert_array_equal(np.asarray(many), np.concatenate(arrays))
+    assert len(many.parts._open) <= 16
+    with pytest.raises(ValueError, match="part 1 has shape"):
+        dataset.LazyRows([np.zeros((2, 3)), np.zeros((2, 4))])
 
 
 SHARDED = textwrap.dedent(
