@@ -43,6 +43,17 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).parent
 
+NOTE = """\
+Decision (issue 13): `explain_dataset` keeps one `.npy` folder per batch, now with a
+manifest (row range, shapes, CRC-32 per file) inside the atomic commit, and `load`
+memory-maps the files. The `.npy` folders write 2-3x faster and read 3x faster
+sequentially here, and a few random rows cost a page each instead of a whole chunk
+or shard; integrity comes from the manifests (zarr's crc32c covers chunks but not
+which chunks were ever written: an unwritten chunk reads as the fill value, zeros);
+multi-host writing stays one folder per process and batch with no shared metadata to
+resize; the files need only numpy. zarr through tensorstore would suit a store read
+by other tools chunk-wise; it could be an export, with tensorstore as an extra."""
+
 
 def _batches(n_batches: int, batch: int, row: tuple):
     rng = np.random.default_rng(0)
@@ -225,6 +236,7 @@ def main(argv=None) -> None:
         lines.append(
             f"| {fmt} | {x['write_GBps']:.2f} | {x['read_seq_GBps']:.2f} | {x['read_512_random_rows_s']:.3f} | {ver} |"
         )
+    lines += ["", NOTE]
     pathlib.Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
 

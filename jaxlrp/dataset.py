@@ -21,7 +21,8 @@ loses at most the batch in flight)::
     out/.lock-p000                 the writer's lock (empty file)
 
 The files are plain ``.npy`` (readable without jaxlrp); :func:`load` memory-maps
-them, so nothing is read before it is indexed.
+them, so nothing is read before it is indexed. (Why ``.npy`` folders and not one
+chunked zarr array per field: ``bench/storage.md``.)
 
 Guarantees
 ----------
@@ -40,7 +41,8 @@ Guarantees
   its manifest (checksums included) before it is skipped; a damaged one (file
   missing, truncated, emptied or replaced, manifest missing) is recomputed, with a
   warning. :func:`load` checks the manifests, the identity, the order of the batches
-  and every file's size, shape, dtype and row count, and names the bad file;
+  (no gap, no stray ``batch-*`` entry, every process alike) and every file's size,
+  shape, dtype and row count, and names the bad file;
   ``verify=True`` (the default) also checks the checksums, which reads every file
   once. The checksums are CRC-32 (zlib): they catch accidental damage (truncation,
   bit rot, a file overwritten by another), not deliberate forgery.
@@ -54,7 +56,8 @@ Guarantees
   the run with a ``ValueError`` naming the batch and the rows.
 * **One writer.** A run holds an exclusive lock (``fcntl.flock``) on
   ``.lock-pNNN`` for its whole duration; a second writer for the same process index
-  gets :class:`DatasetLockedError`.
+  gets :class:`DatasetLockedError` (on a network file system, as far as it supports
+  ``flock``; NFS emulates it with byte-range locks).
 
 Data parallelism: the examples of a batch are sharded over the ``data_axis`` of a
 :class:`jax.sharding.Mesh` (by default all devices), the parameters are replicated
@@ -806,7 +809,8 @@ class LazyRows(NDArrayOperatorsMixin):
         (shape, self.dtype), specs = self.parts.specs[0], self.parts.specs
         odd = [j for j, (s, d) in enumerate(specs) if tuple(s[1:]) != tuple(shape[1:]) or d != self.dtype]
         if odd:
-            raise ValueError(f"part {odd[0]} has shape {specs[odd[0]][0]} {specs[odd[0]][1]}; part 0 {shape} {self.dtype}")
+            (s, d), j = specs[odd[0]], odd[0]
+            raise ValueError(f"part {j} has shape {s} {d}; part 0 {shape} {self.dtype}")
         self._offsets = np.cumsum([0] + [s[0] for s, _ in specs])
         self.shape = (int(self._offsets[-1]), *shape[1:])
 

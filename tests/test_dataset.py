@@ -220,6 +220,17 @@ def test_shorter_data_set_on_resume_is_refused(tmp_path):
     assert len(dataset.load(tmp_path)["relevance"]) == 23
 
 
+def test_a_batch_another_process_lacks_is_computed_here_too_and_kept(tmp_path, monkeypatch):
+    explain, params, x, y = _setup(16)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    before = _files(tmp_path)
+    votes = iter([True, False])  # batch 1: this process has it, another one does not
+    monkeypatch.setattr(dataset, "_every_process", lambda flag: flag and next(votes))
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    assert (run.skipped, run.computed, run.repaired) == (1, 1, 0)
+    assert _files(tmp_path) == before  # its own copy kept, not rewritten
+
+
 # ------------------------------------------------------------- issue 13: damaged files
 
 
