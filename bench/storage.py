@@ -46,7 +46,7 @@ HERE = pathlib.Path(__file__).parent
 NOTE = """\
 Decision (issue 13): `explain_dataset` keeps one `.npy` folder per batch, now with a
 manifest (row range, shapes, CRC-32 per file) inside the atomic commit, and `load`
-memory-maps the files. The `.npy` folders write 2-3x faster and read 3x faster
+memory-maps the files. The `.npy` folders write 1.5-3x faster and read 3-10x faster
 sequentially here, and a few random rows cost a page each instead of a whole chunk
 or shard; integrity comes from the manifests (zarr's crc32c covers chunks but not
 which chunks were ever written: an unwritten chunk reads as the fill value, zeros);
@@ -225,8 +225,8 @@ def main(argv=None) -> None:
         f"# Storage: {gb:.2f} GB float32, {n_batches} batches of {args.batch} rows of {row}",
         "",
         f"`python bench/storage.py --gb {args.gb} --batch {args.batch} --row {' '.join(map(str, row))} "
-        f"--repeats {args.repeats}`; medians; shared, noisy machine ({os.cpu_count()} CPUs); reads mostly "
-        "from the page cache.",
+        f"--repeats {args.repeats}`; medians; shared, noisy machine ({os.cpu_count()} CPUs); reads come "
+        "from the page cache as far as it holds the data, and writes beyond its dirty limit go at disk speed.",
         "",
         "| format | write GB/s | sequential read GB/s | 512 random rows (s) | verify checksums GB/s |",
         "|---|---|---|---|---|",
