@@ -9,7 +9,7 @@
 from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import TrainingModeError, UnsupportedOperationError
 from .composites import Composite
-from .dataset import explain_dataset
+from .dataset import DatasetLockedError, explain_dataset
 from .diagnostics import inspect
 from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
 
@@ -41,6 +41,7 @@ __all__ = [
     "UnsupportedOperationError",
     "TrainingModeError",
     "AmbiguousOutputWarning",
+    "DatasetLockedError",
     "flax",
     "models",
 ]

@@ -362,6 +362,7 @@ def value_and_lrp(
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
 
+    explain.jaxlrp_config = {"fn": fn, "composite": comp, "argnums": argnums}  # read by jaxlrp.dataset
     return explain
 
 
@@ -450,4 +451,5 @@ def lrp(
     def explain(*args, target=None, output_relevance=None, layers=None):
         return vl(*args, target=target, output_relevance=output_relevance, layers=layers)[1]
 
+    explain.jaxlrp_config = vl.jaxlrp_config
     return explain

@@ -1,10 +1,15 @@
 """explain_dataset: streamed, sharded, resumable explanations written to disk."""
 
+import io
+import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -121,11 +126,230 @@ def test_bad_batches_and_metrics_are_named(tmp_path):
         jaxlrp.explain_dataset(explain, params, [x], tmp_path / "e", metrics={"relevance": _mass}, progress=False)
 
 
-def test_progress_goes_to_stderr(tmp_path, capsys):
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     explain, params, x, y = _setup(16)
-    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path)
-    err = capsys.readouterr().err
-    assert "batch 2/2" in err and "examples/s" in err
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path / "a")  # stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path / "b", progress=False)
+    assert sys.stderr.getvalue() == ""
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path / "c")
+    err = sys.stderr.getvalue()
+    assert "2/2" in err and "examples/s" in err, err
+
+
+# ------------------------------------------------------------------- issue 13: targets
+
+
+def test_out_of_range_targets_stop_before_dispatch(tmp_path):
+    explain, params, x, y = _setup(16)  # 4 classes
+    for bad, row in ((7, 2), (-1, 5)):
+        t = y.copy()
+        t[8 + row] = bad
+        out = tmp_path / str(bad)
+        with pytest.raises(ValueError, match=rf"batch 1 has targets outside \[0, 4\): row {row} \(example {8 + row}\)"):
+            jaxlrp.explain_dataset(explain, params, _batches(x, t), out, progress=False)
+        assert sorted(n for n in os.listdir(out) if n.startswith("batch-")) == ["batch-000000-p000"]
+    # an explainer jaxlrp cannot see into: negative targets are still refused
+    wrapped = lambda p, x, target=None: explain(p, x, target=target)  # noqa: E731
+    with pytest.raises(ValueError, match="outside the non-negative integers"):
+        jaxlrp.explain_dataset(wrapped, params, [(x[:8], -y[:8] - 1)], tmp_path / "w", progress=False)
+
+
+# ------------------------------------------------------------ issue 13: run identity
+
+
+def test_resume_with_changed_settings_is_refused_and_says_what_differs(tmp_path):
+    explain, params, x, y = _setup(48)
+    out = tmp_path / "run"
+    with pytest.raises(_Crash):  # 5 batches of 4 committed (the issue: 5 of 32, resumed with 64)
+        jaxlrp.explain_dataset(explain, params, _crashing(_batches(x, y, 4), 5), out, progress=False)
+    before = _files(out)
+    other_params = jax.tree_util.tree_map(lambda a: a * 1.01, params)
+    gamma = jaxlrp.lrp(explain.jaxlrp_config["fn"], composites.EpsilonGammaBox(-3.0, 3.0, gamma=0.5))
+    cases = [
+        (dict(batches=_batches(x, y, 8)), "batch_size: 4 on disk, 8 now"),
+        (dict(batches=_batches(x, y, 4), explain=gamma), "explainer.composite"),
+        (dict(batches=_batches(x, y, 4), params=other_params), "params.sha256"),
+        (dict(batches=_batches(x, y, 4), dtype=np.float16), "fields.relevance.dtype: 'float32' on disk, 'float16' now"),
+        (dict(batches=_batches(x, y.astype(np.int32), 4)), "fields.target.dtype"),
+        (dict(batches=_batches(x, y, 4), metrics={"mass": _mass}), "metrics"),
+    ]
+    for delete_meta in (False, True):
+        if delete_meta:
+            os.remove(out / "meta.json")  # the manifests still know the run
+        for change, message in cases:
+            kw = dict(explain=explain, params=params, progress=False) | change
+            with pytest.raises(ValueError, match=re.escape(message)):
+                jaxlrp.explain_dataset(kw.pop("explain"), kw.pop("params"), kw.pop("batches"), out, **kw)
+    assert {k: v for k, v in _files(out).items() if k != "meta.json"} == {k: v for k, v in before.items() if k != "meta.json"}
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y, 4), out, progress=False)  # the same settings
+    assert (run.skipped, run.computed) == (5, 7) and (out / "meta.json").exists()
+    np.testing.assert_array_equal(dataset.load(out)["target"], y)
+
+
+def test_identity_is_stable_and_records_the_explainer(tmp_path):
+    explain, params, x, y = _setup(8)
+    jaxlrp.explain_dataset(explain, params, [(x, y)], tmp_path, progress=False)
+    run = json.loads((tmp_path / "meta.json").read_text())["run"]
+    assert run["explainer"]["composite"].startswith("EpsilonGammaBox([('first', ZBox(low=-3.0, high=3.0")
+    assert run["batch_size"] == 8 and run["jaxlrp"] == jaxlrp.__version__
+    assert run["fields"] == {"relevance": {"shape": [6, 6, 3], "dtype": "float32"}, "target": {"shape": [], "dtype": "int64"}}
+    again = dataset._identity(explain, params, {"x": x, "target": y}, {}, {})
+    assert again["explainer"] == run["explainer"] and again["params"] == run["params"]
+    # a lambda matcher and a large array are described without addresses or elisions
+    c1 = composites.Composite([(lambda l: True, jaxlrp.rules.ZBox(np.zeros(2000), np.ones(2000)))])
+    c2 = composites.Composite([(lambda l: True, jaxlrp.rules.ZBox(np.zeros(2000), np.r_[np.ones(1999), 2.0]))])
+    assert "0x" not in dataset._text(c1) and dataset._text(c1) != dataset._text(c2)
+
+
+def test_shorter_data_set_on_resume_is_refused(tmp_path):
+    explain, params, x, y = _setup(23)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)  # 8 + 8 + 7
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match="longer run: batch-000002-p000"):
+        jaxlrp.explain_dataset(explain, params, _batches(x[:16], y[:16]), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"holds examples \[16, 23\].*now gives examples \[16, 20\]"):
+        jaxlrp.explain_dataset(explain, params, _batches(x[:20], y[:20]), tmp_path, progress=False)
+    assert _files(tmp_path) == before
+    assert len(dataset.load(tmp_path)["relevance"]) == 23
+
+
+def test_a_batch_another_process_lacks_is_computed_here_too_and_kept(tmp_path, monkeypatch):
+    explain, params, x, y = _setup(16)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    before = _files(tmp_path)
+    votes = iter([True, False])  # batch 1: this process has it, another one does not
+    monkeypatch.setattr(dataset, "_every_process", lambda flag: flag and next(votes))
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    assert (run.skipped, run.computed, run.repaired) == (1, 1, 0)
+    assert _files(tmp_path) == before  # its own copy kept, not rewritten
+
+
+# ------------------------------------------------------------- issue 13: damaged files
+
+
+def test_damaged_batches_are_named_by_load_and_recomputed_on_resume(tmp_path):
+    explain, params, x, y = _setup(32)
+    kw = dict(metrics={"mass": _mass}, progress=False)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, **kw)
+    good = _files(tmp_path)
+    b = [tmp_path / f"batch-{i:06d}-p000" for i in range(4)]
+    rel = np.load(b[0] / "relevance.npy")
+    damage = [
+        (b[0] / "relevance.npy", lambda p: np.save(p, rel[:5]), "shape (5, 6, 6, 3)"),  # replaced: fewer rows
+        (b[1] / "target.npy", lambda p: p.write_bytes(b""), "empty (0 bytes)"),  # emptied
+        (b[2] / "mass.npy", lambda p: p.write_bytes(p.read_bytes()[:-8]), "152 bytes instead of 160 (truncated"),  # truncated
+        (b[3] / "relevance.npy", lambda p: np.save(p, rel[::-1]), "checksum mismatch"),  # same shape, other rows
+    ]
+    for path, spoil, message in reversed(damage):  # each spoiled file comes before the others
+        spoil(path)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + re.escape(message)):
+            dataset.load(tmp_path)
+    with pytest.warns(RuntimeWarning, match="damaged") as caught:
+        run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, **kw)
+    assert (run.computed, run.repaired, run.skipped) == (4, 4, 0) and len(caught) == 4
+    assert _files(tmp_path) == good
+    (b[2] / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=re.escape(str(b[2] / "manifest.json"))):
+        dataset.load(tmp_path)
+    with pytest.warns(RuntimeWarning, match="manifest.json is missing"):
+        run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, **kw)
+    assert (run.repaired, run.skipped) == (1, 3) and _files(tmp_path) == good
+
+
+def test_load_refuses_stray_batches_bad_meta_and_unknown_fields(tmp_path):
+    explain, params, x, y = _setup(16)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"unknown fields \['relevanse'\].*\['relevance', 'target'\]"):
+        dataset.load(tmp_path, fields=["relevanse"])
+    assert list(dataset.load(tmp_path, fields="target")) == ["target"]
+    shutil.copytree(tmp_path / "batch-000001-p000", tmp_path / "batch-000005-p000")
+    with pytest.raises(ValueError, match="outside the run: batch-000005-p000"):
+        dataset.load(tmp_path)
+    shutil.rmtree(tmp_path / "batch-000005-p000")
+    (tmp_path / "batch-extra").mkdir()
+    with pytest.raises(ValueError, match="batch-extra is not a batch"):
+        dataset.load(tmp_path)
+    (tmp_path / "batch-extra").rmdir()
+    (tmp_path / "meta.json").write_text('{"run": {"fields": ')
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "meta.json")) + " is unreadable or malformed"):
+        dataset.load(tmp_path)
+    with pytest.raises(ValueError, match="meta.json is unreadable or malformed"):
+        jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------ issue 13: the lock
+
+
+def test_a_second_writer_gets_a_clear_error(tmp_path):
+    explain, params, x, y = _setup(16)
+    first_written, release = threading.Event(), threading.Event()
+
+    def slow():  # the first writer holds the directory while it waits here
+        yield x[:8], y[:8]
+        first_written.set()
+        release.wait(60)
+        yield x[8:], y[8:]
+
+    errors = []
+    t = threading.Thread(target=lambda: _catch(errors, jaxlrp.explain_dataset, explain, params, slow(), tmp_path, progress=False))
+    t.start()
+    assert first_written.wait(120)
+    try:
+        with pytest.raises(jaxlrp.DatasetLockedError, match="being written by another explain_dataset"):
+            jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    finally:
+        release.set()
+        t.join(120)
+    assert not errors, errors
+    assert isinstance(jaxlrp.DatasetLockedError("x"), RuntimeError)
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)  # lock released
+    assert run.skipped == 2
+
+
+def _catch(errors, fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except Exception as e:  # reported by the test
+        errors.append(e)
+
+
+# ------------------------------------------------------------ issue 13: lazy reading
+
+
+def test_load_is_lazy_and_indexes_like_the_concatenation(tmp_path):
+    explain, params, x, y = _setup(23)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    R = dataset.load(tmp_path)["relevance"]
+    assert isinstance(R, dataset.LazyRows) and all(isinstance(p, np.memmap) for p in R.parts)
+    assert (R.shape, R.dtype, len(R.parts)) == ((23, 6, 6, 3), np.float32, 3)
+    full = np.asarray(R)
+    rng = np.random.default_rng(1)
+    mask = rng.random(23) > 0.5
+    for key in (0, -1, 9, slice(None), slice(5, 20), slice(7, 9), slice(20, 5), slice(None, None, -3),
+                [3, 22, 3, 8], np.array([[1, 2], [16, 0]]), mask, (slice(4, 17), 2, slice(None), 0), (np.array([5, 1]), 0)):
+        np.testing.assert_array_equal(R[key], full[key], err_msg=str(key))
+    np.testing.assert_array_equal(R - R, 0 * full)
+    with pytest.raises(IndexError):
+        R[23]
+    with pytest.raises(IndexError):
+        R[[0, 23]]
+    # many files: mapped on access, a few kept open (an open map holds a file descriptor)
+    arrays = [np.full((i % 3 + 1, 2), i, np.int16) for i in range(40)]
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / f"part{i}.npy", a)
+    many = dataset.LazyRows([tmp_path / f"part{i}.npy" for i in range(40)])
+    np.testing.assert_array_equal(many[::-1], np.concatenate(arrays)[::-1])
+    np.testing.assert_array_equal(np.asarray(many), np.concatenate(arrays))
+    assert len(many.parts._open) <= 16
+    with pytest.raises(ValueError, match="part 1 has shape"):
+        dataset.LazyRows([np.zeros((2, 3)), np.zeros((2, 4))])
 
 
 SHARDED = textwrap.dedent(
