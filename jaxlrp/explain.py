@@ -362,7 +362,9 @@ def value_and_lrp(
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
 
-    explain.jaxlrp_config = {"fn": fn, "composite": comp, "argnums": argnums}  # read by jaxlrp.dataset
+    explain.jaxlrp_config = {  # read by jaxlrp.dataset
+        "fn": fn, "composite": comp, "argnums": argnums, "start": start, "example_axes": example_axes,
+    }
     return explain
 
 
