@@ -120,8 +120,10 @@ def top_level_nodes(t: Traced) -> dict:
     return {spec.layer.index: spec for spec in t.analysis.nodes.values()}
 
 
-def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
-    """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``."""
+def run(t: Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
+    """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
+
+    ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
     nodes = top_level_nodes(t)
     eqns = t.analysis.program.eqns
     taps = {}
@@ -137,7 +139,7 @@ def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
         vals = list(t.flat_args)
         for j, x in zip(t.explained, x_leaves):
             vals[j] = x
-        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim)
+        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, masks=masks)
         return out
 
     x_leaves = [t.flat_args[j] for j in t.explained]
