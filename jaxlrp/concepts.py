@@ -246,7 +246,8 @@ def relevance_scores(
 
     over the positions :math:`p` of the relevance :math:`R_\ell` arriving at the
     layer's output (after the layer's own mask if a condition names it); with
-    ``normalize`` divided by :math:`\sum_c |R_c|` (zennit-crp's ``abs_norm``).
+    ``normalize`` divided by :math:`\sum_c |R_c|` (zennit-crp's ``abs_norm``; 0
+    where every :math:`R_c` is 0).
 
     Returns
     -------
