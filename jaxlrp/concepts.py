@@ -89,7 +89,7 @@ def _mask(t: Traced, index: int, value: Any) -> Array:
     if jnp.issubdtype(v.dtype, jnp.integer):
         if v.ndim > 1:
             raise ValueError(f"channel ids for layer {layer.key!r} must be an int or a 1-D sequence, got shape {v.shape}")
-        ids = np.asarray(value) if not isinstance(v, jax.core.Tracer) else None
+        ids = _concrete(v)
         if ids is not None and (np.any(ids < 0) or np.any(ids >= channels)):
             raise ValueError(f"channel ids {ids.tolist()} out of range for layer {layer.key!r} with {channels} channels")
         return jnp.zeros((channels,), dtype).at[v.reshape(-1)].set(1)
@@ -103,6 +103,18 @@ def _mask(t: Traced, index: int, value: Any) -> Array:
             f"layer's output shape {shape}; pass channel ids or a mask of shape (C,) = ({channels},)"
         )
     return v.astype(dtype)
+
+
+def _concrete(a) -> Optional[np.ndarray]:
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_batch_size(batch_size) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
 def _stack(t: Traced, conds: list) -> dict:
@@ -154,8 +166,6 @@ def _conditional_run(t: Traced, conds: list, target, output_relevance, start, ta
         stacked = {None: jnp.zeros((len(conds),))}
     if batch_size is None:
         return jax.vmap(one)(stacked)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     return jax.lax.map(one, stacked, batch_size=batch_size)
 
 
@@ -206,6 +216,7 @@ def conditional(
     >>> R.shape  # (32, *x.shape)
     """
     comp = _composites.resolve(composite, rule)
+    _check_batch_size(batch_size)
 
     @functools.wraps(fn)
     def explain(*args, conditions: Conditions, target=None, output_relevance=None, start: Optional[Matcher] = None):
@@ -261,6 +272,7 @@ def relevance_scores(
         raise TypeError("relevance_scores needs the layer whose channels are scored: layer=...")
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    _check_batch_size(batch_size)
 
     @functools.wraps(fn)
     def scores(*args, conditions: Optional[Conditions] = None, target=None, output_relevance=None):
