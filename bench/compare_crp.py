@@ -213,6 +213,15 @@ def markdown(args, agree: dict, times: dict, load: tuple) -> str:
     for n, s in times["seconds"].items():
         c = times["compile_s"].get(n)
         lines.append(f"| {n} | {s:.3f} | {s / base:.2f} | {'' if c is None else f'{c:.1f}'} |")
+    lines += [
+        "",
+        "Notes. Agreement uses Zennit aligned with the function jaxlrp explains (exact BatchNorm merge, the "
+        "global pool's stabiliser; see bench/compare_zennit.py), timing stock Zennit. The abs_norm row differs "
+        "by zennit-crp's `+ 1e-10` in the denominator (jaxlrp divides by the sum of |R_c| exactly, 0 where it "
+        "is 0). zennit-crp repeats the image once per condition (K forward passes and one batched backward); "
+        "jaxlrp vmaps the K masks, and since the forward pass does not depend on them it stays unbatched: one "
+        "forward, K backward passes in one XLA program (chunked with `batch_size`, bounded memory).",
+    ]
     return "\n".join(lines) + "\n"
 
 
