@@ -54,7 +54,7 @@ def main() -> int:
         import captum.metrics
         import quantus
         import torch
-        from skimage.segmentation import slic
+        import skimage.segmentation  # noqa: F401  (checked here, used in _single_channel)
     except ImportError as e:
         print(f"missing optional package: {e}")
         return 0
@@ -75,21 +75,7 @@ def main() -> int:
     kw = dict(normalise=False, abs=False, disable_warnings=True, display_progressbar=False)
     rows = []
 
-    x1, a1 = x[:, :1], a[:, :1]  # Quantus' IROF and ROAD assume one channel (masks of shape (N, 1, H, W))
-    net1, f1 = models_single()
-    y1 = np.asarray(f1(x1.transpose(0, 2, 3, 1))).argmax(1)
-    q = quantus.IROF(perturb_baseline=0.0, return_aggregate=False, **kw)
-    q_scores = q(model=net1, x_batch=x1, y_batch=y1, a_batch=a1, device="cpu", softmax=False)
-    segs = np.stack([slic(np.moveaxis(im, 0, -1).astype("double"), start_label=0) for im in x1])
-    j_scores = metrics.irof(f1, x1.transpose(0, 2, 3, 1), a1[:, 0], y1, segments=segs, baseline=0.0)
-    rows.append(("IROF (SLIC segments, baseline 0, 1 channel)", _rel(j_scores, q_scores)))
-
-    pct = [10, 30, 50, 70, 90]
-    q = quantus.ROAD(percentages=pct, noise=0.0, return_aggregate=False, **kw)
-    q(model=net1, x_batch=x1, y_batch=y1, a_batch=a1, device="cpu")
-    q_curve = np.array([q.evaluation_scores[p] for p in pct])
-    j_curve = np.asarray(metrics.road(f1, x1.transpose(0, 2, 3, 1), a1[:, 0], y1, percentages=pct)).mean(0)
-    rows.append(("ROAD accuracy curve (noise 0, 1 channel)", float(np.max(np.abs(j_curve - q_curve)))))
+    rows += _single_channel(x, a, kw)
 
     q = quantus.MonotonicityCorrelation(nr_samples=2, features_in_step=32, perturb_baseline=0.0,
                                         return_aggregate=False, **kw)
@@ -134,6 +120,33 @@ def main() -> int:
     print(text)
     (pathlib.Path(__file__).resolve().parent / "quantus.md").write_text(text)
     return 0
+
+
+def _single_channel(x, a, kw) -> list:
+    """IROF and ROAD, which Quantus computes for one-channel images only."""
+    import quantus
+    from skimage.segmentation import slic
+
+    from jaxlrp import metrics
+
+    rows = []
+    x1, a1 = x[:, :1], a[:, :1]  # Quantus' IROF and ROAD assume one channel (masks of shape (N, 1, H, W))
+    net1, f1 = models_single()
+    y1 = np.asarray(f1(x1.transpose(0, 2, 3, 1))).argmax(1)
+    q = quantus.IROF(perturb_baseline=0.0, return_aggregate=False, **kw)
+    q_scores = q(model=net1, x_batch=x1, y_batch=y1, a_batch=a1, device="cpu", softmax=False)
+    segs = np.stack([slic(np.moveaxis(im, 0, -1).astype("double"), start_label=0) for im in x1])
+    j_scores = metrics.irof(f1, x1.transpose(0, 2, 3, 1), a1[:, 0], y1, segments=segs, baseline=0.0)
+    rows.append(("IROF (SLIC segments, baseline 0, 1 channel)", _rel(j_scores, q_scores)))
+
+    pct = [10, 30, 50, 70, 90]
+    q = quantus.ROAD(percentages=pct, noise=0.0, return_aggregate=False, **kw)
+    q(model=net1, x_batch=x1, y_batch=y1, a_batch=a1, device="cpu")
+    q_curve = np.array([q.evaluation_scores[p] for p in pct])
+    j_curve = np.asarray(metrics.road(f1, x1.transpose(0, 2, 3, 1), a1[:, 0], y1, percentages=pct)).mean(0)
+    rows.append(("ROAD accuracy curve (noise 0, 1 channel)", float(np.max(np.abs(j_curve - q_curve)))))
+
+    return rows
 
 
 def _monotonicity_chw(f, x, a, y):

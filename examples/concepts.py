@@ -53,12 +53,46 @@ def where_relevance(heat: np.ndarray, mask: np.ndarray) -> tuple:
             float((pos * ~mask).sum() / total))
 
 
+def centroid(heat: np.ndarray, mask: np.ndarray) -> tuple:
+    """Centre of positive relevance in the object's bounding box: (row, col), 0 = top/left, 1 = bottom/right."""
+    pos = np.maximum(heat, 0)
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+    rr, cc = np.mgrid[: heat.shape[0], : heat.shape[1]]
+    total = pos.sum() + 1e-12
+    return (float(((pos * rr).sum() / total - r0) / max(r1 - r0, 1)),
+            float(((pos * cc).sum() / total - c0) / max(c1 - c0, 1)))
+
+
+def relevance_maximisation(model, params, comp, test, pred, top, share, args) -> tuple:
+    """Atlas rows and the description table of the ``top`` concepts (relevance maximisation)."""
+    batches = [{"x": test.x[j:j + 128], "target": pred[j:j + 128]} for j in range(0, args.search, 128)]
+    with tempfile.TemporaryDirectory() as tmp:
+        rm = concepts.maximization(model.apply, comp, LAYER, params, batches, pathlib.Path(tmp) / "rm",
+                                   top=args.top, progress=False)
+    rows, table = {}, []
+    for k in top:
+        idx = rm.relevance_indices[k]
+        refs = np.asarray(concepts.references(model.apply, comp, LAYER, params, test.x[idx], int(k)))[..., 0]
+        rows[f"ch {k}"] = [(test.x[j], r) for j, r in zip(idx, refs)]
+        classes = [data.SHAPES[int(test.y[j])] for j in idx]
+        edge, inside, back = np.mean([where_relevance(r, test.mask[j]) for j, r in zip(idx, refs)], axis=0)
+        act_classes = [data.SHAPES[int(test.y[j])] for j in rm.activation_indices[k]]
+        row, col = np.mean([centroid(r, test.mask[j]) for j, r in zip(idx, refs)], axis=0)
+        table.append({"channel": int(k), "share_of_prediction": float(share[list(top).index(k)]),
+                      "top_relevance_classes": classes, "top_activation_classes": act_classes,
+                      "outline": float(edge), "inside": float(inside), "background": float(back),
+                      "centre_row": float(row), "centre_col": float(col)})
+
+    return rows, table
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--search", type=int, default=512, help="held-out images searched by relevance maximisation")
+    ap.add_argument("--search", type=int, default=384, help="held-out images searched by relevance maximisation")
     ap.add_argument("--concepts", type=int, default=4, help="top concepts shown")
     ap.add_argument("--top", type=int, default=6, help="reference images per concept")
     args = ap.parse_args(argv)
@@ -88,23 +122,7 @@ def main(argv=None) -> int:
         tiles.append(viz.heatmap(h))
         titles.append(f"ch {k}: {s:+.0%}")
 
-    # 2. relevance maximisation over the held-out set, and the atlas
-    batches = [{"x": test.x[j:j + 128], "target": pred[j:j + 128]} for j in range(0, args.search, 128)]
-    with tempfile.TemporaryDirectory() as tmp:
-        rm = concepts.maximization(model.apply, comp, LAYER, params, batches, pathlib.Path(tmp) / "rm",
-                                   top=args.top, progress=False)
-    rows, table = {}, []
-    for k in top:
-        idx = rm.relevance_indices[k]
-        refs = np.asarray(concepts.references(model.apply, comp, LAYER, params, test.x[idx], int(k)))[..., 0]
-        rows[f"ch {k}"] = [(test.x[j], r) for j, r in zip(idx, refs)]
-        classes = [data.SHAPES[int(test.y[j])] for j in idx]
-        edge, inside, back = np.mean([where_relevance(r, test.mask[j]) for j, r in zip(idx, refs)], axis=0)
-        act_classes = [data.SHAPES[int(test.y[j])] for j in rm.activation_indices[k]]
-        table.append({"channel": int(k), "share_of_prediction": float(share[list(top).index(k)]),
-                      "top_relevance_classes": classes, "top_activation_classes": act_classes,
-                      "outline": float(edge), "inside": float(inside), "background": float(back)})
-
+    rows, table = relevance_maximisation(model, params, comp, test, pred, top, share, args)
     out.mkdir(parents=True, exist_ok=True)
     fig = viz.grid(tiles, titles=titles, ncols=len(tiles), scale=4)
     viz.save_png(out / "concepts.png", fig)
@@ -117,14 +135,16 @@ def main(argv=None) -> int:
           "(share = the channel's relevance over the sum of |relevance| of all channels), and, for each, "
           f"its top {args.top} images of {args.search} by relevance maximisation: their classes, and where "
           "the concept's own heatmaps (backward pass started at the channel) put their positive relevance "
-          f"(objects cover {object_share:.0%} of an image on average; the outline is the object's boundary pixels).",
+          f"(objects cover {object_share:.0%} of an image on average; the outline is the object's boundary pixels), "
+          "and the centre of that relevance in the object's bounding box (row, col; 0 = top/left, 1 = bottom/right).",
           "",
-          "| channel | share | classes of top images (relevance) | (activation) | outline | inside | background |",
-          "|---|---|---|---|---|---|---|"]
+          "| channel | share | classes of top images (relevance) | (activation) | outline | inside | background "
+          "| centre (row, col) |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in table:
         md.append(f"| {r['channel']} | {r['share_of_prediction']:+.0%} | {', '.join(r['top_relevance_classes'])} | "
                   f"{', '.join(r['top_activation_classes'])} | {r['outline']:.0%} | {r['inside']:.0%} | "
-                  f"{r['background']:.0%} |")
+                  f"{r['background']:.0%} | {r['centre_row']:.2f}, {r['centre_col']:.2f} |")
     md += ["", "![prediction and concepts](concepts.png)", "", "![concept atlas](concepts_atlas.png)", "",
            f"Total run time {time.perf_counter() - t_start:.0f} s (`python examples/concepts.py --out examples/results`)."]
     (out / "concepts.md").write_text("\n".join(md) + "\n")
