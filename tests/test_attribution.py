@@ -70,7 +70,7 @@ def test_occlusion_closed_forms():
     # overlapping 2x2 windows of a squared sum: a position's value is the mean drop
     img = RNG.normal(size=(2, 4, 4, 1))
     f = lambda x: (x**2).sum((1, 2, 3))[:, None]
-    got = A.occlusion(f, window=(2, 2, 1), stride=1, baseline=0.5)(img)
+    got = jax.jit(A.occlusion(f, window=(2, 2, 1), stride=1, baseline=0.5))(img)
     ref = np.zeros_like(img)
     cnt = np.zeros((4, 4, 1))
     for i in range(3):
@@ -81,7 +81,7 @@ def test_occlusion_closed_forms():
             ref[:, i:i + 2, j:j + 2] += d[:, None, None, None]
             cnt[i:i + 2, j:j + 2] += 1
     close(got, ref / cnt)
-    close(A.occlusion(f, window=(2, 2, 1), stride=1, baseline=0.5, batch_size=4)(img), ref / cnt)
+    close(jax.jit(A.occlusion(f, window=(2, 2, 1), stride=1, baseline=0.5, batch_size=4))(img), ref / cnt)
     with pytest.raises(ValueError, match="window"):
         A.occlusion(f, window=(5, 5, 1))(img)
 

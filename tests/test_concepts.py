@@ -112,11 +112,13 @@ def test_concepts_of_a_layer_sum_to_the_explanation(name):
     crp = concepts.conditional(CNN().apply, comp)
     conds = [{CONV2: [c]} for c in range(6)]
     heat = jax.jit(lambda p, x: crp(p, x, conditions=conds, target=1))(CNN_P, XI)
-    plain = jaxlrp.lrp(CNN().apply, comp)(CNN_P, XI, target=1)
+    plain = jax.jit(lambda p, x: jaxlrp.lrp(CNN().apply, comp)(p, x, target=1))(CNN_P, XI)
     np.testing.assert_allclose(heat.sum(0), plain, rtol=1e-9, atol=1e-12)
-    scores = concepts.relevance_scores(CNN().apply, comp, CONV2)(CNN_P, XI, target=1)
-    if name == "epsilon":  # conservative below conv2 up to the bias and epsilon terms
-        np.testing.assert_allclose(heat.sum((2, 3, 4)).T, scores, rtol=1e-2, atol=1e-3)
+    if name != "epsilon":
+        return
+    scores = jax.jit(lambda p, x: concepts.relevance_scores(CNN().apply, comp, CONV2)(p, x, target=1))(CNN_P, XI)
+    # conservative below conv2 up to the bias and epsilon terms
+    np.testing.assert_allclose(heat.sum((2, 3, 4)).T, scores, rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("comp", [variants.relative(),
@@ -124,11 +126,13 @@ def test_concepts_of_a_layer_sum_to_the_explanation(name):
                          ids=["relative", "pruned"])
 def test_variants_unmasked_condition_equals_lrp_and_chunks_agree(comp):
     crp = concepts.conditional(CNN().apply, comp, batch_size=2)
-    full = crp(CNN_P, XI, conditions=[{CONV2: np.ones(6)}, {}, {CONV2: [1]}], target=0)
-    plain = jaxlrp.lrp(CNN().apply, comp)(CNN_P, XI, target=0)
+    conds = [{CONV2: np.ones(6)}, {}, {CONV2: [1]}]
+    full = jax.jit(lambda p, x: crp(p, x, conditions=conds, target=0))(CNN_P, XI)
+    plain = jax.jit(lambda p, x: jaxlrp.lrp(CNN().apply, comp)(p, x, target=0))(CNN_P, XI)
     np.testing.assert_allclose(full[0], plain, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(full[1], plain, rtol=1e-10, atol=1e-12)
-    once = concepts.conditional(CNN().apply, comp)(CNN_P, XI, conditions={CONV2: [1]}, target=0)
+    once = jax.jit(lambda p, x: concepts.conditional(CNN().apply, comp)(p, x, conditions={CONV2: [1]}, target=0))(
+        CNN_P, XI)
     np.testing.assert_allclose(full[2], once, rtol=1e-10, atol=1e-12)
     assert np.all(np.isfinite(np.asarray(full)))
 
@@ -163,7 +167,8 @@ def test_maximization_matches_brute_force_ranking(tmp_path):
     batches = [{"x": x[i:i + 4], "target": y[i:i + 4]} for i in range(0, 10, 4)]
     comp = composites.EpsilonPlusFlat()
     top = concepts.maximization(CNN().apply, comp, CONV2, CNN_P, batches, tmp_path / "rm", top=3, progress=False)
-    scores = concepts.relevance_scores(CNN().apply, comp, CONV2, normalize=True)(CNN_P, x, target=y)
+    scores = jax.jit(lambda p, x, y: concepts.relevance_scores(CNN().apply, comp, CONV2, normalize=True)(
+        p, x, target=y))(CNN_P, x, y)
     acts = []
     capture = CNN().apply(CNN_P, x, capture_intermediates=True, mutable=["intermediates"])[1]
     conv2 = np.asarray(capture["intermediates"]["conv2"]["__call__"][0])
@@ -173,7 +178,7 @@ def test_maximization_matches_brute_force_ranking(tmp_path):
         np.testing.assert_allclose(top.relevance_values[c], np.sort(np.asarray(scores)[:, c])[::-1][:3], rtol=1e-9)
         np.testing.assert_array_equal(top.activation_indices[c], np.argsort(-acts[:, c], kind="stable")[:3])
     # the reference heatmaps and the atlas
-    refs = concepts.references(CNN().apply, comp, CONV2, CNN_P, x[top.relevance_indices[2]], 2)
+    refs = jax.jit(lambda p, x: concepts.references(CNN().apply, comp, CONV2, p, x, 2))(CNN_P, x[top.relevance_indices[2]])
     assert refs.shape == (3, 8, 8, 1)
     image = concepts.atlas({f"c{c}": [(x[i], refs[j]) for j, i in enumerate(top.relevance_indices[2])]
                             for c in (2,)}, size=16)
