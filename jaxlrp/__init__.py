@@ -6,7 +6,7 @@
 >>> relevance = jax.jit(explain)(variables, x, target=3)
 """
 
-from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
+from . import attribution, composites, concepts, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import TrainingModeError, UnsupportedOperationError
 from .composites import Composite
 from .dataset import DatasetLockedError, explain_dataset
@@ -30,6 +30,8 @@ __all__ = [
     "explain_dataset",
     "dataset",
     "inspect",
+    "attribution",
+    "concepts",
     "rules",
     "composites",
     "data",

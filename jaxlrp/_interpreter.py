@@ -576,7 +576,7 @@ def _passthrough(kind: str, rule, example_ndim: int, apply=None):
 
 def evaluate(
     an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0,
-    starts: Optional[dict] = None,
+    starts: Optional[dict] = None, masks: Optional[dict] = None,
 ) -> list:
     """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
 
@@ -585,9 +585,12 @@ def evaluate(
     inputs and output, so that their cotangents are the relevance there.
     ``starts`` maps the analysis' start variables to zero arrays added to them in
     the same way. ``example_ndim`` is passed to the rules (see
-    :class:`~jaxlrp.rules.Node`).
+    :class:`~jaxlrp.rules.Node`). ``masks`` maps layer index to ``(m, s)`` (arrays
+    broadcastable to the node's output, ``s`` may be ``None``): the relevance ``R``
+    at the node's output (after the tap) becomes ``m * R + s * z`` in the backward
+    pass (:func:`_condition`).
     """
-    taps = taps or {}
+    taps, masks = taps or {}, masks or {}
     starts = starts or {}
     prog = an.program
     env: dict = {}
@@ -617,6 +620,8 @@ def evaluate(
             env[spec.out] = _eval_node(
                 an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim
             )
+            if spec.layer.index in masks:
+                env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
             continue
         elif kind == "scan":
             outs = _eval_scan(e, an.subs[i][0], rules, [read(a) for a in e.invars], example_ndim)
@@ -669,6 +674,25 @@ def start_values(program: Program, pattern: str, in_prov) -> list:
                 starts.append(v)
                 downstream.add(v)
     return starts
+
+
+@jax.custom_vjp
+def _condition(z, m, s):
+    """Identity on ``z``; the backward pass turns the relevance ``R`` into ``m * R + s * z``."""
+    return z
+
+
+def _condition_fwd(z, m, s):
+    return z, (z, m, s)
+
+
+def _condition_bwd(res, relevance):
+    z, m, s = res
+    r = relevance * m if s is None else relevance * m + s * z
+    return r.astype(relevance.dtype), None, None
+
+
+_condition.defvjp(_condition_fwd, _condition_bwd)
 
 
 def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:

@@ -217,8 +217,10 @@ def top_level_nodes(t: Traced) -> dict:
     return {spec.layer.index: spec for spec in t.analysis.nodes.values()}
 
 
-def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
-    """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``."""
+def run(t: Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
+    """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
+
+    ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
     nodes = top_level_nodes(t)
     eqns = t.analysis.program.eqns
     taps = {}
@@ -235,7 +237,9 @@ def run(t: Traced, target, output_relevance, tapped: Sequence[int] = ()):
         for j, x in zip(t.explained, x_leaves):
             vals[j] = x
         starts = dict(zip(t.starts, start_taps))
-        (out,) = evaluate(t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts)
+        (out,) = evaluate(
+            t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts, masks=masks
+        )
         return out
 
     x_leaves = [t.flat_args[j] for j in t.explained]

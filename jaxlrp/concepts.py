@@ -1,0 +1,507 @@
+"""Concept Relevance Propagation (CRP) and Relevance Maximisation.
+
+CRP (Achtibat et al., *Nature Machine Intelligence* 2023) explains a prediction
+through the *concepts* a network encodes in the channels of its layers. A
+**condition** names, for one or more layers, the channels (or neurons) that may
+carry relevance; the conditional relevance of the input is the LRP backward pass in
+which the relevance :math:`R_\\ell` arriving at the output of each conditioned layer
+:math:`\\ell` is multiplied by the condition's mask :math:`m_\\ell`:
+
+.. math:: R(x \\mid \\theta) = \\mathrm{LRP}\\left(f_c, x;\\;
+          R_\\ell \\leftarrow m_\\ell \\odot R_\\ell \\;\\; \\forall \\ell \\in \\theta\\right)
+
+For a channel concept :math:`c` at layer :math:`\\ell`, :math:`m_\\ell` is 1 on channel
+:math:`c` and 0 elsewhere. With conservative rules the input relevance of concept
+:math:`c` then sums to the concept's relevance
+:math:`R_c = \\sum_{\\text{positions}} R_\\ell[\\ldots, c]` (the relevance *score* used
+to rank the concepts of a prediction, :func:`relevance_scores`).
+
+K conditions are one :func:`jax.vmap` over K stacked masks: the forward pass does
+not depend on the masks, so it runs once, and only the backward pass is batched.
+``batch_size`` chunks the K conditions (:func:`jax.lax.map`) to bound the memory.
+
+Channels are the **last** axis of a layer's output (``NHWC`` convolutions, dense
+features), as everywhere in JAX. Only layers outside ``scan``/``cond`` bodies can be
+conditioned; the layers of a model are listed by :func:`jaxlrp.inspect`.
+
+Relevance Maximisation (:func:`maximization`) finds, for every channel of a layer,
+the data-set examples in which the channel is most relevant (or most activated),
+streaming the data set through :func:`jaxlrp.explain_dataset` (sharded, resumable).
+:func:`references` crops those examples to the region the concept's own heatmap
+points at, and :func:`atlas` draws the result.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import composites as _composites
+from . import viz
+from .composites import Composite, Matcher
+from .explain import Traced, run, top_level_nodes, trace, unflatten_relevance
+from .rules import Rule
+
+__all__ = ["conditional", "relevance_scores", "maximization", "Maximization", "references", "crop", "atlas"]
+
+Array = Any
+#: A condition: layer matcher -> channel ids (an int or a sequence of ints: the
+#: channels that keep their relevance) or a mask broadcastable to the layer's output.
+Condition = Mapping[Matcher, Union[int, Sequence[int], ArrayLike]]
+Conditions = Union[Condition, Sequence[Condition]]
+
+_REDUCE = ("sum", "max")
+
+
+# ------------------------------------------------------------------ layers and masks
+
+
+def _layer_index(t: Traced, matcher: Matcher) -> int:
+    """The one top-level layer that ``matcher`` names (its key, or a matcher)."""
+    nodes = top_level_nodes(t)
+    if isinstance(matcher, str):
+        exact = [i for i in nodes if t.layers[i].key == matcher]
+        if exact:
+            return exact[0]
+    f = _composites.as_matcher(matcher)
+    found = [i for i in sorted(nodes) if f(t.layers[i])]
+    if len(found) != 1:
+        keys = ", ".join(t.layers[i].key for i in sorted(nodes))
+        what = "no layer" if not found else f"{len(found)} layers ({', '.join(t.layers[i].key for i in found)})"
+        raise ValueError(
+            f"concept layer {matcher!r} matches {what}; a condition needs exactly one layer outside "
+            f"control flow, one of: {keys}"
+        )
+    return found[0]
+
+
+def _mask(t: Traced, index: int, value: Any) -> Array:
+    """The mask of one condition at one layer, broadcastable to the layer's output."""
+    layer = t.layers[index]
+    shape, channels = tuple(layer.output_shape), layer.output_shape[-1]
+    dtype = t.analysis.program.eqns[top_level_nodes(t)[index].eqn].outvars[0].dtype
+    v = jnp.asarray(value)
+    if jnp.issubdtype(v.dtype, jnp.integer):
+        if v.ndim > 1:
+            raise ValueError(f"channel ids for layer {layer.key!r} must be an int or a 1-D sequence, got shape {v.shape}")
+        ids = _concrete(v)
+        if ids is not None and (np.any(ids < 0) or np.any(ids >= channels)):
+            raise ValueError(f"channel ids {ids.tolist()} out of range for layer {layer.key!r} with {channels} channels")
+        return jnp.zeros((channels,), dtype).at[v.reshape(-1)].set(1)
+    try:
+        ok = np.broadcast_shapes(v.shape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"the mask for layer {layer.key!r} has shape {v.shape}, which does not broadcast to the "
+            f"layer's output shape {shape}; pass channel ids or a mask of shape (C,) = ({channels},)"
+        )
+    return v.astype(dtype)
+
+
+def _concrete(a) -> Optional[np.ndarray]:
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_batch_size(batch_size) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+
+
+def _stack(t: Traced, conds: list) -> dict:
+    """Layer index -> the K masks of ``conds`` stacked on a leading axis."""
+    per: list = [{_layer_index(t, m): v for m, v in c.items()} for c in conds]
+    for c, resolved in zip(conds, per):
+        if len(resolved) != len(c):
+            raise ValueError(f"two matchers of the condition {list(c)} name the same layer")
+    stacked = {}
+    for i in sorted(set().union(*per)):
+        masks = [_mask(t, i, p[i]) if i in p else None for p in per]
+        shape = np.broadcast_shapes(*[m.shape for m in masks if m is not None])
+        dtype = next(m.dtype for m in masks if m is not None)
+        stacked[i] = jnp.stack([jnp.ones(shape, dtype) if m is None else jnp.broadcast_to(m, shape) for m in masks])
+    return stacked
+
+
+def _as_list(conditions: Conditions) -> tuple:
+    if isinstance(conditions, Mapping):
+        return [conditions], True
+    conds = list(conditions)
+    if not conds or not all(isinstance(c, Mapping) for c in conds):
+        raise TypeError("conditions must be a mapping {layer: channels or mask} or a non-empty sequence of them")
+    return conds, False
+
+
+# ------------------------------------------------------------------ the conditional backward pass
+
+
+def _conditional_run(t: Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
+    """Relevance leaves and output-tap relevance of every condition, with a leading K axis."""
+    stacked = _stack(t, conds)
+    start_index = None if start is None else _layer_index(t, start)
+    if start_index is not None:
+        if target is not None or output_relevance is not None:
+            raise ValueError("with start=, the relevance starts at that layer: pass neither target= nor output_relevance=")
+        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+        output_relevance = jnp.zeros(out_aval.shape, out_aval.dtype)
+
+    def one(masks):
+        hooks = {i: (m, None) for i, m in masks.items() if i is not None}
+        if start_index is not None:  # R_l <- m_l * z_l: the layer's own output, masked
+            m = masks.get(start_index, jnp.ones((), output_relevance.dtype))
+            hooks[start_index] = (jnp.zeros_like(m), m)
+        _, rel, tap_rel = run(t, target, output_relevance, tapped, hooks)
+        return rel, {i: tap_rel[i][1] for i in tapped}
+
+    if not stacked:  # no mask at all: K copies of plain LRP
+        stacked = {None: jnp.zeros((len(conds),))}
+    if batch_size is None:
+        return jax.vmap(one)(stacked)
+    return jax.lax.map(one, stacked, batch_size=batch_size)
+
+
+def conditional(
+    fn: Callable,
+    composite: Union[Composite, str, None] = None,
+    *,
+    rule: Optional[Rule] = None,
+    argnums: Union[int, Sequence[int], None] = None,
+    batch_size: Optional[int] = None,
+) -> Callable:
+    """Conditional relevance (CRP) as a function transformation.
+
+    Parameters
+    ----------
+    fn, composite, rule, argnums:
+        As for :func:`jaxlrp.lrp`; every composite and variant works.
+    batch_size:
+        Conditions evaluated at once (a chunk of the vmap over the K conditions, in
+        one compiled loop); ``None``: all K at once.
+
+    Returns
+    -------
+    callable
+        ``explain(*args, conditions, target=None, output_relevance=None, start=None)``:
+
+        * ``conditions``: one condition ``{layer: channels or mask}`` or a sequence of
+          K of them. ``layer`` is a layer key (see :func:`jaxlrp.inspect`) or a
+          matcher naming exactly one layer; ``channels`` an int or a sequence of ints
+          (the channels, on the last axis of the layer's output, that keep their
+          relevance; their union is the concept); a float mask broadcastable to the
+          layer's output shape selects neurons (e.g. shape ``(H, W, C)``). Layers a
+          condition leaves out are not masked.
+        * ``target``, ``output_relevance``: as for :func:`jaxlrp.lrp` (the class
+          condition, CRP's ``"y"``).
+        * ``start``: a layer (key or matcher): start the backward pass there, with the
+          layer's own output, masked by the condition, as its relevance (zennit-crp's
+          ``start_layer``); the output relevance is then zero. Used for the
+          reference heatmaps of :func:`references`.
+
+        Returns the relevance of the explained argument, with a leading axis of
+        length K when ``conditions`` is a sequence.
+
+    Examples
+    --------
+    >>> crp = concepts.conditional(model.apply, composites.EpsilonPlusFlat())
+    >>> R = jax.jit(crp)(variables, x, conditions=[{"CNN/conv2": [c]} for c in range(32)], target=3)
+    >>> R.shape  # (32, *x.shape)
+    """
+    comp = _composites.resolve(composite, rule)
+    _check_batch_size(batch_size)
+
+    @functools.wraps(fn)
+    def explain(*args, conditions: Conditions, target=None, output_relevance=None, start: Optional[Matcher] = None):
+        t = trace(fn, comp, argnums, args)
+        conds, single = _as_list(conditions)
+        rel, _ = _conditional_run(t, conds, target, output_relevance, start, (), batch_size)
+        out = unflatten_relevance(t, rel)
+        return jax.tree_util.tree_map(lambda r: r[0], out) if single else out
+
+    return explain
+
+
+def _scores(r: Array, example_ndim: int, how: str, normalize: bool) -> Array:
+    """Per-channel scores of layer relevance ``r`` (K leading), normalised by ``sum |.|``."""
+    s = jnp.sum(r, axis=tuple(range(1 + example_ndim, r.ndim - 1))) if how == "sum" else \
+        jnp.max(r, axis=tuple(range(1 + example_ndim, r.ndim - 1)))
+    if normalize:
+        total = jnp.sum(jnp.abs(s), axis=-1, keepdims=True)
+        s = s / jnp.where(total > 0, total, 1)
+    return s
+
+
+def relevance_scores(
+    fn: Callable,
+    composite: Union[Composite, str, None] = None,
+    layer: Matcher = None,
+    *,
+    rule: Optional[Rule] = None,
+    argnums: Union[int, Sequence[int], None] = None,
+    reduce: str = "sum",
+    normalize: bool = False,
+    batch_size: Optional[int] = None,
+) -> Callable:
+    r"""The relevance of every channel (concept) of ``layer``, for ranking concepts.
+
+    .. math:: R_c = \sum_{p} R_\ell[p, c] \quad (\text{``reduce="sum"``}), \qquad
+              \text{or } \max_p R_\ell[p, c] \quad (\text{``"max"``}),
+
+    over the positions :math:`p` of the relevance :math:`R_\ell` arriving at the
+    layer's output (after the layer's own mask if a condition names it); with
+    ``normalize`` divided by :math:`\sum_c |R_c|` (zennit-crp's ``abs_norm``; 0
+    where every :math:`R_c` is 0).
+
+    Returns
+    -------
+    callable
+        ``scores(*args, conditions=None, target=None, output_relevance=None)`` ->
+        an array ``(*example_shape, C)``, with a leading K axis when ``conditions``
+        is a sequence (e.g. the sub-concepts of a higher-level concept).
+    """
+    comp = _composites.resolve(composite, rule)
+    if layer is None:
+        raise TypeError("relevance_scores needs the layer whose channels are scored: layer=...")
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    _check_batch_size(batch_size)
+
+    @functools.wraps(fn)
+    def scores(*args, conditions: Optional[Conditions] = None, target=None, output_relevance=None):
+        t = trace(fn, comp, argnums, args)
+        conds, single = _as_list({} if conditions is None else conditions)
+        i = _layer_index(t, layer)
+        _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
+        s = _scores(taps[i], t.example_ndim, reduce, normalize)
+        return s[0] if single else s
+
+    return scores
+
+
+# ------------------------------------------------------------------ relevance maximisation
+
+
+class Maximization(NamedTuple):
+    """Top examples per channel of one layer (from :func:`maximization`).
+
+    Attributes
+    ----------
+    layer: the layer key.
+    relevance_indices, relevance_values: ``(C, top)``: per channel, data-set indices
+        of the examples with the highest relevance score, best first, and the scores.
+    activation_indices, activation_values: the same, ranked by activation.
+    """
+
+    layer: str
+    relevance_indices: np.ndarray
+    relevance_values: np.ndarray
+    activation_indices: np.ndarray
+    activation_values: np.ndarray
+
+
+def _statistics(fn, comp, argnums, layer, relevance_reduce, activation_reduce, normalize):
+    """``stats(params, x, target=None) -> (N, 2, C)``: relevance score and activation per channel.
+
+    The activation comes from the same vmapped call: a second "condition" that
+    replaces the relevance at the layer by the layer's output (start-layer hook),
+    read at the layer's output tap.
+    """
+
+    def stats(*args, target=None):
+        t = trace(fn, comp, argnums, args)
+        i = _layer_index(t, layer)
+        if t.example_ndim != 1:
+            raise ValueError(f"maximization needs a batched function with output (N, classes); "
+                             f"the output has {t.example_ndim} example axes")
+        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+
+        def one(is_act):
+            m = jnp.ones((), out_aval.dtype)
+            hook = (1 - is_act) * m, is_act * m  # relevance as is / the activation itself
+            _, _, taps = run(t, target, None, (i,), {i: hook})
+            return taps[i][1]
+
+        rel, act = jax.vmap(one)(jnp.arange(2, dtype=out_aval.dtype))
+        r = _scores(rel[None], 1, relevance_reduce, normalize)[0]
+        a = _scores(act[None], 1, activation_reduce, False)[0]
+        return jnp.stack([r, a], axis=1)
+
+    return stats
+
+
+def _top(values: np.ndarray, top: int) -> tuple:
+    """Per column of ``values`` (M, C): indices and values of the ``top`` largest, best first."""
+    top = min(top, values.shape[0])
+    idx = np.argsort(-values, axis=0, kind="stable")[:top]
+    return idx.T, np.take_along_axis(values, idx, axis=0).T
+
+
+def maximization(
+    fn: Callable,
+    composite: Union[Composite, str, None],
+    layer: Matcher,
+    params: Any,
+    batches: Any,
+    out: Any,
+    *,
+    top: int = 8,
+    argnums: Union[int, Sequence[int], None] = None,
+    relevance_reduce: str = "sum",
+    activation_reduce: str = "max",
+    normalize: bool = True,
+    **dataset_kwargs: Any,
+) -> Maximization:
+    r"""Relevance (and activation) maximisation over a data set (Achtibat et al. 2023).
+
+    For every example the per-channel statistics of ``layer`` are computed in one
+    jitted call per batch and written by :func:`jaxlrp.explain_dataset` (so the run
+    is sharded over devices and resumes after an interruption):
+
+    * the relevance score :math:`R_c` of :func:`relevance_scores` for the batch's
+      target (its argmax if the batch has none), reduced by ``relevance_reduce`` and
+      normalised by :math:`\sum_c |R_c|` when ``normalize`` (zennit-crp's defaults);
+    * the activation :math:`\max_p z_\ell[p, c]` (``activation_reduce="max"``, as in
+      the paper; ``"sum"`` for zennit-crp's default).
+
+    Then the ``top`` examples per channel are selected on the host.
+
+    Parameters
+    ----------
+    fn:
+        ``fn(params, x) -> logits (N, classes)``, e.g. ``model.apply``.
+    composite, layer:
+        The LRP composite and the layer (key or matcher naming one layer).
+    params, batches, out:
+        As for :func:`jaxlrp.explain_dataset` (``out`` holds the statistics, shape
+        ``(N, 2, C)`` per batch, as its ``"relevance"`` field).
+    dataset_kwargs:
+        Passed on to :func:`jaxlrp.explain_dataset` (``mesh``, ``progress`` ...).
+
+    Returns
+    -------
+    Maximization
+        Data-set indices (in the order of ``batches``) and scores, ``(C, top)``.
+    """
+    from . import dataset
+
+    for name, how in (("relevance_reduce", relevance_reduce), ("activation_reduce", activation_reduce)):
+        if how not in _REDUCE:
+            raise ValueError(f"{name} must be one of {_REDUCE}, got {how!r}")
+    comp = _composites.resolve(composite, None)
+    stats = _statistics(fn, comp, argnums, layer, relevance_reduce, activation_reduce, normalize)
+    dataset.explain_dataset(stats, params, batches, out, **dataset_kwargs)
+    values = dataset.load(out, ["relevance"])["relevance"]
+    ri, rv = _top(values[:, 0], top)
+    ai, av = _top(values[:, 1], top)
+    return Maximization(layer if isinstance(layer, str) else repr(layer), ri, rv, ai, av)
+
+
+# ------------------------------------------------------------------ references and atlas
+
+
+def references(
+    fn: Callable,
+    composite: Union[Composite, str, None],
+    layer: Matcher,
+    params: Any,
+    x: ArrayLike,
+    channel: int,
+    *,
+    argnums: Union[int, Sequence[int], None] = None,
+) -> Array:
+    """The concept's own heatmaps on reference examples ``x`` (e.g. its top examples).
+
+    The conditional relevance with the backward pass started at ``layer`` from the
+    channel's activation (``start=layer``, condition ``{layer: [channel]}``): where in
+    each example the concept is. Shape and dtype of ``x``.
+    """
+    crp = conditional(fn, composite, argnums=argnums)
+    return crp(params, x, conditions={layer: [channel]}, start=layer)
+
+
+def crop(image: ArrayLike, heatmap: ArrayLike, *, threshold: float = 0.2, pad: int = 1) -> np.ndarray:
+    r"""The part of ``image`` where ``heatmap`` (summed over channels) is high.
+
+    The bounding box of the positions with :math:`h \ge \text{threshold} \cdot \max h`
+    (positive relevance only), widened by ``pad`` pixels; the whole image when the
+    heatmap has no positive entry.
+
+    Parameters
+    ----------
+    image: ``(H, W)`` or ``(H, W, C)``.
+    heatmap: ``(H, W)`` or ``(H, W, C)``.
+    """
+    img, h = np.asarray(image), np.asarray(heatmap, dtype=np.float64)
+    if h.ndim == 3:
+        h = h.sum(-1)
+    if h.shape != img.shape[:2]:
+        raise ValueError(f"heatmap of shape {np.shape(heatmap)} does not match the image's shape {img.shape}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    peak = h.max()
+    if not peak > 0:
+        return img
+    rows, cols = np.nonzero(h >= threshold * peak)
+    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, h.shape[0])
+    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, h.shape[1])
+    return img[r0:r1, c0:c1]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(h, w[, 3])`` uint8 image to ``size`` x ``size``."""
+    rows = (np.arange(size) * img.shape[0] / size).astype(int)
+    cols = (np.arange(size) * img.shape[1] / size).astype(int)
+    return img[rows][:, cols]
+
+
+def atlas(
+    rows: Mapping[str, Sequence[tuple]],
+    *,
+    size: int = 48,
+    threshold: float = 0.2,
+    alpha: float = 0.0,
+) -> np.ndarray:
+    """A concept atlas: one row per concept, its reference examples cropped by their heatmaps.
+
+    Parameters
+    ----------
+    rows:
+        ``{row title: [(image, heatmap), ...]}``; images ``(H, W)`` or ``(H, W, C)``
+        with values in any range (each image is scaled to ``[0, 255]`` as a whole
+        by :func:`jaxlrp.viz.overlay`, then cropped).
+    size:
+        Side of each (square, nearest-neighbour resized) cell in pixels.
+    threshold:
+        Passed to :func:`crop`.
+    alpha:
+        Opacity of the heatmap drawn over each crop (0: the crop alone).
+
+    Returns
+    -------
+    numpy.ndarray
+        An RGB ``uint8`` image (:func:`jaxlrp.viz.grid`); the row title is drawn over
+        the first cell of each row.
+    """
+    cells, titles, ncols = [], [], max(len(v) for v in rows.values())
+    for title, refs in rows.items():
+        for j in range(ncols):
+            if j >= len(refs):
+                cells.append(np.full((size, size, 3), 255, np.uint8))
+                titles.append("")
+                continue
+            image, h = refs[j]
+            h = np.asarray(h, dtype=np.float64)
+            h = h.sum(-1) if h.ndim == 3 else h
+            rgb = viz.overlay(image, h if alpha > 0 else np.zeros_like(h), alpha=alpha)
+            rgb = crop(rgb, h, threshold=threshold)
+            cells.append(_resize(rgb, size))
+            titles.append(title if j == 0 else "")
+    return viz.grid(cells, titles=titles, ncols=ncols)
