@@ -12,6 +12,7 @@ kind           what it is in the jaxpr                     default rule
 ``sum``        ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
                two input-dependent tensors (residuals)
 ``avgpool``    ``reduce_window_sum`` (average/sum pool)    ``Norm()``
+``maxpool``    ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
 ``product``    product of two input-dependent tensors      ``Uniform()``
 ``gate``       product of a signal and a sigmoid gate      ``SignalTakesAll()``
                (LSTM/GRU cells, gated units)
@@ -72,7 +73,7 @@ __all__ = [
     "KINDS",
 ]
 
-KINDS = ("dense", "conv", "sum", "avgpool", "product", "gate", "attention", "normalize", "softmax", "activation")
+KINDS = ("dense", "conv", "sum", "avgpool", "maxpool", "product", "gate", "attention", "normalize", "softmax", "activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,7 @@ _BASE: tuple = (
     ("activation", _rules.Pass()),
     ("sum", _rules.Norm()),
     ("avgpool", _rules.Norm()),
+    ("maxpool", _rules.WinnerTakesAll()),
     ("product", _rules.Uniform()),
     ("gate", _rules.SignalTakesAll()),
     ("attention", _rules.Uniform()),
