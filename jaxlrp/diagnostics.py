@@ -88,7 +88,7 @@ class Report:
     Attributes
     ----------
     rows:
-        One :class:`LayerRow` per dense/conv/sum/avgpool/product layer, in program
+        One :class:`LayerRow` per dense/conv/sum/avgpool/maxpool/product layer, in program
         order (layers inside ``scan``/``cond`` bodies have no relevance sums).
     fallbacks:
         ``(key, primitive, treatment)`` of every other operation on the relevance
