@@ -17,7 +17,18 @@ Models:
   reservoir bias, readout by least squares with a tiny ridge on the final state
   plus a bias) fed column by column left to right and right to left, at leak
   rates a in {0.01, 0.05, 0.1, 0.2, 0.3, 0.5};
-* LSTMs (16 units) fed column by column in both directions.
+* LSTMs (16 units) fed column by column in both directions;
+* an ESN at a = 0.05 fed row by row (the stripes of row-wise feeding,
+  :func:`jaxlrp.diagnostics.stripe_ratio`);
+* ESNs with the authors' settings (:func:`jaxlrp.models.recurrent.landt_hayen_esn`:
+  uniform reservoir biases, spectral radius from the largest real eigenvalue, 30% of
+  the recurrent weights kept, one readout output fitted to +-1), both directions.
+
+Every ESN is built with ``joint=True`` (the same network, its pre-activation as one
+product) and explained twice: with the library's default rules and with the
+authors' rule (:func:`jaxlrp.models.recurrent.esn_composite`: z+ without bias over
+the joint pre-activation ``[u_t, x_{t-1}] [W_in; W]`` and the readout, fixed shares
+``a`` / ``1 - a`` at the leaky update).
 
 Every model is explained with the library's default rules (LRP-epsilon, 1e-6, on
 dense and conv layers; proportional split at sums; signal-takes-all at the LSTM

@@ -28,24 +28,39 @@ Nyiri & Gibaru (2025), "Relative Layer-Wise Relevance Propagation: a more Robust
 Neural Networks eXplaination", arXiv:2501.14322. Stated properties: no division by
 small values except at residual (skip) connections; conservation up to a
 multiplicative factor; no hyperparameters; dense, convolutional and residual
-networks. Our definition, at every dense/conv layer (and single-input linear
-aggregation: sums, means, average pooling):
+networks. The abstract allows two readings of "relative contributions"; both are
+offered (``relative(mode=...)``), at every dense/conv layer (and single-input linear
+aggregation: sums, means, average pooling), with :math:`z_{ik} = x_i \rho(w_{ik})`:
 
-.. math::
+* ``mode="layer"`` (default, the project's first reading): the contributions are
+  propagated as they are and rescaled once per layer and example,
 
-    \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
-    r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r
-    \quad (r = 0 \text{ where } \textstyle\sum |\tilde r| = 0),
+  .. math::
 
-where :math:`\rho(W)^\top` is the vector-Jacobian product of the layer's own
-primitive (:math:`\rho` the identity by default). No per-neuron denominator: the
-only division is by the layer's total L1 mass of one example. The bias is not
-used. Residual adds (sums of several input-dependent tensors) keep the
-proportional split :math:`R_a = a / (a + b)\, R` (:class:`~jaxlrp.rules.Norm` without
-stabiliser; a zero sum passes nothing), the one per-neuron division the paper
-allows. So :math:`\sum|r| = \sum|R^{\text{out}}|` at every such layer: the L1
-mass of the output relevance is conserved through sequential networks, and the
-signed relevance is conserved only up to one factor per layer.
+      \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
+      r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r
+      \quad (r = 0 \text{ where } \textstyle\sum |\tilde r| = 0),
+
+  where :math:`\rho(W)^\top` is the vector-Jacobian product of the layer's own
+  primitive (:math:`\rho` the identity by default). No per-neuron denominator: the
+  only division is by the layer's total L1 mass of one example. So
+  :math:`\sum|r| = \sum|R^{\text{out}}|` at every such layer and the signed
+  relevance is conserved only up to one factor per layer.
+* ``mode="neuron"``: each upper neuron's relevance is split by the shares of its
+  absolute contributions, :math:`r_i = \sum_k |z_{ik}| / \sum_{i'} |z_{i'k}|\, R_k`.
+  The denominator is at least the largest contribution and vanishes only when every
+  contribution to the neuron does (that neuron then passes nothing); otherwise the
+  signed sum is conserved exactly, and the sign of a contribution is not kept.
+
+Default and why: ``"layer"`` keeps the signs of the contributions (what LRP-0 would
+propagate) and matches "conservation up to a multiplicative factor" literally;
+``"neuron"`` is the reading in which every division is by a sum of absolute values.
+Neither uses the bias or a stabiliser. Residual adds (sums of several
+input-dependent tensors) keep the proportional split :math:`R_a = a / (a + b)\, R`
+in both modes (:class:`~jaxlrp.rules.Norm` without stabiliser; a zero sum passes
+nothing), the one per-neuron division the paper allows. Routing operations that sum
+fan-out (the upsampling of an adaptive average pool, a reshape feeding two layers)
+add relevances of either sign, so in layer mode the L1 mass can shrink there.
 
 Pruned LRP
 ----------
