@@ -17,7 +17,7 @@ over uniform noise ``d`` in the L-inf ball of radius 0.05 (few draws), the
 conservation error ``|sum R - f| / |f|``, the L1 ratio ``sum |R| / |f|`` and
 whether the map is finite.
 
-    python examples/relative_lrp.py            # ~2-4 min on 2 CPU cores
+    python examples/relative_lrp.py            # ~4 min of CPU time (244 s measured)
     python examples/relative_lrp.py --quick    # CNN and VGG-16 only, 1 example
 
 writes ``relative_lrp.md`` and ``relative_lrp.json`` to ``--out`` (default
