@@ -22,7 +22,7 @@ Models:
   :func:`jaxlrp.diagnostics.stripe_ratio`);
 * ESNs with the authors' settings (:func:`jaxlrp.models.recurrent.landt_hayen_esn`:
   uniform reservoir biases, spectral radius from the largest real eigenvalue, 30% of
-  the recurrent weights kept, one readout output fitted to +-1), both directions.
+  the recurrent weights kept, one readout output fitted to +-1), fed left to right.
 
 Every ESN is built with ``joint=True`` (the same network, its pre-activation as one
 product) and explained twice: with the library's default rules and with the
@@ -197,10 +197,9 @@ def model_specs(cfg: Config) -> list:
     if cfg.rows_leak:
         specs.append({"name": f"ESN a={cfg.rows_leak:g} rows", "family": "esn", "leak": cfg.rows_leak,
                       "reverse": False, "feed": "rows"})
-    if cfg.authors_settings:
-        for d, r in (("L>R", False), ("R>L", True)):
-            specs += [{"name": f"ESN* a={a:g} {d}", "family": "esn", "leak": a, "reverse": r, "settings": "authors"}
-                      for a in cfg.leak_rates]
+    if cfg.authors_settings:  # left to right only (keeps the run under 3 minutes on 2 cores)
+        specs += [{"name": f"ESN* a={a:g} L>R", "family": "esn", "leak": a, "reverse": False, "settings": "authors"}
+                  for a in cfg.leak_rates]
     return specs
 
 
@@ -477,7 +476,8 @@ def verdicts(res: dict, cfg: Config) -> list:
                    "row; prefer column by column).")
     if cfg.authors_settings:
         acc = lambda d: ", ".join(f"a={a:g}: {100 * ms[f'ESN* a={a:g} {d}']['accuracy']:.0f}%" for a in cfg.leak_rates)
-        out.append(f"ESN with the authors' settings (ESN*), L>R: {acc('L>R')}; R>L: {acc('R>L')}.")
+        out.append(f"ESN with the authors' settings (ESN*), L>R: {acc('L>R')} (paper: ~100% at a=0.01, ~50% at "
+                   "a=0.3).")
     for n in ("MLP", "CNN", "LSTM L>R", "LSTM R>L"):
         m = ms[n]
         out.append(f"{n}: accuracy {100 * m['accuracy']:.0f}%, RMA {fmt(m['rma_class'])}, fixed squares "

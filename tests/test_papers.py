@@ -11,7 +11,6 @@ NumPy computation in float64 on tiny layers:
 """
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
