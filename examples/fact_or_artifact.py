@@ -17,7 +17,18 @@ Models:
   reservoir bias, readout by least squares with a tiny ridge on the final state
   plus a bias) fed column by column left to right and right to left, at leak
   rates a in {0.01, 0.05, 0.1, 0.2, 0.3, 0.5};
-* LSTMs (16 units) fed column by column in both directions.
+* LSTMs (16 units) fed column by column in both directions;
+* an ESN at a = 0.05 fed row by row (the stripes of row-wise feeding,
+  :func:`jaxlrp.diagnostics.stripe_ratio`);
+* ESNs with the authors' settings (:func:`jaxlrp.models.recurrent.landt_hayen_esn`:
+  uniform reservoir biases, spectral radius from the largest real eigenvalue, 30% of
+  the recurrent weights kept, one readout output fitted to +-1), fed left to right.
+
+Every ESN is built with ``joint=True`` (the same network, its pre-activation as one
+product) and explained twice: with the library's default rules and with the
+authors' rule (:func:`jaxlrp.models.recurrent.esn_composite`: z+ without bias over
+the joint pre-activation ``[u_t, x_{t-1}] [W_in; W]`` and the readout, fixed shares
+``a`` / ``1 - a`` at the leaky update).
 
 Every model is explained with the library's default rules (LRP-epsilon, 1e-6, on
 dense and conv layers; proportional split at sums; signal-takes-all at the LSTM
@@ -86,10 +97,15 @@ class Config:
     lstm_steps: int = 200
     permutation_leak: float = 0.05
     explain_batch: int = 100
+    authors_settings: bool = True  # also the ESN with the authors' settings (landt_hayen_esn)
+    rows_leak: float = 0.05  # the row-wise fed ESN (stripes); 0: none
 
 
 QUICK = Config(per_class=50, leak_rates=(0.01, 0.3), reservoir=100, mlp_steps=40, cnn_steps=15,
-               lstm_hidden=8, lstm_steps=30)
+               lstm_hidden=8, lstm_steps=30, authors_settings=False)
+#: The two ways of explaining an ESN: the library's default rules, and the authors' (Landt-Hayen et
+#: al.'s code): z+ over the joint pre-activation, fixed shares a / 1 - a at the leaky update.
+ESN_RULES = ("default", "authors")
 
 
 class MLP(nn.Module):
@@ -144,6 +160,9 @@ class Fitted:
     variables: dict
     reverse: bool = False  # fed right to left
     leak: Optional[float] = None
+    feed: str = "columns"
+    single_output: bool = False  # one readout output fitted to +-1 (the authors' setting)
+    model: Optional[nn.Module] = None
 
 
 def fit_model(spec: dict, x: np.ndarray, y: np.ndarray, cfg: Config) -> Fitted:
@@ -159,11 +178,15 @@ def fit_model(spec: dict, x: np.ndarray, y: np.ndarray, cfg: Config) -> Fitted:
         m = recurrent.LSTMClassifier(cfg.lstm_hidden, 2, feed="columns", reverse=spec["reverse"])
         v = train_sgd(m, x, y, cfg.lstm_steps, cfg.seed, 1e-2)
         return Fitted(spec["name"], fam, m.apply, v, spec["reverse"])
-    m = recurrent.EchoStateNetwork(cfg.reservoir, 2, leak_rate=spec["leak"], feed="columns",
-                                   reverse=spec["reverse"])
+    feed = spec.get("feed", "columns")
+    if spec.get("settings") == "authors":
+        m = recurrent.landt_hayen_esn(spec["leak"], reservoir_size=cfg.reservoir, feed=feed, reverse=spec["reverse"])
+    else:  # joint=True: the same network as two products, so that both rules apply
+        m = recurrent.EchoStateNetwork(cfg.reservoir, 2, leak_rate=spec["leak"], feed=feed,
+                                       reverse=spec["reverse"], joint=True)
     v = m.init(jax.random.PRNGKey(cfg.seed), x[:1])
     v = recurrent.fit_readout(m, v, x, y, ridge=cfg.ridge, batch_size=250)
-    return Fitted(spec["name"], fam, m.apply, v, spec["reverse"], spec["leak"])
+    return Fitted(spec["name"], fam, m.apply, v, spec["reverse"], spec["leak"], feed, m.num_outputs == 1, m)
 
 
 def model_specs(cfg: Config) -> list:
@@ -171,18 +194,47 @@ def model_specs(cfg: Config) -> list:
     specs += [{"name": f"LSTM {d}", "family": "lstm", "reverse": r} for d, r in (("L>R", False), ("R>L", True))]
     for d, r in (("L>R", False), ("R>L", True)):
         specs += [{"name": f"ESN a={a:g} {d}", "family": "esn", "leak": a, "reverse": r} for a in cfg.leak_rates]
+    if cfg.rows_leak:
+        specs.append({"name": f"ESN a={cfg.rows_leak:g} rows", "family": "esn", "leak": cfg.rows_leak,
+                      "reverse": False, "feed": "rows"})
+    if cfg.authors_settings:  # left to right only (keeps the run under 3 minutes on 2 cores)
+        specs += [{"name": f"ESN* a={a:g} L>R", "family": "esn", "leak": a, "reverse": False, "settings": "authors"}
+                  for a in cfg.leak_rates]
     return specs
 
 
-def predict_and_explain(f: Fitted, x: np.ndarray, target: np.ndarray, batch: int) -> tuple:
-    """Logits and LRP relevance (default rules) of ``x`` for class ``target``, in batches."""
-    fn = jax.jit(lambda v, xb, t: (f.apply(v, xb), lrp(f.apply)(v, xb, target=t)))
+def composite_for(f: Fitted, rule: str):
+    """``None`` (the library defaults) or the authors' ESN composite."""
+    return recurrent.esn_composite(f.model) if rule == "authors" else None
+
+
+def rule_name(name: str, rule: str) -> str:
+    return name if rule == "default" else f"{name} | authors' rule"
+
+
+def predict_and_explain(f: Fitted, x: np.ndarray, target: np.ndarray, batch: int, composite=None) -> tuple:
+    """Logits and LRP relevance of ``x`` for class ``target``, in batches (default rules, or
+    ``composite``). A single +-1 output (+1 for label 1) is explained as the evidence for the true
+    class: the relevance of ``f`` for label 1 and of ``-f`` for label 0 (every rule here is linear
+    in the output relevance)."""
+    def both(v, xb, t):
+        if f.single_output:
+            r = lrp(f.apply, composite)(v, xb, target=0)
+            return f.apply(v, xb), r * (2.0 * t - 1.0).reshape((-1,) + (1,) * (r.ndim - 1))
+        return f.apply(v, xb), lrp(f.apply, composite)(v, xb, target=t)
+
+    fn = jax.jit(both)
     outs, rels = [], []
     for i in range(0, len(x), batch):
         o, r = fn(f.variables, x[i:i + batch], target[i:i + batch])
         outs.append(np.asarray(o))
         rels.append(np.asarray(r))
     return np.concatenate(outs), np.concatenate(rels)
+
+
+def accuracy(f: Fitted, logits: np.ndarray, y: np.ndarray) -> float:
+    pred = (logits[:, 0] > 0).astype(int) if f.single_output else np.argmax(logits, -1)
+    return float(np.mean(pred == y))
 
 
 # ------------------------------------------------------------------ measurements
@@ -211,7 +263,8 @@ def measure(f: Fitted, rel: np.ndarray, logits: np.ndarray, y: np.ndarray, class
     rma = metrics.relevance_mass_accuracy(r2, class_mask)
     fixed_share = metrics.relevance_mass_accuracy(r2, np.broadcast_to(fixed, r2.shape))
     fixed_abs = metrics.relevance_mass_accuracy(r2, np.broadcast_to(fixed, r2.shape), mode="abs")
-    prof, rate = diagnostics.decay_profile(r2, axis=2, reverse=f.reverse)
+    fed = 1 if f.feed == "rows" else 2  # the axis the steps run along
+    prof, rate = diagnostics.decay_profile(r2, axis=fed, reverse=f.reverse)
     # the share of |R| in the last 10 columns fed, and the decay rate fitted on the
     # last 20 columns fed only (free of squares in both directions)
     last10 = prof[:, :10].sum(1)
@@ -220,7 +273,7 @@ def measure(f: Fitted, rel: np.ndarray, logits: np.ndarray, y: np.ndarray, class
     k20 = -((logp - logp.mean(1, keepdims=True)) * t).sum(1) / (t * t).sum()
     out = {
         "family": f.family,
-        "accuracy": float(np.mean(np.argmax(logits, -1) == y)),
+        "accuracy": accuracy(f, logits, y),
         "rma_class": summary(rma),
         "fixed_share": summary(fixed_share),
         "fixed_share_abs": summary(fixed_abs),
@@ -229,6 +282,8 @@ def measure(f: Fitted, rel: np.ndarray, logits: np.ndarray, y: np.ndarray, class
         "last10_share": summary(last10),
         "profile_mean": prof.mean(0).tolist(),
         "border_mass": summary(diagnostics.border_mass(r2[..., None], width=1)),
+        "stripe_ratio": summary(diagnostics.stripe_ratio(r2, axis=fed)),
+        "feed": f.feed,
     }
     if f.leak is not None:
         out["leak"] = f.leak
@@ -242,7 +297,7 @@ def permutation(spec: dict, x: np.ndarray, y: np.ndarray, n_train: int, cfg: Con
     def fit_and_explain(xp, yp):
         f = fit_model(spec, xp[:n_train], yp[:n_train], cfg)
         logits, rel = predict_and_explain(f, xp, yp, cfg.explain_batch)
-        return rel, float(np.mean(np.argmax(logits[n_train:], -1) == yp[n_train:]))
+        return rel, accuracy(f, logits[n_train:], yp[n_train:])
 
     res = diagnostics.permutation_test(fit_and_explain, x, y, axis=2, seed=cfg.seed + 1)
     val = slice(n_train, None)
@@ -316,16 +371,23 @@ def markdown(res: dict) -> str:
              "(MLP/CNN: columns 90-99); k = (recurrent models) fitted decay rate of |R| per column along the feeding direction "
              "(`diagnostics.decay_profile`, fitted over all columns; k20: over the last 20 columns fed only, where "
              "there is no square in either direction); -log(1-a) = decay of a leaky memory; border = share of |R| on the "
-             "one-pixel border (uniform: 3.96%).")
+             "one-pixel border (uniform: 3.96%); stripes = `diagnostics.stripe_ratio` along the axis fed (mean change "
+             "of |R| from one fed line to the next over the change along a line; ~1 without stripes). ESNs are "
+             "built with `joint=True` (the same network; lets both rules apply).")
     L.append("")
-    L.append("| model | accuracy | RMA class square | fixed squares | last 10 cols | k | k20 | -log(1-a) | border |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
+    L.append("| model | accuracy | RMA class square | fixed squares | last 10 cols | k | k20 | -log(1-a) | border "
+             "| stripes |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in res["models"].items():
+        if m.get("rule", "default") != "default" or m.get("settings", "project") != "project":
+            continue
         mem = f"{m['memory_rate']:.3f}" if "memory_rate" in m else "-"
         seq = m["family"] in ("esn", "lstm")  # decay rates of feed-forward models: JSON only
         k, k20 = (fmt(m["decay_rate"], False), fmt(m["decay_rate_last20"], False)) if seq else ("-", "-")
         L.append(f"| {name} | {100 * m['accuracy']:.0f}% | {fmt(m['rma_class'])} | {fmt(m['fixed_share'])} | "
-                 f"{fmt(m['last10_share'])} | {k} | {k20} | {mem} | {fmt(m['border_mass'])} |")
+                 f"{fmt(m['last10_share'])} | {k} | {k20} | {mem} | {fmt(m['border_mass'])} | "
+                 f"{fmt(m['stripe_ratio'], False)} |")
+    L += esn_rules_table(res)
     L += ["", "Permutation test (columns shuffled by one fixed permutation, retrained, relevance mapped back; "
           "correlation of |R| with the unpermuted model's map, per validation image):", ""]
     L.append("| model | accuracy | accuracy, permuted | correlation of maps | RMA | RMA, permuted |")
@@ -340,6 +402,37 @@ def markdown(res: dict) -> str:
           "Source: Landt-Hayen, Rath, Claus & Kröger (2023), arXiv:2302.12317; the target numbers are those of "
           "the authors' notebooks and slides (the paper's own tables were not available).", ""]
     return "\n".join(L)
+
+
+def esn_rules_table(res: dict) -> list:
+    """Per ESN and leak rate: the library's default rules against the authors' rule."""
+    ms = res["models"]
+    L = ["", "ESNs explained with both rules: **default** = the library's defaults (LRP-epsilon on the joint "
+         "pre-activation and the readout, proportional split at the leaky update); **authors** = "
+         "`models.recurrent.esn_composite` (z+ without bias on the joint pre-activation and the readout, "
+         "`rules.FixedShares((1-a, a))` at the leaky update), as in Landt-Hayen et al.'s code. ESN* = the authors' "
+         "settings (`recurrent.landt_hayen_esn`: uniform reservoir biases, largest real eigenvalue 0.8, 30% "
+         "recurrent weights kept, one readout output fitted to +-1). k: decay rate of |R| per column (fit over all "
+         "columns; k20 over the last 20 fed); 1-a against exp(-k), the measured per-step factor. a s: the share "
+         "of a step's relevance that the authors' rule sends from the activation back to the previous state, "
+         "estimated as exp(-k) - (1-a) (0 would give exactly (1-a)^t).", "",
+         "| model | accuracy | k default | k authors | k20 default | k20 authors | -log(1-a) | exp(-k) authors | 1-a "
+         "| a s | RMA default | RMA authors | fixed default | fixed authors |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in ms.items():
+        if m["family"] != "esn" or m.get("rule") != "default":
+            continue
+        au = ms.get(rule_name(name, "authors"))
+        if au is None:
+            continue
+        a = m["leak"]
+        step = math.exp(-au["decay_rate"]["mean"])
+        L.append(f"| {name} | {100 * m['accuracy']:.0f}% | {fmt(m['decay_rate'], False)} | "
+                 f"{fmt(au['decay_rate'], False)} | {fmt(m['decay_rate_last20'], False)} | "
+                 f"{fmt(au['decay_rate_last20'], False)} | {-math.log(1 - a):.3f} | {step:.3f} | {1 - a:.3f} | "
+                 f"{step - (1 - a):.3f} | {fmt(m['rma_class'])} | {fmt(au['rma_class'])} | {fmt(m['fixed_share'])} | "
+                 f"{fmt(au['fixed_share'])} |")
+    return L
 
 
 def verdicts(res: dict, cfg: Config) -> list:
@@ -364,6 +457,27 @@ def verdicts(res: dict, cfg: Config) -> list:
     out.append("Relevance fades more slowly than the leak alone (-log(1-a)) suggests: the reservoir feeds the state "
                "back, and the slowest mode of the linearised update (1-a) I + a W decays at -log(1 - a(1 - rho)), "
                f"rho = 0.8: {slow}, which k20 follows more closely for a >= 0.1.")
+    for d in ("L>R", "R>L"):
+        ks = ", ".join(f"{ms[rule_name(f'ESN a={a:g} {d}', 'authors')]['decay_rate']['mean']:.3f} vs "
+                       f"{-math.log(1 - a):.3f}" for a in cfg.leak_rates)
+        out.append(f"The authors' rule (z+ on the joint pre-activation, fixed shares a / 1-a), ESN {d}, k vs -log(1-a): "
+                   f"{ks}. It decays faster than the default rule but not at -log(1-a): the joint z+ sends part "
+                   "of each activation's relevance back to the previous state, so the state keeps (1-a) + a s per "
+                   "step (s = the state's share of the positive contributions); exactly (1-a)^t only without "
+                   "recurrent weights (tests/test_papers.py).")
+    if cfg.rows_leak and f"ESN a={cfg.rows_leak:g} L>R" in ms:
+        rows, cols = ms[f"ESN a={cfg.rows_leak:g} rows"], ms[f"ESN a={cfg.rows_leak:g} L>R"]
+        rows_a = ms[rule_name(f"ESN a={cfg.rows_leak:g} rows", "authors")]
+        cols_a = ms[rule_name(f"ESN a={cfg.rows_leak:g} L>R", "authors")]
+        out.append(f"Stripes (`diagnostics.stripe_ratio` along the axis fed), ESN a={cfg.rows_leak:g}: fed row by row "
+                   f"{rows['stripe_ratio']['mean']:.2f} (authors' rule {rows_a['stripe_ratio']['mean']:.2f}), column by "
+                   f"column {cols['stripe_ratio']['mean']:.2f} ({cols_a['stripe_ratio']['mean']:.2f}); accuracy "
+                   f"{100 * rows['accuracy']:.0f}% vs {100 * cols['accuracy']:.0f}% (paper: stripes when feeding row by "
+                   "row; prefer column by column).")
+    if cfg.authors_settings:
+        acc = lambda d: ", ".join(f"a={a:g}: {100 * ms[f'ESN* a={a:g} {d}']['accuracy']:.0f}%" for a in cfg.leak_rates)
+        out.append(f"ESN with the authors' settings (ESN*), L>R: {acc('L>R')} (paper: ~100% at a=0.01, ~50% at "
+                   "a=0.3).")
     for n in ("MLP", "CNN", "LSTM L>R", "LSTM R>L"):
         m = ms[n]
         out.append(f"{n}: accuracy {100 * m['accuracy']:.0f}%, RMA {fmt(m['rma_class'])}, fixed squares "
@@ -392,16 +506,22 @@ def run(cfg: Config, out: pathlib.Path, command: str, log: Callable[[str], None]
                "machine": f"{jax.default_backend()} x {jax.device_count()}, jax {jax.__version__}",
                "models": {}}
     maps = {}
+    in_figure = {f"ESN a={a:g} L>R | authors' rule" for a in (cfg.permutation_leak, 0.3)}
     for spec in model_specs(cfg):
         t0 = time.perf_counter()
         f = fit_model(spec, xtr, ytr, cfg)
-        logits, rel = predict_and_explain(f, xva, yva, cfg.explain_batch)
-        m = measure(f, rel, logits, yva, class_mask, fixed)
-        m["seconds"] = time.perf_counter() - t0
-        results["models"][spec["name"]] = m
-        maps[spec["name"]] = rel
-        log(f"{spec['name']}: accuracy {100 * m['accuracy']:.0f}%, RMA {fmt(m['rma_class'])}, "
-            f"fixed {fmt(m['fixed_share'])}, k {m['decay_rate']['mean']:.3f} ({m['seconds']:.1f} s)")
+        for rule in ESN_RULES if spec["family"] == "esn" else ("default",):
+            name = rule_name(spec["name"], rule)
+            logits, rel = predict_and_explain(f, xva, yva, cfg.explain_batch, composite_for(f, rule))
+            m = measure(f, rel, logits, yva, class_mask, fixed)
+            m["seconds"] = time.perf_counter() - t0
+            m["rule"], m["settings"] = rule, spec.get("settings", "project")
+            results["models"][name] = m
+            if (rule == "default" and m["settings"] == "project") or name in in_figure:
+                maps[name] = rel
+            log(f"{name}: accuracy {100 * m['accuracy']:.0f}%, RMA {fmt(m['rma_class'])}, "
+                f"fixed {fmt(m['fixed_share'])}, k {m['decay_rate']['mean']:.3f} ({m['seconds']:.1f} s)")
+            t0 = time.perf_counter()
     t0 = time.perf_counter()
     perm = [permutation({"name": f"ESN a={cfg.permutation_leak:g} L>R", "family": "esn",
                          "leak": cfg.permutation_leak, "reverse": False}, ds.x, ds.y, n_train, cfg),

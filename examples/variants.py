@@ -17,7 +17,8 @@ Both models are trained in seconds with optax. Then
    (positive relevance; for DNA the relevance is summed over the 4 channels of a
    position first, because x-proportional rules give absent bases zero) and the
    pixel-flipping AOPC (most relevant patches first, replaced by 0).
-2. Relative LRP (Nyiri & Gibaru 2025, arXiv:2501.14322) against LRP-0 and
+2. Relative LRP (Nyiri & Gibaru 2025, arXiv:2501.14322), in both readings
+   (``mode="layer"``, the default "R-LRP", and ``mode="neuron"``), against LRP-0 and
    LRP-epsilon (and, for reference, the base composite and PLRP-lambda at p = 0.5):
    relative max-sensitivity under small uniform input noise, and the conservation
    error ``|sum R - f_c(x)| / |f_c(x)|`` (plus the L1 ratio ``sum|R| / |f_c(x)|``,
@@ -105,6 +106,7 @@ def robust_methods(full: bool = True) -> dict:
     """Methods of the robustness comparison (the first three are the ones asked for)."""
     methods = {
         "R-LRP": variants.relative(),
+        "R-LRP (neuron)": variants.relative(mode="neuron"),
         "LRP-0": composites.Composite([("linear", rules.Zero())]),
         "Epsilon (0.1)": composites.Composite([("linear", rules.Epsilon(0.1))]),
     }
@@ -654,13 +656,18 @@ def verdicts(results: dict) -> list:
         out.append(f"{tname}: PLRP-lambda >= PLRP-M at {better['gini']}/{n} p > 0 for Gini, "
                    f"{better['rma']}/{n} for RMA, {better['aopc']}/{n} for AOPC.")
         rob = tres["robustness"]
-        names = ("R-LRP", "LRP-0", "Epsilon (0.1)")
+        names = ("R-LRP", "R-LRP (neuron)", "LRP-0", "Epsilon (0.1)")
         for stat in ("mean", "median"):
             s = {k: rob[k]["max_sensitivity_rel"][stat] for k in names}
-            out.append(f"{tname}: relative max-sensitivity ({stat}) R-LRP {s['R-LRP']:.3f}, LRP-0 {s['LRP-0']:.3f}, "
-                       f"Epsilon {s['Epsilon (0.1)']:.3f}: R-LRP is "
-                       f"{'more' if s['R-LRP'] < s['LRP-0'] else 'not more'} stable than LRP-0"
-                       f" and {'more' if s['R-LRP'] < s['Epsilon (0.1)'] else 'not more'} stable than Epsilon.")
+            for r in ("R-LRP", "R-LRP (neuron)"):
+                out.append(f"{tname}: relative max-sensitivity ({stat}) {r} {s[r]:.3f}, LRP-0 {s['LRP-0']:.3f}, "
+                           f"Epsilon {s['Epsilon (0.1)']:.3f}: {r} is "
+                           f"{'more' if s[r] < s['LRP-0'] else 'not more'} stable than LRP-0"
+                           f" and {'more' if s[r] < s['Epsilon (0.1)'] else 'not more'} stable than Epsilon.")
+        ce = {k: rob[k]["conservation_error"]["median"] for k in ("R-LRP", "R-LRP (neuron)")}
+        out.append(f"{tname}: conservation error (median) R-LRP layer {ce['R-LRP']:.3g} (sum|R| = |f| by construction, "
+                   f"the signed sum only up to a factor), neuron {ce['R-LRP (neuron)']:.3g} (exact up to neurons with "
+                   "no contribution at all).")
         sens = np.asarray(rob["R-LRP"]["max_sensitivity_per_example"])
         f = np.asarray(tres["robustness_logits"])
         worst = np.argsort(sens)[::-1][:3]

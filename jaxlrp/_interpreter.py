@@ -284,6 +284,9 @@ def analyze(
             make_node(P.SUMS[name], e.outvars[0], affine=name in P.AFFINE)
             tag(e.outvars, carry=("inverse",))
             sums[e.outvars[0]] = {org(e.invars[k]) for k in tpos}
+        elif name in P.POOLS:
+            make_node(P.POOLS[name], e.outvars[0])
+            tag(e.outvars)
         elif name in P.ROUTING:
             routed.append(i)
             for v in outs_inexact:

@@ -70,13 +70,17 @@ SUMS: dict[str, str] = {
     "psum_invariant": "sum",
 }
 
+# Max pooling: a rule-bearing node whose default rule is winner-takes-all (the
+# plain VJP); name -> layer kind.
+POOLS: dict[str, str] = {"reduce_window_max": "maxpool"}
+
 # Structural operations: relevance follows the plain VJP (it moves values
-# around, sums fan-out, and routes max-pooling to the winner).
+# around, sums fan-out, and routes global max-pooling to the winner).
 ROUTING: frozenset[str] = frozenset(
     """reshape transpose broadcast_in_dim squeeze expand_dims slice
     dynamic_slice dynamic_update_slice concatenate pad rev copy copy_p
     reduce_precision sharding_constraint stack unstack split reduce_max
-    reduce_min reduce_window_max reduce_window_min argmax argmin sort cummax
+    reduce_min reduce_window_min argmax argmin sort cummax
     cummin gather scatter optimization_barrier device_put mesh_cast reshard
     pvary pcast all_gather ppermute select_and_gather_add""".split()
 )

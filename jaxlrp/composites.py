@@ -12,6 +12,7 @@ kind           what it is in the jaxpr                     default rule
 ``sum``        ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
                two input-dependent tensors (residuals)
 ``avgpool``    ``reduce_window_sum`` (average/sum pool)    ``Norm()``
+``maxpool``    ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
 ``product``    product of two input-dependent tensors      ``Uniform()``
 ``gate``       product of a signal and a sigmoid gate      ``SignalTakesAll()``
                (LSTM/GRU cells, gated units)
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import rules as _rules
@@ -73,6 +75,7 @@ __all__ = [
     "EpsilonPlus",
     "EpsilonPlusFlat",
     "EpsilonGammaBox",
+    "Overview",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
     "AttnLRP",
@@ -83,8 +86,8 @@ __all__ = [
 ]
 
 KINDS = (
-    "dense", "conv", "sum", "avgpool", "product", "gate", "attention", "normalize", "divide", "softmax",
-    "activation",
+    "dense", "conv", "sum", "avgpool", "maxpool", "product", "gate", "attention", "normalize", "divide",
+    "softmax", "activation",
 )
 #: Kinds with no default rule: the composite must choose one, or tracing fails.
 OPT_IN_KINDS = frozenset({"divide"})
@@ -215,6 +218,7 @@ _BASE: tuple = (
     ("activation", _rules.Pass()),
     ("sum", _rules.Norm()),
     ("avgpool", _rules.Norm()),
+    ("maxpool", _rules.WinnerTakesAll()),
     ("product", _rules.Uniform()),
     ("gate", _rules.SignalTakesAll()),
     ("attention", _rules.Uniform()),
@@ -346,6 +350,10 @@ class EpsilonGammaBox(Composite):
     """:class:`~jaxlrp.rules.ZBox` on the first layer, :class:`~jaxlrp.rules.Gamma` on conv
     layers, :class:`~jaxlrp.rules.Epsilon` on dense layers (Zennit's ``EpsilonGammaBox``).
 
+    Two tiers above the pixels (gamma on every conv layer, a small fixed epsilon on
+    every dense layer). The three tiers that Montavon et al. (2019) recommend are
+    :class:`Overview`.
+
     Parameters
     ----------
     low, high:
@@ -371,6 +379,89 @@ class EpsilonGammaBox(Composite):
             ]
             + _aggregates(stabilizer)
         )
+
+
+class Overview(Composite):
+    r"""The composite of "Layer-Wise Relevance Propagation: An Overview" (Montavon,
+    Binder, Lapuschkin, Samek & Müller 2019, §10.3, and the authors' tutorial code
+    for VGG-16): three tiers above the pixels.
+
+    ==============================  ====================================================
+    layers                          rule
+    ==============================  ====================================================
+    first (pixels)                  :class:`~jaxlrp.rules.ZBox` ``(low, high)``
+    upper (``upper``, dense)        LRP-0 (:class:`~jaxlrp.rules.Epsilon` ``(stabilizer)``)
+    middle (the other linear)       :class:`~jaxlrp.rules.EpsilonStd` ``(factor)``
+    lower (``lower``)               :class:`~jaxlrp.rules.Gamma` ``(gamma)``
+    max pooling                     ``maxpool="proportional"``: :class:`~jaxlrp.rules.MaxPoolProportional`;
+                                    ``"winner"``: :class:`~jaxlrp.rules.WinnerTakesAll`
+    ==============================  ====================================================
+
+    Unlike Zennit's two-tier :class:`EpsilonGammaBox` (gamma on all convs, a small
+    epsilon on dense layers), the upper layers get LRP-0 (few, entangled features:
+    faithful), the middle ones an epsilon of ``factor`` times the spread of their
+    pre-activations (removes noise and contradictions) and only the lower ones gamma
+    (stable, positive). Default split: the lower half of the non-upper linear layers
+    in program order (rounded up, the first layer included), which for VGG-16 is the
+    tutorial's split (gamma on blocks 1-3, epsilon on blocks 4-5); max pooling
+    redistributes in proportion to the activations, as in the tutorial.
+
+    Parameters
+    ----------
+    low, high:
+        Bounds of the input for z^B (in the space the first layer sees).
+    gamma:
+        Of the lower tier (0.25 in the tutorial for VGG-16).
+    factor:
+        Of :class:`~jaxlrp.rules.EpsilonStd` in the middle tier (0.25).
+    lower:
+        Either a fraction in ``[0, 1]`` of the linear layers not matched by
+        ``upper`` that form the lower tier (the first ``ceil(lower * n)`` of them),
+        or a matcher selecting the lower tier.
+    upper:
+        Matcher of the upper tier (default ``"dense"``).
+    maxpool:
+        ``"proportional"`` (default) or ``"winner"``.
+    stabilizer:
+        Of every rule (the tutorial's ``1e-9``).
+    rules:
+        ``(matcher, rule)`` pairs tried first.
+    """
+
+    def __init__(self, low: Any = -3.0, high: Any = 3.0, gamma: float = 0.25, factor: float = 0.25,
+                 lower: Union[float, Matcher] = 0.5, upper: Matcher = "dense", maxpool: str = "proportional",
+                 stabilizer: float = 1e-9, rules: Sequence[tuple] = ()):
+        if maxpool not in ("proportional", "winner"):
+            raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
+        fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
+        if fraction and not 0.0 <= lower <= 1.0:
+            raise ValueError(f"lower must be a fraction in [0, 1] or a matcher, got {lower!r}")
+        pool = _rules.MaxPoolProportional(stabilizer) if maxpool == "proportional" else _rules.WinnerTakesAll()
+        self._head = list(rules) + [("first", _rules.ZBox(low, high, stabilizer)),
+                                    (upper, _rules.Epsilon(stabilizer))]
+        self._gamma = _rules.Gamma(gamma, stabilizer)
+        self._tail = [("linear", _rules.EpsilonStd(factor, stabilizer)), ("maxpool", pool)]
+        self._upper, self._lower = as_matcher(upper), (float(lower) if fraction else lower)
+        super().__init__(self._head + ([] if fraction else [(lower, self._gamma)]) + self._tail)
+
+    def _resolved(self, layers: Sequence[Layer]) -> Composite:
+        """The composite with a fractional ``lower`` turned into the layer indices."""
+        if not isinstance(self._lower, float):
+            return self
+        tiers = [l for l in layers if l.kind in _rules.WEIGHTED_KINDS and not self._upper(l)]
+        k = math.ceil(self._lower * len(tiers) - 1e-9)
+        chosen = frozenset(l.index for l in tiers[:k])
+        return Composite(self._head + [(lambda l: l.index in chosen, self._gamma)] + self._tail)
+
+    def rule_for(self, layer: Layer) -> Rule:
+        if isinstance(self._lower, float):
+            raise ValueError("Overview with a fractional `lower` assigns rules from the whole list of layers: "
+                             "call assign(layers), or pass a matcher as `lower`")
+        return super().rule_for(layer)
+
+    def assign(self, layers: Sequence[Layer]) -> tuple:
+        comp = self._resolved(layers)
+        return super().assign(layers) if comp is self else comp.assign(layers)
 
 
 class EpsilonAlpha2Beta1(Composite):
@@ -428,6 +519,7 @@ _PRESETS = {
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_gamma_box": EpsilonGammaBox,
+    "overview": Overview,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "attn_lrp": AttnLRP,

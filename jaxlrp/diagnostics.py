@@ -11,7 +11,12 @@ artifacts of the model rather than of the data.
 * :func:`permute` / :func:`unpermute` / :func:`permutation_test` -- train on inputs
   under a fixed permutation of one axis and map the relevance back: a model that
   looks at the data gives the same map (Landt-Hayen et al. 2023).
-* :func:`cap_and_scale` -- the input capping the same authors recommend.
+* :func:`cap_and_scale` -- the input capping the same authors recommend;
+  :func:`valid_points`, :func:`mask_invalid`, :func:`mask_relevance`,
+  :func:`select_valid` / :func:`scatter_valid` -- their handling of invalid grid
+  points (land, NaN): out of the inputs and out of the relevance.
+* :func:`stripe_ratio` -- stripes across the lines of an image fed line by line
+  (the artifact of row-wise feeding the same authors report).
 
 Every function returns numbers, so artifacts can be asserted, not only looked at;
 to look at them, draw a decay profile with ``viz.sequence_plot(profile[i])`` and the
@@ -44,6 +49,12 @@ __all__ = [
     "unpermute",
     "permutation_test",
     "cap_and_scale",
+    "valid_points",
+    "mask_invalid",
+    "mask_relevance",
+    "select_valid",
+    "scatter_valid",
+    "stripe_ratio",
 ]
 
 
@@ -86,7 +97,7 @@ class Report:
     Attributes
     ----------
     rows:
-        One :class:`LayerRow` per dense/conv/sum/avgpool/product layer, in program
+        One :class:`LayerRow` per dense/conv/sum/avgpool/maxpool/product layer, in program
         order (layers inside ``scan``/``cond`` bodies have no relevance sums).
     fallbacks:
         ``(key, primitive, treatment)`` of every other operation on the relevance
@@ -391,3 +402,148 @@ def cap_and_scale(x, cap: float):
     if not cap > 0:
         raise ValueError(f"cap must be > 0, got {cap}")
     return jnp.clip(jnp.asarray(x), -cap, cap) / cap
+
+
+# ------------------------------------------------------------- invalid grid points
+
+
+def valid_points(x, invalid=None) -> np.ndarray:
+    """The grid points that are valid in every example.
+
+    Parameters
+    ----------
+    x:
+        ``(N, ...)`` inputs; a point is invalid where any example is NaN or
+        infinite (land in a sea-surface field stored as NaN).
+    invalid:
+        Optional boolean mask of shape ``x.shape[1:]`` of further invalid points
+        (a land mask).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, shape ``x.shape[1:]``: True where the point is valid.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"valid_points needs batched inputs (N, ...), got shape {x.shape}")
+    valid = np.all(np.isfinite(x), axis=0)
+    if invalid is not None:
+        invalid = np.asarray(invalid, bool)
+        if invalid.shape != valid.shape:
+            raise ValueError(f"invalid must have shape {valid.shape}, got {invalid.shape}")
+        valid &= ~invalid
+    return valid
+
+
+def _check_valid(values, valid) -> np.ndarray:
+    valid = np.asarray(valid, bool)
+    if np.shape(values)[1:] != valid.shape:
+        raise ValueError(f"valid has shape {valid.shape}, but the values have per-example shape {np.shape(values)[1:]}")
+    return valid
+
+
+def mask_invalid(x, valid, fill: float = 0.0):
+    """Inputs with the invalid points set to ``fill`` (default 0), for models that
+    read the whole grid.
+
+    With a rule proportional to the input (LRP-0, epsilon, z+, gamma) a point at 0
+    gets no relevance at the first layer; rules that are not (flat, w^2, z^B) and
+    biases can still put relevance there, so mask the relevance too
+    (:func:`mask_relevance`). Landt-Hayen et al. prefer removing the points
+    (:func:`select_valid`) over zero-filling them.
+    """
+    valid = _check_valid(x, valid)
+    return jnp.where(jnp.asarray(valid), jnp.asarray(x), jnp.asarray(fill, jnp.asarray(x).dtype))
+
+
+def mask_relevance(relevance, valid) -> tuple:
+    """Relevance with the invalid points set to 0, and the share of each example's
+    absolute relevance that was on them (should be 0: else the map shows noise on
+    invalid points, e.g. "overfitting on invalid noise" over seasonal sea ice).
+
+    Returns
+    -------
+    (masked, leaked):
+        ``masked`` of the shape of ``relevance``; ``leaked`` of shape ``(N,)``.
+    """
+    r = np.asarray(relevance, np.float64)
+    valid = _check_valid(r, valid)
+    a = np.abs(np.where(np.isfinite(r), r, 0.0)).reshape(len(r), -1)
+    total = a.sum(1)
+    off = (a * ~valid.reshape(1, -1)).sum(1)
+    leaked = np.divide(off, total, out=np.zeros_like(total), where=total > 0)
+    masked = np.where(valid, np.asarray(relevance), 0)
+    return masked, leaked
+
+
+def select_valid(x, valid) -> np.ndarray:
+    """The valid points only: ``(N, ...)`` -> ``(N, n_valid)`` (the authors'
+    "valid grid points only" input to dense models)."""
+    x = np.asarray(x)
+    valid = _check_valid(x, valid)
+    return x.reshape(len(x), -1)[:, valid.reshape(-1)]
+
+
+def scatter_valid(values, valid, fill: float = np.nan) -> np.ndarray:
+    """Put ``(N, n_valid)`` values (relevance of :func:`select_valid` inputs) back on
+    the grid ``(N, *valid.shape)``, ``fill`` at the invalid points (NaN by default,
+    as the data had; pass 0 to sum or plot)."""
+    v = np.asarray(values)
+    valid = np.asarray(valid, bool)
+    if v.ndim != 2 or v.shape[1] != int(valid.sum()):
+        raise ValueError(f"values must have shape (N, {int(valid.sum())}), got {v.shape}")
+    dtype = np.result_type(v.dtype, np.asarray(fill).dtype)
+    out = np.full((len(v), valid.size), fill, dtype)
+    out[:, valid.reshape(-1)] = v
+    return out.reshape((len(v),) + valid.shape)
+
+
+# ------------------------------------------------------------------------ stripes
+
+
+def stripe_ratio(relevance, axis: int, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
+    r"""Stripes across the lines an image was fed by: how much more the absolute
+    relevance changes from one line to the next than along a line.
+
+    .. math:: \text{ratio} = \frac{\operatorname{mean} |\,|R|_{l+1,m} - |R|_{l,m}|}
+              {\operatorname{mean} |\,|R|_{l,m+1} - |R|_{l,m}|}
+
+    with :math:`l` the index along ``axis`` (the steps fed: rows for row-wise
+    feeding) and :math:`m` along the other spatial axis; channels are summed
+    first. About 1 for maps without a preferred direction; clearly above 1 for
+    stripes along the lines (Landt-Hayen et al. found them when an echo state
+    network reads a field row by row, and recommend column-wise feeding).
+
+    Parameters
+    ----------
+    relevance:
+        ``(N, H, W, ...)`` batched relevance.
+    axis:
+        The spatial axis indexing the lines fed (one of ``spatial_axes``).
+    spatial_axes:
+        The two image axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)``; 1 where both changes are 0, ``inf`` where only the change along
+        lines is 0.
+    """
+    r = np.abs(np.asarray(relevance, np.float64))
+    if r.ndim < 3:
+        raise ValueError(f"stripe_ratio needs batched images (N, H, W, ...), got shape {r.shape}")
+    ax = [a % r.ndim for a in spatial_axes]
+    if len(ax) != 2 or 0 in ax or ax[0] == ax[1]:
+        raise ValueError(f"spatial_axes must name two distinct non-batch axes, got {spatial_axes}")
+    lines = axis % r.ndim
+    if lines not in ax:
+        raise ValueError(f"axis {axis} is not one of spatial_axes {tuple(spatial_axes)}")
+    other = ax[1] if lines == ax[0] else ax[0]
+    r = np.moveaxis(r, (lines, other), (1, 2))
+    r = r.reshape(r.shape[:3] + (-1,)).sum(-1)  # (N, L, M): channels summed
+    across = np.abs(np.diff(r, axis=1)).reshape(len(r), -1).mean(1)
+    along = np.abs(np.diff(r, axis=2)).reshape(len(r), -1).mean(1)
+    both_zero = (across == 0) & (along == 0)
+    ratio = np.divide(across, along, out=np.full_like(across, np.inf), where=along > 0)
+    return np.where(both_zero, 1.0, ratio)

@@ -28,24 +28,39 @@ Nyiri & Gibaru (2025), "Relative Layer-Wise Relevance Propagation: a more Robust
 Neural Networks eXplaination", arXiv:2501.14322. Stated properties: no division by
 small values except at residual (skip) connections; conservation up to a
 multiplicative factor; no hyperparameters; dense, convolutional and residual
-networks. Our definition, at every dense/conv layer (and single-input linear
-aggregation: sums, means, average pooling):
+networks. The abstract allows two readings of "relative contributions"; both are
+offered (``relative(mode=...)``), at every dense/conv layer (and single-input linear
+aggregation: sums, means, average pooling), with :math:`z_{ik} = x_i \rho(w_{ik})`:
 
-.. math::
+* ``mode="layer"`` (default, the project's first reading): the contributions are
+  propagated as they are and rescaled once per layer and example,
 
-    \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
-    r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r
-    \quad (r = 0 \text{ where } \textstyle\sum |\tilde r| = 0),
+  .. math::
 
-where :math:`\rho(W)^\top` is the vector-Jacobian product of the layer's own
-primitive (:math:`\rho` the identity by default). No per-neuron denominator: the
-only division is by the layer's total L1 mass of one example. The bias is not
-used. Residual adds (sums of several input-dependent tensors) keep the
-proportional split :math:`R_a = a / (a + b)\, R` (:class:`~jaxlrp.rules.Norm` without
-stabiliser; a zero sum passes nothing), the one per-neuron division the paper
-allows. So :math:`\sum|r| = \sum|R^{\text{out}}|` at every such layer: the L1
-mass of the output relevance is conserved through sequential networks, and the
-signed relevance is conserved only up to one factor per layer.
+      \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
+      r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r
+      \quad (r = 0 \text{ where } \textstyle\sum |\tilde r| = 0),
+
+  where :math:`\rho(W)^\top` is the vector-Jacobian product of the layer's own
+  primitive (:math:`\rho` the identity by default). No per-neuron denominator: the
+  only division is by the layer's total L1 mass of one example. So
+  :math:`\sum|r| = \sum|R^{\text{out}}|` at every such layer and the signed
+  relevance is conserved only up to one factor per layer.
+* ``mode="neuron"``: each upper neuron's relevance is split by the shares of its
+  absolute contributions, :math:`r_i = \sum_k |z_{ik}| / \sum_{i'} |z_{i'k}|\, R_k`.
+  The denominator is at least the largest contribution and vanishes only when every
+  contribution to the neuron does (that neuron then passes nothing); otherwise the
+  signed sum is conserved exactly, and the sign of a contribution is not kept.
+
+Default and why: ``"layer"`` keeps the signs of the contributions (what LRP-0 would
+propagate) and matches "conservation up to a multiplicative factor" literally;
+``"neuron"`` is the reading in which every division is by a sum of absolute values.
+Neither uses the bias or a stabiliser. Residual adds (sums of several
+input-dependent tensors) keep the proportional split :math:`R_a = a / (a + b)\, R`
+in both modes (:class:`~jaxlrp.rules.Norm` without stabiliser; a zero sum passes
+nothing), the one per-neuron division the paper allows. Routing operations that sum
+fan-out (the upsampling of an adaptive average pool, a reshape feeding two layers)
+add relevances of either sign, so in layer mode the L1 mass can shrink there.
 
 Pruned LRP
 ----------
@@ -109,10 +124,13 @@ __all__ = [
     "pruned",
     "prune_mask",
     "MODES",
+    "RELATIVE_MODES",
 ]
 
 #: The redistribution modes of :func:`pruned`.
 MODES = ("lambda", "m")
+#: The readings of Relative LRP (:func:`relative`).
+RELATIVE_MODES = ("layer", "neuron")
 
 _LINEAR_AGGREGATES = frozenset({"sum", "avgpool"})
 # R-LRP's residual merge: the proportional split without a stabiliser (a zero sum
@@ -161,25 +179,45 @@ def _is_zero(p: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Relative(Rule):
-    r"""The Relative LRP rule (Nyiri & Gibaru 2025, arXiv:2501.14322), as we read it.
+    r"""The Relative LRP rule (Nyiri & Gibaru 2025, arXiv:2501.14322), in one of the
+    two readings of its abstract.
 
     For a dense/conv layer, or a single-input linear aggregation (sum, mean,
-    average pooling), per example:
+    average pooling), per example, with contributions :math:`z_{ik} = x_i \rho(w_{ik})`:
 
-    .. math::
+    * ``mode="layer"`` (default): the contributions are propagated as they are and
+      rescaled once per layer,
 
-        \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
-        r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r,
+      .. math::
 
-    with :math:`r = 0` where :math:`\sum|\tilde r| = 0`, and the sums over the
-    non-example axes (``node.example_ndim``). No per-neuron denominator and no
-    bias; the L1 mass of the relevance is conserved, the signed sum only up to the
-    layer's factor. Sums of several input-dependent tensors (residual adds) use the
-    proportional split :math:`R_a = a/(a+b)\,R` instead (``Norm(0.0)``: no
-    stabiliser, a zero sum passes nothing), the one division by per-neuron values
-    the paper keeps. Scaling a weight by :math:`c > 0` scales nothing but the global
-    factor wherever it scales both sides of a residual merge alike. The full paper was not available: this is
-    the project's reading of the published abstract (see :mod:`jaxlrp.variants`).
+          \tilde r = x \odot \rho(W)^\top R^{\text{out}}, \qquad
+          r = \frac{\sum |R^{\text{out}}|}{\sum |\tilde r|}\, \tilde r,
+
+      with :math:`r = 0` where :math:`\sum|\tilde r| = 0`, the sums over the
+      non-example axes (``node.example_ndim``). The L1 mass is conserved, the
+      signed sum only up to the layer's factor; signs of contributions are kept.
+    * ``mode="neuron"``: each upper neuron's relevance is split by the shares of
+      the absolute contributions,
+
+      .. math:: r_i = \sum_k \frac{|z_{ik}|}{\sum_{i'} |z_{i'k}|} R_k,
+
+      computed as :math:`|x| \odot |\rho(W)|^\top (R / (|\rho(W)|\, |x|))`. The
+      denominator is at least the largest :math:`|z_{ik}|` and vanishes only when
+      every contribution to the neuron does: that neuron then passes no relevance
+      (it is lost, the only loss). Otherwise the signed sum is conserved exactly
+      (factor 1); a contribution's sign is not kept (relevance follows the sign of
+      :math:`R_k`). For parameter-free aggregations the coefficients are those of
+      the map (non-negative for sums and pools; a scaling by a constant has one
+      contribution per output, share 1).
+
+    Neither mode uses the bias or a stabiliser. Sums of several input-dependent
+    tensors (residual adds) use the proportional split :math:`R_a = a/(a+b)\,R` in
+    both modes (``Norm(0.0)``: no stabiliser, a zero sum passes nothing), the one
+    division by per-neuron values the paper keeps. Scaling a layer's weight by
+    :math:`c > 0` leaves both rules' shares unchanged (only the global factor
+    moves), wherever it scales both sides of a residual merge alike. The full paper
+    was not available: these are the project's readings of the published abstract
+    (see :mod:`jaxlrp.variants`).
 
     Parameters
     ----------
@@ -187,10 +225,17 @@ class Relative(Rule):
         Optional weight modification :math:`\rho` (e.g. ``lambda w: jnp.maximum(w, 0)``);
         ``None`` (default) is the identity, which leaves the rule free of
         hyperparameters. Not applied to parameter-free aggregations.
+    mode:
+        ``"layer"`` or ``"neuron"`` (see :data:`RELATIVE_MODES`).
     """
 
     rho: Optional[Callable[[Array], Array]] = None
+    mode: str = "layer"
     kinds = WEIGHTED_KINDS | _LINEAR_AGGREGATES
+
+    def __post_init__(self):
+        if self.mode not in RELATIVE_MODES:
+            raise ValueError(f"mode must be one of {RELATIVE_MODES}, got {self.mode!r}")
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
         if len(node.inputs) != 1:  # residual merge: the proportional split
@@ -199,9 +244,19 @@ class Relative(Rule):
         w = node.weight
         if w is not None and self.rho is not None:
             w = self.rho(w)
+        if self.mode == "neuron":
+            return (_absolute_shares(node, x, w, relevance),)
         _, pull = jax.vjp(lambda x_: node.apply((x_,), w), x)
         (g,) = pull(relevance)
         return (_match_mass(x * g, relevance, node.example_ndim),)
+
+
+def _absolute_shares(node: Node, x: Array, w: Optional[Array], relevance: Array) -> Array:
+    """``|x| * |W|^T (R / (|W| |x|))``, zero where the denominator is 0."""
+    a = None if w is None else jnp.abs(w)
+    d, pull = jax.vjp(lambda x_: node.apply((x_,), a), jnp.abs(x))
+    (g,) = pull(_rules._divide(relevance, d.astype(relevance.dtype)))
+    return jnp.abs(x) * g
 
 
 def _match_mass(r: Array, target: Array, example_ndim: int) -> Array:
@@ -215,7 +270,7 @@ def _match_mass(r: Array, target: Array, example_ndim: int) -> Array:
     return r * _per_example(scale, r, e)
 
 
-def relative(rules: Sequence[tuple] = ()) -> Composite:
+def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
     r"""Relative LRP as a composite: :class:`Relative` on every dense and conv layer
     and on sums, means and average pooling (residual adds: proportional split).
 
@@ -225,11 +280,16 @@ def relative(rules: Sequence[tuple] = ()) -> Composite:
     ----------
     rules:
         ``(matcher, rule)`` pairs tried first (as in the preset composites).
+    mode:
+        ``"layer"`` (default: one L1 rescaling per layer and example, signs of the
+        contributions kept) or ``"neuron"`` (each neuron's relevance split by the
+        shares of its absolute contributions, exactly conservative); see
+        :class:`Relative`.
 
     Returns
     -------
     Composite
-        For :func:`jaxlrp.lrp`, e.g. ``jaxlrp.lrp(fn, variants.relative())``.
+        For :func:`jaxlrp.lrp`, e.g. ``jaxlrp.lrp(fn, variants.relative(mode="neuron"))``.
 
     Notes
     -----
@@ -238,7 +298,7 @@ def relative(rules: Sequence[tuple] = ()) -> Composite:
     :mod:`jaxlrp.variants`). With ``target=c`` the relevance of every layer of a
     sequential network has the L1 mass :math:`|f_c(x)|`.
     """
-    return Composite(list(rules) + [(_composites.kind(*sorted(Relative.kinds)), Relative())])
+    return Composite(list(rules) + [(_composites.kind(*sorted(Relative.kinds)), Relative(mode=mode))])
 
 
 # ------------------------------------------------------------------------------- PLRP

@@ -23,7 +23,15 @@ weights load with :func:`load_torchvision`.
 
 from . import linen, nnx, presets, recurrent, transformer
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
-from .recurrent import EchoStateNetwork, GRUClassifier, LSTMClassifier, fit_readout, image_to_sequence
+from .recurrent import (
+    EchoStateNetwork,
+    GRUClassifier,
+    LSTMClassifier,
+    esn_composite,
+    fit_readout,
+    image_to_sequence,
+    landt_hayen_esn,
+)
 from .transformer import TextEncoder, ViT, token_relevance
 from .presets import (
     IMAGENET_MEAN,
@@ -41,6 +49,8 @@ from .torchvision import load_torchvision, torchvision_keys
 __all__ = [
     "recurrent",
     "EchoStateNetwork",
+    "landt_hayen_esn",
+    "esn_composite",
     "LSTMClassifier",
     "GRUClassifier",
     "fit_readout",

@@ -33,7 +33,7 @@ their relevance to the signal (``rules.SignalTakesAll``).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,10 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import freeze, unfreeze
 
+from .. import composites as _composites
+from .. import rules as _rules
+from ..composites import Composite
+
 __all__ = [
     "FEEDS",
     "image_to_sequence",
     "EchoStateNetwork",
+    "landt_hayen_esn",
+    "esn_composite",
+    "ESNComposite",
+    "RADII",
     "LSTMClassifier",
     "GRUClassifier",
     "reservoir_states",
@@ -99,22 +107,32 @@ def _uniform(key: jax.Array, shape: tuple, scale: float, dtype: Any) -> jax.Arra
     return jax.random.uniform(key, shape, dtype, -scale, scale)
 
 
-def _reservoir_matrix(key: jax.Array, size: int, spectral_radius: float, sparsity: float, dtype: Any) -> jax.Array:
+def _reservoir_matrix(key: jax.Array, size: int, spectral_radius: float, sparsity: float, dtype: Any,
+                      radius: str = "abs") -> jax.Array:
     """Uniform weights in [-0.5, 0.5], a share ``sparsity`` of them set to zero,
-    rescaled to the given spectral radius (largest absolute eigenvalue)."""
+    rescaled so that the largest absolute eigenvalue (``radius="abs"``) or the
+    largest real part of an eigenvalue (``radius="real"``, the authors' code of
+    Landt-Hayen et al.) equals ``spectral_radius``."""
     k_w, k_mask = jax.random.split(key)
     w = jax.random.uniform(k_w, (size, size), jnp.float32, -0.5, 0.5)
     w = jnp.where(jax.random.uniform(k_mask, (size, size)) < sparsity, 0.0, w)
-    radius = jnp.max(jnp.abs(jnp.linalg.eigvals(w)))
-    scale = jnp.where(radius > 0, spectral_radius / jnp.where(radius > 0, radius, 1.0), 0.0)
+    ev = jnp.linalg.eigvals(w)
+    r = jnp.max(jnp.abs(ev)) if radius == "abs" else jnp.max(jnp.real(ev))
+    scale = jnp.where(r > 0, spectral_radius / jnp.where(r > 0, r, 1.0), 0.0)
     return (w * scale).astype(dtype)
+
+
+RADII = ("abs", "real")
 
 
 class EchoStateNetwork(nn.Module):
     """A leaky echo state network reading an image column by column or row by row.
 
     ``x_t = (1 - a) x_{t-1} + a tanh(u_t W_in + x_{t-1} W + b)`` from ``x_0 = 0``,
-    then ``logits = x_T W_out + b_out``. ``W_in``, ``W`` and ``b`` are drawn once at
+    then ``logits = x_T W_out + b_out``. With ``joint=True`` the pre-activation is
+    computed as one product ``[u_t, x_{t-1}] [W_in; W] + b`` (the same values up to
+    rounding), so that a rule of dense layers sees both weights as one layer, as
+    the authors' LRP for echo state networks does (:func:`esn_composite`). ``W_in``, ``W`` and ``b`` are drawn once at
     ``init`` and live in the variable collection ``"reservoir"`` (they are never
     trained); the readout ``W_out, b_out`` (``params/readout``, initialised to zero)
     is fitted with :func:`fit_readout`.
@@ -128,7 +146,12 @@ class EchoStateNetwork(nn.Module):
     leak_rate:
         ``a`` in ``(0, 1]``: small values give a long memory.
     spectral_radius:
-        Largest absolute eigenvalue of ``W``.
+        Largest absolute eigenvalue of ``W`` (``radius="real"``: largest real part
+        of an eigenvalue).
+    radius:
+        ``"abs"`` (default, the usual spectral radius) or ``"real"`` (the authors'
+        code: ``W`` scaled by its largest real eigenvalue, so the absolute spectral
+        radius may be larger than ``spectral_radius``).
     sparsity:
         Share of the recurrent weights set to zero, in ``[0, 1)``.
     input_scale:
@@ -139,8 +162,18 @@ class EchoStateNetwork(nn.Module):
         How the image is read (see :func:`image_to_sequence`).
     unroll:
         Run the time loop as a Python loop instead of ``lax.scan`` (same result).
+    joint:
+        One product for the pre-activation (see above); needed by
+        :func:`esn_composite`.
     dtype:
         Dtype of the reservoir and the computation.
+
+    Notes
+    -----
+    The operations carry the name scopes ``preactivation`` and ``leak`` (the
+    update ``(1 - a) x_{t-1} + a tanh(...)``), which composites can match, e.g.
+    ``("*leak*", rules.FixedShares((1 - a, a)))``. :func:`landt_hayen_esn` builds
+    the network with the authors' settings.
     """
 
     reservoir_size: int = 300
@@ -153,10 +186,14 @@ class EchoStateNetwork(nn.Module):
     feed: str = "columns"
     reverse: bool = False
     unroll: bool = False
+    joint: bool = False
+    radius: str = "abs"
     dtype: Any = jnp.float32
 
     def _check(self) -> None:
         _check_feed(self.feed)
+        if self.radius not in RADII:
+            raise ValueError(f"radius must be one of {RADII}, got {self.radius!r}")
         if not 0.0 < self.leak_rate <= 1.0:
             raise ValueError(f"leak_rate must be in (0, 1], got {self.leak_rate}")
         if not 0.0 <= self.sparsity < 1.0:
@@ -174,14 +211,21 @@ class EchoStateNetwork(nn.Module):
         rng = lambda: self.make_rng("params")
         w_in = self.variable("reservoir", "w_in",
                              lambda: _uniform(rng(), (seq.shape[-1], n_res), self.input_scale, dt)).value
-        w = self.variable("reservoir", "w",
-                          lambda: _reservoir_matrix(rng(), n_res, self.spectral_radius, self.sparsity, dt)).value
+        w = self.variable("reservoir", "w", lambda: _reservoir_matrix(
+            rng(), n_res, self.spectral_radius, self.sparsity, dt, self.radius)).value
         b = self.variable("reservoir", "b", lambda: _uniform(rng(), (n_res,), self.bias_scale, dt)).value
         a = self.leak_rate
+        w_cat = jnp.concatenate([w_in, w], axis=0) if self.joint else None
 
         def step(state, u):
-            act = jnp.tanh(u @ w_in + state @ w + b)
-            return (1.0 - a) * state + a * act, None
+            with jax.named_scope("preactivation"):
+                if self.joint:
+                    z = jnp.concatenate([u, state], axis=-1) @ w_cat + b
+                else:
+                    z = u @ w_in + state @ w + b
+            act = jnp.tanh(z)
+            with jax.named_scope("leak"):
+                return (1.0 - a) * state + a * act, None
 
         state = jnp.zeros((seq.shape[0], n_res), dt)
         steps = jnp.swapaxes(seq, 0, 1)  # (T, N, F)
@@ -194,6 +238,104 @@ class EchoStateNetwork(nn.Module):
             return state
         return nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros, name="readout",
                         dtype=dt, param_dtype=dt)(state)
+
+
+def landt_hayen_esn(leak_rate: float, **overrides: Any) -> EchoStateNetwork:
+    """An echo state network with the settings of Landt-Hayen et al.'s code (2023).
+
+    300 units; ``W_in`` and the reservoir bias uniform in ``[-0.1, 0.1]`` (the
+    authors draw an input and a recurrent bias; one uniform bias stands for their
+    sum); recurrent weights uniform with 30% of them non-zero (the authors'
+    ``sparsity=0.3`` is the share *kept*: ``sparsity=0.7`` here) and scaled so that
+    the largest real eigenvalue is 0.8 (``radius="real"``); one readout output,
+    fitted to ``+-1`` targets (:func:`fit_readout` with integer labels: ``+1`` for
+    label 1, ``-1`` for label 0); fed column by column; the joint pre-activation
+    that :func:`esn_composite` needs. Not reproduced: their first step
+    ``x_1 = tanh(W_in u_1 + b)`` without the leak factor (here
+    ``x_1 = a tanh(...)``, as every other step).
+
+    Parameters
+    ----------
+    leak_rate:
+        ``a`` in ``(0, 1]``.
+    **overrides:
+        Any other :class:`EchoStateNetwork` attribute.
+    """
+    kw = dict(reservoir_size=300, num_outputs=1, leak_rate=leak_rate, spectral_radius=0.8, sparsity=0.7,
+              input_scale=0.1, bias_scale=0.1, radius="real", joint=True, feed="columns")
+    kw.update(overrides)
+    return EchoStateNetwork(**kw)
+
+
+class ESNComposite(Composite):
+    r"""The LRP of Landt-Hayen et al. (2023) for :class:`EchoStateNetwork`.
+
+    * dense layers -- the readout and the joint pre-activation
+      :math:`[u_t, x_{t-1}] [W_\text{in}; W]` (``joint=True``) --:
+      :math:`z^+` without bias (``rules.ZPlus(stabilizer, ignore_bias=True)``), so
+      each activation's relevance goes to the input and the previous state by their
+      positive contributions to the one pre-activation;
+    * the leaky update :math:`x_t = (1 - a) x_{t-1} + a \tanh(\cdot)` (name scope
+      ``leak``): ``rules.FixedShares((1 - a, a))``, so the relevance that stays in
+      the state decays by :math:`1 - a` per step by construction;
+    * ``tanh``: passed through.
+
+    The relevance of the first state's leak term, :math:`(1 - a) R(x_1)`, goes to
+    the zero initial state and is lost (the authors' loop leaves out the first
+    column instead).
+
+    Parameters
+    ----------
+    leak_rate:
+        The network's ``a``.
+    stabilizer:
+        Of :math:`z^+` (default 0, as the authors': a neuron without positive
+        contributions passes nothing).
+    rules:
+        ``(matcher, rule)`` pairs tried first.
+
+    Raises
+    ------
+    ValueError
+        At explanation time, if the network has a sum the composite does not know
+        (a pre-activation computed as two products: build it with ``joint=True``)
+        or no leaky update.
+    """
+
+    def __init__(self, leak_rate: float, stabilizer: float = 0.0, rules: Sequence[tuple] = ()):
+        a = float(leak_rate)
+        if not 0.0 < a <= 1.0:
+            raise ValueError(f"leak_rate must be in (0, 1], got {leak_rate}")
+        rules = list(rules)
+        self._user = tuple(_composites.as_matcher(m) for m, _ in rules)
+        self.leak_rate = a
+        super().__init__(rules + [("*leak*", _rules.FixedShares((1.0 - a, a))),
+                                  ("linear", _rules.ZPlus(stabilizer, ignore_bias=True))])
+
+    def assign(self, layers: Sequence[_composites.Layer]) -> tuple:
+        assigned = super().assign(layers)
+        own = [(l, r) for l, r in zip(layers, assigned) if not any(f(l) for f in self._user)]
+        sums = [l for l, r in own if l.kind == "sum" and not isinstance(r, _rules.FixedShares)]
+        if sums:
+            raise ValueError(f"ESNComposite: the sum '{sums[0].key}' is not the leaky update; a pre-activation "
+                             "computed as two products needs EchoStateNetwork(joint=True)")
+        if not any(isinstance(r, _rules.FixedShares) for _, r in own):
+            raise ValueError("ESNComposite found no leaky update (name scope 'leak'): explain a "
+                             "jaxlrp.models.EchoStateNetwork")
+        return assigned
+
+
+def esn_composite(model: Any, **kwargs: Any) -> ESNComposite:
+    """:class:`ESNComposite` for an :class:`EchoStateNetwork` (its leak rate), or
+    for a leak rate given as a number.
+
+    Raises ``ValueError`` for a network without ``joint=True``.
+    """
+    if isinstance(model, EchoStateNetwork):
+        if not model.joint:
+            raise ValueError("esn_composite needs EchoStateNetwork(joint=True): z+ must see [W_in; W] as one layer")
+        return ESNComposite(model.leak_rate, **kwargs)
+    return ESNComposite(float(model), **kwargs)
 
 
 def reservoir_states(model: EchoStateNetwork, variables: Any, x: jax.Array, batch_size: Optional[int] = None) -> np.ndarray:
