@@ -163,14 +163,27 @@ def find_mixing(program: Program, tainted: set, example_axes: dict) -> Optional[
     ``example_axes`` maps input variables to their example axes. Returns ``(eqn,
     reason)`` or ``None``.
     """
+    return _follow(program, tainted, example_axes)[1]
+
+
+def output_axes(program: Program, example_axes: dict) -> Axes:
+    """The axes of the (first) output that carry the inputs' ``example_axes``."""
+    axes, _ = _follow(program, None, example_axes)
+    out = program.outvars[0]
+    return axes.get(out) if isinstance(out, Var) else None
+
+
+def _follow(program: Program, tainted: Optional[set], example_axes: dict) -> tuple:
+    """``(axes, mixing)``: the example axes of every tracked variable, and the first
+    mixing equation on the relevance path (``tainted``; ``None``: do not look)."""
     axes: dict = dict(example_axes)
     random: set = set()
     for e in program.eqns:
         ins = [axes.get(a) if isinstance(a, Var) else None for a in e.invars]
-        on_path = any(isinstance(a, Var) and a in tainted for a in e.invars)
+        on_path = tainted is not None and any(isinstance(a, Var) and a in tainted for a in e.invars)
         if e.prim.name in RANDOM or any(isinstance(a, Var) and a in random for a in e.invars):
             if on_path:
-                return e, "uses random numbers on the relevance path (active dropout?)"
+                return axes, (e, "uses random numbers on the relevance path (active dropout?)")
             random.update(e.outvars)
             continue
         rule = _RULES.get(e.prim.name)
@@ -179,11 +192,11 @@ def find_mixing(program: Program, tainted: set, example_axes: dict) -> Optional[
         out, mixed = rule(e, ins)
         if mixed is not None and on_path:
             shape = e.invars[0].shape
-            return e, (
+            return axes, (e, (
                 f"reduces over axis {mixed} of a {tuple(shape)} value, which indexes examples "
                 "(batch statistics, e.g. BatchNorm in training mode)"
-            )
+            ))
         if out:
             for v in e.outvars:
                 axes[v] = out
-    return None
+    return axes, None

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import composites as _composites
 from ._errors import TrainingModeError
-from ._example_axes import find_mixing
+from ._example_axes import find_mixing, output_axes
 from ._interpreter import Analysis, _Context, analyze, evaluate, start_values
 from ._program import flatten
 from .composites import Composite, Matcher
@@ -139,8 +139,8 @@ def trace(
     if not jnp.issubdtype(closed.out_avals[0].dtype, jnp.inexact):
         raise TypeError(f"the explained function must return a floating-point array, got {closed.out_avals[0]}")
     out_shape = tuple(closed.out_avals[0].shape)
-    example_ndim = _example_ndim(example_axes, out_shape, [flat[j] for j in explained])
     program = flatten(closed.jaxpr, closed.consts)
+    example_ndim = _example_ndim(example_axes, out_shape, program, explained)
     starts = _starts(program, start, prov)
     ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
@@ -150,14 +150,19 @@ def trace(
     return Traced(an, layers, rules, flat, explained, treedefs, nums, single, example_ndim, slots, starts)
 
 
-def _example_ndim(example_axes: Optional[int], out_shape: tuple, explained: list) -> int:
-    """How many leading output axes index examples (see :func:`lrp`)."""
+def _example_ndim(example_axes: Optional[int], out_shape: tuple, program, explained: list) -> int:
+    """How many leading output axes index examples (see :func:`lrp`).
+
+    A 1-D output is one example's outputs; a warning says so when the output's axis
+    is the explained input's leading axis, carried through the program.
+    """
     ndim = len(out_shape)
     if example_axes is not None:
         if not isinstance(example_axes, int) or not 0 <= example_axes <= ndim:
             raise ValueError(f"example_axes={example_axes!r} must be an int in [0, {ndim}] for an output of shape {out_shape}")
         return example_axes
-    if ndim == 1 and any(np.ndim(x) >= 2 and np.shape(x)[0] == out_shape[0] for x in explained):
+    leading = {program.invars[j]: frozenset({0}) for j in explained if len(program.invars[j].shape) >= 2}
+    if ndim == 1 and leading and 0 in (output_axes(program, leading) or ()):
         warnings.warn(
             f"the function returns shape {out_shape} for an input with a leading axis of the same size: "
             "it is taken as ONE example with that many outputs (target=None explains only the largest). "
