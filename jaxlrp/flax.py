@@ -59,7 +59,7 @@ import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from . import composites as _composites
 from .composites import Composite, Layer, Matcher
@@ -508,16 +508,6 @@ def _lookup(tree: Mapping, path: Sequence) -> Any:
     return node
 
 
-def _flat_keys(tree: Mapping, prefix: tuple = ()) -> list:
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out += _flat_keys(v, prefix + (k,))
-        else:
-            out.append(prefix + (k,))
-    return out
-
-
 def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
     """Set the weights of an nnx model from the variables of a linen model with the
     same structure (in place, like ``nnx.update``).
@@ -560,7 +550,7 @@ def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
     unexpected = [
         "/".join((coll,) + key)
         for coll in ("params", "batch_stats")
-        for key in _flat_keys(variables.get(coll, {}))
+        for key in traverse_util.flatten_dict(variables.get(coll, {}))
         if (coll,) + key not in used
     ]
     problems = []
