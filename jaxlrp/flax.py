@@ -55,11 +55,15 @@ import functools
 import inspect as _inspect
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import flax.errors
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx, traverse_util
+
+try:
+    import flax.errors
+    import flax.linen as nn
+    from flax import nnx, traverse_util
+except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+    raise ImportError("jaxlrp.flax needs Flax: pip install 'jaxlrp[flax]'") from e
 
 from . import composites as _composites
 from .composites import Composite, Layer, Matcher
