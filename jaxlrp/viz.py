@@ -613,9 +613,9 @@ def _sequence_letters(sequence: str | ArrayLike, length: int) -> str:
                 f"over {_SEQUENCE_BASES}, got shape {onehot.shape}"
             )
         index = onehot.argmax(axis=1)
-        empty = ~onehot.any(axis=1)
+        empty = [not row.any() for row in onehot]
         letters = "".join(
-            "N" if blank else _SEQUENCE_BASES[i] for i, blank in zip(index, empty)
+            "N" if blank else _SEQUENCE_BASES[i] for i, blank in zip(index.tolist(), empty)
         )
     if len(letters) != length:
         raise ValueError(
