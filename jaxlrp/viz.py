@@ -441,6 +441,8 @@ def grid(
     pad: int = 2,
     background: int | Sequence[int] = 255,
     scale: int = 1,
+    row_labels: Sequence[str] | None = None,
+    font_size: int = 12,
 ) -> np.ndarray:
     """Tile images into one RGB image.
 
@@ -469,6 +471,14 @@ def grid(
     scale : int, default 1
         Integer nearest-neighbour upscaling factor applied to every image,
         useful for small inputs such as 28x28 digits.
+    row_labels : sequence of str, optional
+        One label per row, written once in a band on the left (instead of
+        repeating a method's name as the title of every tile). Requires Pillow.
+    font_size : int, default 12
+        Size in pixels of the row labels' font.
+
+    For figures with one colour scale and colour bar per row, see
+    :func:`relevance_figure`.
 
     Returns
     -------
@@ -479,8 +489,8 @@ def grid(
     ------
     ValueError
         If ``images`` is empty, an image is not ``uint8`` RGB/grayscale, the
-        number of titles differs from the number of images, or ``ncols``,
-        ``pad`` or ``scale`` is invalid.
+        number of titles differs from the number of images (or of row labels
+        from the number of rows), or ``ncols``, ``pad`` or ``scale`` is invalid.
     """
     tiles = [_as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
     if not tiles:
@@ -554,7 +564,29 @@ def grid(
                 draw.text((x, top), text, fill=ink, font=font)
         canvas = np.asarray(picture, dtype=np.uint8).copy()
 
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"got {len(row_labels)} row labels for {rows} rows")
+        canvas = _label_rows(canvas, [str(t) for t in row_labels], cell_h, pad, title_h, colour, font_size)
     return canvas
+
+
+def _label_rows(canvas: np.ndarray, labels: list, cell_h: int, pad: int, title_h: int,
+                colour: np.ndarray, font_size: int) -> np.ndarray:
+    """Prepend a band with one right-aligned label per grid row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = int(max(probe.textlength(t, font=font) for t in labels)) + 2 * pad + 4
+    picture = Image.new("RGB", (canvas.shape[1] + width, canvas.shape[0]), tuple(int(c) for c in colour))
+    picture.paste(Image.fromarray(canvas), (width, 0))
+    draw = ImageDraw.Draw(picture)
+    ink = (0, 0, 0) if float(colour @ np.array([0.299, 0.587, 0.114])) >= 128 else (255, 255, 255)
+    for row, text in enumerate(labels):
+        middle = pad + row * (cell_h + pad) + title_h + (cell_h - title_h) / 2
+        draw.text((width - pad - 2, middle), text, fill=ink, font=font, anchor="rm")
+    return np.asarray(picture, dtype=np.uint8).copy()
 
 
 def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
