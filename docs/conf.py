@@ -48,6 +48,7 @@ myst_heading_anchors = 3
 nb_execution_mode = "force"
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True
+nb_execution_in_temp = True  # files a tutorial writes stay out of the source tree
 nb_execution_show_tb = True
 
 html_theme = "furo" if importlib.util.find_spec("furo") else "alabaster"

@@ -450,7 +450,9 @@ def grid(
     images are centred in their cell. Cells are separated from each other and
     from the border by ``pad`` pixels of background. Without titles the
     result has height ``nrows * H + (nrows + 1) * pad`` and width
-    ``ncols * W + (ncols + 1) * pad`` where ``H, W`` is the cell size.
+    ``ncols * W + (ncols + 1) * pad`` where ``H, W`` is the cell size. For
+    figures with one colour scale and colour bar per row, see
+    :func:`relevance_figure`.
 
     Parameters
     ----------
@@ -476,9 +478,6 @@ def grid(
         repeating a method's name as the title of every tile). Requires Pillow.
     font_size : int, default 12
         Size in pixels of the row labels' font.
-
-    For figures with one colour scale and colour bar per row, see
-    :func:`relevance_figure`.
 
     Returns
     -------

@@ -1,6 +1,49 @@
-"""Shared test set-up: float64 everywhere, so rules are compared with the float64
-reference at tight tolerances (float32 behaviour is tested with explicit dtypes)."""
+"""Shared test set-up.
+
+* float64 everywhere, so rules are compared with the float64 reference at tight
+  tolerances (float32 behaviour is tested with explicit dtypes);
+* the ``slow`` marker (registered in pyproject.toml) on the tests listed below, so
+  that ``pytest -m "not slow"`` is a quick run; CI runs everything.
+"""
+
+import pathlib
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+# Measured with `pytest --durations=40` over the whole suite (2 shared CPU cores):
+# the slowest tests, then whole files whose tests are mostly slow. Kept here, in one
+# list, rather than as decorators spread over files that are edited in parallel;
+# a test may also carry `@pytest.mark.slow` itself.
+_SLOW_FILES = {
+    "tests/test_torchvision.py",  # full-size VGG-16 / ResNet-50
+    "tests/test_variants.py",  # 19 of the 40 slowest tests
+    "tests/test_transformer_models.py",
+    "tests/test_properties.py",  # hypothesis
+}
+_SLOW_TESTS = {
+    "tests/test_transformers.py::test_flax_attention_model_explained_without_changes",
+    "tests/test_transforms.py::test_vmap_equals_loop_and_batch",
+    "tests/test_transforms.py::test_jit_equals_eager",
+    "tests/test_transforms.py::test_shard_map_with_psum_inside_the_model",
+    "tests/test_transforms.py::test_sharded_over_8_devices_equals_single_device",
+    "tests/test_models.py::test_canonical_composite_linen_vmap_equals_nnx",
+    "tests/test_reference.py::test_forward_and_grad_match_jax",
+    "tests/test_recurrent.py::test_flax_lstm_cell_in_rnn",
+    "tests/test_recurrent_models.py::test_fit_readout_recovers_linear_readout",
+    "tests/test_demo.py::test_demo_end_to_end",
+    "tests/test_demo.py::test_bad_arguments_exit_non_zero",  # a python process per case
+    "tests/test_docs.py::test_markdown_code_blocks_run",
+    "tests/test_docs.py::test_docstring_examples_run",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = pathlib.Path(str(config.rootpath))
+    for item in items:
+        path = pathlib.Path(str(item.path)).relative_to(root).as_posix()
+        name = f"{path}::{item.originalname}" if hasattr(item, "originalname") else item.nodeid
+        if path in _SLOW_FILES or name in _SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

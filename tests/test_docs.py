@@ -29,6 +29,22 @@ _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 # Docstring examples that load files that are not shipped (pretrained weights).
 _NEEDS_FILES = {"jaxlrp.models", "jaxlrp.models.torchvision.load_torchvision"}
 
+# Docstring examples that are wrong; each is a bug outside this file, kept visible.
+_KNOWN_BAD = {
+    "jaxlrp.variants.pruned": "jax.jit(explain)(..., layers='linear') passes a string through jit; "
+                              "the example needs jax.jit(functools.partial(explain, layers='linear'))",
+}
+
+
+def _recurrent_data(ns: dict) -> None:
+    """The recurrent models' docstring explains a two-class task."""
+    sq = ns["data"].squares(0, 8, 20)
+    ns.update(x=ns["jnp"].asarray(sq.x), y=ns["jnp"].asarray(sq.y))
+
+
+# Per-module additions to the prelude.
+_PRELUDE_FOR = {"jaxlrp.models.recurrent": _recurrent_data}
+
 
 def _prelude() -> dict:
     import jax
@@ -46,7 +62,16 @@ def _prelude() -> dict:
               m=jnp.asarray(ds.mask[..., None]))
     # names the model-zoo docstrings use
     ns.update(images=jnp.zeros((2, 16, 16, 1)), tokens=jnp.zeros((2, 24), jnp.int32), module=model)
+    ns.update(nnx_model=_nnx_cnn())
     return ns
+
+
+def _nnx_cnn():
+    from flax import nnx
+
+    from jaxlrp.models import nnx as zoo
+
+    return zoo.CNN(1, 28, 4, channels=(4, 8), hidden=16, rngs=nnx.Rngs(0))
 
 
 def _pages() -> list:
@@ -89,15 +114,21 @@ def _doctests() -> list:
     tests = []
     for name in _modules():
         for t in finder.find(importlib.import_module(name)):
-            if t.examples and t.name not in _NEEDS_FILES:
-                tests.append(t)
+            if not t.examples or t.name in _NEEDS_FILES:
+                continue
+            marks = [pytest.mark.xfail(strict=True, reason=_KNOWN_BAD[t.name])] if t.name in _KNOWN_BAD else []
+            tests.append(pytest.param(t, id=t.name, marks=marks))
     return tests
 
 
-@pytest.mark.parametrize("test", _doctests(), ids=lambda t: t.name)
+@pytest.mark.parametrize("test", _doctests())
 def test_docstring_examples_run(test, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    test.globs = {**_prelude(), **test.globs}
+    ns = _prelude()
+    for module, extend in _PRELUDE_FOR.items():
+        if test.name == module or test.name.startswith(module + "."):
+            extend(ns)
+    test.globs = {**ns, **test.globs}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     result = runner.summarize(verbose=False)
