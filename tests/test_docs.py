@@ -7,8 +7,7 @@
   are shown, not run. The notebook pages (``{code-cell}``) are executed by the
   documentation build (myst-nb), not here.
 * Docstring examples (``>>>``) of every module run as doctests with the same
-  prelude, except those that need a file (pretrained weights) listed in
-  ``_NEEDS_FILES``.
+  prelude, except those listed in ``_NOT_RUN`` (pretrained weights).
 """
 
 from __future__ import annotations
@@ -26,8 +25,12 @@ import jaxlrp
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
-# Docstring examples that load files that are not shipped (pretrained weights).
-_NEEDS_FILES = {"jaxlrp.models", "jaxlrp.models.torchvision.load_torchvision"}
+# Docstring examples that are not run, with the reason.
+_NOT_RUN = {
+    "jaxlrp.models": "loads pretrained weights from a file that is not shipped",
+    "jaxlrp.models.torchvision.load_torchvision": "loads pretrained weights from a file that is not shipped",
+    "jaxlrp.flax.explain": "explains an ImageNet ResNet (3-channel bounds of resnet_composite)",
+}
 
 # Docstring examples that are wrong; each is a bug outside this file, kept visible.
 _KNOWN_BAD = {
@@ -114,7 +117,7 @@ def _doctests() -> list:
     tests = []
     for name in _modules():
         for t in finder.find(importlib.import_module(name)):
-            if not t.examples or t.name in _NEEDS_FILES:
+            if not t.examples or t.name in _NOT_RUN:
                 continue
             marks = [pytest.mark.xfail(strict=True, reason=_KNOWN_BAD[t.name])] if t.name in _KNOWN_BAD else []
             tests.append(pytest.param(t, id=t.name, marks=marks))
