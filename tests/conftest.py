@@ -22,6 +22,7 @@ _SLOW_FILES = {
     "tests/test_variants.py",  # 19 of the 40 slowest tests
     "tests/test_transformer_models.py",
     "tests/test_properties.py",  # hypothesis
+    "tests/test_models.py",  # the VGG and ResNet zoo, linen and nnx
 }
 _SLOW_TESTS = {
     "tests/test_transformers.py::test_flax_attention_model_explained_without_changes",
@@ -37,6 +38,22 @@ _SLOW_TESTS = {
     "tests/test_demo.py::test_bad_arguments_exit_non_zero",  # a python process per case
     "tests/test_docs.py::test_markdown_code_blocks_run",
     "tests/test_docs.py::test_docstring_examples_run",
+    # second round: the slowest of the quick set (`-m "not slow" --durations=25`)
+    "tests/test_docs.py::test_readme_ten_lines_are_self_contained",
+    "tests/test_api.py::test_shape_dtype_and_target_conventions",
+    "tests/test_canonize.py::test_batchnorm_before_a_layer_passes_relevance",
+    "tests/test_canonize.py::test_batchnorm_folding_equals_manual_folding",
+    "tests/test_canonize.py::test_folded_layers_are_reported",
+    "tests/test_canonize.py::test_unbatched_flax_conv_batchnorm_is_folded_under_vmap",
+    "tests/test_dataset.py::test_sharded_over_8_devices_equals_one_device_and_resumes",
+    "tests/test_flax.py::test_linen_one_line_equals_core",
+    "tests/test_flax.py::test_nnx_equals_linen_and_core",
+    "tests/test_metrics.py::test_jit_equals_eager",
+    "tests/test_metrics.py::test_mprt_cascades_from_last_layer_and_matches_scipy",
+    "tests/test_metrics.py::test_vmap_over_single_examples_equals_batched",
+    "tests/test_networks.py::test_conservation_on_zero_bias_networks",
+    "tests/test_networks.py::test_lrp0_equals_gradient_times_input",
+    "tests/test_transformers.py::test_cp_lrp_conserves_on_a_zero_bias_transformer",
 }
 
 
