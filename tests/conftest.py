@@ -23,6 +23,7 @@ _SLOW_FILES = {
     "tests/test_transformer_models.py",
     "tests/test_properties.py",  # hypothesis
     "tests/test_models.py",  # the VGG and ResNet zoo, linen and nnx
+    "tests/test_recurrent_models.py",  # scans over 28-100 steps
 }
 _SLOW_TESTS = {
     "tests/test_transformers.py::test_flax_attention_model_explained_without_changes",
@@ -33,7 +34,6 @@ _SLOW_TESTS = {
     "tests/test_models.py::test_canonical_composite_linen_vmap_equals_nnx",
     "tests/test_reference.py::test_forward_and_grad_match_jax",
     "tests/test_recurrent.py::test_flax_lstm_cell_in_rnn",
-    "tests/test_recurrent_models.py::test_fit_readout_recovers_linear_readout",
     "tests/test_demo.py::test_demo_end_to_end",
     "tests/test_demo.py::test_bad_arguments_exit_non_zero",  # a python process per case
     "tests/test_docs.py::test_markdown_code_blocks_run",
@@ -60,7 +60,6 @@ _SLOW_TESTS = {
     "tests/test_api.py::test_layers_without_name_stack_are_named_by_parameter_path",
     "tests/test_networks.py::test_layerwise_composite_matches_reference",
     "tests/test_recurrent.py::test_nnx_rnn_with_lstm_cell",
-    "tests/test_recurrent_models.py::test_lstm_scan_equals_unrolled",
 }
 
 
