@@ -325,27 +325,28 @@ def figure(x: np.ndarray, y: np.ndarray, maps: dict, perm: list, path: pathlib.P
     names = list(maps)
     picks = [int(np.flatnonzero(y == c)[0]) for c in (0, 1)]
     tiles, titles = [], []
-    for i in picks:
+    for r, i in enumerate(picks):  # model names once, above the first row
         tiles.append(viz.heatmap(x[i, ..., 0], cmap="gray", symmetric=False))
-        titles.append(f"input, class {y[i]}")
+        titles.append("input" if r == 0 else "")
         for n in names:
             tiles.append(viz.heatmap(maps[n][i, ..., 0], percentile=99.5))
-            titles.append(n)
+            titles.append(n if r == 0 else "")
     tiles.append(viz.heatmap(np.abs(x).mean(0)[..., 0], cmap="gray", symmetric=False))
-    titles.append("mean |x|; row: mean |R|")
+    titles.append("")
     for n in names:
         tiles.append(viz.heatmap(np.abs(maps[n]).mean(0)[..., 0], cmap="hot", symmetric=False, percentile=99.5))
-        titles.append(n)
+        titles.append("")
     row = []
     for p in perm:
         a, b = p["_maps"]
         row += [(viz.heatmap(a[0, ..., 0], percentile=99.5), f"{p['model']}"),
-                (viz.heatmap(b[0, ..., 0], percentile=99.5), "permuted, mapped back")]
+                (viz.heatmap(b[0, ..., 0], percentile=99.5), "permuted, back")]
     ncols = len(names) + 1
     row += [(np.full_like(tiles[0], 255), "")] * (ncols - len(row))
     tiles += [t for t, _ in row]
     titles += [t for _, t in row]
-    img = viz.grid(tiles, titles=titles, ncols=ncols, pad=4)
+    labels = [f"class {y[i]}: R" for i in picks] + ["mean |x|, |R|", "permutation test"]
+    img = viz.grid(tiles, titles=titles, ncols=ncols, pad=4, row_labels=labels)
     return viz.save_png(path, img)
 
 

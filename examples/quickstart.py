@@ -117,10 +117,8 @@ def main(argv=None) -> int:
     x, m = x_test[: args.examples], masks[: args.examples]
     grad = jax.jit(jax.grad(lambda p, x: jnp.max(model.apply(p, x), -1).sum(), argnums=1))
     t_grad = _time(grad, params, x)
-    tiles, titles = [], []
-    for i in range(args.examples):
-        tiles.append(viz.heatmap(x[i], cmap="gray", symmetric=False))
-        titles.append(f"input (class {int(y_test[i])})")
+    shown = {}
+    titles = [f"class {int(y_test[i])}" for i in range(args.examples)]
     print(f"{'composite':<20} {'relevance on square':>20} {'LRP/grad time':>14}")
     for name, comp in methods.items():
         explain = jax.jit(jaxlrp.lrp(model.apply, comp))
@@ -129,11 +127,10 @@ def main(argv=None) -> int:
         share = float(jnp.mean(jnp.sum(pos * m, (1, 2)) / (jnp.sum(pos, (1, 2)) + 1e-12)))
         ratio = _time(explain, params, x) / t_grad
         print(f"{name:<20} {share:>19.1%} {ratio:>13.2f}x")
-        for i in range(args.examples):
-            tiles.append(viz.heatmap(rel[i], cmap="bwr"))
-            titles.append(name)
-    image = viz.grid(tiles, titles=titles, ncols=args.examples, scale=3)
-    path = viz.save_png(pathlib.Path(args.out) / "quickstart.png", image)
+        shown[name] = rel
+    header = "column titles: true class (0: square on the left, 1: on the right); red: for the predicted class, blue: against"
+    figure = viz.relevance_figure(x, shown, column_titles=titles, header=header)
+    path = viz.save_figure(pathlib.Path(args.out) / "quickstart.png", figure)
     print(f"wrote {path} (rows: input, then one composite each; square fraction of random pixels: "
           f"{float(jnp.mean(m)):.1%})")
     return 0

@@ -11,9 +11,8 @@ from ._errors import TrainingModeError, UnsupportedOperationError
 from .composites import Composite
 from .dataset import DatasetLockedError, explain_dataset
 from .diagnostics import inspect
+from ._version import __version__
 from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
@@ -24,7 +23,9 @@ def __getattr__(name: str):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'jaxlrp' has no attribute {name!r}")
 
+
 __all__ = [
+    "__version__",
     "lrp",
     "value_and_lrp",
     "explain_dataset",

@@ -4,27 +4,27 @@ A :class:`Composite` is an ordered list of ``(matcher, rule)`` pairs; the first 
 whose matcher accepts a layer decides its rule. After the user's pairs come the
 defaults shared by every composite (Zennit's "layer map base"):
 
-=============  ==========================================  ==================
-kind           what it is in the jaxpr                     default rule
-=============  ==========================================  ==================
-``dense``      ``dot_general`` with a weight               ``Epsilon()``
-``conv``       ``conv_general_dilated`` with a weight      ``Epsilon()``
-``sum``        ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
-               two input-dependent tensors (residuals)
-``avgpool``    ``reduce_window_sum`` (average/sum pool)    ``Norm()``
-``maxpool``    ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
-``product``    product of two input-dependent tensors      ``Uniform()``
-``gate``       product of a signal and a sigmoid gate      ``SignalTakesAll()``
-               (LSTM/GRU cells, gated units)
-``attention``  product of values and softmax probabilities ``Uniform()``
-``normalize``  a signal times or divided by a normaliser   ``SignalTakesAll()``
-               (LayerNorm, RMSNorm: normaliser constant)
-``softmax``    ``exp(x - c) / sum(exp(x - c))``             ``Softmax()``
-``divide``     any other division by an input-dependent    none: choose
-               value (LocalResponseNorm, ``x / sum(x)``)   ``SignalTakesAll()``
-                                                           or ``Gradient()``
-``activation`` elementwise functions of one tensor         ``Pass()``
-=============  ==========================================  ==================
+==============  ==========================================  ==================
+kind            what it is in the jaxpr                     default rule
+==============  ==========================================  ==================
+``dense``       ``dot_general`` with a weight               ``Epsilon()``
+``conv``        ``conv_general_dilated`` with a weight      ``Epsilon()``
+``sum``         ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
+                two input-dependent tensors (residuals)
+``avgpool``     ``reduce_window_sum`` (average/sum pool)    ``Norm()``
+``maxpool``     ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
+``product``     product of two input-dependent tensors      ``Uniform()``
+``gate``        product of a signal and a sigmoid gate      ``SignalTakesAll()``
+                (LSTM/GRU cells, gated units)
+``attention``   values times softmax probabilities          ``Uniform()``
+``normalize``   a signal times or divided by a normaliser   ``SignalTakesAll()``
+                (LayerNorm, RMSNorm: normaliser constant)
+``softmax``     ``exp(x - c) / sum(exp(x - c))``             ``Softmax()``
+``divide``      any other division by an input-dependent    none: choose
+                value (LocalResponseNorm, ``x / sum(x)``)   ``SignalTakesAll()``
+                                                            or ``Gradient()``
+``activation``  elementwise functions of one tensor         ``Pass()``
+==============  ==========================================  ==================
 
 A ``divide`` layer has no default because no rule is right for every normaliser:
 ``("divide", rules.SignalTakesAll())`` treats the denominator as a constant (the

@@ -4,8 +4,9 @@ The demo trains a small CNN on :func:`jaxlrp.data.shapes` (one geometric object 
 image, class = kind of object, ground-truth mask = the object's pixels) with optax,
 explains held-out images with several LRP methods, and writes
 
-* ``demo.png``: a grid with the inputs (top row) and one row of heatmaps per method
-  (red: evidence for the predicted class, blue: against);
+* ``demo.png``: the inputs (top row, titled true / predicted class) and one row of
+  heatmaps per method, labelled on the left, with one colour scale and colour bar
+  per row (red: evidence for the predicted class, blue: against);
 * ``metrics.md`` and ``metrics.json``: test accuracy and, per method, the mean over
   the explained images of the conservation error, the relevance mass accuracy
   inside the object mask, the pixel-flipping AOPC and the Gini sparseness, plus the
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from . import composites, data, metrics, rules, variants, viz
 from .explain import lrp
@@ -74,19 +76,6 @@ def methods(low: float, high: float) -> dict:
     }
 
 
-def _progress(i: int, n: int, loss, quiet: bool) -> None:
-    """A one-line progress bar on a terminal; a line per quarter otherwise."""
-    if quiet:
-        return
-    tty = sys.stderr.isatty()
-    if not tty and (i + 1) % max(n // 4, 1) and i + 1 != n:
-        return
-    width = 30
-    done = int(width * (i + 1) / n)
-    bar = f"training [{'#' * done}{'.' * (width - done)}] {i + 1}/{n} loss {float(loss):.3f}"
-    print(("\r" + bar) if tty else bar, end="\n" if (i + 1 == n or not tty) else "", file=sys.stderr, flush=True)
-
-
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, quiet: bool = True):
     """Adam on softmax cross-entropy, batches of 64 in a fixed shuffled order."""
     params = model.init(jax.random.PRNGKey(seed), x[:1])
@@ -104,12 +93,14 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int,
 
     order = np.random.default_rng(seed).permutation(len(x))
     batch = 64
-    for i in range(steps):
-        idx = order[(i * batch) % (len(x) - batch):][:batch]
-        params, state, value = step(params, state, x[idx], y[idx])
-        if sys.stderr.isatty() and i % 10 and i + 1 != steps:
-            continue  # redraw the bar every 10 steps (reading the loss waits for the step)
-        _progress(i, steps, value, quiet)
+    # the same progress library as explain_dataset: quiet off a terminal (disable=None)
+    with tqdm(total=steps, desc="training", file=sys.stderr, disable=True if quiet else None) as bar:
+        for i in range(steps):
+            idx = order[(i * batch) % (len(x) - batch):][:batch]
+            params, state, value = step(params, state, x[idx], y[idx])
+            if not bar.disable and (i % 10 == 0 or i + 1 == steps):  # reading the loss waits for the step
+                bar.set_postfix(loss=f"{float(value):.3f}", refresh=False)
+                bar.update(i + 1 - bar.n)
     return params
 
 
@@ -160,20 +151,21 @@ def run(cfg: Config) -> dict:
     t_grad = _timed(grad, params, x)
 
     low, high = float(ds.x.min()), float(ds.x.max())
-    results = {}
-    tiles = [viz.heatmap(x_test[i], cmap="gray", symmetric=False) for i in range(cfg.show)]
-    titles = [f"{data.SHAPES[int(y_test[i])]} ({data.SHAPES[int(y_pred[i])]})" for i in range(cfg.show)]
+    results, shown = {}, {}
+    titles = [f"{data.SHAPES[int(y_test[i])]} / {data.SHAPES[int(y_pred[i])]}" for i in range(cfg.show)]
     for name, comp in methods(low, high).items():
         rel, scores = evaluate(model, params, x, target, mask, comp, t_grad)
         results[name] = scores
-        tiles += [viz.heatmap(rel[i], cmap="bwr") for i in range(cfg.show)]
-        titles += [name] * cfg.show
+        shown[name] = np.asarray(rel[: cfg.show])
         if not cfg.quiet:
             print(f"  {name:<26} RMA {scores['relevance_mass_accuracy']:.3f}  AOPC {scores['aopc']:.3f}  "
                   f"Gini {scores['gini']:.3f}", file=sys.stderr)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    png = viz.save_png(cfg.out / "demo.png", viz.grid(tiles, titles=titles, ncols=cfg.show, scale=3))
+    header = ("column titles: true / predicted class; relevance for the predicted class "
+              "(red: for, blue: against; one colour scale per row)")
+    figure = viz.relevance_figure(x_test[: cfg.show], shown, column_titles=titles, header=header)
+    png = viz.save_figure(cfg.out / "demo.png", figure)
     summary = {
         "config": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in dataclasses.asdict(cfg).items()},
         "test_accuracy": accuracy,
@@ -205,16 +197,43 @@ def markdown(summary: dict) -> str:
 
 
 def _positive(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return n
 
 
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return n
+
+
+def _directory(value: str) -> pathlib.Path:
+    path = pathlib.Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} exists and is not a directory")
+    for parent in path.absolute().parents:  # the first existing ancestor must be a writable folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"cannot create {value}: {parent} is not a directory")
+            break
+    return path
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out"), help="output directory (default: out)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    ap.add_argument("--train", type=_positive, default=Config.train, help="training images (default: %(default)s)")
+    ap.add_argument("--out", type=_directory, default=pathlib.Path("out"),
+                    help="output directory, created if absent (default: out)")
+    ap.add_argument("--seed", type=_non_negative, default=0, help="random seed, >= 0 (default: 0)")
+    ap.add_argument("--train", type=_positive, default=Config.train,
+                    help="training images, >= 64 (default: %(default)s)")
     ap.add_argument("--steps", type=_positive, default=Config.steps, help="training steps (default: %(default)s)")
     ap.add_argument("--explain", type=_positive, default=Config.explain,
                     help="held-out images explained and scored (default: %(default)s)")
@@ -223,10 +242,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main_demo(args: argparse.Namespace) -> int:
+    """Run the demo from parsed arguments; 2 on an invalid combination, 0 when done."""
     if args.train < 64:
         print("jaxlrp demo: error: --train must be at least 64 (one batch)", file=sys.stderr)
         return 2
     cfg = Config(args.out, args.seed, args.train, args.steps, args.explain, args.show, args.quiet)
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)  # fail here, not after the run
+    except OSError as e:
+        print(f"jaxlrp demo: error: --out {cfg.out}: {e.strerror}", file=sys.stderr)
+        return 2
     out = run(cfg)
     print(markdown(out), end="")
     print(f"wrote {out['png']}, {out['md']} and {out['json']} in {out['seconds']:.1f} s")

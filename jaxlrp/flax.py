@@ -55,11 +55,15 @@ import functools
 import inspect as _inspect
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import flax.errors
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+try:
+    import flax.errors
+    import flax.linen as nn
+    from flax import nnx, traverse_util
+except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+    raise ImportError("jaxlrp.flax needs Flax: pip install 'jaxlrp[flax]'") from e
 
 from . import composites as _composites
 from ._errors import TrainingModeError
@@ -487,16 +491,6 @@ def _lookup(tree: Mapping, path: Sequence) -> Any:
     return node
 
 
-def _flat_keys(tree: Mapping, prefix: tuple = ()) -> list:
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out += _flat_keys(v, prefix + (k,))
-        else:
-            out.append(prefix + (k,))
-    return out
-
-
 def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
     """Set the weights of an nnx model from the variables of a linen model with the
     same structure (in place, like ``nnx.update``).
@@ -539,7 +533,7 @@ def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
     unexpected = [
         "/".join((coll,) + key)
         for coll in ("params", "batch_stats")
-        for key in _flat_keys(variables.get(coll, {}))
+        for key in traverse_util.flatten_dict(variables.get(coll, {}))
         if (coll,) + key not in used
     ]
     problems = []

@@ -298,11 +298,7 @@ def rankdata(a: ArrayLike) -> Array:
     each entry of the flattened example, e.g. ``[[3, 1, 1]] -> [[3, 1.5, 1.5]]``.
     """
     a = _flat(_batched("a", a))
-    s = jnp.sort(a, axis=1)
-    lo = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(s, a)
-    hi = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="right"))(s, a)
-    # entries equal to v occupy the 0-based sorted positions lo .. hi - 1
-    return (lo + hi + 1).astype(a.dtype) / 2
+    return jax.scipy.stats.rankdata(a, axis=1).astype(a.dtype)
 
 
 def spearman(a: ArrayLike, b: ArrayLike) -> Array:

@@ -3,7 +3,9 @@
 Turns relevance arrays produced by LRP into RGB images: colour maps, value
 normalisation, heatmaps, overlays on the input image, image grids and PNG
 export. Only numpy is required to import this module; Pillow is imported
-lazily by the functions that render text or write files.
+lazily by the functions that render text or write files, and matplotlib by
+:func:`relevance_figure`, the figure with row labels and colour bars (both come
+with ``pip install 'jaxlrp[viz]'``).
 
 All functions accept numpy arrays, jax arrays or anything else that
 ``numpy.asarray`` understands. Every image returned is a freshly allocated
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Union
@@ -30,6 +33,8 @@ __all__ = [
     "grid",
     "save_png",
     "sequence_plot",
+    "relevance_figure",
+    "save_figure",
 ]
 
 # Colour maps are defined by anchors ``(position, (r, g, b))`` with positions
@@ -436,6 +441,8 @@ def grid(
     pad: int = 2,
     background: int | Sequence[int] = 255,
     scale: int = 1,
+    row_labels: Sequence[str] | None = None,
+    font_size: int = 12,
 ) -> np.ndarray:
     """Tile images into one RGB image.
 
@@ -443,7 +450,9 @@ def grid(
     images are centred in their cell. Cells are separated from each other and
     from the border by ``pad`` pixels of background. Without titles the
     result has height ``nrows * H + (nrows + 1) * pad`` and width
-    ``ncols * W + (ncols + 1) * pad`` where ``H, W`` is the cell size.
+    ``ncols * W + (ncols + 1) * pad`` where ``H, W`` is the cell size. For
+    figures with one colour scale and colour bar per row, see
+    :func:`relevance_figure`.
 
     Parameters
     ----------
@@ -464,6 +473,11 @@ def grid(
     scale : int, default 1
         Integer nearest-neighbour upscaling factor applied to every image,
         useful for small inputs such as 28x28 digits.
+    row_labels : sequence of str, optional
+        One label per row, written once in a band on the left (instead of
+        repeating a method's name as the title of every tile). Requires Pillow.
+    font_size : int, default 12
+        Size in pixels of the row labels' font.
 
     Returns
     -------
@@ -474,8 +488,8 @@ def grid(
     ------
     ValueError
         If ``images`` is empty, an image is not ``uint8`` RGB/grayscale, the
-        number of titles differs from the number of images, or ``ncols``,
-        ``pad`` or ``scale`` is invalid.
+        number of titles differs from the number of images (or of row labels
+        from the number of rows), or ``ncols``, ``pad`` or ``scale`` is invalid.
     """
     tiles = [_as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
     if not tiles:
@@ -549,7 +563,29 @@ def grid(
                 draw.text((x, top), text, fill=ink, font=font)
         canvas = np.asarray(picture, dtype=np.uint8).copy()
 
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"got {len(row_labels)} row labels for {rows} rows")
+        canvas = _label_rows(canvas, [str(t) for t in row_labels], cell_h, pad, title_h, colour, font_size)
     return canvas
+
+
+def _label_rows(canvas: np.ndarray, labels: list, cell_h: int, pad: int, title_h: int,
+                colour: np.ndarray, font_size: int) -> np.ndarray:
+    """Prepend a band with one right-aligned label per grid row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = int(max(probe.textlength(t, font=font) for t in labels)) + 2 * pad + 4
+    picture = Image.new("RGB", (canvas.shape[1] + width, canvas.shape[0]), tuple(int(c) for c in colour))
+    picture.paste(Image.fromarray(canvas), (width, 0))
+    draw = ImageDraw.Draw(picture)
+    ink = (0, 0, 0) if float(colour @ np.array([0.299, 0.587, 0.114])) >= 128 else (255, 255, 255)
+    for row, text in enumerate(labels):
+        middle = pad + row * (cell_h + pad) + title_h + (cell_h - title_h) / 2
+        draw.text((width - pad - 2, middle), text, fill=ink, font=font, anchor="rm")
+    return np.asarray(picture, dtype=np.uint8).copy()
 
 
 def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
@@ -608,9 +644,9 @@ def _sequence_letters(sequence: str | ArrayLike, length: int) -> str:
                 f"over {_SEQUENCE_BASES}, got shape {onehot.shape}"
             )
         index = onehot.argmax(axis=1)
-        empty = ~onehot.any(axis=1)
+        empty = [not row.any() for row in onehot]
         letters = "".join(
-            "N" if blank else _SEQUENCE_BASES[i] for i, blank in zip(index, empty)
+            "N" if blank else _SEQUENCE_BASES[i] for i, blank in zip(index.tolist(), empty)
         )
     if len(letters) != length:
         raise ValueError(
@@ -818,3 +854,149 @@ def sequence_plot(
         canvas = np.asarray(picture, dtype=np.uint8).copy()
 
     return canvas
+
+
+# ------------------------------------------------------------ matplotlib figures
+
+
+def _matplotlib_figure():
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+        raise ImportError("jaxlrp.viz.relevance_figure needs matplotlib: pip install 'jaxlrp[viz]'") from e
+    return Figure
+
+
+def _per_pixel(relevance: ArrayLike, reduce: str, what: str) -> np.ndarray:
+    """A batch ``(N, H, W)`` or ``(N, H, W, C)`` of relevance as ``(N, H, W)``."""
+    rel = _as_float_array(relevance, what)
+    if rel.ndim == 4:
+        rel = _reduce_channels(rel, -1, reduce)
+    if rel.ndim != 3:
+        raise ValueError(f"{what} must have shape (N, H, W) or (N, H, W, C), got {rel.shape}")
+    return rel
+
+
+def _display_inputs(inputs: ArrayLike) -> np.ndarray:
+    """Inputs ``(N, H, W[, C])`` as images in ``[0, 1]``: gray for 1 channel, RGB for 3."""
+    x = _as_float_array(inputs, "inputs")
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 3)):
+        raise ValueError(f"inputs must have shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {x.shape}")
+    low, high = float(x.min()), float(x.max())
+    return (x - low) / (high - low) if high > low else np.zeros_like(x)
+
+
+def relevance_figure(
+    inputs: ArrayLike,
+    relevance: Mapping[str, ArrayLike],
+    *,
+    column_titles: Sequence[str] | None = None,
+    header: str | None = None,
+    cmap: str = "bwr",
+    percentile: float = 99.5,
+    reduce: str = "sum",
+    tile_inches: float = 1.4,
+    fontsize: float = 10.0,
+):
+    r"""A publication figure: the inputs on top, one row of heatmaps per method.
+
+    Each row is labelled once, on its left, with the method's name, and shares one
+    colour scale with a colour bar on its right: the scale of row ``m`` is
+    symmetric, :math:`[-v_m, v_m]` with :math:`v_m` the ``percentile`` of
+    :math:`|R|` over all images of the row (values beyond are clipped), so the
+    colours of one row compare across images and white is zero relevance.
+
+    Parameters
+    ----------
+    inputs : array_like
+        ``(N, H, W)``, ``(N, H, W, 1)`` (drawn in gray) or ``(N, H, W, 3)`` (RGB),
+        min-max scaled for display.
+    relevance : mapping of str to array_like
+        Row label -> relevance of shape ``(N, H, W)`` or ``(N, H, W, C)``; channels
+        are combined with ``reduce`` (see :func:`heatmap`).
+    column_titles : sequence of str, optional
+        One title per image, above the inputs (e.g. ``"cat / dog"``).
+    header : str, optional
+        A line above everything that explains the column titles (e.g.
+        ``"column titles: true / predicted class"``).
+    cmap : str, default "bwr"
+        A matplotlib colour-map name; a diverging one keeps zero in the middle.
+    percentile : float, default 99.5
+        In ``(0, 100]``; 100 scales each row to its largest absolute value.
+    reduce : {"sum", "abs_sum", "max_abs"}, default "sum"
+    tile_inches : float, default 1.4
+        Size of one image in inches.
+    fontsize : float, default 10
+        Font size of the labels in points.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Not attached to pyplot (no global state); write it with
+        :func:`save_figure` or ``fig.savefig``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes or the number of titles do not match, ``relevance`` is empty,
+        or a value is non-finite.
+    ImportError
+        If matplotlib is missing (install ``jaxlrp[viz]``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jaxlrp import viz
+    >>> x = np.random.default_rng(0).normal(size=(3, 8, 8))
+    >>> fig = viz.relevance_figure(x, {"gradient x input": x * x}, column_titles=["a", "b", "c"])
+    >>> len(fig.axes)  # 2 rows of 3 images, one colour bar per row
+    8
+    """
+    _check_percentile(percentile)
+    shown = _display_inputs(inputs)
+    n = shown.shape[0]
+    rows = {str(k): _per_pixel(v, reduce, f"relevance[{k!r}]") for k, v in relevance.items()}
+    if not rows:
+        raise ValueError("relevance_figure needs at least one row of relevance")
+    for label, rel in rows.items():
+        if rel.shape != shown.shape[:3]:
+            raise ValueError(f"relevance[{label!r}] has shape {rel.shape[:3]} (after reducing channels) "
+                             f"but the inputs have {shown.shape[:3]}")
+    if column_titles is not None and len(column_titles) != n:
+        raise ValueError(f"got {len(column_titles)} column titles for {n} images")
+
+    Figure = _matplotlib_figure()
+    top = 0.35 * (header is not None) + 0.3 * (column_titles is not None)
+    fig = Figure(figsize=(tile_inches * (n + 0.9) + 1.2, tile_inches * (len(rows) + 1) + top), layout="constrained")
+    axes = fig.subplots(len(rows) + 1, n + 1, squeeze=False, gridspec_kw={"width_ratios": [1.0] * n + [0.07]})
+    for j in range(n):
+        axes[0, j].imshow(shown[j], cmap="gray" if shown.ndim == 3 else None, vmin=0, vmax=1)
+        if column_titles is not None:
+            axes[0, j].set_title(str(column_titles[j]), fontsize=fontsize)
+    axes[0, 0].set_ylabel("input", fontsize=fontsize, rotation=0, ha="right", va="center")
+    axes[0, n].axis("off")
+    for i, (label, rel) in enumerate(rows.items(), start=1):
+        bound = float(np.percentile(np.abs(rel), percentile)) or float(np.abs(rel).max()) or 1.0
+        for j in range(n):
+            image = axes[i, j].imshow(rel[j], cmap=cmap, vmin=-bound, vmax=bound)
+        axes[i, 0].set_ylabel(textwrap.fill(label, 18, break_long_words=False), fontsize=fontsize, rotation=0, ha="right", va="center")
+        bar = fig.colorbar(image, cax=axes[i, n])
+        bar.ax.tick_params(labelsize=fontsize * 0.75)
+        bar.ax.yaxis.get_offset_text().set_fontsize(fontsize * 0.75)
+    for ax in axes[:, :n].ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if header is not None:
+        fig.suptitle(header, fontsize=fontsize * 1.1)
+    return fig
+
+
+def save_figure(path: str | pathlib.Path, figure, dpi: int = 150) -> pathlib.Path:
+    """Write a matplotlib figure (PNG, PDF or SVG after the suffix), creating parent
+    directories; returns the path."""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=dpi)
+    return target

@@ -481,3 +481,62 @@ def test_sequence_plot_custom_cmap_ends():
 def test_sequence_plot_errors(relevance, kwargs, message):
     with pytest.raises(ValueError, match=message):
         viz.sequence_plot(relevance, **kwargs)
+
+
+# ------------------------------------------------------- relevance_figure
+
+
+def test_relevance_figure_rows_labels_and_shared_scale(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 8, 8, 1))
+    rows = {"small": 0.01 * x, "a rather long method name": 100.0 * x}
+    fig = viz.relevance_figure(x, rows, column_titles=["a / a", "b / c", "d / d"],
+                               header="titles: true / predicted", percentile=100)
+    axes = fig.axes
+    assert len(axes) == 3 * 4  # 3 rows (input + 2 methods) x (3 images + colour bar)
+    # each method row is labelled once, on its first image; the others carry no label
+    labels = [ax.get_ylabel() for ax in axes if ax.get_ylabel()]
+    assert labels[0] == "input" and labels[1] == "small" and "long" in labels[2]
+    assert len(labels) == 3
+    # one symmetric colour scale per row, shared by its images
+    images = [ax.images[0] for ax in axes if ax.images and ax.get_label() != "<colorbar>"]
+    row2 = [im.get_clim() for im in images[3:6]]
+    row3 = [im.get_clim() for im in images[6:9]]
+    bound = float(np.abs(0.01 * x).max())
+    assert all(c == pytest.approx((-bound, bound)) for c in row2)
+    assert row3[0][1] == pytest.approx(1e4 * bound)
+    assert fig.get_suptitle() == "titles: true / predicted"
+    path = viz.save_figure(tmp_path / "sub" / "fig.png", fig)
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(path) as img:
+        assert img.size[0] > 300 and img.size[1] > 300
+
+
+def test_relevance_figure_reduces_channels_and_checks_shapes():
+    pytest.importorskip("matplotlib")
+    x = np.zeros((2, 4, 4, 3))
+    fig = viz.relevance_figure(x, {"m": np.ones((2, 4, 4, 3))})
+    assert len(fig.axes) == 2 * 3
+    with pytest.raises(ValueError, match="shape"):
+        viz.relevance_figure(x, {"m": np.ones((2, 5, 4))})
+    with pytest.raises(ValueError, match="column titles"):
+        viz.relevance_figure(x, {"m": np.ones((2, 4, 4))}, column_titles=["a"])
+    with pytest.raises(ValueError, match="at least one row"):
+        viz.relevance_figure(x, {})
+    with pytest.raises(ValueError, match="NaN"):
+        viz.relevance_figure(x, {"m": np.full((2, 4, 4), np.nan)})
+
+
+def test_grid_row_labels_band_on_the_left():
+    pytest.importorskip("PIL")
+    tiles = [_tile(10, 10, 100)] * 4
+    plain = viz.grid(tiles, ncols=2, pad=2)
+    labelled = viz.grid(tiles, ncols=2, pad=2, row_labels=["input", "EpsilonPlusFlat"])
+    assert labelled.shape[0] == plain.shape[0]
+    band = labelled.shape[1] - plain.shape[1]
+    assert band > 20
+    np.testing.assert_array_equal(labelled[:, band:], plain)  # tiles unchanged, shifted right
+    assert labelled[:, :band].min() < 128  # dark text in the band
+    with pytest.raises(ValueError, match="1 row labels for 2 rows"):
+        viz.grid(tiles, ncols=2, row_labels=["a"])

@@ -21,7 +21,12 @@ weights load with :func:`load_torchvision`.
 >>> R = jaxlrp.flax.explain(model, variables, x, composite=models.vgg_composite(), target=483)
 """
 
-from . import linen, nnx, presets, recurrent, transformer
+try:
+    import flax  # noqa: F401
+except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
+    raise ImportError("jaxlrp.models needs Flax: pip install 'jaxlrp[flax]'") from e
+
+from . import linen, nnx, presets, recurrent, transformer  # noqa: E402
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
 from .recurrent import (
     EchoStateNetwork,
