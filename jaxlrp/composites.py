@@ -434,14 +434,14 @@ class Overview(Composite):
         if maxpool not in ("proportional", "winner"):
             raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
         fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
-        if fraction and not 0.0 <= lower <= 1.0:
+        if fraction and not 0.0 <= lower <= 1.0:  # type: ignore[operator]
             raise ValueError(f"lower must be a fraction in [0, 1] or a matcher, got {lower!r}")
         pool = _rules.MaxPoolProportional(stabilizer) if maxpool == "proportional" else _rules.WinnerTakesAll()
         self._head = list(rules) + [("first", _rules.ZBox(low, high, stabilizer)),
                                     (upper, _rules.Epsilon(stabilizer))]
         self._gamma = _rules.Gamma(gamma, stabilizer)
         self._tail = [("linear", _rules.EpsilonStd(factor, stabilizer)), ("maxpool", pool)]
-        self._upper, self._lower = as_matcher(upper), (float(lower) if fraction else lower)
+        self._upper, self._lower = as_matcher(upper), (float(lower) if fraction else lower)  # type: ignore[arg-type]
         super().__init__(self._head + ([] if fraction else [(lower, self._gamma)]) + self._tail)
 
     def _resolved(self, layers: Sequence[Layer]) -> Composite:

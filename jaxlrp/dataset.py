@@ -488,6 +488,7 @@ def _write(folder: str, rows: tuple, padded: int, results: dict, batch: dict, id
         arrays[key] = a[:n]
     files = {key: _save(os.path.join(tmp, f"{key}.npy"), a) for key, a in sorted(arrays.items())}
     m = _BATCH.fullmatch(name)
+    assert m is not None, name
     manifest = {"batch": int(m[1]), "process": int(m[2]), "rows": list(rows), "files": files, "run": identity}
     _write_atomic_json(os.path.join(tmp, _MANIFEST), manifest)
     os.replace(tmp, folder)
@@ -671,7 +672,7 @@ def _start(ctx: _Context, batch: dict, placed: dict) -> tuple:
     """The run's identity and the number of classes, from the first batch."""
     stored = _stored_identity(ctx.out)
     try:
-        fields = dict(ctx.step.eval_shape(ctx.params, placed))
+        fields = dict(ctx.step.eval_shape(ctx.params, placed))  # type: ignore[attr-defined]
     except Exception:  # a batch the model cannot take: if it is not the run on disk, say that first
         if stored is not None:
             cheap = _identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics)
@@ -921,9 +922,9 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
         raise ValueError(f"{out} holds batches outside the run: {', '.join(stray[:5])}; move them away")
     if len(set(counts.values())) > 1:
         raise ValueError(f"the processes of {out} wrote different numbers of batches {counts}: resume the run")
-    if not counts or not max(counts.values()):
+    if not counts or not max(counts.values()):  # type: ignore[type-var]
         raise FileNotFoundError(f"no batches in {out}")
-    return [folders[i, p] for i in range(max(counts.values())) for p in procs]
+    return [folders[i, p] for i in range(max(counts.values())) for p in procs]  # type: ignore[type-var]
 
 
 def load(

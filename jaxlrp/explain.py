@@ -371,7 +371,7 @@ def value_and_lrp(
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
 
-    explain.jaxlrp_config = {  # read by jaxlrp.dataset
+    explain.jaxlrp_config = {  # type: ignore[attr-defined]  # read by jaxlrp.dataset
         "fn": fn, "composite": comp, "argnums": argnums, "start": start, "example_axes": example_axes,
     }
     return explain
@@ -462,5 +462,5 @@ def lrp(
     def explain(*args, target=None, output_relevance=None, layers=None):
         return vl(*args, target=target, output_relevance=output_relevance, layers=layers)[1]
 
-    explain.jaxlrp_config = vl.jaxlrp_config
+    explain.jaxlrp_config = vl.jaxlrp_config  # type: ignore[attr-defined]
     return explain
