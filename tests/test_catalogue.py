@@ -1,0 +1,509 @@
+"""A catalogue of layer families, each explained under every preset composite and
+checked against the independent float64 NumPy reference (``tests/reference.py``).
+
+Every case is written the way a user writes it (Flax linen modules applied inside a
+plain function, ``jax.nn`` activations, ``jax.image.resize``, ``jnp.einsum``,
+``jax.vmap``) and described a second time, layer by layer, for the reference, which
+turns every layer into an explicit matrix. The reference's semantics:
+
+* a dense/conv layer has exactly its own weight and bias, plus a BatchNorm that
+  directly follows it (folded: Zennit's MergeBatchNorm);
+* an activation is an elementwise map through which relevance passes unchanged; its
+  constants (hard_sigmoid's ``+3``, log_sigmoid's sign flips, ``tanh(z / 2)``'s
+  scale) belong to it, not to the layer before it;
+* parameter-free linear maps (resizing, circular/reflect/causal padding) route
+  relevance by their plain VJP (Zennit's treatment of upsampling) and never take a
+  rule or the "first layer" rule away from the layer after them;
+* sums and average pools use the Norm rule with the preset's stabiliser, the
+  stabiliser applied to the pool's output (the mean, as Zennit does);
+* a 3-operand einsum is a chain of two-operand products, each a layer with its rule.
+
+Tolerance: ``max |R - R_ref| / max |R_ref| <= 1e-10`` per example. Set
+``JAXLRP_CATALOGUE_REPORT=path.json`` to write the worst deviation of every case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlrp
+from jaxlrp import composites, rules
+
+import reference as ref
+
+RTOL = 1e-10
+N = 2  # examples per batch
+TARGET = np.array([0, 2])
+# With ``rule=rules.Zero()`` the parameter-free layers keep their default Norm rule;
+# the stabiliser the reference expects there (today's default).
+ZERO_NORM_STABILIZER = 1e-6
+
+# (label, jaxlrp lrp keyword arguments, reference preset)
+COMPOSITES = [(name, {"composite": composites.get(name)}, name) for name in composites.names()] + [
+    ("zero", {"rule": rules.Zero()}, "zero"),
+    ("default", {}, "epsilon"),
+]
+_REPORT: dict = {}
+
+
+def _ref_preset(name):
+    if name == "zero":
+        return ref.composite_rules("zero", norm_stabilizer=ZERO_NORM_STABILIZER)
+    return ref.composite_rules(name)
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+class Net:
+    """A network written twice: as a JAX function of ``(params, x)`` on a batch, built
+    from Flax linen modules and jax functions, and as reference layers for one
+    example. Methods append a layer and return ``self``."""
+
+    def __init__(self, in_shape, seed=0, rng=None, params=None, prefix=""):
+        self.shape = tuple(in_shape)  # per-example shape
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self.params = params if params is not None else {}
+        self.steps: list = []  # f(params, x) -> x on batches
+        self.layers: list = []  # reference layers
+        self.prefix = prefix
+
+    # -- helpers
+    def _key(self):
+        return f"{self.prefix}l{len(self.params)}"
+
+    def _step(self, f, *layers):
+        self.steps.append(f)
+        self.layers.extend(layers)
+        return self
+
+    def _jax_shape(self):
+        return jax.eval_shape(self.fn, self.params, jnp.zeros((N,) + self.in_shape)).shape[1:]
+
+    def fn(self, params, x):
+        for f in self.steps:
+            x = f(params, x)
+        return x
+
+    def normal(self, *shape, scale=1.0):
+        return self.rng.normal(size=shape) * scale
+
+    # -- weighted layers
+    def dense(self, n, bias=True):
+        (n_in,) = self.shape
+        k = self._key()
+        p = {"kernel": self.normal(n_in, n, scale=n_in ** -0.5)}
+        if bias:
+            p["bias"] = self.normal(n, scale=0.3)
+        self.params[k] = p
+        self.shape = (n,)
+        mod = nn.Dense(n, use_bias=bias)
+        return self._step(lambda P, x: mod.apply({"params": P[k]}, x), ("dense", p["kernel"], p.get("bias")))
+
+    def conv(self, features, kernel, strides=1, padding="SAME", dilation=1, groups=1, bias=True):
+        nd = len(self.shape) - 1
+        ks = (kernel,) * nd if np.ndim(kernel) == 0 else tuple(kernel)
+        st = (strides,) * nd if np.ndim(strides) == 0 else tuple(strides)
+        dl = (dilation,) * nd if np.ndim(dilation) == 0 else tuple(dilation)
+        cin = self.shape[-1]
+        k = self._key()
+        fan = int(np.prod(ks)) * cin // groups
+        p = {"kernel": self.normal(*ks, cin // groups, features, scale=fan ** -0.5)}
+        if bias:
+            p["bias"] = self.normal(features, scale=0.3)
+        self.params[k] = p
+        mod = nn.Conv(features, ks, st, padding=padding, kernel_dilation=dl, feature_group_count=groups,
+                      use_bias=bias)
+        pre = []
+        spatial = self.shape[:-1]
+        eff = [(kk - 1) * d + 1 for kk, d in zip(ks, dl)]
+        if padding == "SAME":
+            pads = [ref.same_pads(n, kk, s, d) for n, kk, s, d in zip(spatial, ks, st, dl)]
+        elif padding == "VALID":
+            pads = [(0, 0)] * nd
+        elif padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
+            if padding == "CAUSAL":
+                width, mode = [(eff[0] - 1, 0)], "constant"
+            else:
+                width = [((e - 1) // 2, e // 2) for e in eff]
+                mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[padding]
+            M, padded = ref.pad_matrix(self.shape, width, mode)
+            pre.append(("linmap", M, padded))
+            self.shape = padded
+            pads = [(0, 0)] * nd
+        else:
+            pads = [tuple(p_) for p_ in padding]
+        layer = ("conv", p["kernel"], p.get("bias"), st, pads, groups, dl)
+        self._step(lambda P, x: mod.apply({"params": P[k]}, x), *pre, layer)
+        self.shape = ref.conv_matrix_nd(np.zeros(p["kernel"].shape), self.shape, st, pads, dl, groups)[1]
+        return self
+
+    def conv_transpose(self, features, kernel, strides=1, padding="SAME", transpose_kernel=False, bias=True):
+        nd = len(self.shape) - 1
+        ks = (kernel,) * nd
+        st = (strides,) * nd
+        cin = self.shape[-1]
+        k = self._key()
+        shape = ks + ((features, cin) if transpose_kernel else (cin, features))
+        p = {"kernel": self.normal(*shape, scale=(int(np.prod(ks)) * cin) ** -0.5)}
+        if bias:
+            p["bias"] = self.normal(features, scale=0.3)
+        self.params[k] = p
+        mod = nn.ConvTranspose(features, ks, st, padding=padding, transpose_kernel=transpose_kernel,
+                               use_bias=bias)
+        kern = p["kernel"]
+        if transpose_kernel:  # the gradient of a conv: flip the taps, swap in/out
+            kern = np.flip(kern, axis=tuple(range(nd))).swapaxes(-1, -2)
+        pads = [ref.conv_transpose_pads(kk, s, padding) for kk, s in zip(ks, st)]
+        layer = ("conv", kern, p.get("bias"), (1,) * nd, pads, 1, (1,) * nd, st)
+        self._step(lambda P, x: mod.apply({"params": P[k]}, x), layer)
+        self.shape = ref.conv_matrix_nd(np.zeros(kern.shape), self.shape, 1, pads, 1, 1, st)[1]
+        return self
+
+    # -- normalisation
+    def batchnorm(self, fold):
+        """Inference-mode BatchNorm; ``fold``: it follows a layer (folded in the reference)."""
+        c = self.shape[-1]
+        k = self._key()
+        p = {"scale": 1 + self.normal(c, scale=0.3), "bias": self.normal(c, scale=0.3)}
+        stats = {"mean": self.normal(c, scale=0.3), "var": 0.5 + self.rng.uniform(size=c)}
+        self.params[k] = {"params": p, "batch_stats": stats}
+        mod = nn.BatchNorm(use_running_average=True, epsilon=1e-5)
+        a = p["scale"] / np.sqrt(stats["var"] + 1e-5)
+        c0 = p["bias"] - a * stats["mean"]
+        f = lambda P, x: mod.apply(P[k], x)  # noqa: E731
+        if not fold:
+            return self._step(f, ("affine", a, c0))
+        last = self.layers[-1]
+        assert last[0] in ("dense", "conv"), "a folded BatchNorm follows a dense/conv layer"
+        b = 0.0 if last[2] is None else np.asarray(last[2])
+        self.layers[-1] = (last[0], np.asarray(last[1]) * a, a * b + c0, *last[3:])
+        self.steps.append(f)
+        return self
+
+    # -- parameter-free layers
+    def act(self, name):
+        return self._step(lambda P, x: JAX_ACTIVATIONS[name](x), ("relu",) if name == "relu" else ("act", name))
+
+    def relu(self):
+        return self.act("relu")
+
+    def glu(self):
+        self.shape = self.shape[:-1] + (self.shape[-1] // 2,)
+        return self._step(lambda P, x: jax.nn.glu(x, axis=-1), ("glu",))
+
+    def flatten(self):
+        self.shape = (int(np.prod(self.shape)),)
+        return self._step(lambda P, x: x.reshape(x.shape[0], -1), ("flatten",))
+
+    def maxpool(self, window, strides=None, padding="VALID"):
+        nd = len(self.shape) - 1
+        win = (window,) * nd
+        st = (strides or window,) * nd
+        pads = self._pool_pads(win, st, padding)
+        y, _ = ref.maxpool_nd(np.zeros(self.shape), win, st, pads)
+        self.shape = y.shape
+        return self._step(lambda P, x: nn.max_pool(x, win, st, padding), ("maxpool", win, st, pads))
+
+    def avgpool(self, window, strides=None, padding="VALID", count_include_pad=True):
+        nd = len(self.shape) - 1
+        win = (window,) * nd
+        st = (strides or window,) * nd
+        pads = self._pool_pads(win, st, padding)
+        A, self.shape = ref.avgpool_matrix_nd(self.shape, win, st, pads, count_include_pad)
+        return self._step(lambda P, x: nn.avg_pool(x, win, st, padding, count_include_pad), ("pool", A, self.shape))
+
+    def global_avgpool(self):
+        """``x.mean(spatial axes)`` (keeps no spatial axes)."""
+        nd = len(self.shape) - 1
+        A, _ = ref.avgpool_matrix_nd(self.shape, self.shape[:-1], 1)
+        self.shape = (self.shape[-1],)
+        axes = tuple(range(1, nd + 1))
+        return self._step(lambda P, x: jnp.mean(x, axis=axes), ("pool", A, self.shape))
+
+    def adaptive_avgpool(self, out):
+        """PyTorch's AdaptiveAvgPool as JAX users write it: reshape into blocks, mean."""
+        h, w, c = self.shape
+        A, self.shape = ref.avgpool_matrix_nd(self.shape, (h // out, w // out), (h // out, w // out))
+
+        def f(P, x):
+            return x.reshape(x.shape[0], out, h // out, out, w // out, c).mean(axis=(2, 4))
+
+        return self._step(f, ("pool", A, self.shape))
+
+    def _pool_pads(self, win, st, padding):
+        if padding == "VALID":
+            return [(0, 0)] * len(win)
+        if padding == "SAME":
+            return [ref.same_pads(n, w, s) for n, w, s in zip(self.shape[:-1], win, st)]
+        return [tuple(p) for p in padding]
+
+    def resize(self, out_spatial, method, antialias=True):
+        M, shape = ref.resize_matrix(self.shape, out_spatial, method, antialias)
+        self.shape = shape
+
+        def f(P, x):
+            return jax.image.resize(x, (x.shape[0],) + shape, method, antialias=antialias)
+
+        return self._step(f, ("linmap", M, shape))
+
+    def residual(self, main, skip=None):
+        """``main(x) + skip(x)``; ``main``/``skip`` fill a fresh :class:`Net`."""
+        m = main(Net(self.shape, rng=self.rng, params=self.params, prefix=self._key() + "m"))
+        s = Net(self.shape, rng=self.rng, params=self.params, prefix=self._key() + "s")
+        if skip is not None:
+            s = skip(s)
+        assert m.shape == s.shape, (m.shape, s.shape)
+        self.shape = m.shape
+        return self._step(lambda P, x: m.fn(P, x) + s.fn(P, x), ("residual", m.layers, s.layers))
+
+    def build(self, x_scale=1.0):
+        x = self.rng.normal(size=(N,) + self.in_shape) * x_scale
+        return self.fn, self.params, x, self.layers
+
+    def __call__(self, in_shape=None):  # pragma: no cover
+        raise TypeError
+
+
+def net(in_shape, seed=0):
+    n = Net(in_shape, seed)
+    n.in_shape = tuple(in_shape)
+    return n
+
+
+JAX_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "hard_sigmoid": jax.nn.hard_sigmoid,
+    "hard_swish": jax.nn.hard_swish,
+    "hard_tanh": jax.nn.hard_tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "softplus": jax.nn.softplus,
+    "sparse_plus": jax.nn.sparse_plus,
+    "squareplus": jax.nn.squareplus,
+    "silu": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "tanh": jnp.tanh,
+    "tanh_half": lambda x: jnp.tanh(x / 2),
+    "soft_sign": jax.nn.soft_sign,
+    "elu": jax.nn.elu,
+    "celu": jax.nn.celu,
+    "selu": jax.nn.selu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "gelu_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu_erf": partial(jax.nn.gelu, approximate=False),
+    "relu_shift": lambda x: jax.nn.relu(x - 0.5),
+    "relu_pow": lambda x: jax.nn.relu(x) ** 1.5,
+    "square": jnp.square,
+    "abs": jnp.abs,
+    "sin": jnp.sin,
+}
+assert set(JAX_ACTIVATIONS) <= set(ref.ACTIVATIONS)
+
+
+# ------------------------------------------------------------------------------- cases
+
+
+def head(n):
+    """Two classes of heads shared by the cases: flatten and a dense layer."""
+    return n.flatten().dense(3)
+
+
+def _conv_case(first, nd=2, second=True):
+    shape = {1: (8, 2), 2: (5, 5, 2), 3: (4, 4, 4, 2)}[nd]
+
+    def build():
+        n = first(net(shape)).relu()
+        if second:
+            n = n.conv(3, 2, padding="VALID").relu()
+        return head(n).build()
+
+    return build
+
+
+def _act_case(name):
+    def build():
+        return head(net((6, 2)).conv(4, 3).act(name).conv(3, 3, padding="VALID")).build()
+
+    return build
+
+
+def _vmapped_mlp():
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.normal(size=(5, 6)) / 5 ** 0.5, rng.normal(size=6) * 0.3
+    w2, b2 = rng.normal(size=(6, 3)) / 6 ** 0.5, rng.normal(size=3) * 0.3
+    params = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+
+    def one(p, xi):  # the single-example module (Equinox style: W @ x + b)
+        return p["w2"].T @ jax.nn.relu(p["w1"].T @ xi + p["b1"]) + p["b2"]
+
+    fn = lambda p, x: jax.vmap(lambda xi: one(p, xi))(x)  # noqa: E731
+    layers = [("dense", w1, b1), ("relu",), ("dense", w2, b2)]
+    return fn, params, rng.normal(size=(N, 5)), layers
+
+
+def _einsum3():
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(size=(5, 4)) / 5 ** 0.5, rng.normal(size=(4, 3)) / 2
+    params = {"w1": w1, "w2": w2}
+    # contracted left to right: (x w1) w2 is the cheaper order for these shapes
+    fn = lambda p, x: jnp.einsum("ni,ij,jk->nk", x, p["w1"], p["w2"])  # noqa: E731
+    return fn, params, rng.normal(size=(N, 5)), [("dense", w1, None), ("dense", w2, None)]
+
+
+def _basic_block(stride, project, bn=False):
+    def main(m):
+        m = m.conv(3, 3, strides=stride, bias=not bn)
+        if bn:
+            m = m.batchnorm(fold=True)
+        m = m.relu().conv(3, 3, bias=not bn)
+        return m.batchnorm(fold=True) if bn else m
+
+    def skip(s):
+        s = s.conv(3, 1, strides=stride, bias=not bn)
+        return s.batchnorm(fold=True) if bn else s
+
+    return main, (skip if project else None)
+
+
+def _resnet(stride, project, bn=False, stem=True):
+    def build():
+        n = net((4, 4, 3) if not stem else (4, 4, 2))
+        if stem:
+            n = n.conv(3, 3).relu()
+        main, skip = _basic_block(stride, project, bn)
+        return head(n.residual(main, skip).relu()).build()
+
+    return build
+
+
+_POOL_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="average pools: the window-size division is a separate activation, so the Norm "
+    "stabiliser is applied to the sum, not to the pooled mean (Zennit): ~1e-6 relative",
+)
+_BUG1 = pytest.mark.xfail(strict=True, reason="issue 12 bug 1: the activation's constants are folded into the layer")
+_BUG2 = pytest.mark.xfail(strict=True, reason="issue 12 bug 2: bias of a vmapped W @ x + b is not folded")
+_BUG3 = pytest.mark.xfail(strict=True, reason="issue 12 bug 3: jax.image.resize (linear) becomes a dense layer")
+
+CASES = {
+    # family, case -> builder
+    ("dense", "bias"): lambda: net((5,)).dense(6).relu().dense(3).build(),
+    ("dense", "no_bias"): lambda: net((5,)).dense(6, bias=False).relu().dense(3, bias=False).build(),
+    ("dense", "vmapped_W@x+b"): _vmapped_mlp,
+    ("dense", "einsum_3_operands"): _einsum3,
+    ("conv", "1d_stride2_same"): _conv_case(lambda n: n.conv(3, 3, strides=2), nd=1),
+    ("conv", "1d_causal_dilation2"): _conv_case(lambda n: n.conv(3, 3, padding="CAUSAL", dilation=2), nd=1),
+    ("conv", "2d_valid"): _conv_case(lambda n: n.conv(4, 3, padding="VALID"), second=False),
+    ("conv", "2d_same_no_bias"): _conv_case(lambda n: n.conv(3, 3, bias=False)),
+    ("conv", "2d_explicit_stride"): _conv_case(lambda n: n.conv(3, 3, strides=(2, 1), padding=((1, 2), (0, 1)))),
+    ("conv", "2d_same_dilation2"): _conv_case(lambda n: n.conv(3, 2, dilation=2)),
+    ("conv", "2d_circular"): _conv_case(lambda n: n.conv(3, 3, padding="CIRCULAR")),
+    ("conv", "2d_reflect"): _conv_case(lambda n: n.conv(3, 3, padding="REFLECT")),
+    ("conv", "2d_groups2"): _conv_case(lambda n: n.conv(4, 3).relu().conv(4, 3, groups=2)),
+    ("conv", "2d_depthwise"): _conv_case(lambda n: n.conv(4, 3, groups=2)),
+    ("conv", "3d_stride2_same"): _conv_case(lambda n: n.conv(3, 3, strides=2), nd=3),
+    ("conv_transpose", "2d_stride2_same"): _conv_case(lambda n: n.conv_transpose(3, 3, 2, "SAME")),
+    ("conv_transpose", "2d_stride2_valid"): _conv_case(lambda n: n.conv_transpose(3, 2, 2, "VALID")),
+    ("conv_transpose", "2d_transpose_kernel"): _conv_case(
+        lambda n: n.conv_transpose(3, 3, 2, "SAME", transpose_kernel=True)),
+    ("conv_transpose", "1d_stride2_same"): _conv_case(lambda n: n.conv_transpose(2, 3, 2, "SAME"), nd=1),
+    ("pool", "max_2x2"): lambda: head(net((6, 6, 2)).conv(3, 3).relu().maxpool(2)).build(),
+    ("pool", "max_same_overlap"): lambda: head(net((5, 5, 2)).conv(3, 3).relu().maxpool(3, 2, "SAME")).build(),
+    ("pool", "max_1d"): lambda: head(net((8, 2)).conv(3, 3).relu().maxpool(2)).build(),
+    ("pool", "avg_2x2"): pytest.param(lambda: head(net((6, 6, 2)).conv(3, 3).relu().avgpool(2)).build(),
+                                     marks=_POOL_XFAIL),
+    ("pool", "avg_same_include_pad"): pytest.param(
+        lambda: head(net((5, 5, 2)).conv(3, 3).relu().avgpool(3, 2, "SAME")).build(), marks=_POOL_XFAIL),
+    ("pool", "avg_same_exclude_pad"): pytest.param(
+        lambda: head(net((5, 5, 2)).conv(3, 3).relu().avgpool(3, 2, "SAME", False)).build(), marks=_POOL_XFAIL),
+    ("pool", "avg_3d"): pytest.param(lambda: head(net((4, 4, 4, 2)).conv(3, 3).relu().avgpool(2)).build(),
+                                    marks=_POOL_XFAIL),
+    ("pool", "global_avg"): pytest.param(lambda: net((4, 4, 2)).conv(4, 3).relu().global_avgpool().dense(3).build(),
+                                        marks=_POOL_XFAIL),
+    ("pool", "adaptive_avg_2x2"): pytest.param(
+        lambda: head(net((4, 4, 2)).conv(3, 3).relu().adaptive_avgpool(2)).build(), marks=_POOL_XFAIL),
+    ("batchnorm", "after_conv"): lambda: head(net((5, 5, 2)).conv(3, 3).batchnorm(True).relu().conv(3, 3)).build(),
+    ("batchnorm", "after_conv_no_bias"): lambda: head(
+        net((5, 5, 2)).conv(3, 3, bias=False).batchnorm(True).relu().conv(3, 3)).build(),
+    ("batchnorm", "on_input"): lambda: head(net((5, 5, 2)).batchnorm(False).conv(3, 3).relu().conv(3, 3)).build(),
+    ("batchnorm", "after_relu"): lambda: head(net((5, 5, 2)).conv(3, 3).relu().batchnorm(False).conv(3, 3)).build(),
+    ("batchnorm", "after_dense"): lambda: net((5,)).dense(6).batchnorm(True).relu().dense(3).build(),
+    ("resize", "nearest_before_first_conv"): lambda: head(
+        net((3, 3, 2)).resize((6, 6), "nearest").conv(3, 3).relu()).build(),
+    ("resize", "linear_before_first_conv"): pytest.param(
+        lambda: head(net((3, 3, 2)).resize((6, 6), "linear").conv(3, 3).relu()).build(), marks=_BUG3),
+    ("resize", "linear_between_convs"): pytest.param(
+        lambda: head(net((3, 3, 2)).conv(3, 3).relu().resize((5, 5), "linear").conv(3, 3)).build(), marks=_BUG3),
+    ("resize", "linear_downsample_antialias"): pytest.param(
+        lambda: head(net((6, 6, 2)).conv(3, 3).relu().resize((3, 3), "linear").conv(3, 3)).build(), marks=_BUG3),
+    ("residual", "identity"): _resnet(1, False),
+    ("residual", "projection_stride2"): _resnet(2, True),
+    ("residual", "projection_first"): _resnet(1, True, stem=False),
+    ("residual", "batchnorm_projection"): _resnet(2, True, bn=True),
+    ("activation", "glu"): lambda: head(net((6, 2)).conv(4, 3).glu().conv(3, 3, padding="VALID")).build(),
+}
+for _name in ref.ACTIVATIONS:
+    if _name in JAX_ACTIVATIONS:
+        CASES[("activation", _name)] = _act_case(_name)
+for _name in ("hard_sigmoid", "hard_swish", "log_sigmoid", "tanh_half", "relu_shift"):
+    CASES[("activation", _name)] = pytest.param(_act_case(_name), marks=_BUG1)
+CASES[("dense", "vmapped_W@x+b")] = pytest.param(_vmapped_mlp, marks=_BUG2)
+
+
+def _params():
+    out = []
+    for (family, case), b in CASES.items():
+        if isinstance(b, type(pytest.param(None))):
+            out.append(pytest.param(family, b.values[0], marks=b.marks, id=f"{family}-{case}"))
+        else:
+            out.append(pytest.param(family, b, id=f"{family}-{case}"))
+    return out
+
+
+def deviation(R, R_ref) -> float:
+    """``max |R - R_ref| / max |R_ref|``."""
+    return float(np.abs(np.asarray(R) - R_ref).max() / max(np.abs(R_ref).max(), 1e-300))
+
+
+def check_case(fn, params, x, layers, comps=COMPOSITES, name=""):
+    """Explain ``fn`` under every composite; returns ``{label: deviation}``."""
+    out = np.asarray(fn(params, x))
+    for n in range(N):
+        np.testing.assert_allclose(out[n], ref.forward(layers, x[n]), rtol=1e-12, atol=1e-12,
+                                   err_msg="the reference describes a different network")
+    devs = {}
+    for label, kw, preset in comps:
+        R = jaxlrp.lrp(fn, **kw)(params, x, target=jnp.asarray(TARGET))
+        rule_fn, stabs = _ref_preset(preset)
+        devs[label] = max(
+            deviation(R[n], ref.network_lrp(layers, x[n], int(TARGET[n]), rule_fn, **stabs)[0]) for n in range(N)
+        )
+    _REPORT[name] = devs
+    return devs
+
+
+@pytest.mark.parametrize("family,build", _params())
+def test_catalogue(request, family, build):
+    fn, params, x, layers = build()
+    devs = check_case(fn, params, x, layers, name=request.node.callspec.id)
+    bad = {k: v for k, v in devs.items() if not v <= RTOL}
+    assert not bad, f"deviation from the reference above {RTOL}: {bad}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_report():
+    yield
+    path = os.environ.get("JAXLRP_CATALOGUE_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(_REPORT, f, indent=1, sort_keys=True)
