@@ -337,12 +337,12 @@ def _einsum3():
     return fn, params, rng.normal(size=(N, 5)), [("dense", w1, None), ("dense", w2, None)]
 
 
-def _acts(names):
-    """1-d convs, each followed by one of ``names``."""
+def _acts(names, conv=False):
+    """Dense layers (or 1-d convs), each followed by one of ``names``."""
     def build():
-        n = net((6, 2))
+        n = net((6, 2) if conv else (5,))
         for name in names:
-            n = n.conv(3, 3).act(name)
+            n = n.conv(3, 3).act(name) if conv else n.dense(5).act(name)
         return head(n).build()
 
     return build
@@ -383,7 +383,7 @@ FOLDED_ACTIVATIONS = ("hard_sigmoid", "log_sigmoid", "tanh_half", "relu_shift")
 
 CASES = [
     # (family, case, builder, xfail reason or None)
-    ("dense", "bias_then_no_bias", lambda: net((5,)).dense(6).relu().dense(4, bias=False).relu().dense(3).build(), None),
+    ("dense", "bias_then_no_bias", lambda: net((5,), 2).dense(6).relu().dense(4, bias=False).relu().dense(3).build(), None),
     ("dense", "vmapped_W@x+b", _vmapped_mlp, BUG2),
     ("dense", "einsum_3_operands", _einsum3, None),
     ("conv", "1d_stride2_same+causal_dilation2", lambda: head(
@@ -431,8 +431,9 @@ CASES = [
         net((4, 4, 2)).conv(3, 3).relu().residual(*_block(2, True, bn=True)).relu()).build(), None),
     ("activation", "glu", lambda: head(net((6, 2)).conv(4, 3).glu().conv(3, 3, padding="VALID")).build(), None),
 ] + [("activation", "+".join(g), _acts(g), None) for g in PASSING_ACTIVATIONS] + [
-    ("activation", name, _acts((name,)), BUG1) for name in FOLDED_ACTIVATIONS
-] + [("activation", "relu_pow", _acts(("relu_pow",)), BUG4)]
+    ("activation", "+".join(g), _acts(g, conv=True), bug) for g, bug in
+    [(("relu_shift", "hard_sigmoid", "tanh_half", "log_sigmoid"), BUG1), (("relu_pow",), BUG4), (("softplus", "sigmoid", "relu"), None)]
+]
 assert {a for g in PASSING_ACTIVATIONS for a in g} | set(FOLDED_ACTIVATIONS) | {"relu_pow"} == set(JAX_ACTIVATIONS)
 
 
@@ -475,9 +476,11 @@ def check_case(fn, params, x, layers, comps=COMPOSITES, name="", dedupe=True):
     devs = {}
     for (label, _, preset), R in zip(comps, relevances):
         rule_fn, stabs = _ref_preset(preset)
-        devs[label] = max(
-            deviation(R[n], ref.network_lrp(layers, x[n], int(TARGET[n]), rule_fn, **stabs)[0]) for n in range(N)
-        )
+        devs[label] = 0.0
+        for n in range(N):
+            R_ref = ref.network_lrp(layers, x[n], int(TARGET[n]), rule_fn, **stabs)[0]
+            assert np.abs(R_ref).max() > 1e-3 * np.abs(out[n]).max(), f"{label}: a degenerate case (no relevance)"
+            devs[label] = max(devs[label], deviation(R[n], R_ref))
     _REPORT[name] = devs
     return devs
 
@@ -499,3 +502,164 @@ def _write_report():
     if path:
         with open(path, "w") as f:
             json.dump(_REPORT, f, indent=1, sort_keys=True)
+
+
+# --------------------------------------------------------------- regressions (issue 12)
+
+RULES = {
+    "epsilon": rules.Epsilon(0.1), "zero": rules.Zero(), "zplus": rules.ZPlus(), "alphabeta": rules.AlphaBeta(),
+    "gamma": rules.Gamma(0.5), "flat": rules.Flat(), "wsquare": rules.WSquare(), "zbox": rules.ZBox(-3.0, 3.0),
+}
+EVERY_RULE = [{"rule": r} for r in RULES.values()]  # on dense layers, the presets use these
+
+
+def _two_layer(act, barrier):
+    rng = np.random.default_rng(7)
+    params = {"w": rng.normal(size=(5, 6)) / 2, "b": rng.normal(size=6), "w2": rng.normal(size=(6, 3)) / 2,
+              "b2": rng.normal(size=3) * 0.3}
+
+    def fn(p, x):
+        z = x @ p["w"] + p["b"]
+        if barrier:
+            z = jax.lax.optimization_barrier(z)
+        return JAX_ACTIVATIONS[act](z) @ p["w2"] + p["b2"]
+
+    return fn, params, rng.normal(size=(N, 5))
+
+
+def _explain_every_rule(fns, params, x, kws=EVERY_RULE):
+    """``[lrp(f, **kw) for f in fns for kw in kws]``, in one jit."""
+    target = jnp.asarray(TARGET)
+    return jax.jit(lambda p, x: [jaxlrp.lrp(f, **kw)(p, x, target=target) for f in fns for kw in kws],
+                   compiler_options=FAST)(params, x)
+
+
+@pytest.mark.parametrize("act", [
+    pytest.param(a, marks=[_mark(BUG1)] if a in FOLDED_ACTIVATIONS else []) for a in
+    FOLDED_ACTIVATIONS + ("relu",)
+])
+def test_activation_constants_stay_out_of_the_layer(act):
+    """Bug 1: ``act(x @ W + b) @ W2`` is explained as if an optimization_barrier
+    separated the layer from its activation, for every rule."""
+    fn, params, x = _two_layer(act, barrier=False)
+    fenced, _, _ = _two_layer(act, barrier=True)
+    out = _explain_every_rule([fn, fenced], params, x)
+    got, want = out[: len(EVERY_RULE)], out[len(EVERY_RULE):]
+    for kw, a, b in zip(EVERY_RULE, got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.abs(b).max()), err_msg=repr(kw))
+
+
+@pytest.mark.xfail(strict=True, reason=BUG2)
+def test_vmapped_affine_layer_lrp0_is_gradient_times_input():
+    """Bug 2: under ``jax.vmap`` a ``W @ x + b`` is one layer (bias folded), so LRP-0 on
+    a ReLU network is gradient x input."""
+    fn, params, x, _ = _vmapped_mlp()
+    target = jnp.asarray(TARGET)
+    R = jax.jit(jaxlrp.lrp(fn, rule=rules.Zero()))(params, x, target=target)
+    g = jax.grad(lambda x: jnp.sum(fn(params, x)[jnp.arange(N), target]))(x)
+    np.testing.assert_allclose(R, x * g, rtol=1e-12, atol=1e-14)
+
+
+def _attention(mask):
+    """Two heads of self-attention; ``mask``: Hugging Face BERT's head mask of ones
+    (``einsum('bhqk,h->bhqk')``), built inside the function."""
+    rng = np.random.default_rng(8)
+    T, D, H = 3, 4, 2
+    params = {k: rng.normal(size=(D, D)) / 2 for k in ("wq", "wk", "wv")}
+    params["wo"] = rng.normal(size=(T * D, 3)) / 3
+
+    def fn(p, x):
+        n = x.shape[0]
+        q, k, v = ((x @ p[w]).reshape(n, T, H, D // H) for w in ("wq", "wk", "wv"))
+        probs = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D // H), axis=-1)
+        if mask:
+            probs = jnp.einsum("bhqk,h->bhqk", probs, jnp.ones(H, x.dtype))
+        o = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return o.reshape(n, T * D) @ p["wo"]
+
+    return fn, params, rng.normal(size=(N, T, D))
+
+
+@pytest.mark.xfail(strict=True, reason=BUG3.replace("jax.image.resize (linear)", "a head mask of ones"))
+def test_head_mask_of_ones_changes_nothing():
+    """Bug 3: a constant head mask of ones is routed by its plain VJP (it is no layer),
+    so CP-LRP and AttnLRP explain the masked model exactly as the unmasked one, and
+    still differ from each other."""
+    fn, params, x = _attention(mask=False)
+    masked, _, _ = _attention(mask=True)
+    target = jnp.asarray(TARGET)
+    comps = [composites.AttnLRP(), composites.CPLRP()]
+    out = jax.jit(lambda p, x: [jaxlrp.lrp(f, c)(p, x, target=target) for f in (fn, masked) for c in comps],
+                  compiler_options=FAST)(params, x)
+    attn, cp, attn_masked, cp_masked = (np.asarray(r) for r in out)
+    assert deviation(cp, attn) > 1e-3  # the unmasked model: the presets differ
+    assert deviation(cp_masked, attn_masked) > 1e-3, "the mask hides the attention pattern"
+    np.testing.assert_allclose(attn_masked, attn, rtol=1e-12, atol=1e-12 * np.abs(attn).max())
+    np.testing.assert_allclose(cp_masked, cp, rtol=1e-12, atol=1e-12 * np.abs(cp).max())
+
+
+@pytest.mark.parametrize("power", [
+    pytest.param(lambda a: a ** 1.5, id="x**1.5", marks=_mark(BUG4)),
+    pytest.param(lambda a: jnp.power(a, 1.5), id="jnp.power", marks=_mark(BUG4)),
+    pytest.param(lambda a: a ** jax.lax.stop_gradient(1.5), id="x**stop_gradient(1.5)"),
+])
+def test_float_power_under_jit(power):
+    """Bug 4: every decision of the analysis is taken on static values, so
+    ``jax.jit(jaxlrp.lrp(f))`` works on float powers and agrees with the eager call
+    and with the reference."""
+    rng = np.random.default_rng(9)
+    w, b, w2 = rng.normal(size=(5, 6)), rng.normal(size=6), rng.normal(size=(6, 3))
+    params = {"w": w, "b": b, "w2": w2}
+    fn = lambda p, x: power(jax.nn.relu(x @ p["w"] + p["b"])) @ p["w2"]  # noqa: E731
+    x = rng.normal(size=(N, 5))
+    target = jnp.asarray(TARGET)
+    eager = jaxlrp.lrp(fn, "epsilon_plus_flat")(params, x, target=target)
+    jitted = jax.jit(jaxlrp.lrp(fn, "epsilon_plus_flat"))(params, x, target=target)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-13, atol=0)
+    rule_fn, stabs = ref.composite_rules("epsilon_plus_flat")
+    layers = [("dense", w, b), ("act", "relu_pow"), ("dense", w2, None)]
+    for n in range(N):
+        R_ref = ref.network_lrp(layers, x[n], int(TARGET[n]), rule_fn, **stabs)[0]
+        assert deviation(jitted[n], R_ref) <= RTOL
+
+
+STABILISED = ["epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
+              "epsilon_alpha2_beta1_flat"]
+BUG5 = "issue 12 bug 5: a preset's stabilizer does not reach the Norm rules of sums and average pools"
+
+
+@pytest.mark.xfail(strict=True, reason=BUG5)
+def test_preset_stabilizer_reaches_sums():
+    """Bug 5: ``Preset(stabilizer=1e-2)`` uses 1e-2 in the Norm rules of residual adds and
+    sum pools too (as Zennit does), checked against the reference."""
+    def build():
+        n = net((4, 4, 2)).conv(3, 3).relu().residual(*_block(1, False)).relu()
+        n.shape = (3,)
+        A = np.kron(np.ones((1, 16)), np.eye(3))  # sum over the 4 x 4 positions
+        return n._step(lambda P, x: jnp.sum(x, axis=(1, 2)), ("pool", A, (3,))).dense(3).build()
+
+    fn, params, x, layers = build()
+    comps = [(name, {"composite": composites.get(name, stabilizer=1e-2)}, name) for name in STABILISED]
+    target = jnp.asarray(TARGET)
+    out = jax.jit(lambda p, x: [jaxlrp.lrp(fn, **kw)(p, x, target=target) for _, kw, _ in comps],
+                  compiler_options=FAST)(params, x)
+    for (name, _, _), R in zip(comps, out):
+        rule_fn, stabs = ref.composite_rules(name, stabilizer=1e-2)
+        for n in range(N):
+            R_ref = ref.network_lrp(layers, x[n], int(TARGET[n]), rule_fn, **stabs)[0]
+            assert deviation(R[n], R_ref) <= RTOL, name
+
+
+@pytest.mark.xfail(strict=True, reason=BUG5)
+def test_preset_stabilizer_reaches_avgpool_rule():
+    """Bug 5, average pools: the preset is the same as naming Norm(stabilizer) for them
+    (independent of how the pool's Norm rule itself is computed)."""
+    fn, params, x, _ = head(net((4, 4, 2)).conv(3, 3).relu().avgpool(2)).build()
+    norms = [("avgpool", rules.Norm(1e-2)), ("sum", rules.Norm(1e-2))]
+    pairs = [(composites.get(name, stabilizer=1e-2), composites.get(name, stabilizer=1e-2, rules=norms))
+             for name in STABILISED]
+    target = jnp.asarray(TARGET)
+    out = jax.jit(lambda p, x: [jaxlrp.lrp(fn, c)(p, x, target=target) for pair in pairs for c in pair],
+                  compiler_options=FAST)(params, x)
+    for name, preset, named in zip(STABILISED, out[::2], out[1::2]):
+        np.testing.assert_allclose(preset, named, rtol=1e-12, atol=0, err_msg=name)
