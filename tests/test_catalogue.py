@@ -443,7 +443,8 @@ def deviation(R, R_ref) -> float:
 
 
 # Compile fast: the programs are tiny, XLA's CPU optimisations cost more than they save.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+        "xla_cpu_use_fusion_emitters": False}
 
 
 def _distinct(layers, x0, comps):
