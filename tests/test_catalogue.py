@@ -63,6 +63,20 @@ def _ref_preset(name):
 # ----------------------------------------------------------------------------- builder
 
 
+# Where the Norm rule of an average pool puts its stabiliser: on the pooled mean
+# (Zennit's Norm rule on the pooling module), or on the window sum (the division by
+# the window size then being an elementwise step through which relevance passes).
+POOL_STABILISES = "mean"
+
+
+def _pool_layers(A, out_shape):
+    """Reference layers of an average pool with matrix ``A`` (see POOL_STABILISES)."""
+    if POOL_STABILISES == "mean":
+        return (("pool", A, out_shape),)
+    S = (A != 0).astype(float)
+    return ("pool", S, out_shape), ("affine", (A.sum(1) / S.sum(1)).reshape(out_shape), 0.0)
+
+
 class Net:
     """A network written twice: as a JAX function of ``(params, x)`` on a batch, built
     from Flax linen modules and jax functions, and as reference layers for one
@@ -216,7 +230,7 @@ class Net:
         st = (strides or window,) * nd
         pads = self._pool_pads(win, st, padding)
         A, self.shape = ref.avgpool_matrix_nd(self.shape, win, st, pads, count_include_pad)
-        return self._step(lambda P, x: nn.avg_pool(x, win, st, padding, count_include_pad), ("pool", A, self.shape))
+        return self._step(lambda P, x: nn.avg_pool(x, win, st, padding, count_include_pad), *_pool_layers(A, self.shape))
 
     def global_avgpool(self):
         """``x.mean(spatial axes)`` (keeps no spatial axes)."""
@@ -224,7 +238,7 @@ class Net:
         A, _ = ref.avgpool_matrix_nd(self.shape, self.shape[:-1], 1)
         self.shape = (self.shape[-1],)
         axes = tuple(range(1, nd + 1))
-        return self._step(lambda P, x: jnp.mean(x, axis=axes), ("pool", A, self.shape))
+        return self._step(lambda P, x: jnp.mean(x, axis=axes), *_pool_layers(A, self.shape))
 
     def adaptive_avgpool(self, out):
         """PyTorch's AdaptiveAvgPool as JAX users write it: reshape into blocks, mean."""
@@ -234,7 +248,7 @@ class Net:
         def f(P, x):
             return x.reshape(x.shape[0], out, h // out, out, w // out, c).mean(axis=(2, 4))
 
-        return self._step(f, ("pool", A, self.shape))
+        return self._step(f, *_pool_layers(A, self.shape))
 
     def _pool_pads(self, win, st, padding):
         if padding == "VALID":
