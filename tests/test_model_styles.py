@@ -46,7 +46,7 @@ FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes"
 
 def grad_times_input(fn, x, *args):
     """``x * d f_target / d x`` of ``fn(*args, x)`` on the batch."""
-    g = jax.jit(jax.grad(lambda x, a: jnp.sum(fn(*a, x)[jnp.arange(N), TARGET])), compiler_options=FAST)(x, args)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(fn(*args, x)[jnp.arange(N), TARGET])), compiler_options=FAST)(x)
     return x * g
 
 
