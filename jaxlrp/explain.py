@@ -371,6 +371,9 @@ def value_and_lrp(
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
 
+    # keep fn's name and docstring, not its signature: inspect.signature (and so
+    # eqx.filter_jit) must see the explainer's keywords (target=, ...)
+    del explain.__wrapped__
     explain.jaxlrp_config = {  # type: ignore[attr-defined]  # read by jaxlrp.dataset
         "fn": fn, "composite": comp, "argnums": argnums, "start": start, "example_axes": example_axes,
     }
@@ -462,5 +465,6 @@ def lrp(
     def explain(*args, target=None, output_relevance=None, layers=None):
         return vl(*args, target=target, output_relevance=output_relevance, layers=layers)[1]
 
+    del explain.__wrapped__
     explain.jaxlrp_config = vl.jaxlrp_config  # type: ignore[attr-defined]
     return explain

@@ -9,7 +9,7 @@ test (nor on JAX).
 Conventions
 -----------
 * Everything is computed in float64.
-* Images are single examples in HWC layout; convolution kernels are HWIO.
+* Examples are single, channels-last (HWC for images); kernels are ``(*k, I, O)``.
 * Flattening is always row-major, i.e. ``(h, w, c)`` order for images.
 * ``x+ = max(x, 0)`` and ``x- = min(x, 0)`` (the same for weights and biases,
   applied elementwise on the weight array *before* building the matrix).
@@ -23,12 +23,32 @@ Layer specification for the network helpers
 
 * ``("dense", w, b)`` -- ``w`` of shape (n_in, n_out), ``z = x @ w + b``;
   ``b`` may be None.  The input must be 1-D.
-* ``("conv", kernel_hwio, b, strides, padding_pairs, groups)`` with an
-  optional seventh element ``rhs_dilation``; ``b`` of shape (c_out,) or None.
-* ``("relu",)``
-* ``("maxpool", window, stride)`` -- 2-D, no padding.
+* ``("conv", kernel, b, strides, padding_pairs, groups)`` with an optional
+  seventh element ``rhs_dilation`` and eighth ``lhs_dilation`` (a transposed
+  convolution); ``kernel`` of shape ``(*k, c_in // groups, c_out)`` for any
+  number of spatial axes (input ``(*spatial, C)``); ``b`` of shape (c_out,) or
+  None.  A BatchNorm after a layer is folded into its kernel and bias by the
+  caller (``W' = W a``, ``b' = a (b - mean) + beta``, Zennit's MergeBatchNorm).
+* ``("relu",)`` and ``("act", name)`` (see :data:`ACTIVATIONS`) -- elementwise;
+  relevance passes unchanged.  An activation's own constants (hard_sigmoid's
+  ``+3``, log_sigmoid's negations) are part of the activation, never of the
+  layer before it.
+* ``("affine", scale, shift)`` -- per-channel ``x * scale + shift`` that does not
+  follow a layer (BatchNorm on the input or after an activation): elementwise,
+  relevance passes unchanged.
+* ``("glu",)`` -- ``a * sigmoid(g)`` of the two halves of the last axis; all
+  relevance goes to ``a`` (the signal takes all).
+* ``("linmap", M, out_shape)`` -- a parameter-free linear map (resizing,
+  padding) with matrix ``M`` on the flattened example; relevance is routed by
+  ``M.T`` (its plain VJP), as Zennit treats upsampling.
+* ``("pool", M, out_shape)`` -- a parameter-free average (any window, padding,
+  global or adaptive average pooling) with matrix ``M``; the ``"norm"`` rule.
+* ``("maxpool", window, stride)`` with an optional fourth element ``padding``
+  (``(low, high)`` pairs) -- any number of spatial axes.
 * ``("avgpool", window, stride)`` -- 2-D, no padding.
 * ``("flatten",)`` -- row-major ravel.
+* ``("residual", main, skip)`` -- ``main(x) + skip(x)`` for two layer lists
+  (``skip = []`` is the identity shortcut).
 * ``("residual_start",)`` / ``("residual_add",)`` -- identity shortcut:
   ``residual_start`` remembers the current activation, ``residual_add`` adds
   the remembered activation to the current one (they nest like brackets).
@@ -49,6 +69,17 @@ __all__ = [
     "forward_and_lrp",
     "network_lrp",
     "network_grad",
+    "weighted_layers",
+    "same_pads",
+    "conv_transpose_pads",
+    "conv_matrix_nd",
+    "avgpool_matrix_nd",
+    "maxpool_nd",
+    "pad_matrix",
+    "resize_matrix_1d",
+    "resize_matrix",
+    "ACTIVATIONS",
+    "composite_rules",
 ]
 
 _F = np.float64
@@ -472,54 +503,379 @@ def lrp_linear(rule, x, weight, bias, R, to_matrix, **params):
 
 
 # ---------------------------------------------------------------------------
-# Part 3: sequential networks
+# Part 3: more layers as explicit matrices (N-d convolutions, pooling,
+# padding, resizing)
 # ---------------------------------------------------------------------------
-def _conv_args(layer):
-    """Unpack a ``("conv", ...)`` tuple into keyword arguments."""
-    _, kernel, b, strides, padding, groups, *rest = layer
-    dil = rest[0] if rest else (1, 1)
-    return np.asarray(kernel, dtype=_F), b, dict(
-        strides=_pair(strides), padding=_padding_pairs(padding),
-        rhs_dilation=_pair(dil), groups=int(groups))
+def same_pads(n, k, stride=1, dilation=1):
+    """``(low, high)`` of ``'SAME'`` padding for one spatial axis (XLA's convention).
+
+    The output has ``ceil(n / stride)`` positions; the total padding
+    ``max((out - 1) * stride + (k - 1) * dilation + 1 - n, 0)`` is split with the
+    smaller half first.
+    """
+    out = -(-int(n) // int(stride))
+    eff = (int(k) - 1) * int(dilation) + 1
+    total = max((out - 1) * int(stride) + eff - int(n), 0)
+    return (total // 2, total - total // 2)
 
 
-def _forward_trace(layers, x):
-    """Forward pass recording what the backward passes need.
+def conv_transpose_pads(k, stride, padding):
+    """``(low, high)`` padding of the lhs-dilated convolution computing a transposed
+    convolution (``lax.conv_transpose`` conventions) on one axis.
+
+    ``k`` is the (dilated) kernel size; ``padding`` is ``"SAME"``, ``"VALID"`` or a
+    ``(low, high)`` pair of the forward convolution.
+    """
+    k, s = int(k), int(stride)
+    if padding == "SAME":
+        total = k + s - 2
+        low = k - 1 if s > k - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = k + s - 2 + max(k - s, 0)
+        low = k - 1
+    else:
+        low, high = (k - int(p) - 1 for p in padding)
+        total = low + high
+    return (low, total - low)
+
+
+def _per_axis(v, n, default):
+    if v is None:
+        return (default,) * n
+    if np.ndim(v) == 0:
+        return (int(v),) * n
+    v = tuple(int(a) for a in v)
+    if len(v) != n:
+        raise ValueError(f"expected {n} values, got {v!r}")
+    return v
+
+
+def _pad_list(padding, n):
+    if padding is None:
+        return ((0, 0),) * n
+    p = tuple(tuple(int(a) for a in pair) for pair in padding)
+    if len(p) != n or any(len(pair) != 2 for pair in p):
+        raise ValueError(f"padding must be {n} (low, high) pairs, got {padding!r}")
+    return p
+
+
+def conv_matrix_nd(kernel, in_shape, strides=None, padding=None, rhs_dilation=None,
+                   groups=1, lhs_dilation=None):
+    """Matrix of an N-d convolution on one flattened channels-last example.
+
+    The input ``(*spatial, C)`` is first dilated by ``lhs_dilation`` (``d - 1``
+    zeros between neighbours; this is how a transposed convolution is computed),
+    then padded (negative padding crops); output position ``o`` reads the dilated
+    padded input at ``o * stride + t * rhs_dilation`` for kernel tap ``t``. Taps
+    landing on padding or on dilation holes contribute nothing. Groups as in
+    :func:`conv_matrix`.
+
+    Parameters
+    ----------
+    kernel : array_like, shape (*k, c_in // groups, c_out)
+    in_shape : tuple of int
+        ``(*spatial, C)``.
+    strides, rhs_dilation, lhs_dilation : int or tuple of int, optional
+    padding : tuple of (low, high) pairs, optional
+    groups : int, optional
 
     Returns
     -------
-    out : ndarray
-        Network output.
-    trace : list of dict
-        One record per layer with at least the key ``"input"``.
+    A : ndarray, shape (prod(out_shape), prod(in_shape))
+    out_shape : tuple of int
     """
-    a = np.asarray(x, dtype=_F)
-    trace = []
-    stack = []
+    kernel = np.asarray(kernel, dtype=_F)
+    nd = kernel.ndim - 2
+    in_shape = tuple(int(a) for a in in_shape)
+    if len(in_shape) != nd + 1:
+        raise ValueError(f"input shape {in_shape} does not match a {nd}-d kernel")
+    spatial, C = in_shape[:-1], in_shape[-1]
+    ks, (cin_g, cout) = kernel.shape[:nd], kernel.shape[nd:]
+    groups = int(groups)
+    if C != cin_g * groups or cout % groups:
+        raise ValueError(f"channels {C} / {cout} do not fit {cin_g} per group, {groups} groups")
+    cout_g = cout // groups
+    s, rd, ld = (_per_axis(v, nd, 1) for v in (strides, rhs_dilation, lhs_dilation))
+    pads = _pad_list(padding, nd)
+    out_sp = []
+    for n, k, si, ri, li, (pl, ph) in zip(spatial, ks, s, rd, ld, pads):
+        span = (n - 1) * li + 1 + pl + ph - ((k - 1) * ri + 1)
+        out_sp.append(span // si + 1 if span >= 0 else 0)
+    out_shape = tuple(out_sp) + (cout,)
+    A = np.zeros((int(np.prod(out_shape)), int(np.prod(in_shape))), dtype=_F)
+    in_strides = np.cumprod((1,) + in_shape[::-1])[::-1][1:]  # row-major strides
+    for o in np.ndindex(*out_sp):
+        row0 = int(np.ravel_multi_index(o, out_sp)) * cout if out_sp else 0
+        for t in np.ndindex(*ks):
+            idx = []
+            for oi, ti, si, ri, li, (pl, _), n in zip(o, t, s, rd, ld, pads, spatial):
+                pos = oi * si + ti * ri - pl
+                if pos < 0 or pos % li or pos // li >= n:
+                    break
+                idx.append(pos // li)
+            else:
+                col0 = int(np.dot(idx, in_strides[:-1])) if idx else 0
+                for g in range(groups):
+                    rows = slice(row0 + g * cout_g, row0 + (g + 1) * cout_g)
+                    cols = slice(col0 + g * cin_g, col0 + (g + 1) * cin_g)
+                    A[rows, cols] += kernel[t][:, g * cout_g:(g + 1) * cout_g].T
+    return A, out_shape
+
+
+def _windows_nd(in_shape, window, stride, padding):
+    """Pooling windows over the spatial axes of a channels-last example.
+
+    Returns ``out_shape`` and, per flat output index, the flat input indices of its
+    window (row-major window order, padded positions left out) and the window size
+    including padding.
+    """
+    in_shape = tuple(int(a) for a in in_shape)
+    spatial, C = in_shape[:-1], in_shape[-1]
+    nd = len(spatial)
+    window = _per_axis(window, nd, 1)
+    stride = _per_axis(stride, nd, 1)
+    pads = _pad_list(padding, nd)
+    out_sp = tuple((n + pl + ph - w) // s + 1 for n, w, s, (pl, ph) in zip(spatial, window, stride, pads))
+    windows = []
+    for o in np.ndindex(*out_sp):
+        for c in range(C):
+            row = int(np.ravel_multi_index(o + (c,), out_sp + (C,)))
+            cols = []
+            for t in np.ndindex(*window):
+                pos = tuple(oi * si + ti - pl for oi, si, ti, (pl, _) in zip(o, stride, t, pads))
+                if all(0 <= p < n for p, n in zip(pos, spatial)):
+                    cols.append(int(np.ravel_multi_index(pos + (c,), in_shape)))
+            windows.append((row, cols))
+    return out_sp + (C,), windows, int(np.prod(window))
+
+
+def avgpool_matrix_nd(in_shape, window, stride=None, padding=None, count_include_pad=True):
+    """Matrix of N-d average pooling (any padding) on a channels-last example.
+
+    With ``count_include_pad`` every window divides by its full size (padding
+    counts as zeros), otherwise by its number of real inputs (Flax's
+    ``avg_pool`` conventions). A global or adaptive average pool is the window
+    that covers the whole axis (or ``n // out`` of it).
+    """
+    out_shape, windows, size = _windows_nd(in_shape, window, stride, padding)
+    A = np.zeros((int(np.prod(out_shape)), int(np.prod(in_shape))), dtype=_F)
+    for row, cols in windows:
+        for col in cols:
+            A[row, col] += 1.0 / (size if count_include_pad else len(cols))
+    return A, out_shape
+
+
+def maxpool_nd(x, window, stride=None, padding=None):
+    """N-d max pooling (padding never wins) of one channels-last example.
+
+    Returns ``y`` and, per flat output index, the flat input index of the first
+    maximal element of its window (row-major window order).
+    """
+    x = np.asarray(x, dtype=_F)
+    out_shape, windows, _ = _windows_nd(x.shape, window, stride, padding)
+    xf = x.ravel()
+    y = np.zeros(int(np.prod(out_shape)), dtype=_F)
+    winners = np.zeros(len(windows), dtype=np.int64)
+    for row, cols in windows:
+        best = cols[0]
+        for col in cols[1:]:
+            if xf[col] > xf[best]:
+                best = col
+        y[row], winners[row] = xf[best], best
+    return y.reshape(out_shape), winners
+
+
+def pad_matrix(in_shape, pads, mode="constant"):
+    """0/1 matrix of ``numpy.pad`` on the spatial axes of a channels-last example.
+
+    ``mode`` is ``"constant"`` (zeros), ``"wrap"`` (circular) or ``"reflect"``;
+    the index bookkeeping is NumPy's own ``pad`` applied to an array of indices.
+    """
+    in_shape = tuple(int(a) for a in in_shape)
+    idx = np.arange(int(np.prod(in_shape))).reshape(in_shape)
+    width = [tuple(p) for p in pads] + [(0, 0)]
+    if mode == "constant":
+        src = np.pad(idx, width, mode="constant", constant_values=-1)
+    else:
+        src = np.pad(idx, width, mode=mode)
+    M = np.zeros((src.size, idx.size), dtype=_F)
+    rows = np.nonzero(src.ravel() >= 0)[0]
+    M[rows, src.ravel()[rows]] = 1.0
+    return M, src.shape
+
+
+def resize_matrix_1d(n_in, n_out, method="linear", antialias=True):
+    """Interpolation matrix ``(n_out, n_in)`` of ``jax.image.resize`` along one axis.
+
+    Output pixel ``i`` is centred at input coordinate ``(i + 0.5) n_in / n_out - 0.5``;
+    ``"nearest"`` takes input ``floor((i + 0.5) n_in / n_out)``, ``"linear"`` weights
+    inputs with a triangle kernel (widened by ``n_in / n_out`` when downsampling with
+    ``antialias``), normalised to sum to one over the inputs that exist.
+    """
+    n_in, n_out = int(n_in), int(n_out)
+    M = np.zeros((n_out, n_in), dtype=_F)
+    inv = n_in / n_out
+    for i in range(n_out):
+        if method == "nearest":
+            M[i, min(int(np.floor((i + 0.5) * inv)), n_in - 1)] = 1.0
+            continue
+        if method != "linear":
+            raise ValueError(f"unknown resize method {method!r}")
+        centre = (i + 0.5) * inv - 0.5
+        width = max(inv, 1.0) if antialias else 1.0
+        w = np.maximum(0.0, 1.0 - np.abs(centre - np.arange(n_in)) / width)
+        M[i] = w / w.sum()
+    return M
+
+
+def resize_matrix(in_shape, out_spatial, method="linear", antialias=True):
+    """Matrix of ``jax.image.resize`` of the spatial axes of a channels-last example."""
+    in_shape = tuple(int(a) for a in in_shape)
+    M = np.eye(in_shape[-1], dtype=_F)
+    for n_in, n_out in reversed(list(zip(in_shape[:-1], out_spatial))):
+        M = np.kron(resize_matrix_1d(n_in, n_out, method, antialias), M)
+    return M, tuple(int(a) for a in out_spatial) + (in_shape[-1],)
+
+
+# ---------------------------------------------------------------------------
+# Part 4: elementwise activations (NumPy, float64)
+# ---------------------------------------------------------------------------
+def _softplus(x):
+    return np.logaddexp(x, 0.0)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _relu6(x):
+    return np.clip(x, 0.0, 6.0)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+_erf = np.vectorize(__import__("math").erf, otypes=[_F])
+
+#: Elementwise activations by name (the names and constants of ``jax.nn``).
+ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": _relu6,
+    "hard_sigmoid": lambda x: _relu6(x + 3.0) / 6.0,
+    "hard_swish": lambda x: x * _relu6(x + 3.0) / 6.0,
+    "hard_tanh": lambda x: np.clip(x, -1.0, 1.0),
+    "sigmoid": _sigmoid,
+    "log_sigmoid": lambda x: -_softplus(-x),
+    "softplus": _softplus,
+    "sparse_plus": lambda x: np.where(x <= -1.0, 0.0, np.where(x >= 1.0, x, (x + 1.0) ** 2 / 4.0)),
+    "squareplus": lambda x: (x + np.sqrt(x * x + 4.0)) / 2.0,
+    "silu": lambda x: x * _sigmoid(x),
+    "mish": lambda x: x * np.tanh(_softplus(x)),
+    "tanh": np.tanh,
+    "tanh_half": lambda x: np.tanh(x / 2.0),
+    "soft_sign": lambda x: x / (np.abs(x) + 1.0),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "celu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))),
+    "gelu_erf": lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
+    "relu_shift": lambda x: np.maximum(x - 0.5, 0.0),
+    "relu_pow": lambda x: np.maximum(x, 0.0) ** 1.5,
+    "square": lambda x: x * x,
+    "abs": np.abs,
+    "sin": np.sin,
+}
+
+# Derivatives where network_grad needs them (piecewise-linear activations).
+_ACT_GRADS = {
+    "relu": lambda x: (x > 0).astype(_F),
+    "leaky_relu": lambda x: np.where(x >= 0, 1.0, 0.01),
+    "relu_shift": lambda x: (x > 0.5).astype(_F),
+}
+
+
+# ---------------------------------------------------------------------------
+# Part 5: networks
+# ---------------------------------------------------------------------------
+def _nest(layers):
+    """Turn ``residual_start`` / ``residual_add`` brackets into ``residual`` items."""
+    out, stack = [], []
+    for layer in layers:
+        if layer[0] == "residual_start":
+            stack.append(out)
+            out = []
+        elif layer[0] == "residual_add":
+            if not stack:
+                raise ValueError("residual_add without residual_start")
+            main, out = out, stack.pop()
+            out.append(("residual", main, []))
+        else:
+            out.append(layer)
+    if stack:
+        raise ValueError("unbalanced residual_start")
+    return out
+
+
+def _conv_args(layer):
+    """Unpack a ``("conv", ...)`` tuple into the kernel, bias and keyword arguments."""
+    _, kernel, b, strides, padding, groups, *rest = layer
+    kernel = np.asarray(kernel, dtype=_F)
+    dil = rest[0] if rest else None
+    lhs = rest[1] if len(rest) > 1 else None
+    return kernel, b, dict(strides=strides, padding=padding, rhs_dilation=dil,
+                           groups=int(groups), lhs_dilation=lhs)
+
+
+class _Ctx:
+    """Per-pass bookkeeping: weighted layers in forward order, with ``first`` flags."""
+
+    def __init__(self):
+        self.weighted = []  # (kind, first)
+
+
+def _fwd(layers, a, ctx, depth):
+    """Forward pass over a (nested) layer list. Returns ``(out, records, depth)``."""
+    recs = []
     for layer in layers:
         kind = layer[0]
         rec = {"input": a}
-        if kind == "dense":
-            _, w, b = layer
-            if a.ndim != 1:
-                raise ValueError("dense layer needs a 1-D input; add ('flatten',)")
-            A = dense_matrix(w)
-            rec["A"] = A
-            a = A @ a + (0.0 if b is None else np.asarray(b, dtype=_F))
-        elif kind == "conv":
-            kernel, b, kw = _conv_args(layer)
-            A, out_shape = conv_matrix(kernel, a.shape, **kw)
-            rec["A"] = A
-            z = A @ a.ravel()
-            if b is not None:
-                z = z + np.tile(np.asarray(b, dtype=_F), int(np.prod(out_shape[:2])))
-            a = z.reshape(out_shape)
+        if kind in ("dense", "conv"):
+            if kind == "dense":
+                _, w, b = layer
+                if a.ndim != 1:
+                    raise ValueError("dense layer needs a 1-D input; add ('flatten',)")
+                w = np.asarray(w, dtype=_F)
+                A, out_shape, bias = dense_matrix(w), (w.shape[1],), b
+                to_matrix = dense_matrix
+            else:
+                w, b, kw = _conv_args(layer)
+                A, out_shape = conv_matrix_nd(w, a.shape, **kw)
+
+                def to_matrix(k, in_shape=a.shape, kw=kw):
+                    return conv_matrix_nd(k, in_shape, **kw)[0]
+
+                n_pos = int(np.prod(out_shape[:-1]))
+                bias = None if b is None else np.tile(np.asarray(b, dtype=_F), n_pos)
+            rec.update(A=A, weight=w, bias=None if bias is None else np.asarray(bias, dtype=_F),
+                       to_matrix=to_matrix, index=len(ctx.weighted))
+            ctx.weighted.append((kind, depth == 0))
+            z = A @ a.ravel() + (0.0 if bias is None else rec["bias"])
+            a, depth = z.reshape(out_shape), depth + 1
         elif kind == "relu":
             a = np.maximum(a, 0.0)
+        elif kind == "act":
+            a = ACTIVATIONS[layer[1]](a)
+        elif kind == "affine":
+            a = a * np.asarray(layer[1], dtype=_F) + np.asarray(layer[2], dtype=_F)
+        elif kind == "glu":
+            h = a.shape[-1] // 2
+            rec["halves"] = (a[..., :h], a[..., h:])
+            a = a[..., :h] * _sigmoid(a[..., h:])
+        elif kind in ("linmap", "pool"):
+            _, A, out_shape = layer
+            rec["A"] = A = np.asarray(A, dtype=_F)
+            a = (A @ a.ravel()).reshape(out_shape)
         elif kind == "maxpool":
-            _, window, stride = layer
-            a, winners = maxpool_forward(a, window, stride)
-            rec["winners"] = winners
+            a, rec["winners"] = maxpool_nd(a, *layer[1:])
         elif kind == "avgpool":
             _, window, stride = layer
             A, out_shape = avgpool_matrix(a.shape, window, stride)
@@ -527,20 +883,25 @@ def _forward_trace(layers, x):
             a = (A @ a.ravel()).reshape(out_shape)
         elif kind == "flatten":
             a = a.ravel()
-        elif kind == "residual_start":
-            stack.append(a)
-        elif kind == "residual_add":
-            skip = stack.pop()
-            if skip.shape != a.shape:
-                raise ValueError(f"residual shapes differ: {skip.shape} vs {a.shape}")
-            rec["main"], rec["skip"] = a, skip
-            a = a + skip
+        elif kind == "residual":
+            _, main, skip = layer
+            m, rec["main_recs"], dm = _fwd(main, a, ctx, depth)
+            s, rec["skip_recs"], ds = _fwd(skip, a, ctx, depth)
+            if m.shape != s.shape:
+                raise ValueError(f"residual shapes differ: {m.shape} vs {s.shape}")
+            rec["main"], rec["skip"] = m, s
+            a, depth = m + s, max(dm, ds)
         else:
             raise ValueError(f"unknown layer kind {kind!r}")
-        trace.append(rec)
-    if stack:
-        raise ValueError("unbalanced residual_start")
-    return a, trace
+        recs.append(rec)
+    return a, recs, depth
+
+
+def _forward_trace(layers, x):
+    """Forward pass; returns ``(out, records, ctx)``."""
+    ctx = _Ctx()
+    out, recs, _ = _fwd(_nest(layers), np.asarray(x, dtype=_F), ctx, 0)
+    return out, recs, ctx
 
 
 def forward(layers, x):
@@ -551,7 +912,7 @@ def forward(layers, x):
     layers : list of tuple
         Layer specification (see module docstring).
     x : array_like
-        One example (1-D vector or (H, W, C) image).
+        One example (1-D vector or channels-last array).
 
     Returns
     -------
@@ -559,6 +920,13 @@ def forward(layers, x):
         The network output (logits).
     """
     return _forward_trace(layers, x)[0]
+
+
+def weighted_layers(layers, x):
+    """``(kind, first)`` of every dense/conv layer in forward order (main branch of a
+    residual block before its shortcut); ``first`` means no dense/conv layer lies on
+    the path from the input."""
+    return list(_forward_trace(layers, x)[2].weighted)
 
 
 def _rule_for_layer(rule, in_shape):
@@ -571,17 +939,53 @@ def _rule_for_layer(rule, in_shape):
     return name, params
 
 
+def _bwd(layers, recs, R, rule_of, st):
+    """LRP backward pass over a (nested) layer list."""
+    for layer, rec in zip(reversed(layers), reversed(recs)):
+        kind, a = layer[0], rec["input"]
+        if kind in ("dense", "conv"):
+            name, params = _rule_for_layer(rule_of(rec["index"]), a.shape)
+            R = lrp_linear(name, a.ravel(), rec["weight"], rec["bias"], R.ravel(),
+                           rec["to_matrix"], **params).reshape(a.shape)
+        elif kind in ("relu", "act", "affine"):
+            pass
+        elif kind == "glu":
+            R = np.concatenate([R, np.zeros_like(R)], axis=-1)
+        elif kind == "linmap":
+            R = (rec["A"].T @ R.ravel()).reshape(a.shape)
+        elif kind in ("pool", "avgpool"):
+            A = rec["A"]
+            R = lrp_linear("norm", a.ravel(), None, None, R.ravel(), lambda _: A,
+                           stabilizer=st["pool"]).reshape(a.shape)
+        elif kind == "flatten":
+            R = R.reshape(a.shape)
+        elif kind == "maxpool":
+            Rin = np.zeros(a.size, dtype=_F)
+            np.add.at(Rin, rec["winners"], R.ravel())
+            R = Rin.reshape(a.shape)
+        elif kind == "residual":
+            q = safe_divide(R, stabilize(rec["main"] + rec["skip"], st["add"]))
+            Rm = _bwd(layer[1], rec["main_recs"], rec["main"] * q, rule_of, st)
+            Rs = _bwd(layer[2], rec["skip_recs"], rec["skip"] * q, rule_of, st)
+            R = Rm + Rs
+        else:  # pragma: no cover
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return R
+
+
 def forward_and_lrp(layers, x, R_out_fn, rules, pool_stabilizer=1e-6,
                     add_stabilizer=1e-6):
     """Forward pass followed by an LRP backward pass.
 
-    Dense/conv layers use the given rules, ReLU and flatten pass relevance
-    unchanged, max pooling gives each window's relevance entirely to its first
-    maximal element (overlapping windows add), average pooling uses the
-    ``"norm"`` rule with ``pool_stabilizer``, and a residual addition
-    ``y = main + skip`` splits relevance as ``main * R / stab(y)`` and
-    ``skip * R / stab(y)`` with ``add_stabilizer`` (the skip share is added back
-    at the matching ``residual_start``).
+    Dense/conv layers use the given rules; activations (``relu``, ``act``) and
+    unfolded per-channel affine maps (``affine``: a BatchNorm that does not follow
+    a layer) pass relevance unchanged; ``linmap`` (resizing, padding) routes it by
+    its transpose (the plain VJP); max pooling gives each window's relevance
+    entirely to its first maximal element (overlapping windows add); average
+    pooling (``avgpool``, ``pool``) uses the ``"norm"`` rule with
+    ``pool_stabilizer``; ``glu`` gives all relevance to its signal half; a
+    residual addition ``y = main + skip`` splits relevance as
+    ``main * R / stab(y)`` and ``skip * R / stab(y)`` with ``add_stabilizer``.
 
     Parameters
     ----------
@@ -591,12 +995,10 @@ def forward_and_lrp(layers, x, R_out_fn, rules, pool_stabilizer=1e-6,
         One example.
     R_out_fn : callable
         ``R_out_fn(logits) -> R_out`` with the shape of the logits.
-    rules : list of (str, dict)
-        One ``(rule_name, params)`` per dense/conv layer, in order.
-    pool_stabilizer : float, optional
-        Stabiliser of the average-pooling ``"norm"`` rule.
-    add_stabilizer : float, optional
-        Stabiliser of the residual-addition split.
+    rules : list of (str, dict), or callable
+        One ``(rule_name, params)`` per dense/conv layer in forward order, or
+        ``rules(kind, first) -> (rule_name, params)`` (see :func:`composite_rules`).
+    pool_stabilizer, add_stabilizer : float, optional
 
     Returns
     -------
@@ -604,58 +1006,18 @@ def forward_and_lrp(layers, x, R_out_fn, rules, pool_stabilizer=1e-6,
         Relevance with the shape of ``x``.
     logits : ndarray
     """
-    logits, trace = _forward_trace(layers, x)
-    weighted = [i for i, layer in enumerate(layers) if layer[0] in ("dense", "conv")]
-    if len(rules) != len(weighted):
-        raise ValueError(f"{len(rules)} rules for {len(weighted)} dense/conv layers")
-    rule_of = dict(zip(weighted, rules))
-
+    logits, recs, ctx = _forward_trace(layers, x)
+    if callable(rules):
+        rule_list = [rules(kind, first) for kind, first in ctx.weighted]
+    else:
+        rule_list = list(rules)
+    if len(rule_list) != len(ctx.weighted):
+        raise ValueError(f"{len(rule_list)} rules for {len(ctx.weighted)} dense/conv layers")
     R = np.asarray(R_out_fn(logits), dtype=_F)
     if R.shape != logits.shape:
         raise ValueError(f"R_out shape {R.shape} != logits shape {logits.shape}")
-    stack = []
-    for i in reversed(range(len(layers))):
-        layer, rec = layers[i], trace[i]
-        kind, a = layer[0], rec["input"]
-        if kind in ("dense", "conv"):
-            if kind == "dense":
-                _, w, b = layer
-                weight = np.asarray(w, dtype=_F)
-                bias = None if b is None else np.asarray(b, dtype=_F)
-                to_matrix = dense_matrix
-            else:
-                weight, b, kw = _conv_args(layer)
-                in_shape = a.shape
-
-                def to_matrix(k, in_shape=in_shape, kw=kw):
-                    return conv_matrix(k, in_shape, **kw)[0]
-
-                n_pos = R.shape[0] * R.shape[1]
-                bias = None if b is None else np.tile(np.asarray(b, dtype=_F), n_pos)
-            name, params = _rule_for_layer(rule_of[i], a.shape)
-            R = lrp_linear(name, a.ravel(), weight, bias, R.ravel(), to_matrix,
-                           **params).reshape(a.shape)
-        elif kind in ("relu",):
-            pass
-        elif kind == "flatten":
-            R = R.reshape(a.shape)
-        elif kind == "maxpool":
-            Rin = np.zeros(a.size, dtype=_F)
-            np.add.at(Rin, rec["winners"], R.ravel())
-            R = Rin.reshape(a.shape)
-        elif kind == "avgpool":
-            A = rec["A"]
-            R = lrp_linear("norm", a.ravel(), None, None, R.ravel(), lambda _: A,
-                           stabilizer=pool_stabilizer).reshape(a.shape)
-        elif kind == "residual_add":
-            den = stabilize(rec["main"] + rec["skip"], add_stabilizer)
-            q = safe_divide(R, den)
-            stack.append(rec["skip"] * q)
-            R = rec["main"] * q
-        elif kind == "residual_start":
-            R = R + stack.pop()
-        else:  # pragma: no cover
-            raise ValueError(f"unknown layer kind {kind!r}")
+    st = {"pool": pool_stabilizer, "add": add_stabilizer}
+    R = _bwd(_nest(layers), recs, R, rule_list.__getitem__, st)
     return R, logits
 
 
@@ -670,11 +1032,11 @@ def network_lrp(layers, x, target, rules, pool_stabilizer=1e-6, add_stabilizer=1
     layers : list of tuple
         Layer specification (see module docstring).
     x : array_like
-        One example (1-D vector or (H, W, C) image).
+        One example (1-D vector or channels-last array).
     target : int
         Index into the (flattened) logits.
-    rules : list of (str, dict)
-        One ``(rule_name, params)`` per dense/conv layer, in order.
+    rules : list of (str, dict), or callable
+        See :func:`forward_and_lrp`.
     pool_stabilizer, add_stabilizer : float, optional
         See :func:`forward_and_lrp`.
 
@@ -691,6 +1053,32 @@ def network_lrp(layers, x, target, rules, pool_stabilizer=1e-6, add_stabilizer=1
 
     return forward_and_lrp(layers, x, R_out_fn, rules, pool_stabilizer=pool_stabilizer,
                            add_stabilizer=add_stabilizer)
+
+
+def _grad(layers, recs, g):
+    for layer, rec in zip(reversed(layers), reversed(recs)):
+        kind, a = layer[0], rec["input"]
+        if kind in ("dense", "conv", "avgpool", "pool", "linmap"):
+            g = (rec["A"].T @ g.ravel()).reshape(a.shape)
+        elif kind == "relu":
+            g = g * (a > 0)
+        elif kind == "act":
+            if layer[1] not in _ACT_GRADS:
+                raise NotImplementedError(f"no derivative of {layer[1]!r} in the reference")
+            g = g * _ACT_GRADS[layer[1]](a)
+        elif kind == "affine":
+            g = g * np.asarray(layer[1], dtype=_F)
+        elif kind == "flatten":
+            g = g.reshape(a.shape)
+        elif kind == "maxpool":
+            gin = np.zeros(a.size, dtype=_F)
+            np.add.at(gin, rec["winners"], g.ravel())
+            g = gin.reshape(a.shape)
+        elif kind == "residual":
+            g = _grad(layer[1], rec["main_recs"], g) + _grad(layer[2], rec["skip_recs"], g)
+        else:  # pragma: no cover
+            raise NotImplementedError(f"no gradient of {kind!r} in the reference")
+    return g
 
 
 def network_grad(layers, x, target):
@@ -713,27 +1101,57 @@ def network_grad(layers, x, target):
     grad : ndarray
         Gradient with the shape of ``x``.
     """
-    logits, trace = _forward_trace(layers, x)
+    logits, recs, _ = _forward_trace(layers, x)
     g = np.zeros(logits.shape, dtype=_F)
     g.flat[target] = 1.0
-    stack = []
-    for i in reversed(range(len(layers))):
-        kind, rec = layers[i][0], trace[i]
-        a = rec["input"]
-        if kind in ("dense", "conv", "avgpool"):
-            g = (rec["A"].T @ g.ravel()).reshape(a.shape)
-        elif kind == "relu":
-            g = g * (a > 0)
-        elif kind == "flatten":
-            g = g.reshape(a.shape)
-        elif kind == "maxpool":
-            gin = np.zeros(a.size, dtype=_F)
-            np.add.at(gin, rec["winners"], g.ravel())
-            g = gin.reshape(a.shape)
-        elif kind == "residual_add":
-            stack.append(g)
-        elif kind == "residual_start":
-            g = g + stack.pop()
-        else:  # pragma: no cover
-            raise ValueError(f"unknown layer kind {kind!r}")
-    return g
+    return _grad(_nest(layers), recs, g)
+
+
+# ---------------------------------------------------------------------------
+# Part 6: preset composites, restated (Zennit's definitions)
+# ---------------------------------------------------------------------------
+def composite_rules(name, epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=-3.0, high=3.0,
+                    norm_stabilizer=None):
+    """The rule of every dense/conv layer under a preset composite.
+
+    ``name`` is one of ``"epsilon_plus"``, ``"epsilon_plus_flat"``,
+    ``"epsilon_gamma_box"``, ``"epsilon_alpha2_beta1"``,
+    ``"epsilon_alpha2_beta1_flat"``, ``"attn_lrp"``, ``"cp_lrp"`` (on networks
+    without attention: epsilon everywhere), ``"epsilon"`` (epsilon on every layer)
+    or ``"zero"`` (LRP-0 on every layer). "flat" and "box" presets put their
+    first-layer rule on every layer that no dense/conv layer precedes.
+
+    Returns
+    -------
+    rules : callable
+        ``rules(kind, first) -> (rule_name, params)`` for :func:`forward_and_lrp`.
+    stabilizers : dict
+        ``pool_stabilizer`` and ``add_stabilizer`` of the parameter-free layers:
+        ``norm_stabilizer`` if given, else the preset's ``stabilizer`` (Zennit
+        passes it to the Norm rules of sums and average pools).
+    """
+    eps = ("epsilon", {"epsilon": epsilon})
+    conv = {
+        "epsilon_plus": ("zplus", {"stabilizer": stabilizer}),
+        "epsilon_plus_flat": ("zplus", {"stabilizer": stabilizer}),
+        "epsilon_gamma_box": ("gamma", {"gamma": gamma, "stabilizer": stabilizer}),
+        "epsilon_alpha2_beta1": ("alphabeta", {"alpha": 2.0, "beta": 1.0, "stabilizer": stabilizer}),
+        "epsilon_alpha2_beta1_flat": ("alphabeta", {"alpha": 2.0, "beta": 1.0, "stabilizer": stabilizer}),
+        "attn_lrp": eps, "cp_lrp": eps, "epsilon": eps, "zero": ("zero", {}),
+    }
+    if name not in conv:
+        raise ValueError(f"unknown preset {name!r}")
+    first = {
+        "epsilon_plus_flat": ("flat", {"stabilizer": stabilizer}),
+        "epsilon_alpha2_beta1_flat": ("flat", {"stabilizer": stabilizer}),
+        "epsilon_gamma_box": ("zbox", {"low": low, "high": high, "stabilizer": stabilizer}),
+    }.get(name)
+    dense = ("zero", {}) if name == "zero" else eps
+
+    def rules(kind, is_first):
+        if is_first and first is not None:
+            return first
+        return conv[name] if kind == "conv" else dense
+
+    ns = stabilizer if norm_stabilizer is None else norm_stabilizer
+    return rules, {"pool_stabilizer": ns, "add_stabilizer": ns}
