@@ -8,7 +8,7 @@
 
 from . import composites, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import UnsupportedOperationError
-from .composites import Composite
+from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
 from .dataset import explain_dataset
 from .diagnostics import inspect
 from .explain import lrp, value_and_lrp
@@ -39,6 +39,8 @@ __all__ = [
     "viz",
     "Composite",
     "UnsupportedOperationError",
+    "UnmatchedPatternWarning",
+    "UnmatchedPatternError",
     "flax",
     "models",
 ]
