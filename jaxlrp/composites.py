@@ -35,6 +35,13 @@ A matcher is a callable ``Layer -> bool`` or a string:
   module path from the name stack, e.g. ``"*/conv1"``) and against the path of its
   weight in the parameter pytree (e.g. ``"params/Dense_2/*"``).
 
+A plain lowercase word close to a kind (``"dence"``, ``"avg_pool"``) is taken for a
+typo and raises ``ValueError`` at construction (see :func:`as_matcher`). A name or
+parameter pattern that matches no layer of the traced function warns
+(:class:`UnmatchedPatternWarning`, naming the closest layer names), or raises
+:class:`UnmatchedPatternError` with ``Composite(..., strict=True)``; kind matchers
+(such as a preset's ``"conv"`` entry on an MLP) are never reported.
+
 :func:`kind`, :func:`name`, :func:`param`, :func:`first`, :func:`last`,
 :func:`all_of`, :func:`any_of` and :func:`not_` build matchers explicitly.
 """

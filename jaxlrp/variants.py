@@ -397,7 +397,8 @@ class Pruned(Rule):
       never divide by a signed sum (see :mod:`jaxlrp.variants` for the formula):
       conserved per upper neuron, and :math:`\sum_{jk} |\hat c_{jk}| \le
       \sum_{jk} |c_{jk}|`, so magnitudes stay of the order of the base rule's.
-      Needs a base rule linear in the relevance (every rule of :mod:`jaxlrp.rules`).
+      Meant for base rules linear in the relevance (every rule of
+      :mod:`jaxlrp.rules`); others are linearised at the arriving relevance.
 
     With concrete ``p == p_neg == 0`` the base rule is returned unchanged. The full
     paper was not available: this is the project's reading of the published work
