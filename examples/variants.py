@@ -12,7 +12,9 @@ Both models are trained in seconds with optax. Then
 
 1. Pruned LRP (Yanez Sarmiento et al. 2024, arXiv:2404.14271): PLRP-lambda and
    PLRP-M on top of the base composite ``EpsilonPlus``, for p in {0, 0.1, ..., 0.9}
-   (one jitted explanation per mode, ``vmap``-ed over a traced ``p``): mean Gini
+   (one jitted explanation per mode, ``vmap``-ed over a traced ``p``), each with
+   jaxlrp's default ``p_neg = p`` and the public re-implementation's ``p_neg = p/2``
+   (a second table): mean Gini
    sparseness of the input relevance, relevance mass accuracy inside the mask
    (positive relevance; for DNA the relevance is summed over the 4 channels of a
    position first, because x-proportional rules give absent bases zero) and the
@@ -291,16 +293,16 @@ def pruning_sweep(task: Task, ps: tuple, flat_reference: bool = True) -> tuple:
         rel = {"base": lrp(apply, base_composite())(params, x, target=t)}
         if flat_reference:
             rel["flat"] = lrp(apply, composites.EpsilonPlusFlat())(params, x, target=t)
-        for mode in variants.MODES:
-            one = lambda q, mode=mode: lrp(apply, variants.pruned(base_composite(), q, mode=mode))(
-                params, x, target=t)
-            rel[mode] = jax.vmap(one)(p)  # (P, N, ...)
+        for mode, half in SWEEPS:
+            one = lambda q, mode=mode, half=half: lrp(
+                apply, variants.pruned(base_composite(), q, q / 2 if half else None, mode=mode))(params, x, target=t)
+            rel[_sweep_key(mode, half)] = jax.vmap(one)(p)  # (P, N, ...)
         return rel
 
     rel = explain_all(task.params, task.x, task.target, jnp.asarray(ps, jnp.float32))
     order = ["base"] + (["flat"] if flat_reference else [])
-    stacked = jnp.concatenate([rel[k] for k in order] + [rel[m].reshape((-1,) + task.x.shape[1:])
-                                                          for m in variants.MODES])
+    stacked = jnp.concatenate([rel[k] for k in order] + [rel[_sweep_key(*sw)].reshape((-1,) + task.x.shape[1:])
+                                                          for sw in SWEEPS])
     s = {k: np.asarray(v) for k, v in scores(task, stacked).items()}
     chunk = lambda i: {k: summary(v[i * n:(i + 1) * n]) for k, v in s.items()}
     out = {"base": {"name": BASE_NAME, **chunk(0)}}
@@ -308,14 +310,24 @@ def pruning_sweep(task: Task, ps: tuple, flat_reference: bool = True) -> tuple:
         out["EpsilonPlusFlat (p=0, reference)"] = chunk(1)
     off = len(order)
     examples = {"base": np.asarray(rel["base"][:4])}
-    for j, mode in enumerate(variants.MODES):
+    for j, (mode, half) in enumerate(SWEEPS):
+        key = _sweep_key(mode, half)
         per_p = [chunk(off + j * n_p + i) for i in range(n_p)]
         zero = [i for i, p in enumerate(ps) if p == 0.0]
-        diff = float(jnp.max(jnp.abs(rel[mode][zero[0]] - rel["base"]))) if zero else float("nan")
-        out[f"PLRP-{mode}"] = {"p": list(ps), **{k: [d[k] for d in per_p] for k in s},
-                               "max_abs_diff_p0_vs_base": diff}
-        examples[mode] = np.asarray(rel[mode][:, :4])
+        diff = float(jnp.max(jnp.abs(rel[key][zero[0]] - rel["base"]))) if zero else float("nan")
+        out[f"PLRP-{key}"] = {"p": list(ps), **{k: [d[k] for d in per_p] for k in s},
+                              "max_abs_diff_p0_vs_base": diff}
+        if not half:
+            examples[mode] = np.asarray(rel[key][:, :4])
     return out, examples
+
+
+#: (mode, p_neg = p / 2?): jaxlrp's default p_neg = p, and the re-implementation's p / 2
+SWEEPS = tuple((mode, half) for half in (False, True) for mode in variants.MODES)
+
+
+def _sweep_key(mode: str, half: bool) -> str:
+    return f"{mode} p_neg=p/2" if half else mode
 
 
 def robustness(task: Task, cfg: Config, n: int, methods: dict) -> dict:
@@ -600,6 +612,17 @@ def markdown(results: dict, cfg: Config) -> str:
                                                   for k in keys) + " |")
         if fl is not None:
             L.append(f"| EpsilonPlusFlat (reference) | {one(fl)}")
+        L.append("")
+        L.append("The negative proportion: jaxlrp's default p_neg = p (above) against the public "
+                 "re-implementation's p_neg = p/2 (both leave the input layer unpruned); mean Gini, RMA, AOPC:")
+        L.append("")
+        L.append("| p | Gini λ | λ, p/2 | Gini M | M, p/2 | RMA λ | λ, p/2 | RMA M | M, p/2 | AOPC λ | λ, p/2 "
+                 "| AOPC M | M, p/2 |")
+        L.append("|---|" + "---|" * 12)
+        for i, p in enumerate(cfg.ps):
+            cells = [f"{sw[f'PLRP-{_sweep_key(mode, half)}'][k][i]['mean']:.3f}"
+                     for k in ("gini", "rma", "aopc") for mode in variants.MODES for half in (False, True)]
+            L.append(f"| {p:.1f} | " + " | ".join(cells) + " |")
         L.append("")
         L.append(f"Largest standard errors: Gini {_max_sem(sw, 'gini'):.3f}, RMA {_max_sem(sw, 'rma'):.3f}, "
                  f"AOPC {_max_sem(sw, 'aopc'):.3f}. p = 0 equals the base composite to "

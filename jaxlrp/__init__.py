@@ -8,7 +8,7 @@
 
 from . import attribution, composites, concepts, data, dataset, diagnostics, metrics, rules, variants, viz
 from ._errors import TrainingModeError, UnsupportedOperationError
-from .composites import Composite
+from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
 from .dataset import DatasetLockedError, explain_dataset
 from .diagnostics import inspect
 from ._version import __version__
@@ -45,6 +45,8 @@ __all__ = [
     "TrainingModeError",
     "AmbiguousOutputWarning",
     "DatasetLockedError",
+    "UnmatchedPatternWarning",
+    "UnmatchedPatternError",
     "flax",
     "models",
 ]

@@ -45,6 +45,13 @@ A matcher is a callable ``Layer -> bool`` or a string:
   module path from the name stack, e.g. ``"*/conv1"``) and against the path of its
   weight in the parameter pytree (e.g. ``"params/Dense_2/*"``).
 
+A plain lowercase word close to a kind (``"dence"``, ``"avg_pool"``) is taken for a
+typo and raises ``ValueError`` at construction (see :func:`as_matcher`). A name or
+parameter pattern that matches no layer of the traced function warns
+(:class:`UnmatchedPatternWarning`, naming the closest layer names), or raises
+:class:`UnmatchedPatternError` with ``Composite(..., strict=True)``; kind matchers
+(such as a preset's ``"conv"`` entry on an MLP) are never reported.
+
 :func:`kind`, :func:`name`, :func:`param`, :func:`first`, :func:`last`,
 :func:`all_of`, :func:`any_of` and :func:`not_` build matchers explicitly.
 """
@@ -52,8 +59,11 @@ A matcher is a callable ``Layer -> bool`` or a string:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import math
+import re
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import rules as _rules
@@ -72,6 +82,9 @@ __all__ = [
     "all_of",
     "any_of",
     "not_",
+    "check_matches",
+    "UnmatchedPatternWarning",
+    "UnmatchedPatternError",
     "EpsilonPlus",
     "EpsilonPlusFlat",
     "EpsilonGammaBox",
@@ -146,6 +159,73 @@ class Layer:
 
 Matcher = Union[str, Callable[[Layer], bool]]
 
+#: Strings that are matchers by themselves (not globs).
+_WORDS = KINDS + ("linear", "first", "last")
+_PLAIN_WORD = re.compile(r"[a-z_]+")
+
+
+class UnmatchedPatternWarning(UserWarning):
+    """A user's name or parameter pattern (a composite entry, a ``layers=``
+    pattern, a :func:`jaxlrp.variants.pruned` proportion key) matches no layer of
+    the traced function, so it has no effect. The message lists the closest layer
+    names; ``Composite(..., strict=True)`` makes it an :class:`UnmatchedPatternError`."""
+
+
+class UnmatchedPatternError(ValueError):
+    """Raised instead of :class:`UnmatchedPatternWarning` by a composite built with
+    ``strict=True``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kinds:
+    kinds: frozenset
+    label: str
+
+    def __call__(self, layer: Layer) -> bool:
+        return layer.kind in self.kinds
+
+    def __repr__(self) -> str:
+        return f"kind({self.label})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Glob:
+    """A glob on the layer name (``on="name"``), the parameter paths (``"param"``)
+    or either (``"any"``)."""
+
+    pattern: str
+    on: str = "any"
+
+    def __call__(self, layer: Layer) -> bool:
+        if self.on != "param" and fnmatch.fnmatchcase(layer.name, self.pattern):
+            return True
+        return self.on != "name" and any(fnmatch.fnmatchcase(p, self.pattern) for p in layer.param_paths)
+
+    def __repr__(self) -> str:
+        return repr(self.pattern) if self.on == "any" else f"{self.on}({self.pattern!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Combined:
+    op: str  # "all", "any" or "not"
+    parts: tuple
+
+    def __call__(self, layer: Layer) -> bool:
+        hits = (f(layer) for f in self.parts)
+        return all(hits) if self.op == "all" else any(hits) if self.op == "any" else not next(hits)
+
+    def __repr__(self) -> str:
+        name = {"all": "all_of", "any": "any_of", "not": "not_"}[self.op]
+        return f"{name}({', '.join(map(repr, self.parts))})"
+
+
+def _unknown_kind(k: str, close: Sequence[str]) -> ValueError:
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ValueError(
+        f"unknown layer kind {k!r}; {hint}known kinds: {', '.join(KINDS + ('linear',))}, and 'first', "
+        f"'last'. To match a layer by name, use composites.name({k!r})"
+    )
+
 
 def kind(*kinds: str) -> Callable[[Layer], bool]:
     """Match layers of the given kinds (``"linear"`` means dense or conv)."""
@@ -156,18 +236,18 @@ def kind(*kinds: str) -> Callable[[Layer], bool]:
         elif k in KINDS:
             wanted.add(k)
         else:
-            raise ValueError(f"unknown layer kind {k!r}; known kinds: {', '.join(KINDS + ('linear',))}")
-    return lambda layer: layer.kind in wanted
+            raise _unknown_kind(k, difflib.get_close_matches(str(k), KINDS + ("linear",), n=1, cutoff=0.6))
+    return _Kinds(frozenset(wanted), ", ".join(map(repr, kinds)))
 
 
 def name(pattern: str) -> Callable[[Layer], bool]:
     """Match the layer name (name stack) against a glob, e.g. ``"*/conv1"``."""
-    return lambda layer: fnmatch.fnmatchcase(layer.name, pattern)
+    return _Glob(pattern, "name")
 
 
 def param(pattern: str) -> Callable[[Layer], bool]:
     """Match the parameter path of the weight against a glob, e.g. ``"params/Dense_2/*"``."""
-    return lambda layer: any(fnmatch.fnmatchcase(p, pattern) for p in layer.param_paths)
+    return _Glob(pattern, "param")
 
 
 def first(layer: Layer) -> bool:
@@ -182,24 +262,30 @@ def last(layer: Layer) -> bool:
 
 def all_of(*matchers: Matcher) -> Callable[[Layer], bool]:
     """Match layers that every matcher accepts."""
-    fs = [as_matcher(m) for m in matchers]
-    return lambda layer: all(f(layer) for f in fs)
+    return _Combined("all", tuple(as_matcher(m) for m in matchers))
 
 
 def any_of(*matchers: Matcher) -> Callable[[Layer], bool]:
     """Match layers that any matcher accepts."""
-    fs = [as_matcher(m) for m in matchers]
-    return lambda layer: any(f(layer) for f in fs)
+    return _Combined("any", tuple(as_matcher(m) for m in matchers))
 
 
 def not_(matcher: Matcher) -> Callable[[Layer], bool]:
     """Match layers that ``matcher`` rejects."""
-    f = as_matcher(matcher)
-    return lambda layer: not f(layer)
+    return _Combined("not", (as_matcher(matcher),))
 
 
 def as_matcher(m: Matcher) -> Callable[[Layer], bool]:
-    """Turn a string or callable into a ``Layer -> bool`` predicate."""
+    """Turn a string or callable into a ``Layer -> bool`` predicate.
+
+    A string is a kind, ``"linear"``, ``"first"`` or ``"last"``, or else a glob on
+    the layer name and the parameter paths. A plain lowercase word (letters and
+    ``_`` only: no digit, ``/`` or glob character) close to one of those words
+    (:func:`difflib.get_close_matches`, cutoff 0.75, e.g. ``"dence"``,
+    ``"avg_pool"``, ``"activations"``) is taken for a typo and raises
+    ``ValueError`` naming the word it resembles; match a layer that really has
+    such a name with :func:`name` or :func:`param`.
+    """
     if callable(m):
         return m
     if not isinstance(m, str):
@@ -210,8 +296,59 @@ def as_matcher(m: Matcher) -> Callable[[Layer], bool]:
         return first
     if m == "last":
         return last
-    by_name, by_param = name(m), param(m)
-    return lambda layer: by_name(layer) or by_param(layer)
+    if _PLAIN_WORD.fullmatch(m):
+        close = difflib.get_close_matches(m, _WORDS, n=1, cutoff=0.75)
+        if close:
+            raise _unknown_kind(m, close)
+    return _Glob(m)
+
+
+def _globs(f: Any) -> list:
+    """The name/parameter globs inside a matcher (through all_of, any_of, not_)."""
+    if isinstance(f, _Glob):
+        return [f]
+    if isinstance(f, _Combined):
+        return [g for part in f.parts for g in _globs(part)]
+    return []
+
+
+def check_matches(matchers: Sequence[Matcher], layers: Sequence[Layer], *, strict: bool = False,
+                  where: str = "composite entry") -> None:
+    """Warn about each name/parameter glob of ``matchers`` that matches no layer.
+
+    Kind matchers, ``first``/``last`` and opaque callables are not checked (a
+    preset's ``"conv"`` entry legitimately matches nothing on an MLP); globs are,
+    also inside :func:`all_of`, :func:`any_of` and :func:`not_`.
+
+    Raises
+    ------
+    UnmatchedPatternError
+        Instead of the warning, when ``strict``.
+
+    Warns
+    -----
+    UnmatchedPatternWarning
+        Naming the pattern and the closest layer names and parameter paths.
+    """
+    for m in matchers:
+        for g in _globs(as_matcher(m)):
+            if any(g(layer) for layer in layers):
+                continue
+            msg = f"{where} {g!r} matches no layer of the traced function; {_closest(g.pattern, layers)}"
+            if strict:
+                raise UnmatchedPatternError(msg)
+            warnings.warn(msg + " (Composite(..., strict=True) makes this an error)", UnmatchedPatternWarning,
+                          stacklevel=3)
+
+
+def _closest(pattern: str, layers: Sequence[Layer]) -> str:
+    names = list(dict.fromkeys([l.name for l in layers if l.name] + [p for l in layers for p in l.param_paths]))
+    if not names:
+        return "the function has no named layers (it pushes no name stack and has no parameter paths)"
+    close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+    close = close or difflib.get_close_matches(pattern.replace("*", ""), names, n=3, cutoff=0.4)
+    shown = close or names[:5]
+    return f"{'closest' if close else 'some'} layer names: {', '.join(map(repr, shown))}"
 
 
 _BASE: tuple = (
@@ -242,6 +379,11 @@ class Composite:
     rules:
         ``(matcher, rule)`` pairs, tried in order before the defaults (see the module
         docstring).
+    strict:
+        What to do when a name or parameter pattern of ``rules`` (or of ``lrp``'s
+        ``layers=``) matches no layer of the traced function: ``False`` (default)
+        warns with :class:`UnmatchedPatternWarning`, ``True`` raises
+        :class:`UnmatchedPatternError`. Kind matchers are never reported.
 
     Examples
     --------
@@ -254,7 +396,8 @@ class Composite:
     ... ])
     """
 
-    def __init__(self, rules: Sequence[tuple] = ()):
+    def __init__(self, rules: Sequence[tuple] = (), *, strict: bool = False):
+        self._strict = bool(strict)
         pairs = []
         for pair in list(rules) + list(_BASE):
             try:
@@ -265,6 +408,11 @@ class Composite:
                 raise TypeError(f"expected a jaxlrp rule for matcher {m!r}, got {r!r}")
             pairs.append((m, as_matcher(m), r))
         self._pairs = tuple(pairs)
+
+    @property
+    def strict(self) -> bool:
+        """Whether an unmatched name/parameter pattern is an error (else a warning)."""
+        return self._strict
 
     @property
     def rules(self) -> tuple:
@@ -293,14 +441,19 @@ class Composite:
 
         Raises ``ValueError`` when one of the user's pairs matches some layers but
         its rule applies to none of them (e.g. ``("*/conv1", rules.Norm())`` on a
-        conv layer): such a pair would otherwise be ignored silently.
+        conv layer): such a pair would otherwise be ignored silently. A name or
+        parameter pattern that matches no layer at all warns
+        (:class:`UnmatchedPatternWarning`, see :func:`check_matches`) or, with
+        ``strict=True``, raises :class:`UnmatchedPatternError`.
         """
         assigned = tuple(self.rule_for(layer) for layer in layers)
         for layer, r in zip(layers, assigned):
             problem = r.check(layer)
             if problem:
                 raise ValueError(f"rule {r!r} cannot be applied to layer '{layer.key or layer.name}': {problem}")
-        for m, f, r in self._pairs[: len(self._pairs) - len(_BASE)]:
+        user = self._pairs[: len(self._pairs) - len(_BASE)]
+        check_matches([f for _, f, _ in user], layers, strict=self._strict)
+        for m, f, r in user:
             hits = [layer for layer in layers if f(layer)]
             if hits and not any(layer.kind in r.kinds for layer in hits):
                 names = ", ".join(f"'{l.key}' ({l.kind})" for l in hits[:5])
@@ -322,11 +475,13 @@ class EpsilonPlus(Composite):
     """Conv layers :class:`~jaxlrp.rules.ZPlus`, dense layers :class:`~jaxlrp.rules.Epsilon`
     (Zennit's ``EpsilonPlus``)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
         super().__init__(
             list(rules)
             + [("conv", _rules.ZPlus(stabilizer)), ("dense", _rules.Epsilon(epsilon))]
-            + _aggregates(stabilizer)
+            + _aggregates(stabilizer),
+            strict=strict,
         )
 
 
@@ -334,7 +489,8 @@ class EpsilonPlusFlat(Composite):
     """As :class:`EpsilonPlus`, with :class:`~jaxlrp.rules.Flat` on the first layer
     (Zennit's ``EpsilonPlusFlat``)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
         super().__init__(
             list(rules)
             + [
@@ -342,7 +498,8 @@ class EpsilonPlusFlat(Composite):
                 ("conv", _rules.ZPlus(stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
-            + _aggregates(stabilizer)
+            + _aggregates(stabilizer),
+            strict=strict,
         )
 
 
@@ -369,6 +526,7 @@ class EpsilonGammaBox(Composite):
         gamma: float = 0.25,
         stabilizer: float = 1e-6,
         rules: Sequence[tuple] = (),
+        strict: bool = False,
     ):
         super().__init__(
             list(rules)
@@ -377,7 +535,8 @@ class EpsilonGammaBox(Composite):
                 ("conv", _rules.Gamma(gamma, stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
-            + _aggregates(stabilizer)
+            + _aggregates(stabilizer),
+            strict=strict,
         )
 
 
@@ -468,18 +627,21 @@ class EpsilonAlpha2Beta1(Composite):
     """Conv layers :class:`~jaxlrp.rules.AlphaBeta` (2, 1), dense layers
     :class:`~jaxlrp.rules.Epsilon` (Zennit's ``EpsilonAlpha2Beta1``)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
         super().__init__(
             list(rules)
             + [("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)), ("dense", _rules.Epsilon(epsilon))]
-            + _aggregates(stabilizer)
+            + _aggregates(stabilizer),
+            strict=strict,
         )
 
 
 class EpsilonAlpha2Beta1Flat(Composite):
     """As :class:`EpsilonAlpha2Beta1`, with :class:`~jaxlrp.rules.Flat` on the first layer."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = ()):
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
         super().__init__(
             list(rules)
             + [
@@ -487,7 +649,8 @@ class EpsilonAlpha2Beta1Flat(Composite):
                 ("conv", _rules.AlphaBeta(2.0, 1.0, stabilizer)),
                 ("dense", _rules.Epsilon(epsilon)),
             ]
-            + _aggregates(stabilizer)
+            + _aggregates(stabilizer),
+            strict=strict,
         )
 
 
@@ -500,8 +663,11 @@ class AttnLRP(Composite):
     dense layers' epsilon.
     """
 
-    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = ()):
-        super().__init__(list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.Uniform())])
+    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
+        super().__init__(
+            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.Uniform())], strict=strict
+        )
 
 
 class CPLRP(Composite):
@@ -509,9 +675,11 @@ class CPLRP(Composite):
     :class:`AttnLRP`, but no relevance flows through the attention weights; it all
     goes to the values."""
 
-    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = ()):
+    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (),
+                 strict: bool = False):
         super().__init__(
-            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.SignalTakesAll())]
+            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.SignalTakesAll())],
+            strict=strict,
         )
 
 

@@ -365,6 +365,9 @@ def value_and_lrp(
     def explain(*args, target=None, output_relevance=None, layers=None):
         t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         matcher = _layer_matcher(layers)
+        if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
+            patterns = layers if isinstance(layers, (list, tuple)) else [layers]
+            _composites.check_matches(patterns, t.layers, strict=comp.strict, where="layers= pattern")
         out, rel, tap_rel = run(t, target, output_relevance, _selected(t, matcher))
         relevance = unflatten_relevance(t, rel)
         if layers is None:

@@ -65,11 +65,13 @@ add relevances of either sign, so in layer mode the L1 mass can shrink there.
 Pruned LRP
 ----------
 Yanez Sarmiento, Witzke, Klein & Renard (2024), "Sparse Explanations of Neural
-Networks Using Pruned Layer-Wise Relevance Propagation", arXiv:2404.14271. At every dense/conv layer except those fed by the input
-(:attr:`Layer.first <jaxlrp.composites.Layer>`), after the base rule has produced
-:math:`r`, prune per example and per sign :math:`s \in \{+, -\}`: with
-:math:`v_{(1)} \le \dots \le v_{(m)}` the sorted magnitudes of the entries of sign
-:math:`s` and :math:`c_k = \sum_{t \le k} v_{(t)}`,
+Networks Using Pruned Layer-Wise Relevance Propagation", arXiv:2404.14271. At every
+dense/conv layer :math:`l` except those fed by the input
+(:attr:`Layer.first <jaxlrp.composites.Layer>`; ``pruned(..., input_layer=True)``
+prunes them too), after the base rule has produced :math:`r`, prune per example and
+per sign :math:`s \in \{+, -\}`: with :math:`v_{(1)} \le \dots \le v_{(m)}` the
+sorted magnitudes of the entries of sign :math:`s` and :math:`c_k = \sum_{t \le k}
+v_{(t)}`,
 
 .. math::
 
@@ -79,31 +81,77 @@ Networks Using Pruned Layer-Wise Relevance Propagation", arXiv:2404.14271. At ev
 so the smallest entries whose cumulative mass stays within the proportion
 :math:`p_s` of the sign's mass are removed; ties at the threshold are pruned, and
 :math:`p_s = 0` prunes nothing. If ties would remove a sign's whole mass, that sign
-is left unpruned for that example. Then:
+is left unpruned for that example. The proportions may differ per layer
+(:math:`p_l`, as the paper writes them): :func:`pruned` takes a scalar, a mapping
+from matcher to proportion, or a callable on a :class:`~jaxlrp.composites.Layer`.
+
+*Negative proportion.* jaxlrp's default is :math:`p_- = p_+` (``p_neg=None``): both
+signs are treated alike, so PLRP-:math:`\lambda` keeps each sign's mass with the
+same sparsity, and the default does not rest on a source we could not check. The
+one public re-implementation (third-party, citing the paper's Eq. 3.2) uses
+:math:`p_- = p_+ / 2` and leaves the input layer unpruned (as jaxlrp does); pass
+``p_neg=p / 2`` for that reading. ``examples/variants.py`` reports both.
+
+Then:
 
 * PLRP-:math:`\lambda` (``mode="lambda"``) rescales the survivors of each sign,
   :math:`\hat r_i = \lambda_s r_i` with
   :math:`\lambda_s = \sum_{i \in s} |r_i| / \sum_{i \in s,\, \text{kept}} |r_i|`,
   so the positive and the negative masses, hence :math:`\sum r`, are unchanged.
-* PLRP-M (``mode="m"``) redistributes through the layer: with the keep mask
-  :math:`m` of the first pass, the base rule is evaluated again on the layer
-  :math:`z' = W (m \odot \tilde x) + \tilde b`, i.e. with the pruned lower neurons
-  removed from numerator and denominator (for LRP-:math:`\epsilon`,
-  :math:`R_j = m_j \sum_k x_j w_{jk} R_k / \operatorname{stab}(\sum_{j'} m_{j'}
-  x_{j'} w_{j'k} + b_k)`), so each upper neuron's relevance is conserved whenever
-  the base rule conserves it. The mask applies to every branch of the base rule
-  (the modified inputs of :math:`z^+`, :math:`\gamma`, flat, :math:`z^\mathcal{B}`).
-  Kept contributions that cancel can bring back a small denominator.
+* PLRP-M (``mode="m"``) redistributes through the layer, per upper neuron. The
+  base rule is linear in the relevance, :math:`r = J R`, so it splits each upper
+  neuron's relevance into contributions :math:`c_{jk} = J_{jk} R_k`, passing down
+  :math:`S_k = \sum_j c_{jk}`. With the keep mask :math:`m` of the first pass, the
+  part reaching pruned neurons, :math:`P_k = \sum_j (1 - m_j)\, c_{jk} = R_k
+  [J^\top (1 - m)]_k`, is given to the kept neurons in proportion to non-negative
+  share weights :math:`\omega_{jk}`:
 
-All shapes are static: the threshold is found with ``sort``, ``cumsum`` and
-``searchsorted`` on the per-example flattened relevance.
+  .. math::
+
+      \hat r_j = m_j \Big( r_j + \sum_k \omega_{jk} \frac{P_k}{\Omega_k} \Big),
+      \qquad \Omega_k = \sum_{j'} m_{j'}\, \omega_{j'k},
+
+  so :math:`\sum_j \hat c_{jk} = S_k` for every upper neuron (the relevance the
+  base rule passes down, bias and stabiliser absorption included, now on the kept
+  neurons only), and :math:`\sum_{jk} |\hat c_{jk}| \le \sum_{jk} |c_{jk}|`: the
+  pruned mass is moved, never amplified. The weights are :math:`\omega_{jk} =
+  |x_j w_{jk}|`, the size of the layer's own contributions, or, for rules whose
+  contributions all have the sign of :math:`R_k` (:math:`z^+`, flat,
+  :math:`w^2`, :math:`\alpha 1 \beta 0`: :math:`J \ge 0`), :math:`\omega_{jk} =
+  J_{jk}`, i.e. :math:`|c_{jk}| / |R_k|`. Wherever the kept contributions of an
+  upper neuron share one sign (always for those rules), this equals evaluating
+  the base rule again on the layer with the pruned lower neurons removed from
+  numerator and denominator, :math:`\hat c_{jk} = m_j c_{jk} S_k / \sum_{j'}
+  m_{j'} c_{j'k}` (for LRP-0: :math:`\hat R_j = m_j \sum_k x_j w_{jk} R_k /
+  \sum_{j'} m_{j'} x_{j'} w_{j'k}`). Where they cancel, that re-evaluation divides
+  by a near-zero sum (a median :math:`\max |R|` of :math:`10^{10}` times the base rule's
+  on a 45-layer ReLU MLP, ``bench/plrp_stability.py``); these shares divide only
+  by :math:`\Omega_k`, a sum of non-negative terms that vanishes only when every
+  kept contribution does.
+
+  *Fallback.* An upper neuron with :math:`\Omega_k = 0` (none of its kept lower
+  neurons contributes; common in small convolutions at large :math:`p`) cannot
+  keep its relevance on its own lower neurons. Its pruned part
+  :math:`u = (1 - m) \odot J (R \odot [\Omega = 0])` is then absorbed PLRP-:math:`
+  \lambda`-style by the kept entries of :math:`\hat r`, per example and sign:
+  those of sign :math:`s` are scaled by :math:`1 + U_s / K_s` (:math:`U_s` the mass
+  of sign :math:`s` of :math:`u`, :math:`K_s` the kept mass of that sign); a sign
+  no kept entry has is spread over all kept entries in proportion to
+  :math:`|\hat r_j|`. The layer's :math:`\sum \hat r = \sum r` still holds and
+  pruned entries stay exactly zero (unless every kept entry is zero). A rule that
+  is not linear in the relevance (e.g. :class:`Relative`) is linearised at
+  :math:`R`.
+
+The threshold needs no sort: non-negative floats order like their bit patterns,
+so :func:`_threshold` bisects on the integer bit pattern, one masked sum per step
+(at most as many steps as the dtype has bits); all shapes stay static.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -404,9 +452,13 @@ class Pruned(Rule):
     * ``mode="lambda"`` (PLRP-:math:`\lambda`): the survivors of each sign are scaled
       by :math:`\lambda_s = \sum_{i \in s}|r_i| / \sum_{i \in s, \text{kept}}|r_i|`;
       the positive and negative masses are unchanged.
-    * ``mode="m"`` (PLRP-M): the base rule is evaluated a second time with the pruned
-      lower neurons masked out of the layer (numerator and denominator), so each upper
-      neuron's relevance is redistributed over the kept neurons only.
+    * ``mode="m"`` (PLRP-M): each upper neuron's relevance, as the base rule passes
+      it down, is redistributed over the kept lower neurons only, with shares that
+      never divide by a signed sum (see :mod:`jaxlrp.variants` for the formula):
+      conserved per upper neuron, and :math:`\sum_{jk} |\hat c_{jk}| \le
+      \sum_{jk} |c_{jk}|`, so magnitudes stay of the order of the base rule's.
+      Meant for base rules linear in the relevance (every rule of
+      :mod:`jaxlrp.rules`); others are linearised at the arriving relevance.
 
     With concrete ``p == p_neg == 0`` the base rule is returned unchanged. The full
     paper was not available: this is the project's reading of the published work
@@ -449,15 +501,17 @@ class Pruned(Rule):
         return self.p if self.p_neg is None else self.p_neg
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
-        base = self.rule(node, relevance)
         if (_is_zero(self.p) and _is_zero(self.p_negative)) or len(node.inputs) != 1:
-            return base
-        (r,) = base
-        pruned, mags, e = _prune(r, self.p, self.p_negative, node.example_ndim)
+            return self.rule(node, relevance)
         if self.mode == "lambda":
+            (r,) = self.rule(node, relevance)
+            pruned, mags, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
             return (_rescale(r, pruned, mags),)
+        # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
+        r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
+        pruned, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
         keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
-        return self.rule(_masked(node, keep), relevance)
+        return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
 def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
@@ -473,36 +527,126 @@ def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
     return out.reshape(r.shape)
 
 
-def _masked(node: Node, keep: Array) -> Node:
-    """The layer with the pruned lower neurons removed (PLRP-M)."""
-    apply = node.apply
+def _sign_definite(rule: Rule) -> bool:
+    """Whether every contribution of ``rule`` has the sign of its upper neuron's
+    relevance (its Jacobian ``J`` is non-negative): then ``|c_jk| = J_jk |R_k|``."""
+    if isinstance(rule, (_rules.ZPlus, _rules.Flat, _rules.WSquare)):
+        return True
+    return isinstance(rule, _rules.AlphaBeta) and rule.beta == 0
 
-    def masked_apply(xs: tuple, w: Optional[Array]) -> Array:
-        return apply((jnp.where(keep, xs[0], jnp.zeros((), xs[0].dtype)),) + tuple(xs[1:]), w)
 
-    z = masked_apply(node.inputs, node.weight)
-    if node.bias is not None:
-        z = z + node.bias
-    return node._replace(apply=masked_apply, output=z.astype(node.output.dtype))
+def _redistribute(rule: Rule, node: Node, relevance: Array, r: Array, apply_j, keep: Array) -> Array:
+    r"""PLRP-M: :math:`\hat r = m \odot (r + A q) + (1 - m) \odot J (R \odot o)`.
+
+    ``apply_j(v) = J v`` is the base rule's linear map; ``P = R * J^T (1 - m)`` is the
+    relevance of each upper neuron that reaches pruned neurons, ``A`` the share
+    weights (:math:`J` itself for sign-definite rules, else :math:`|x_j||w_{jk}|`),
+    :math:`\Omega = A^\top m`, :math:`q = P / \Omega` and ``o`` the orphans
+    (:math:`\Omega = 0`).
+    """
+    dtype = r.dtype
+    zero = jnp.zeros((), dtype)
+    m = keep.astype(dtype)
+    (transpose,) = jax.linear_transpose(apply_j, relevance)(1 - m)
+    lost = relevance * transpose  # P_k
+    if _sign_definite(rule):
+        (omega,) = jax.linear_transpose(apply_j, relevance)(m)
+        share = apply_j
+    else:
+        (x,), w = node.inputs, node.weight
+        ax, aw = jnp.abs(x), jnp.abs(_rules.after(w, relevance))
+        omega, pull = jax.vjp(lambda a: node.apply((a,), aw).astype(dtype), jnp.where(keep, ax, zero))
+
+        def share(q):
+            (g,) = pull(q)
+            return ax * g
+
+    omega = omega.astype(dtype)
+    q = lost / jnp.where(omega > 0, omega, 1)
+    orphan = ~(omega > 0) | ~jnp.isfinite(q)
+    q = jnp.where(orphan, zero, q)
+    out = jnp.where(keep, r + share(q), zero)
+    # orphans: their relevance on pruned neurons goes to the kept ones, per sign (lambda)
+    stray = jnp.where(keep, zero, apply_j(jnp.where(orphan, relevance, zero)))
+    return _absorb(out, keep, stray, _example_ndim(r, node.example_ndim))
+
+
+def _absorb(out: Array, keep: Array, stray: Array, e: int) -> Array:
+    r"""Add ``stray`` (relevance on pruned entries) to the kept entries of ``out``,
+    per example and sign :math:`s`: kept entries of sign :math:`s` are scaled by
+    :math:`1 + U_s / K_s` (:math:`U_s` the stray mass of sign :math:`s`,
+    :math:`K_s` the kept mass of that sign). Stray mass of a sign no kept entry
+    has goes to all kept entries in proportion to :math:`|\hat r_j|`; only if every
+    kept entry is zero does it stay where it is."""
+    axes = tuple(range(e, out.ndim))
+    zero = jnp.zeros((), out.dtype)
+    total = lambda a: jnp.sum(a, axis=axes, keepdims=True)
+    added, rest = jnp.zeros_like(out), jnp.zeros_like(stray)
+    for s in (1, -1):
+        kept = keep & (s * out > 0)
+        mass = total(jnp.where(kept, s * out, zero))
+        ok = mass > 0
+        lost = total(jnp.where(s * stray > 0, s * stray, zero))
+        added = added + jnp.where(kept, out / jnp.where(ok, mass, 1) * lost, zero)
+        rest = rest + jnp.where(~ok & (s * stray > 0), stray, zero)
+    size = total(jnp.abs(out))
+    ok = size > 0
+    added = added + jnp.abs(out) / jnp.where(ok, size, 1) * total(rest)
+    return out + added + jnp.where(ok, zero, rest)
+
+
+PerLayer = Union[Proportion, Mapping[Any, Proportion], Callable[[Layer], Proportion]]
+
+
+def _per_layer_form(name: str, p: Any) -> Any:
+    """Validate a proportion given as a scalar, a mapping matcher -> p, or a callable;
+    mappings become a tuple of ``(matcher, predicate, p)``."""
+    if isinstance(p, Mapping):
+        entries = []
+        for key, value in p.items():
+            _check_proportion(f"{name} for {key!r}", value)
+            entries.append((key, _composites.as_matcher(key), value))
+        return tuple(entries)
+    if callable(p) and not hasattr(p, "shape"):
+        return p
+    _check_proportion(name, p)
+    return p
+
+
+def _resolve(form: Any, layer: Layer) -> Proportion:
+    """The proportion of ``layer`` (0 where no mapping entry matches it)."""
+    if isinstance(form, tuple):
+        return next((value for _, f, value in form if f(layer)), 0.0)
+    if callable(form) and not hasattr(form, "shape"):
+        return form(layer)
+    return form
 
 
 class PrunedComposite(Composite):
     """A composite whose dense/conv rules are wrapped in :class:`Pruned`, except on
-    layers fed by the input (:attr:`Layer.first <jaxlrp.composites.Layer>`).
+    layers fed by the input (:attr:`Layer.first <jaxlrp.composites.Layer>`) unless
+    ``input_layer=True``.
 
     Built by :func:`pruned`; every other layer gets the base composite's rule.
     """
 
-    def __init__(self, base: Composite, p: Proportion, p_neg: Optional[Proportion] = None, mode: str = "lambda"):
+    def __init__(
+        self,
+        base: Composite,
+        p: PerLayer,
+        p_neg: Optional[PerLayer] = None,
+        mode: str = "lambda",
+        input_layer: bool = False,
+    ):
         if not isinstance(base, Composite):
             raise TypeError(f"pruned() needs a jaxlrp Composite or a preset name, got {base!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        _check_proportion("p", p)
-        if p_neg is not None:
-            _check_proportion("p_neg", p_neg)
-        super().__init__()
+        self._p_form = _per_layer_form("p", p)
+        self._p_neg_form = None if p_neg is None else _per_layer_form("p_neg", p_neg)
+        super().__init__(strict=base.strict)
         self._base, self._p, self._p_neg, self._mode = base, p, p_neg, mode
+        self._input_layer = bool(input_layer)
 
     @property
     def base(self) -> Composite:
@@ -510,12 +654,13 @@ class PrunedComposite(Composite):
         return self._base
 
     @property
-    def p(self) -> Proportion:
-        """Proportion of the positive relevance mass pruned per layer and example."""
+    def p(self) -> PerLayer:
+        """Proportion of the positive relevance mass pruned per layer and example
+        (a scalar, a mapping matcher -> p, or a callable on a layer)."""
         return self._p
 
     @property
-    def p_neg(self) -> Optional[Proportion]:
+    def p_neg(self) -> Optional[PerLayer]:
         """Proportion of the negative relevance mass (``None``: same as :attr:`p`)."""
         return self._p_neg
 
@@ -525,29 +670,61 @@ class PrunedComposite(Composite):
         return self._mode
 
     @property
+    def input_layer(self) -> bool:
+        """Whether layers fed by the input are pruned too."""
+        return self._input_layer
+
+    @property
     def rules(self) -> tuple:
         """The base composite's ``(matcher, rule)`` pairs (before pruning)."""
         return self._base.rules
 
+    def proportions(self, layer: Layer) -> tuple:
+        """``(p, p_neg)`` of ``layer`` (``p_neg`` may be ``None``: same as ``p``);
+        ``(0.0, None)`` for layers that are not pruned."""
+        if layer.kind not in WEIGHTED_KINDS or (layer.first and not self._input_layer):
+            return 0.0, None
+        p = _resolve(self._p_form, layer)
+        return p, None if self._p_neg_form is None else _resolve(self._p_neg_form, layer)
+
     def rule_for(self, layer: Layer) -> Rule:
         rule = self._base.rule_for(layer)
-        if layer.kind in WEIGHTED_KINDS and not layer.first:
-            return Pruned(rule, self._p, self._p_neg, self._mode)
-        return rule
+        p, p_neg = self.proportions(layer)
+        if _is_zero(p) and (p_neg is None or _is_zero(p_neg)):
+            return rule
+        try:
+            return Pruned(rule, p, p_neg, self._mode)
+        except ValueError as err:
+            raise ValueError(f"layer '{layer.key or layer.name}': {err}") from None
 
     def assign(self, layers: Sequence[Layer]) -> tuple:
         self._base.assign(layers)  # the base composite's own checks
+        forms = [f for f in (self._p_form, self._p_neg_form) if isinstance(f, tuple)]
+        for form in forms:
+            _composites.check_matches([key for key, _, _ in form], layers, strict=self.strict,
+                                      where="pruned() proportion key")
+            for key, f, _ in form:
+                hits = [layer for layer in layers if layer.kind in WEIGHTED_KINDS and f(layer)]
+                if hits and not self._input_layer and all(layer.first for layer in hits):
+                    raise ValueError(
+                        f"pruned() proportion key {key!r} selects only layers fed by the input "
+                        f"({', '.join(repr(l.key) for l in hits[:5])}), which are not pruned; "
+                        "pass input_layer=True to prune them"
+                    )
         return tuple(self.rule_for(layer) for layer in layers)
 
     def __repr__(self):
-        return f"PrunedComposite({self._base!r}, p={self._p!r}, p_neg={self._p_neg!r}, mode={self._mode!r})"
+        return (f"PrunedComposite({self._base!r}, p={self._p!r}, p_neg={self._p_neg!r}, mode={self._mode!r}"
+                + (", input_layer=True)" if self._input_layer else ")"))
 
 
 def pruned(
     composite: Union[Composite, str, None],
-    p: Proportion,
-    p_neg: Optional[Proportion] = None,
+    p: PerLayer,
+    p_neg: Optional[PerLayer] = None,
     mode: str = "lambda",
+    *,
+    input_layer: bool = False,
 ) -> PrunedComposite:
     r"""Pruned LRP (PLRP-:math:`\lambda` or PLRP-M) on top of a composite.
 
@@ -557,13 +734,21 @@ def pruned(
         The base composite, a preset name (``"epsilon_plus_flat"``), or ``None`` for
         the default (LRP-:math:`\epsilon` on every dense/conv layer).
     p:
-        Proportion in ``[0, 1)`` of each example's positive relevance mass pruned at
-        every dense/conv layer not fed by the input. May be traced.
+        Proportion :math:`p_l \in [0, 1)` of each example's positive relevance mass
+        pruned at every dense/conv layer :math:`l` not fed by the input: a scalar
+        (may be traced), a mapping from matcher to proportion (the first matching
+        key decides; layers no key matches are not pruned), or a callable on a
+        :class:`~jaxlrp.composites.Layer` returning the proportion.
     p_neg:
-        Proportion for the negative relevance (``None``: ``p``).
+        Proportion for the negative relevance, in the same forms; ``None``
+        (default): ``p``. The one public re-implementation uses ``p / 2``; pass
+        ``p_neg=p / 2`` for that reading (see :mod:`jaxlrp.variants`).
     mode:
-        ``"lambda"`` (rescale the survivors per sign) or ``"m"`` (recompute the
-        layer's rule without the pruned neurons).
+        ``"lambda"`` (rescale the survivors per sign) or ``"m"`` (redistribute each
+        upper neuron's relevance over the kept neurons).
+    input_layer:
+        Also prune dense/conv layers fed by the input (default ``False``: they are
+        left unpruned, as in the re-implementation).
 
     Returns
     -------
@@ -582,5 +767,6 @@ def pruned(
     --------
     >>> explain = jaxlrp.lrp(model.apply, variants.pruned("epsilon_plus_flat", 0.3, mode="m"))
     >>> R, per_layer = jax.jit(explain)(variables, x, layers="linear")
+    >>> deeper = variants.pruned("epsilon_plus", {"*/conv4*": 0.5, "linear": 0.2})
     """
-    return PrunedComposite(_composites.resolve(composite, None), p, p_neg, mode)
+    return PrunedComposite(_composites.resolve(composite, None), p, p_neg, mode, input_layer)
