@@ -109,6 +109,8 @@ class Report:
         Warnings about the treatment, e.g. layers whose weight is an array the
         function closes over (the jaxpr cannot tell a parameter from a constant).
 
+    Notes
+    -----
     Relevance that does not reach the input was absorbed on the way:
     :attr:`absorbed_by_layers` by the layers' biases, stabilisers and constant
     summands (:attr:`LayerRow.absorbed`), and :attr:`absorbed_elsewhere` by
