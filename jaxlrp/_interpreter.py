@@ -41,7 +41,7 @@ import numpy as np
 from . import _primitives as P
 from . import canonize
 from ._errors import UnsupportedOperationError
-from ._program import Eqn, Lit, Program, Var, body, flatten, replay
+from ._program import Eqn, Lit, Program, Var, body, flatten, readers, replay
 from .composites import Layer
 from .rules import after, Node
 
@@ -117,11 +117,7 @@ def analyze(
     tags: dict = {}
     sums: dict = {}
     nonneg: set = set()  # tainted variables that are never negative
-    consumers: dict = {}
-    for i, e in enumerate(program.eqns):
-        for a in e.invars:
-            if isinstance(a, Var):
-                consumers.setdefault(a, []).append(i)
+    consumers = readers(program)
     outputs = {v for v in program.outvars if isinstance(v, Var)}
     consumers_for_chain = {v: (u if v not in outputs else u + [-1]) for v, u in consumers.items()}
     plan = ["bind"] * len(program.eqns)
@@ -658,11 +654,7 @@ def start_values(program: Program, pattern: str, in_prov) -> list:
         hit = next((q for q in prefixes if fnmatch.fnmatchcase(q, pattern)), None)
         if hit is not None or any(isinstance(a, Var) and a in params for a in e.invars):
             scope[i] = hit
-    readers: dict = {}
-    for i, e in enumerate(program.eqns):
-        for a in e.invars:
-            if isinstance(a, Var):
-                readers.setdefault(a, []).append(i)
+    users = readers(program)
     outputs = {v for v in program.outvars if isinstance(v, Var)}
     starts, downstream = [], set()
     for i, e in enumerate(program.eqns):
@@ -672,7 +664,7 @@ def start_values(program: Program, pattern: str, in_prov) -> list:
         if i not in scope:
             continue
         for v in e.outvars:
-            leaves = v in outputs or any(scope.get(j, 0) != scope[i] for j in readers.get(v, ()))
+            leaves = v in outputs or any(scope.get(j, 0) != scope[i] for j in users.get(v, ()))
             if _inexact(v) and (scope[i] is None or leaves):
                 starts.append(v)
                 downstream.add(v)

@@ -95,6 +95,16 @@ class Program:
     eqns: list
 
 
+def readers(program: "Program") -> dict:
+    """Variable -> indices of the equations that read it, in program order."""
+    found: dict = {}
+    for i, e in enumerate(program.eqns):
+        for a in e.invars:
+            if isinstance(a, Var):
+                found.setdefault(a, []).append(i)
+    return found
+
+
 def join_names(prefix: str, name: str) -> str:
     return "/".join(p for p in (prefix, name) if p)
 

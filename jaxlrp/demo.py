@@ -196,24 +196,23 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return n
+def _integer_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {value}")
+        return n
+
+    return parse
 
 
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return n
+_positive = _integer_at_least(1, "positive")
+_non_negative = _integer_at_least(0, "non-negative")
 
 
 def _directory(value: str) -> pathlib.Path:
