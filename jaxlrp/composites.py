@@ -589,7 +589,7 @@ class Overview(Composite):
 
     def __init__(self, low: Any = -3.0, high: Any = 3.0, gamma: float = 0.25, factor: float = 0.25,
                  lower: Union[float, Matcher] = 0.5, upper: Matcher = "dense", maxpool: str = "proportional",
-                 stabilizer: float = 1e-9, rules: Sequence[tuple] = ()):
+                 stabilizer: float = 1e-9, rules: Sequence[tuple] = (), strict: bool = False):
         if maxpool not in ("proportional", "winner"):
             raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
         fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
@@ -599,9 +599,9 @@ class Overview(Composite):
         self._head = list(rules) + [("first", _rules.ZBox(low, high, stabilizer)),
                                     (upper, _rules.Epsilon(stabilizer))]
         self._gamma = _rules.Gamma(gamma, stabilizer)
-        self._tail = [("linear", _rules.EpsilonStd(factor, stabilizer)), ("maxpool", pool)]
+        self._tail = [("linear", _rules.EpsilonStd(factor, stabilizer)), ("maxpool", pool)] + _aggregates(stabilizer)
         self._upper, self._lower = as_matcher(upper), (float(lower) if fraction else lower)  # type: ignore[arg-type]
-        super().__init__(self._head + ([] if fraction else [(lower, self._gamma)]) + self._tail)
+        super().__init__(self._head + ([] if fraction else [(lower, self._gamma)]) + self._tail, strict=strict)
 
     def _resolved(self, layers: Sequence[Layer]) -> Composite:
         """The composite with a fractional ``lower`` turned into the layer indices."""

@@ -213,7 +213,8 @@ def conditional(
     --------
     >>> crp = concepts.conditional(model.apply, composites.EpsilonPlusFlat())
     >>> R = jax.jit(crp)(variables, x, conditions=[{"CNN/conv2": [c]} for c in range(32)], target=3)
-    >>> R.shape  # (32, *x.shape)
+    >>> R.shape == (32, *x.shape)
+    True
     """
     comp = _composites.resolve(composite, rule)
     _check_batch_size(batch_size)

@@ -5,7 +5,7 @@ and written to disk as they are done, so that an interrupted run resumes.
 >>> batches = ({"x": x[i:i + 256], "target": y[i:i + 256]} for i in range(0, len(x), 256))
 >>> run = jaxlrp.dataset.explain_dataset(explain, variables, batches, "out/relevance")
 >>> R = jaxlrp.dataset.load("out/relevance")["relevance"]   # lazy: read on indexing
->>> R[:10], R[[5, 700]], np.asarray(R)                      # numpy arrays
+>>> first, some, every = R[:10], R[[0, 5]], np.asarray(R)   # numpy arrays
 
 Layout on disk (one folder per batch, committed by an atomic rename, so a crash
 loses at most the batch in flight)::

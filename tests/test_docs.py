@@ -60,7 +60,8 @@ def _prelude() -> dict:
     model = models.CNN(num_classes=4, channels=(4, 8), hidden=16)
     variables = model.init(jax.random.key(0), ds.x[:1])
     ns = dict(jax=jax, jnp=jnp, np=np, jaxlrp=jaxlrp, composites=composites, data=data, metrics=metrics,
-              models=models, rules=rules, variants=variants, viz=viz)
+              models=models, rules=rules, variants=variants, viz=viz, concepts=jaxlrp.concepts,
+              attribution=jaxlrp.attribution)
     ns.update(model=model, variables=variables, x=jnp.asarray(ds.x), y=jnp.asarray(ds.y),
               m=jnp.asarray(ds.mask[..., None]))
     # names the model-zoo docstrings use
