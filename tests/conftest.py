@@ -30,8 +30,20 @@ _SLOW_FILES = {
     "tests/test_properties.py",  # hypothesis
     "tests/test_models.py",  # the VGG and ResNet zoo, linen and nnx
     "tests/test_recurrent_models.py",  # scans over 28-100 steps
+    "tests/test_docs.py",  # README, docs pages and docstring examples, each a model
+    "tests/test_catalogue.py",  # 34 layer families x every preset
+    "tests/test_papers.py",  # the seed papers' rules and experiments in small
+    "tests/test_matchers.py",  # many small compositions, one trace each
+    "tests/test_model_styles.py",  # Equinox, Flax-example ResNet, nnx, BERT stand-in
 }
 _SLOW_TESTS = {
+    # fourth round, after the long-tail work (`-m "not slow" --durations=25`)
+    "tests/test_networks.py::test_matching_by_name_and_by_parameter_path_agree",
+    "tests/test_long_tail.py::test_explain_from_an_embedding_output_of_token_ids",
+    "tests/test_long_tail.py::test_traced_out_of_range_target_is_nan_for_that_example_only",
+    "tests/test_long_tail.py::test_attention_over_tokens_is_not_training_mode",
+    "tests/test_transforms.py::test_vmap_over_unbatched_function",
+    "tests/test_recurrent.py::test_lstm_signal_takes_all_conserves_and_scan_equals_unrolled",
     "tests/test_transformers.py::test_flax_attention_model_explained_without_changes",
     "tests/test_transforms.py::test_vmap_equals_loop_and_batch",
     "tests/test_transforms.py::test_jit_equals_eager",
