@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import _primitives as P
 from ._program import Eqn, Program, Var
 
 Axes = Optional[frozenset]  # example axes of a value; None: not tracked
@@ -26,13 +27,11 @@ Axes = Optional[frozenset]  # example axes of a value; None: not tracked
 # Primitives that draw random numbers or operate on keys.
 RANDOM = frozenset({"random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32", "rng_bit_generator"})
 
-# Elementwise and other shape-preserving primitives: each axis stays where it is.
-SAME = frozenset(
-    """add sub mul div max min neg exp exp2 log log1p expm1 tanh logistic integer_pow pow sqrt
-    rsqrt cbrt abs sign select_n erf erfc erf_inv square sin cos tan asin acos atan sinh cosh
-    asinh acosh atanh atan2 clamp convert_element_type copy copy_p round floor ceil nextafter
-    rem lgamma digamma is_finite reduce_precision add_any stop_gradient sharding_constraint
-    optimization_barrier pad rev slice dynamic_slice dynamic_update_slice concatenate""".split()
+# Elementwise (the interpreter's table) and other shape-preserving primitives: each
+# axis stays where it is.
+SAME = P.ELEMENTWISE | frozenset(
+    """stop_gradient sharding_constraint optimization_barrier pad rev slice dynamic_slice
+    dynamic_update_slice concatenate""".split()
 )
 
 # Reductions over ``params["axes"]``.

@@ -15,9 +15,11 @@ Two stages, modelled on ``jax._src.core.eval_jaxpr``:
      activation rule (:class:`~jaxlrp.rules.Pass` by default);
    * **nodes**: every other tainted equation that mixes values is a rule-bearing
      node: dense/conv layers (fused with the affine chain after them, see
-     :mod:`jaxlrp.canonize`), sums and average pools, products of two tainted
-     values. Routing operations (reshape, slicing, max pooling, ...) keep their
-     plain VJP. Anything else raises :class:`~jaxlrp.UnsupportedOperationError`;
+     :mod:`jaxlrp.canonize`), sums, average and max pools, products of two
+     tainted values, divisions. A linear map whose other operand is built from
+     literals (an interpolation matrix, a mask of ones) is no layer: like the
+     routing operations (reshape, slicing, ...) it keeps its plain VJP. Anything
+     else raises :class:`~jaxlrp.UnsupportedOperationError`;
    * layer descriptions (:class:`~jaxlrp.composites.Layer`) for the composite, with
      name stack, parameter paths (from data flow), and first/last flags.
 
@@ -32,6 +34,7 @@ only through their ``__call__(node, relevance)`` interface.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Any, Optional
 
 import jax
@@ -105,7 +108,6 @@ def analyze(
     pre_taint = _taint_prepass(program, tainted | starts)
     prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
     from_params = _parameter_prepass(program, set(prov))
-    prov_derived = _parameter_prepass(program, set(prov), closed_over=False)
     depth: dict = {v: d for v, d in zip(program.invars, in_depth)}
     origin: dict = {}
     # Tags of tainted variables, used to recognise patterns, passed along
@@ -218,7 +220,7 @@ def analyze(
                 chain=chain,
                 param_paths=param_paths(e, wpos),
                 folded=tuple(program.eqns[j].prim.name for j in folded),
-                constant_weight=not param_paths(e, wpos) and e.invars[wpos] not in prov_derived,
+                constant_weight=not param_paths(e, wpos),  # not computed from an argument
             )
         elif name in P.LINEAR:
             kind = _product_kind(tpos, factor)
@@ -399,11 +401,12 @@ def _is_parameter(a, from_params: set) -> bool:
     return a in from_params
 
 
-def _parameter_prepass(program: Program, roots: set, closed_over: bool = True) -> set:
-    """Variables computed from ``roots`` (or, with ``closed_over``, closed-over arrays)."""
+def _parameter_prepass(program: Program, roots: set) -> set:
+    """Variables computed from ``roots`` or from closed-over arrays (known before the
+    main pass, which looks ahead along a layer's folded chain)."""
     reach = set(roots)
     for e in program.eqns:
-        if any(_is_parameter(a, reach) if closed_over else (isinstance(a, Var) and a in reach) for a in e.invars):
+        if any(_is_parameter(a, reach) for a in e.invars):
             reach.update(e.outvars)
     return reach
 
@@ -644,8 +647,6 @@ def start_values(program: Program, pattern: str, in_prov) -> list:
     it reads; for a matched parameter, the outputs of the equations that read it.
     Values computed from other start values are not start values.
     """
-    import fnmatch
-
     params = {v for v, p in zip(program.invars, in_prov) if any(fnmatch.fnmatchcase(q, pattern) for q in p)}
     scope = {}
     for i, e in enumerate(program.eqns):

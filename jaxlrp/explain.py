@@ -42,12 +42,11 @@ class Traced:
     rules: dict  # layer index -> Rule
     flat_args: list
     explained: list  # indices into flat_args
-    treedefs: list  # of the explained arguments
     argnums: tuple
     single: bool  # argnums was an int
     example_ndim: int  # leading axes of the output that index examples
-    slots: list = dataclasses.field(default_factory=list)  # per argument: (treedef, [(traced, index or value)])
-    starts: list = dataclasses.field(default_factory=list)  # start variables (explaining from a layer)
+    slots: list  # per argument: (treedef, [(traced, index into flat_args or static value)])
+    starts: list  # start variables (explaining from a layer)
 
 
 def _argnums(argnums, nargs: int) -> tuple:
@@ -92,12 +91,10 @@ def _check_explained_leaf(leaf, path, i: int) -> None:
 
 def _flatten_args(args: Sequence, nums: tuple):
     """Split ``args`` into traced leaves and static ones; ``(flat, taint, prov, explained,
-    treedefs, slots)`` where ``slots`` rebuilds the arguments from the traced leaves."""
-    flat, taint, prov, treedefs, explained, slots = [], [], [], [], [], []
+    slots)`` where ``slots`` rebuilds the arguments from the traced leaves."""
+    flat, taint, prov, explained, slots = [], [], [], [], []
     for i, a in enumerate(args):
         leaves, treedef = jax.tree_util.tree_flatten_with_path(a)
-        if i in nums:
-            treedefs.append(treedef)
         slot = []
         for path, leaf in leaves:
             if i in nums and (_is_array(leaf) or isinstance(leaf, (int, float, complex))):
@@ -111,7 +108,7 @@ def _flatten_args(args: Sequence, nums: tuple):
             taint.append(i in nums)
             prov.append(set() if i in nums else {_path_str(path, i)})
         slots.append((treedef, slot))
-    return flat, taint, prov, explained, treedefs, slots
+    return flat, taint, prov, explained, slots
 
 
 def trace(
@@ -124,7 +121,7 @@ def trace(
         if argnums is not None:
             raise ValueError("pass either start= (explain from a layer's output) or argnums=, not both")
         nums = ()
-    flat, taint, prov, explained, treedefs, slots = _flatten_args(args, nums)
+    flat, taint, prov, explained, slots = _flatten_args(args, nums)
 
     def flat_fn(*leaves):
         rebuilt = [
@@ -147,7 +144,7 @@ def trace(
     _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
-    return Traced(an, layers, rules, flat, explained, treedefs, nums, single, example_ndim, slots, starts)
+    return Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
 
 
 def _example_ndim(example_axes: Optional[int], out_shape: tuple, program, explained: list) -> int:
