@@ -164,6 +164,55 @@ def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (v <= 1.0) & (au <= (v + 1.0) * 0.5)
 
 
+def _shape_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """Validate the ``classes`` of :func:`shapes`: distinct names from :data:`SHAPES`."""
+    if isinstance(classes, str):
+        raise ValueError(
+            f"classes must be a sequence of names, got the string {classes!r}; "
+            f"write ({classes!r},) for a single class"
+        )
+    names = tuple(classes)
+    if not names:
+        raise ValueError("classes must name at least one shape")
+    unknown = [name for name in names if name not in SHAPES]
+    if unknown:
+        raise ValueError(
+            f"unknown shape(s) {unknown}; valid names are: {', '.join(SHAPES)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"classes must not repeat a shape, got {names}")
+    return names
+
+
+def _scale_range(scale: tuple[float, float]) -> tuple[float, float]:
+    """Validate the ``scale`` of :func:`shapes`: a pair with ``0 < low <= high <= 1``."""
+    try:
+        low, high = (float(s) for s in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a pair (low, high), got {scale!r}") from None
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale!r}")
+    return low, high
+
+
+def _rasterise_shapes(
+    names: tuple[str, ...], y: np.ndarray, half: np.ndarray, centre: np.ndarray, size: int
+) -> np.ndarray:
+    """Boolean ``(n, size, size)``: object ``names[y[i]]`` of half extent ``half[i]`` at ``centre[i]``."""
+    grid = np.arange(size, dtype=np.float32)
+    mask = np.zeros((y.size, size, size), dtype=bool)
+    for label, kind in enumerate(names):
+        members = np.flatnonzero(y == label)
+        if members.size == 0:
+            continue
+        scale_px = half[members, None, None].astype(np.float32)
+        middle = centre[members, :, None, None].astype(np.float32)
+        v = (grid[None, :, None] - middle[:, 0]) / scale_px
+        u = (grid[None, None, :] - middle[:, 1]) / scale_px
+        mask[members] = _shape_mask(kind, u, v)
+    return mask
+
+
 def shapes(
     key: Key,
     n: int,
@@ -219,29 +268,10 @@ def shapes(
     """
     n = _check_count(n)
     size = _check_count(size, "size", 16)
-    if isinstance(classes, str):
-        raise ValueError(
-            f"classes must be a sequence of names, got the string {classes!r}; "
-            f"write ({classes!r},) for a single class"
-        )
-    names = tuple(classes)
-    if not names:
-        raise ValueError("classes must name at least one shape")
-    unknown = [name for name in names if name not in SHAPES]
-    if unknown:
-        raise ValueError(
-            f"unknown shape(s) {unknown}; valid names are: {', '.join(SHAPES)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"classes must not repeat a shape, got {names}")
+    names = _shape_classes(classes)
     noise = _check_real(noise, "noise", 0.0)
     intensity = _check_real(intensity, "intensity", 0.0, low_open=True)
-    try:
-        low, high = (float(s) for s in scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a pair (low, high), got {scale!r}") from None
-    if not 0.0 < low <= high <= 1.0:
-        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale!r}")
+    low, high = _scale_range(scale)
 
     rng = _generator(key)
     y = _balanced_labels(rng, n, len(names))
@@ -252,17 +282,7 @@ def shapes(
     centre = margin + rng.random((n, 2)) * (size - 1 - 2 * margin)
     noise_field = rng.standard_normal((n, size, size), dtype=np.float32)
 
-    grid = np.arange(size, dtype=np.float32)
-    mask = np.zeros((n, size, size), dtype=bool)
-    for label, kind in enumerate(names):
-        members = np.flatnonzero(y == label)
-        if members.size == 0:
-            continue
-        scale_px = half[members, None, None].astype(np.float32)
-        middle = centre[members, :, None, None].astype(np.float32)
-        v = (grid[None, :, None] - middle[:, 0]) / scale_px
-        u = (grid[None, None, :] - middle[:, 1]) / scale_px
-        mask[members] = _shape_mask(kind, u, v)
+    mask = _rasterise_shapes(names, y, half, centre, size)
 
     x = noise_field
     x *= np.float32(noise)
@@ -372,6 +392,45 @@ def _copy_range(copies: int | tuple[int, int]) -> tuple[int, int]:
     return low, high
 
 
+def _copy_starts(
+    rng: np.random.Generator, count: np.ndarray, high_k: int, slot: int, length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random non-overlapping starts of ``count[i]`` copies: ``(rows, slots, starts)``."""
+    n = count.size
+    # non-overlapping starts: sorted offsets in [0, free], then slot j moved
+    # right by j slots, so consecutive starts are at least one slot apart
+    free = length - count * slot + 1
+    offset = np.floor(rng.random((n, high_k)) * (np.maximum(free, 0) + 1)[:, None])
+    used = np.arange(high_k) < count[:, None]
+    # sorting moves the unused (infinite) offsets behind the used ones, so
+    # ``used`` still marks the used slots
+    offset = np.sort(np.where(used, offset, np.inf), axis=1)
+    rows, slots = np.nonzero(used)
+    starts = offset[rows, slots].astype(np.intp) + slots * slot
+    return rows, slots, starts
+
+
+def _plant_copies(
+    seq: np.ndarray,
+    codes: list[np.ndarray],
+    rows: np.ndarray,
+    starts: np.ndarray,
+    motif_of: np.ndarray,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Write motif ``motif_of[k]`` at ``(rows[k], starts[k])`` into ``seq``; return the masks."""
+    n, length = seq.shape
+    planted = np.zeros((n, length), dtype=bool)
+    planted_starts = [np.zeros((n, length - c.size + 1), dtype=bool) for c in codes]
+    for index, code in enumerate(codes):
+        pick = motif_of == index
+        r, s = rows[pick], starts[pick]
+        positions = s[:, None] + np.arange(code.size)
+        seq[r[:, None], positions] = code
+        planted[r[:, None], positions] = True
+        planted_starts[index][r, s] = True
+    return planted, planted_starts
+
+
 def dna_motifs(
     key: Key,
     n: int,
@@ -455,28 +514,8 @@ def dna_motifs(
         which = np.repeat(y[:, None], high_k, axis=1)
     else:
         which = rng.integers(0, len(codes), (n, high_k))
-    # non-overlapping starts: sorted offsets in [0, free], then slot j moved
-    # right by j slots, so consecutive starts are at least one slot apart
-    free = length - count * slot + 1
-    offset = np.floor(rng.random((n, high_k)) * (np.maximum(free, 0) + 1)[:, None])
-    used = np.arange(high_k) < count[:, None]
-    # sorting moves the unused (infinite) offsets behind the used ones, so
-    # ``used`` still marks the used slots
-    offset = np.sort(np.where(used, offset, np.inf), axis=1)
-    rows, slots = np.nonzero(used)
-    starts = offset[rows, slots].astype(np.intp) + slots * slot
-    motif_of = which[rows, slots]
-
-    planted = np.zeros((n, length), dtype=bool)
-    planted_starts = [np.zeros((n, length - c.size + 1), dtype=bool) for c in codes]
-    for index, code in enumerate(codes):
-        pick = motif_of == index
-        r, s = rows[pick], starts[pick]
-        positions = s[:, None] + np.arange(code.size)
-        seq[r[:, None], positions] = code
-        planted[r[:, None], positions] = True
-        planted_starts[index][r, s] = True
-
+    rows, slots, starts = _copy_starts(rng, count, high_k, slot, length)
+    planted, planted_starts = _plant_copies(seq, codes, rows, starts, which[rows, slots])
     _remove_chance_occurrences(rng, seq, codes, planted_starts, planted)
     x = np.eye(4, dtype=np.float32)[seq]
     return Dataset(x, y, planted)

@@ -19,7 +19,7 @@ import pathlib
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -434,6 +434,80 @@ def _fit_text(text: str, width: float, measure: Callable[[str], float]) -> str:
     return text + "..." if text else ""
 
 
+def _grid_inputs(
+    images: Sequence[ArrayLike],
+    titles: Sequence[str] | None,
+    ncols: int | None,
+    pad: int,
+    scale: int,
+    background: int | Sequence[int],
+) -> tuple[list[np.ndarray], list[str] | None, int, int, np.ndarray]:
+    """Check the arguments of :func:`grid`: the upscaled tiles, titles, columns, pad, colour."""
+    tiles = [_as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
+    if not tiles:
+        raise ValueError("grid needs at least one image")
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != len(tiles):
+            raise ValueError(
+                f"got {len(titles)} titles for {len(tiles)} images; pass one "
+                "title per image"
+            )
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if int(pad) != pad or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+    if ncols is not None and (int(ncols) != ncols or ncols < 1):
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    scale, pad = int(scale), int(pad)
+    colour = _background_rgb(background)
+
+    if scale > 1:
+        tiles = [np.repeat(np.repeat(t, scale, axis=0), scale, axis=1) for t in tiles]
+    count = len(tiles)
+    cols = math.ceil(math.sqrt(count)) if ncols is None else min(int(ncols), count)
+    return tiles, titles, cols, pad, colour
+
+
+def _title_font(titles: list[str] | None) -> tuple[Any, int]:
+    """Pillow's default font and the height of the title band; ``(None, 0)`` without titles."""
+    if titles is None:
+        return None, 0
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    # height of a reference string with ascenders and descenders, so the
+    # band does not depend on the particular titles
+    return font, int(font.getbbox("Ag|")[3]) + 2
+
+
+def _draw_titles(
+    canvas: np.ndarray,
+    origins: list[tuple[int, int]],
+    titles: list[str],
+    tile_w: int,
+    colour: np.ndarray,
+    font: Any,
+) -> np.ndarray:
+    """A copy of ``canvas`` with each title centred at the top of its cell, shortened to fit."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    luminance = float(colour @ np.array([0.299, 0.587, 0.114]))
+    ink = (0, 0, 0) if luminance >= 128 else (255, 255, 255)
+
+    def measure(text: str) -> float:
+        return draw.textlength(text, font=font)
+
+    for (top, left), title in zip(origins, titles):
+        text = _fit_text(title, tile_w, measure)
+        if text:
+            x = left + max(0.0, (tile_w - measure(text)) / 2)
+            draw.text((x, top), text, fill=ink, font=font)
+    return np.asarray(picture, dtype=np.uint8).copy()
+
+
 def grid(
     images: Sequence[ArrayLike],
     titles: Sequence[str] | None = None,
@@ -491,43 +565,11 @@ def grid(
         number of titles differs from the number of images (or of row labels
         from the number of rows), or ``ncols``, ``pad`` or ``scale`` is invalid.
     """
-    tiles = [_as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
-    if not tiles:
-        raise ValueError("grid needs at least one image")
-    if titles is not None:
-        titles = [str(t) for t in titles]
-        if len(titles) != len(tiles):
-            raise ValueError(
-                f"got {len(titles)} titles for {len(tiles)} images; pass one "
-                "title per image"
-            )
-    if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    if int(pad) != pad or pad < 0:
-        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
-    if ncols is not None and (int(ncols) != ncols or ncols < 1):
-        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
-    scale, pad = int(scale), int(pad)
-    colour = _background_rgb(background)
-
-    if scale > 1:
-        tiles = [np.repeat(np.repeat(t, scale, axis=0), scale, axis=1) for t in tiles]
-
-    count = len(tiles)
-    cols = math.ceil(math.sqrt(count)) if ncols is None else min(int(ncols), count)
-    rows = math.ceil(count / cols)
+    tiles, titles, cols, pad, colour = _grid_inputs(images, titles, ncols, pad, scale, background)
+    rows = math.ceil(len(tiles) / cols)
     tile_h = max(t.shape[0] for t in tiles)
     tile_w = max(t.shape[1] for t in tiles)
-
-    font = None
-    title_h = 0
-    if titles is not None:
-        from PIL import ImageFont
-
-        font = ImageFont.load_default()
-        # height of a reference string with ascenders and descenders, so the
-        # band does not depend on the particular titles
-        title_h = int(font.getbbox("Ag|")[3]) + 2
+    font, title_h = _title_font(titles)
 
     cell_h = title_h + tile_h
     height = rows * cell_h + (rows + 1) * pad
@@ -546,22 +588,7 @@ def grid(
         canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
 
     if titles is not None and font is not None:
-        from PIL import Image, ImageDraw
-
-        picture = Image.fromarray(canvas)
-        draw = ImageDraw.Draw(picture)
-        luminance = float(colour @ np.array([0.299, 0.587, 0.114]))
-        ink = (0, 0, 0) if luminance >= 128 else (255, 255, 255)
-
-        def measure(text: str) -> float:
-            return draw.textlength(text, font=font)
-
-        for (top, left), title in zip(origins, titles):
-            text = _fit_text(title, tile_w, measure)
-            if text:
-                x = left + max(0.0, (tile_w - measure(text)) / 2)
-                draw.text((x, top), text, fill=ink, font=font)
-        canvas = np.asarray(picture, dtype=np.uint8).copy()
+        canvas = _draw_titles(canvas, origins, titles, tile_w, colour, font)
 
     if row_labels is not None:
         if len(row_labels) != rows:
@@ -661,6 +688,180 @@ def _column_starts(length: int, width: int) -> np.ndarray:
     return (np.arange(width) * length) // width
 
 
+class _SequenceInputs(NamedTuple):
+    """The arguments of :func:`sequence_plot`, checked and in one form."""
+
+    values: np.ndarray  # (tracks, L) relevance, one row per track
+    letters: str | None
+    shaded: np.ndarray | None  # (L,) bool
+    table: np.ndarray
+    colour: np.ndarray  # mask colour, uint8 (3,)
+    width: int
+    height: int
+
+
+def _sequence_values(relevance: ArrayLike, per_base: bool) -> np.ndarray:
+    """Relevance ``(L,)`` or ``(L, 4)`` as float ``(tracks, L)``, one row per track."""
+    rel = np.asarray(relevance)
+    if rel.ndim == 2 and rel.shape[1] != len(_SEQUENCE_BASES):
+        raise ValueError(
+            f"2-D relevance must have shape (L, 4) with one channel per base "
+            f"{_SEQUENCE_BASES}, got shape {rel.shape}; pass (L,) relevance "
+            "for other inputs"
+        )
+    if rel.ndim not in (1, 2):
+        raise ValueError(
+            f"sequence_plot needs relevance of shape (L,) or (L, 4), got shape "
+            f"{rel.shape}; drop the batch axis first"
+        )
+    rel = _as_float_array(rel, "relevance")
+    if per_base:
+        if rel.ndim != 2:
+            raise ValueError("per_base=True needs relevance of shape (L, 4)")
+        return rel.T
+    return (rel.sum(axis=1) if rel.ndim == 2 else rel)[None, :]
+
+
+def _sequence_inputs(
+    relevance: ArrayLike,
+    sequence: str | ArrayLike | None,
+    mask: ArrayLike | None,
+    per_base: bool,
+    width: int | None,
+    height: int,
+    cmap: Cmap,
+    percentile: float | None,
+    mask_color: Sequence[int],
+) -> _SequenceInputs:
+    """Check the arguments of :func:`sequence_plot` and bring them into one form."""
+    values = _sequence_values(relevance, per_base)
+    tracks, length = values.shape
+    table = _lookup_table(cmap)
+    _check_percentile(percentile)
+    colour = np.asarray(mask_color)
+    if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
+        raise ValueError(
+            f"mask_color must be an (r, g, b) triple in [0, 255], got {mask_color!r}"
+        )
+    if width is None:
+        width = min(max(8 * length, 120), 1600)
+    if int(width) != width or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    min_height = _SEQUENCE_MIN_TRACK * tracks
+    if int(height) != height or height < min_height:
+        raise ValueError(
+            f"height must be an integer of at least {min_height} for "
+            f"{tracks} track(s), got {height!r}"
+        )
+    letters = None if sequence is None else _sequence_letters(sequence, length)
+    shaded = None
+    if mask is not None:
+        shaded = np.asarray(mask)
+        if shaded.shape != (length,):
+            raise ValueError(
+                f"mask must have shape ({length},) like the sequence, got "
+                f"{shaded.shape}"
+            )
+        shaded = shaded.astype(bool)
+    return _SequenceInputs(
+        values, letters, shaded, table, colour.astype(np.uint8), int(width), int(height)
+    )
+
+
+def _bar_extents(
+    values: np.ndarray, percentile: float | None, starts: np.ndarray, plot_w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bar lengths in ``[0, 1]`` above and below zero, per track and pixel column."""
+    length = values.shape[1]
+    # signed bar lengths in [-1, 1], one common scale for all tracks
+    signed = normalize(values, symmetric=True, percentile=percentile) * 2.0 - 1.0
+    up = np.maximum(np.maximum.reduceat(signed, starts, axis=1), 0.0)
+    down = np.maximum(-np.minimum.reduceat(signed, starts, axis=1), 0.0)
+    if plot_w >= 3 * length:
+        # the last column of each position stays empty: a gap between bars
+        last = np.append(starts[1:] != starts[:-1], True)
+        up[:, last] = 0.0
+        down[:, last] = 0.0
+    return up, down
+
+
+def _draw_bar_tracks(
+    canvas: np.ndarray,
+    gutter: int,
+    up: np.ndarray,
+    down: np.ndarray,
+    table: np.ndarray,
+    plot_h: int,
+) -> list[int]:
+    """Draw separators, bars and zero lines into ``canvas``; return the zero rows."""
+    tracks = up.shape[0]
+    plot = canvas[:, gutter:]
+    edges = np.rint(np.linspace(0, plot_h, tracks + 1)).astype(int)
+    zeros = []
+    for t in range(tracks):
+        top, bottom = int(edges[t]), int(edges[t + 1])
+        if t > 0:
+            canvas[top, :] = 220
+        zero = top + (bottom - top - 1) // 2
+        zeros.append(zero)
+        rise = np.rint(up[t] * (zero - top - 1)).astype(int)
+        fall = np.rint(down[t] * (bottom - 2 - zero)).astype(int)
+        rows = np.arange(top, bottom)[:, None]
+        region = plot[top:bottom]
+        region[(rows >= zero - rise[None, :]) & (rows < zero)] = table[-1]
+        region[(rows > zero) & (rows <= zero + fall[None, :])] = table[0]
+        plot[zero, :] = 150
+    return zeros
+
+
+def _sequence_text_layout(
+    letters: str | None, gutter: int, plot_w: int, tracks: int, height: int
+) -> tuple[Any, int]:
+    """The font (``None`` when no text is drawn) and the height of the band of letters."""
+    # letters are written when every position is at least 8 pixels wide
+    fits = letters is not None and plot_w >= 8 * len(letters)
+    font = None
+    band = 0
+    if gutter or fits:
+        from PIL import ImageFont
+
+        font = ImageFont.load_default()
+    if font is not None and fits:
+        band = int(font.getbbox("ACGTN")[3]) + 3
+        if height - band < _SEQUENCE_MIN_TRACK * tracks:
+            band = 0
+    return font, band
+
+
+def _draw_sequence_text(
+    canvas: np.ndarray,
+    font: Any,
+    gutter: int,
+    zeros: list[int],
+    letters: str | None,
+    plot_h: int,
+) -> np.ndarray:
+    """A copy of ``canvas`` with base labels in the gutter and ``letters`` below ``plot_h``."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    ink = (40, 40, 40)
+    text_h = float(font.getbbox("ACGT")[3])
+    if gutter:
+        for base, zero in zip(_SEQUENCE_BASES, zeros):
+            x = (gutter - draw.textlength(base, font=font)) / 2
+            draw.text((x, zero - text_h / 2), base, fill=ink, font=font)
+    if letters:
+        length, plot_w = len(letters), canvas.shape[1] - gutter
+        bounds = gutter + (np.arange(length + 1) * plot_w) // length
+        for i, letter in enumerate(letters):
+            centre = 0.5 * (bounds[i] + bounds[i + 1] - 1)
+            x = centre - draw.textlength(letter, font=font) / 2 + 0.5
+            draw.text((x, plot_h + 1), letter, fill=ink, font=font)
+    return np.asarray(picture, dtype=np.uint8).copy()
+
+
 def sequence_plot(
     relevance: ArrayLike,
     sequence: str | ArrayLike | None = None,
@@ -735,124 +936,27 @@ def sequence_plot(
         NaN or inf, ``per_base`` is set for 1-D relevance, ``sequence`` or
         ``mask`` does not match ``L``, or a size or colour is invalid.
     """
-    rel = np.asarray(relevance)
-    if rel.ndim == 2 and rel.shape[1] != len(_SEQUENCE_BASES):
-        raise ValueError(
-            f"2-D relevance must have shape (L, 4) with one channel per base "
-            f"{_SEQUENCE_BASES}, got shape {rel.shape}; pass (L,) relevance "
-            "for other inputs"
-        )
-    if rel.ndim not in (1, 2):
-        raise ValueError(
-            f"sequence_plot needs relevance of shape (L,) or (L, 4), got shape "
-            f"{rel.shape}; drop the batch axis first"
-        )
-    rel = _as_float_array(rel, "relevance")
-    length = rel.shape[0]
-    if per_base:
-        if rel.ndim != 2:
-            raise ValueError("per_base=True needs relevance of shape (L, 4)")
-        values = rel.T
-    else:
-        values = (rel.sum(axis=1) if rel.ndim == 2 else rel)[None, :]
-    tracks = values.shape[0]
-    table = _lookup_table(cmap)
-    _check_percentile(percentile)
-    colour = np.asarray(mask_color)
-    if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
-        raise ValueError(
-            f"mask_color must be an (r, g, b) triple in [0, 255], got {mask_color!r}"
-        )
-    if width is None:
-        width = min(max(8 * length, 120), 1600)
-    if int(width) != width or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
-    min_height = _SEQUENCE_MIN_TRACK * tracks
-    if int(height) != height or height < min_height:
-        raise ValueError(
-            f"height must be an integer of at least {min_height} for "
-            f"{tracks} track(s), got {height!r}"
-        )
-    width, height = int(width), int(height)
-    letters = None if sequence is None else _sequence_letters(sequence, length)
-    shaded = None
-    if mask is not None:
-        shaded = np.asarray(mask)
-        if shaded.shape != (length,):
-            raise ValueError(
-                f"mask must have shape ({length},) like the sequence, got "
-                f"{shaded.shape}"
-            )
-        shaded = shaded.astype(bool)
-
+    values, letters, shaded, table, colour, width, height = _sequence_inputs(
+        relevance, sequence, mask, per_base, width, height, cmap, percentile, mask_color
+    )
+    tracks, length = values.shape
     # per-base tracks get their base letter in a gutter on the left, when
     # the tracks are tall enough for text and the gutter leaves room
     gutter = _SEQUENCE_GUTTER if per_base and height >= 64 and width >= 40 else 0
     plot_w = width - gutter
-
-    # signed bar lengths in [-1, 1], one common scale for all tracks
-    signed = normalize(values, symmetric=True, percentile=percentile) * 2.0 - 1.0
     starts = _column_starts(length, plot_w)
-    up = np.maximum(np.maximum.reduceat(signed, starts, axis=1), 0.0)
-    down = np.maximum(-np.minimum.reduceat(signed, starts, axis=1), 0.0)
-    if plot_w >= 3 * length:
-        last = np.append(starts[1:] != starts[:-1], True)
-        up[:, last] = 0.0
-        down[:, last] = 0.0
-
-    font = None
-    band = 0
-    if gutter or (letters is not None and plot_w >= 8 * length):
-        from PIL import ImageFont
-
-        font = ImageFont.load_default()
-    if font is not None and letters is not None and plot_w >= 8 * length:
-        band = int(font.getbbox("ACGTN")[3]) + 3
-        if height - band < min_height:
-            band = 0
+    up, down = _bar_extents(values, percentile, starts, plot_w)
+    font, band = _sequence_text_layout(letters, gutter, plot_w, tracks, height)
 
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    plot = canvas[:, gutter:]
     if shaded is not None:
         columns = np.logical_or.reduceat(shaded, starts)
-        plot[:, columns] = colour.astype(np.uint8)
-
-    plot_h = height - band
-    edges = np.rint(np.linspace(0, plot_h, tracks + 1)).astype(int)
-    zeros = []
-    for t in range(tracks):
-        top, bottom = int(edges[t]), int(edges[t + 1])
-        if t > 0:
-            canvas[top, :] = 220
-        zero = top + (bottom - top - 1) // 2
-        zeros.append(zero)
-        rise = np.rint(up[t] * (zero - top - 1)).astype(int)
-        fall = np.rint(down[t] * (bottom - 2 - zero)).astype(int)
-        rows = np.arange(top, bottom)[:, None]
-        region = plot[top:bottom]
-        region[(rows >= zero - rise[None, :]) & (rows < zero)] = table[-1]
-        region[(rows > zero) & (rows <= zero + fall[None, :])] = table[0]
-        plot[zero, :] = 150
-
+        canvas[:, gutter:][:, columns] = colour
+    zeros = _draw_bar_tracks(canvas, gutter, up, down, table, height - band)
     if font is not None and (gutter or band):
-        from PIL import Image, ImageDraw
-
-        picture = Image.fromarray(canvas)
-        draw = ImageDraw.Draw(picture)
-        ink = (40, 40, 40)
-        text_h = float(font.getbbox("ACGT")[3])
-        if gutter:
-            for base, zero in zip(_SEQUENCE_BASES, zeros):
-                x = (gutter - draw.textlength(base, font=font)) / 2
-                draw.text((x, zero - text_h / 2), base, fill=ink, font=font)
-        if band:
-            bounds = gutter + (np.arange(length + 1) * plot_w) // length
-            for i, letter in enumerate(letters or ""):
-                centre = 0.5 * (bounds[i] + bounds[i + 1] - 1)
-                x = centre - draw.textlength(letter, font=font) / 2 + 0.5
-                draw.text((x, plot_h + 1), letter, fill=ink, font=font)
-        canvas = np.asarray(picture, dtype=np.uint8).copy()
-
+        canvas = _draw_sequence_text(
+            canvas, font, gutter, zeros, letters if band else None, height - band
+        )
     return canvas
 
 
