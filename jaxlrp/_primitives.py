@@ -1,14 +1,25 @@
-"""Primitive tables: how each JAX primitive on the relevance path is treated.
+"""Primitive tables: what jaxlrp knows about each JAX primitive.
 
-The interpreter never tests for a primitive by name outside this module. Each set
-below names one treatment; a primitive that is in none of them, and is reached by
-relevance, raises :class:`jaxlrp.UnsupportedOperationError`.
+The analysis (:mod:`jaxlrp._analysis`) never tests for a primitive by name: it
+looks the name up in its registry of treatments, which is filled from the tables
+below (one table per treatment, so adding a primitive to an existing treatment is
+one word here), and asks the per-primitive facts at the end of this module (signs,
+inverses). A primitive that is in no table, and is reached by relevance, raises
+:class:`jaxlrp.UnsupportedOperationError`. The tables of one treatment are
+disjoint from those of another; :mod:`jaxlrp._analysis` checks it at import.
 
 Names cover jax 0.10 and 0.11 (``closed_call`` becomes ``eval_jaxpr`` at jax head;
 remat is ``remat2`` or ``checkpoint``).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._kinds import Kind
 
 # Call-like primitives that are inlined: name -> parameter holding the body.
 CALLS: dict[str, str] = {
@@ -25,20 +36,30 @@ CALLS: dict[str, str] = {
 
 # Linear in their input, with a weight operand: the layer's LRP rule.
 # name -> layer kind (used by composites).
-LINEAR: dict[str, str] = {
+LINEAR: dict[str, Kind] = {
     "dot_general": "dense",
     "conv_general_dilated": "conv",
 }
 
 # Elementwise primitives. A chain of these fed by one tainted source forms an
-# "activation" region whose relevance passes to the source unchanged.
-ELEMENTWISE: frozenset[str] = frozenset(
-    """add sub mul div max min neg exp exp2 log log1p expm1 tanh logistic
-    integer_pow pow sqrt rsqrt cbrt abs sign select_n erf erfc erf_inv square
-    sin cos tan asin acos atan sinh cosh asinh acosh atanh atan2 clamp
-    convert_element_type copy copy_p round floor ceil nextafter rem lgamma
-    digamma is_finite reduce_precision add_any""".split()
+# "activation" region whose relevance passes to the source unchanged. With tainted
+# operands of several origins, each group has its own treatment:
+# ... sums (a "sum" node: residual connections) ...
+ELEMENTWISE_SUMS: frozenset[str] = frozenset({"add", "sub", "add_any"})
+# ... products (a scaling, a product node, or a pattern: gates, normalisers) ...
+PRODUCTS: frozenset[str] = frozenset({"mul"})
+# ... quotients (a scaling, or a pattern: softmax, normalisers) ...
+QUOTIENTS: frozenset[str] = frozenset({"div"})
+# ... choices between values (plain VJP) ...
+SELECTING: frozenset[str] = frozenset({"max", "min", "select_n", "clamp"})
+# ... and the rest, which have no rule for several origins.
+ACTIVATIONS: frozenset[str] = frozenset(
+    """neg exp exp2 log log1p expm1 tanh logistic integer_pow pow sqrt rsqrt cbrt
+    abs sign erf erfc erf_inv square sin cos tan asin acos atan sinh cosh asinh
+    acosh atanh atan2 convert_element_type copy copy_p round floor ceil nextafter
+    rem lgamma digamma is_finite reduce_precision""".split()
 )
+ELEMENTWISE: frozenset[str] = ELEMENTWISE_SUMS | PRODUCTS | QUOTIENTS | SELECTING | ACTIVATIONS
 
 # These compute an inverse of a tainted value (``div`` only with a tainted
 # denominator, the powers only with a negative exponent). A product of a tainted
@@ -49,18 +70,15 @@ INVERSE: frozenset[str] = frozenset({"rsqrt", "div", "pow", "integer_pow"})
 # Affine in their tainted operands, with the untainted float operands as a bias:
 # with sources of different origin, a sum node (residual connections).
 AFFINE: frozenset[str] = frozenset({"add", "sub", "add_any", "scatter-add", "scatter_add"})
-# Elementwise functions with values in (0, 1): their outputs act as gates. A
-# product of a gate and another value (LSTM/GRU cells, gated units) is a "gate"
-# node: by default the signal takes all the relevance (Arras et al. 2017).
-GATING: frozenset[str] = frozenset({"logistic"})
-# Roots of a tainted value: a division by one is a normalisation (LayerNorm).
-ROOTS: frozenset[str] = frozenset({"sqrt", "rsqrt"})
-# Elementwise choice between tainted values of different origin.
-SELECTING: frozenset[str] = frozenset({"max", "min", "select_n", "clamp"})  # -> plain VJP
+# Elementwise primitives whose outputs patterns look for (see jaxlrp._patterns):
+# "gate": values in (0, 1), a product with one is a gate (LSTM/GRU cells, gated
+# units); "root": a square root, a division by one is a normalisation (LayerNorm);
+# "exp": part of a softmax.
+TAGS: dict[str, str] = {"logistic": "gate", "sqrt": "root", "rsqrt": "root", "exp": "exp", "exp2": "exp"}
 
 # Linear, parameter-free aggregations: proportional split (the Norm rule).
 # name -> layer kind.
-SUMS: dict[str, str] = {
+SUMS: dict[str, Kind] = {
     "reduce_sum": "sum",
     "cumsum": "sum",
     "reduce_window_sum": "avgpool",
@@ -72,14 +90,14 @@ SUMS: dict[str, str] = {
 
 # Max pooling: a rule-bearing node whose default rule is winner-takes-all (the
 # plain VJP); name -> layer kind.
-POOLS: dict[str, str] = {"reduce_window_max": "maxpool"}
+POOLS: dict[str, Kind] = {"reduce_window_max": "maxpool"}
 
 # Structural operations: relevance follows the plain VJP (it moves values
 # around, sums fan-out, and routes global max-pooling to the winner).
 ROUTING: frozenset[str] = frozenset(
     """reshape transpose broadcast_in_dim squeeze expand_dims slice
-    dynamic_slice dynamic_update_slice concatenate pad rev copy copy_p
-    reduce_precision sharding_constraint stack unstack split reduce_max
+    dynamic_slice dynamic_update_slice concatenate pad rev
+    sharding_constraint stack unstack split reduce_max
     reduce_min reduce_window_min argmax argmin sort cummax
     cummin gather scatter optimization_barrier device_put mesh_cast reshard
     pvary pcast all_gather ppermute select_and_gather_add""".split()
@@ -111,3 +129,59 @@ SIGN_PRESERVING: frozenset[str] = frozenset(
     reduce_sum reduce_window_sum cumsum add add_any mul stack split unstack
     optimization_barrier""".split()
 )
+
+
+# ------------------------------------------------------------------ per-primitive facts
+
+
+def output_nonnegative(eqn: Any, tainted: tuple, inputs_nonnegative: bool) -> bool:
+    """Whether ``eqn``'s outputs are provably ``>= 0`` (see :data:`NONNEGATIVE`).
+
+    ``tainted`` are the positions of the relevance-carrying operands and
+    ``inputs_nonnegative`` whether all of them are known to be non-negative; the
+    other floating-point operands must be constants known to be non-negative.
+    Linear layers never are (their outputs are unbounded).
+    """
+    name = eqn.prim.name
+    if name in LINEAR:
+        return False
+    if name in NONNEGATIVE:
+        return True
+    if name == "integer_pow":
+        return eqn.params["y"] % 2 == 0
+    if name == "max" and any(_static_nonnegative(a) for a in eqn.invars):
+        return True  # relu: max(x, 0)
+    consts = all(
+        _static_nonnegative(a) for k, a in enumerate(eqn.invars)
+        if k not in tainted and jnp.issubdtype(a.dtype, jnp.inexact)
+    )
+    if name == "div":
+        return tainted == (0,) and inputs_nonnegative and consts
+    return name in SIGN_PRESERVING and inputs_nonnegative and consts
+
+
+def inverts(eqn: Any, tainted: tuple) -> bool:
+    """Whether ``eqn`` computes an inverse of one of its tainted operands
+    (``div`` by one, a power with a negative exponent, ``rsqrt``)."""
+    name = eqn.prim.name
+    if name not in INVERSE:
+        return False
+    if name == "div":
+        return 1 in tainted
+    if name == "integer_pow":
+        return eqn.params["y"] < 0
+    if name == "pow":
+        value = _static(eqn.invars[1])
+        return 1 in tainted or value is None or bool(np.any(value < 0))
+    return True
+
+
+def _static(a: Any) -> Any:
+    """The value of a literal operand known at trace time (NumPy), else ``None``."""
+    static = getattr(a, "static", None)
+    return static() if static is not None else None
+
+
+def _static_nonnegative(a: Any) -> bool:
+    value = _static(a)
+    return value is not None and bool(np.all(value >= 0))

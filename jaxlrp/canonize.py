@@ -45,8 +45,13 @@ _RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
 _FOLDABLE = frozenset({"add", "sub", "mul", "div"})
 # ... of those, the ones that scale (not only shift) the layer output ...
 _SCALING = frozenset({"mul", "div"})
-# ... and value-preserving casts, allowed without one.
+# ... of those, the ones where the layer's value must be the first operand
+# (``1 / z`` is not affine, ``b - z`` flips the sign) ...
+_FIRST_OPERAND_ONLY = frozenset({"div", "sub"})
+# ... and value-preserving casts, allowed without one (to a float type).
 _CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
+# Axis permutations after the layer (``jax.vmap`` of ``W @ x``).
+_TRANSPOSES = frozenset({"transpose"})
 
 
 def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
@@ -109,58 +114,24 @@ def affine_chain(
       after the bias); the chain ends at the first other operation, or where its
       value is used more than once.
     """
-    v: Var = program.eqns[head].outvars[0]
-    post, members, reshapes, scales = [], [], set(), False
+    post, v, axis_map = _post(program, head, axis_map, consumers)
+    start_axes = axis_map
+    if axis_map is None:
+        return Chain(tuple(post), (), v, False, None, None, frozenset())
+    members, reshapes, scales = [], set(), False
     while True:
         users = consumers.get(v, ())
         if len(users) != 1 or users[0] < 0:
             break
-        e = program.eqns[users[0]]
-        if len(e.invars) != 1 or len(e.outvars) != 1:
-            break
-        if e.prim.name in _REDUCTIONS:
-            pass
-        elif e.prim.name == "transpose" and axis_map is not None:
-            axis_map = tuple(axis_map[k] for k in e.params["permutation"])
-        elif _is_size1_reshape(e, v, axis_map):
-            axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
-        else:
-            break
-        post.append(users[0])
-        v = e.outvars[0]
-    start_axes = axis_map
-    if axis_map is None:
-        return Chain(tuple(post), (), v, False, None, None, frozenset())
-    while True:
-        users = consumers.get(v, ())
-        if len(users) != 1:
-            break
         j = users[0]
-        if j < 0:
-            break
         e = program.eqns[j]
-        name = e.prim.name
         if _is_size1_reshape(e, v, axis_map):
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
-            members.append(j)
             reshapes.add(j)
-            v = e.outvars[0]
-            continue
-        if name not in _FOLDABLE | _CASTS or len(e.outvars) != 1:
+        elif _folds(e, v, axis_map, is_tainted, is_parameter):
+            scales |= e.prim.name in _SCALING
+        else:
             break
-        if name == "convert_element_type" and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
-            break
-        pos = [k for k, a in enumerate(e.invars) if a is v]
-        others = [a for a in e.invars if a is not v]
-        if len(pos) != 1 or any(is_tainted(a) for a in others):
-            break
-        if name in ("div", "sub") and pos[0] != 0:  # 1 / z, b - z: not affine / a sign flip
-            break
-        if name in _FOLDABLE and not any(is_parameter(a) for a in others):
-            break  # a literal: part of the activation (hard_sigmoid's + 3)
-        if not all(_per_channel(a, axis_map, len(v.shape)) for a in others):
-            break
-        scales |= name in _SCALING
         members.append(j)
         v = e.outvars[0]
     # drop trailing reshapes: they would only move the layer's output shape
@@ -174,6 +145,50 @@ def affine_chain(
         v = program.eqns[post[-1]].outvars[0] if post else program.eqns[head].outvars[0]
         axis_map = start_axes
     return Chain(tuple(post), tuple(members), v, scales, start_axes, axis_map, frozenset(reshapes))
+
+
+def _post(program: Program, head: int, axis_map: Optional[tuple], consumers: dict) -> tuple:
+    """``(post, value, axis map)``: the psums, transpositions and size-1 reshapes
+    right after the layer (see :func:`affine_chain`), and what they produce."""
+    v: Var = program.eqns[head].outvars[0]
+    post = []
+    while True:
+        users = consumers.get(v, ())
+        if len(users) != 1 or users[0] < 0:
+            break
+        e = program.eqns[users[0]]
+        if len(e.invars) != 1 or len(e.outvars) != 1:
+            break
+        if e.prim.name in _REDUCTIONS:
+            pass
+        elif e.prim.name in _TRANSPOSES and axis_map is not None:
+            axis_map = tuple(axis_map[k] for k in e.params["permutation"])
+        elif _is_size1_reshape(e, v, axis_map):
+            axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
+        else:
+            break
+        post.append(users[0])
+        v = e.outvars[0]
+    return post, v, axis_map
+
+
+def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: Callable) -> bool:
+    """Whether ``e``, the only reader of the layer's value ``v``, is an affine step
+    of the layer: a shift or scale of ``v`` by per-channel parameters, or a cast."""
+    name = e.prim.name
+    if name not in _FOLDABLE | _CASTS or len(e.outvars) != 1:
+        return False
+    if name in _CASTS and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
+        return False
+    pos = [k for k, a in enumerate(e.invars) if a is v]
+    others = [a for a in e.invars if a is not v]
+    if len(pos) != 1 or any(is_tainted(a) for a in others):
+        return False
+    if name in _FIRST_OPERAND_ONLY and pos[0] != 0:  # 1 / z, b - z: not affine / a sign flip
+        return False
+    if name in _FOLDABLE and not any(is_parameter(a) for a in others):
+        return False  # a literal: part of the activation (hard_sigmoid's + 3)
+    return all(_per_channel(a, axis_map, len(v.shape)) for a in others)
 
 
 def _is_size1_reshape(e: Eqn, v: Var, axis_map: Optional[tuple]) -> bool:

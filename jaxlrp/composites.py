@@ -67,6 +67,8 @@ import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import rules as _rules
+from ._analysis import Layer
+from ._kinds import KINDS, OPT_IN_KINDS
 from ._errors import UnsupportedOperationError
 from .rules import Rule
 
@@ -97,65 +99,6 @@ __all__ = [
     "names",
     "KINDS",
 ]
-
-KINDS = (
-    "dense", "conv", "sum", "avgpool", "maxpool", "product", "gate", "attention", "normalize", "divide",
-    "softmax", "activation",
-)
-#: Kinds with no default rule: the composite must choose one, or tracing fails.
-OPT_IN_KINDS = frozenset({"divide"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    """A static description of one rule-bearing operation of the traced function.
-
-    Attributes
-    ----------
-    index:
-        Position among the rule-bearing operations, in program order.
-    kind:
-        One of :data:`KINDS`.
-    primitive:
-        The JAX primitive, e.g. ``"conv_general_dilated"``.
-    name:
-        The name stack of the equation (Flax module path), e.g. ``"CNN/conv1"``;
-        empty if the function pushes no names.
-    param_paths:
-        Paths of the parameters the weight is computed from, e.g.
-        ``("params/conv1/kernel",)``.
-    first, last:
-        See the module docstring.
-    input_shapes, output_shape:
-        Shapes of the relevance-carrying inputs and of the output.
-    folded:
-        Names of the operations folded into this layer (bias add, BatchNorm).
-    nonnegative:
-        Whether the inputs are provably non-negative (e.g. ReLU outputs).
-    constant_weight:
-        Whether the weight is an array the function closes over rather than an
-        argument: the jaxpr cannot tell a captured parameter from a constant.
-        (Weights built inside the function from literals, such as
-        ``jax.image.resize``'s interpolation matrix, are never layers: their
-        relevance follows the plain VJP.)
-    key:
-        A unique name for the layer, used in reports and per-layer relevance.
-    """
-
-    index: int
-    kind: str
-    primitive: str
-    name: str
-    param_paths: tuple = ()
-    first: bool = False
-    last: bool = False
-    input_shapes: tuple = ()
-    output_shape: tuple = ()
-    folded: tuple = ()
-    nonnegative: bool = False
-    constant_weight: bool = False
-    key: str = ""
-
 
 Matcher = Union[str, Callable[[Layer], bool]]
 

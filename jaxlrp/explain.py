@@ -23,7 +23,8 @@ import numpy as np
 from . import composites as _composites
 from ._errors import TrainingModeError
 from ._example_axes import find_mixing, output_axes
-from ._interpreter import Analysis, _Context, analyze, evaluate, start_values
+from ._analysis import Analysis, _Context, analyze, start_values
+from ._interpreter import evaluate
 from ._program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule

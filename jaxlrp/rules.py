@@ -39,6 +39,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from ._kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
+
 Array = Any
 
 __all__ = [
@@ -67,10 +69,6 @@ __all__ = [
     "after",
 ]
 
-#: Layer kinds that have a weight (``dot_general`` / ``conv_general_dilated``).
-WEIGHTED_KINDS = frozenset({"dense", "conv"})
-#: Parameter-free linear aggregations (sums, means, average pooling).
-AGGREGATE_KINDS = frozenset({"sum", "avgpool"})
 
 
 class Node(NamedTuple):
