@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .explain import _argnums, initial_relevance
+from .explain import _argnums, _initial_relevance
 
 __all__ = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion", "smooth"]
 
@@ -45,11 +45,11 @@ _METHODS = ("midpoint", "trapezoid", "left", "right")
 def _weights(out: Array, target, output_relevance) -> Array:
     """The output weights ``w``: a one-hot of ``target`` (argmax if ``None``) or ``output_relevance``."""
     if output_relevance is not None:
-        return initial_relevance(out, target, output_relevance)
+        return _initial_relevance(out, target, output_relevance)
     if out.ndim == 0:
-        return initial_relevance(jnp.ones_like(out), target, None)
+        return _initial_relevance(jnp.ones_like(out), target, None)
     index = jnp.argmax(jax.lax.stop_gradient(out), axis=-1) if target is None else target
-    return initial_relevance(jnp.ones_like(out), index, None)
+    return _initial_relevance(jnp.ones_like(out), index, None)
 
 
 def _split_args(args: tuple, argnums) -> tuple:

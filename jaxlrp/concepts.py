@@ -44,7 +44,7 @@ from jax.typing import ArrayLike
 from . import composites as _composites
 from . import viz
 from .composites import Composite, Matcher
-from .explain import Traced, run, top_level_nodes, trace, unflatten_relevance
+from .explain import _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
 __all__ = ["conditional", "relevance_scores", "maximization", "Maximization", "references", "crop", "atlas"]
@@ -61,9 +61,9 @@ _REDUCE = ("sum", "max")
 # ------------------------------------------------------------------ layers and masks
 
 
-def _layer_index(t: Traced, matcher: Matcher) -> int:
+def _layer_index(t: _Traced, matcher: Matcher) -> int:
     """The one top-level layer that ``matcher`` names (its key, or a matcher)."""
-    nodes = top_level_nodes(t)
+    nodes = _top_level_nodes(t)
     if isinstance(matcher, str):
         exact = [i for i in nodes if t.layers[i].key == matcher]
         if exact:
@@ -80,11 +80,11 @@ def _layer_index(t: Traced, matcher: Matcher) -> int:
     return found[0]
 
 
-def _mask(t: Traced, index: int, value: Any) -> Array:
+def _mask(t: _Traced, index: int, value: Any) -> Array:
     """The mask of one condition at one layer, broadcastable to the layer's output."""
     layer = t.layers[index]
     shape, channels = tuple(layer.output_shape), layer.output_shape[-1]
-    dtype = t.analysis.program.eqns[top_level_nodes(t)[index].eqn].outvars[0].dtype
+    dtype = t.analysis.program.eqns[_top_level_nodes(t)[index].eqn].outvars[0].dtype
     v = jnp.asarray(value)
     if jnp.issubdtype(v.dtype, jnp.integer):
         if v.ndim > 1:
@@ -117,7 +117,7 @@ def _check_batch_size(batch_size) -> None:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
-def _stack(t: Traced, conds: list) -> dict:
+def _stack(t: _Traced, conds: list) -> dict:
     """Layer index -> the K masks of ``conds`` stacked on a leading axis."""
     per: list = [{_layer_index(t, m): v for m, v in c.items()} for c in conds]
     for c, resolved in zip(conds, per):
@@ -144,14 +144,14 @@ def _as_list(conditions: Conditions) -> tuple:
 # ------------------------------------------------------------------ the conditional backward pass
 
 
-def _conditional_run(t: Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
+def _conditional_run(t: _Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
     """Relevance leaves and output-tap relevance of every condition, with a leading K axis."""
     stacked = _stack(t, conds)
     start_index = None if start is None else _layer_index(t, start)
     if start_index is not None:
         if target is not None or output_relevance is not None:
             raise ValueError("with start=, the relevance starts at that layer: pass neither target= nor output_relevance=")
-        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
         output_relevance = jnp.zeros(out_aval.shape, out_aval.dtype)
 
     def one(masks):
@@ -159,7 +159,7 @@ def _conditional_run(t: Traced, conds: list, target, output_relevance, start, ta
         if start_index is not None:  # R_l <- m_l * z_l: the layer's own output, masked
             m = masks.get(start_index, jnp.ones((), output_relevance.dtype))
             hooks[start_index] = (jnp.zeros_like(m), m)
-        _, rel, tap_rel = run(t, target, output_relevance, tapped, hooks)
+        _, rel, tap_rel = _run(t, target, output_relevance, tapped, hooks)
         return rel, {i: tap_rel[i][1] for i in tapped}
 
     if not stacked:  # no mask at all: K copies of plain LRP
@@ -221,10 +221,10 @@ def conditional(
 
     @functools.wraps(fn)
     def explain(*args, conditions: Conditions, target=None, output_relevance=None, start: Optional[Matcher] = None):
-        t = trace(fn, comp, argnums, args)
+        t = _trace(fn, comp, argnums, args)
         conds, single = _as_list(conditions)
         rel, _ = _conditional_run(t, conds, target, output_relevance, start, (), batch_size)
-        out = unflatten_relevance(t, rel)
+        out = _unflatten_relevance(t, rel)
         return jax.tree_util.tree_map(lambda r: r[0], out) if single else out
 
     return explain
@@ -277,7 +277,7 @@ def relevance_scores(
 
     @functools.wraps(fn)
     def scores(*args, conditions: Optional[Conditions] = None, target=None, output_relevance=None):
-        t = trace(fn, comp, argnums, args)
+        t = _trace(fn, comp, argnums, args)
         conds, single = _as_list({} if conditions is None else conditions)
         i = _layer_index(t, layer)
         _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
@@ -317,17 +317,17 @@ def _statistics(fn, comp, argnums, layer, relevance_reduce, activation_reduce, n
     """
 
     def stats(*args, target=None):
-        t = trace(fn, comp, argnums, args)
+        t = _trace(fn, comp, argnums, args)
         i = _layer_index(t, layer)
         if t.example_ndim != 1:
             raise ValueError(f"maximization needs a batched function with output (N, classes); "
                              f"the output has {t.example_ndim} example axes")
-        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
 
         def one(is_act):
             m = jnp.ones((), out_aval.dtype)
             hook = (1 - is_act) * m, is_act * m  # relevance as is / the activation itself
-            _, _, taps = run(t, target, None, (i,), {i: hook})
+            _, _, taps = _run(t, target, None, (i,), {i: hook})
             return taps[i][1]
 
         rel, act = jax.vmap(one)(jnp.arange(2, dtype=out_aval.dtype))

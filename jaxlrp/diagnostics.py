@@ -35,7 +35,7 @@ import numpy as np
 
 from . import composites as _composites
 from .composites import Composite
-from .explain import run, top_level_nodes, trace
+from .explain import _initial_relevance, _run, _top_level_nodes, _trace
 from .rules import Rule
 
 __all__ = [
@@ -195,10 +195,10 @@ def inspect(
 
     @functools.wraps(fn)
     def report(*args, target=None, output_relevance=None) -> Report:
-        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
-        nodes = top_level_nodes(t)
-        out, rel, taps = run(t, target, output_relevance, list(nodes))
-        seed_total = float(np.sum(np.asarray(_seed(out, target, output_relevance, t.example_ndim))))
+        t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+        nodes = _top_level_nodes(t)
+        out, rel, taps = _run(t, target, output_relevance, list(nodes))
+        seed_total = float(np.sum(np.asarray(_initial_relevance(out, target, output_relevance, t.example_ndim))))
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":
@@ -225,12 +225,6 @@ def inspect(
         return rep
 
     return report
-
-
-def _seed(out, target, output_relevance, example_ndim):
-    from .explain import initial_relevance
-
-    return initial_relevance(out, target, output_relevance, example_ndim)
 
 
 def _routed(an) -> list:
