@@ -34,7 +34,7 @@ points at, and :func:`atlas` draws the result.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +44,14 @@ from jax.typing import ArrayLike
 from . import composites as _composites
 from . import viz
 from .composites import Composite, Matcher
-from .explain import _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
+from .dataset import Batch, PathLike
+from .explain import Target, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
 __all__ = ["conditional", "relevance_scores", "maximization", "Maximization", "references", "crop", "atlas"]
 
-Array = Any
+Array = jax.Array
+PyTree = Any  # model variables: a pytree of arrays
 #: A condition: layer matcher -> channel ids (an int or a sequence of ints: the
 #: channels that keep their relevance) or a mask broadcastable to the layer's output.
 Condition = Mapping[Matcher, Union[int, Sequence[int], ArrayLike]]
@@ -170,13 +172,13 @@ def _conditional_run(t: _Traced, conds: list, target, output_relevance, start, t
 
 
 def conditional(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     """Conditional relevance (CRP) as a function transformation.
 
     Parameters
@@ -220,7 +222,13 @@ def conditional(
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
-    def explain(*args, conditions: Conditions, target=None, output_relevance=None, start: Optional[Matcher] = None):
+    def explain(
+        *args: Any,
+        conditions: Conditions,
+        target: Target = None,
+        output_relevance: Optional[ArrayLike] = None,
+        start: Optional[Matcher] = None,
+    ) -> Any:
         t = _trace(fn, comp, argnums, args)
         conds, single = _as_list(conditions)
         rel, _ = _conditional_run(t, conds, target, output_relevance, start, (), batch_size)
@@ -241,16 +249,16 @@ def _scores(r: Array, example_ndim: int, how: str, normalize: bool) -> Array:
 
 
 def relevance_scores(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
-    layer: Matcher = None,
+    layer: Optional[Matcher] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     reduce: str = "sum",
     normalize: bool = False,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     r"""The relevance of every channel (concept) of ``layer``, for ranking concepts.
 
     .. math:: R_c = \sum_{p} R_\ell[p, c] \quad (\text{``reduce="sum"``}), \qquad
@@ -271,15 +279,21 @@ def relevance_scores(
     comp = _composites.resolve(composite, rule)
     if layer is None:
         raise TypeError("relevance_scores needs the layer whose channels are scored: layer=...")
+    matcher: Matcher = layer
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
-    def scores(*args, conditions: Optional[Conditions] = None, target=None, output_relevance=None):
+    def scores(
+        *args: Any,
+        conditions: Optional[Conditions] = None,
+        target: Target = None,
+        output_relevance: Optional[ArrayLike] = None,
+    ) -> Array:
         t = _trace(fn, comp, argnums, args)
         conds, single = _as_list({} if conditions is None else conditions)
-        i = _layer_index(t, layer)
+        i = _layer_index(t, matcher)
         _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
         s = _scores(taps[i], t.example_ndim, reduce, normalize)
         return s[0] if single else s
@@ -346,12 +360,12 @@ def _top(values: np.ndarray, top: int) -> tuple:
 
 
 def maximization(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None],
     layer: Matcher,
-    params: Any,
-    batches: Any,
-    out: Any,
+    params: PyTree,
+    batches: Iterable[Batch],
+    out: PathLike,
     *,
     top: int = 8,
     argnums: Union[int, Sequence[int], None] = None,
@@ -409,10 +423,10 @@ def maximization(
 
 
 def references(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None],
     layer: Matcher,
-    params: Any,
+    params: PyTree,
     x: ArrayLike,
     channel: int,
     *,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import composites as _composites
 from ._errors import TrainingModeError
@@ -30,7 +31,12 @@ from .rules import Rule
 
 __all__ = ["lrp", "value_and_lrp", "AmbiguousOutputWarning"]
 
-Array = Any
+Array = jax.Array
+#: ``target=`` of an explainer: an output index, an int array over the output's example
+#: axes, or ``None`` (each example's argmax).
+Target = Union[int, ArrayLike, None]
+#: ``layers=`` of an explainer: a matcher or a sequence of matchers (:mod:`jaxlrp.composites`).
+LayerSelection = Union[None, Matcher, Sequence[Matcher]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -274,7 +280,9 @@ def _concrete(a) -> Optional[np.ndarray]:
         return None
 
 
-def _initial_relevance(out: Array, target, output_relevance, example_ndim: Optional[int] = None) -> Array:
+def _initial_relevance(
+    out: Array, target: Target, output_relevance: Optional[ArrayLike], example_ndim: Optional[int] = None
+) -> Array:
     """The relevance that starts the backward pass.
 
     With ``target`` (an int, an int array over the example axes ``out.shape[:-1]``,
@@ -321,7 +329,7 @@ def _initial_relevance(out: Array, target, output_relevance, example_ndim: Optio
     return jnp.where(bad[..., None], jnp.nan, out * onehot)
 
 
-def _layer_matcher(layers: Union[None, Matcher, Sequence[Matcher]]):
+def _layer_matcher(layers: LayerSelection) -> Optional[Matcher]:
     if layers is None:
         return None
     if isinstance(layers, (list, tuple)):
@@ -344,14 +352,14 @@ def _selected(t: _Traced, matcher) -> list:
 
 
 def value_and_lrp(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., tuple[Array, Any]]:
     """Like :func:`lrp`, but the returned function gives ``(output, relevance)``.
 
     With ``layers=``, it gives ``(output, (relevance, per_layer))``.
@@ -359,7 +367,9 @@ def value_and_lrp(
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None, layers=None):
+    def explain(
+        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
+    ) -> tuple[Array, Any]:
         t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         matcher = _layer_matcher(layers)
         if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
@@ -381,14 +391,14 @@ def value_and_lrp(
 
 
 def lrp(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     """Layer-wise relevance propagation of ``fn`` as a function transformation.
 
     Parameters
@@ -462,7 +472,9 @@ def lrp(
     vl = value_and_lrp(fn, composite, rule=rule, argnums=argnums, start=start, example_axes=example_axes)
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None, layers=None):
+    def explain(
+        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
+    ) -> Any:
         return vl(*args, target=target, output_relevance=output_relevance, layers=layers)[1]
 
     del explain.__wrapped__
