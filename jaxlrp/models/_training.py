@@ -114,7 +114,7 @@ def fit(
         return optax.apply_updates(params, updates), state, value
 
     state = opt.init(params)
-    value = None
+    value: Any = None
     # the same progress library as explain_dataset: quiet off a terminal (disable=None)
     with tqdm(total=steps, desc="training", file=sys.stderr, disable=None if progress else True) as bar:
         for i in range(steps):
