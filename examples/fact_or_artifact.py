@@ -75,9 +75,9 @@ if __name__ == "__main__" and "--quick" in sys.argv[1:]:
 import flax.linen as nn  # noqa: E402  (after XLA_FLAGS)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from jaxlrp import data, diagnostics, lrp, metrics, viz  # noqa: E402
+from jaxlrp import models  # noqa: E402
 from jaxlrp.models import recurrent  # noqa: E402
 
 # ------------------------------------------------------------------ set-up
@@ -128,25 +128,12 @@ class CNN(nn.Module):
 
 
 def train_sgd(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float) -> dict:
-    """Adam on softmax cross-entropy, random batches of 64."""
+    """Adam on softmax cross-entropy, random batches of 64 (drawn without replacement)."""
     params = model.init(jax.random.PRNGKey(seed), x[:1])
-    opt = optax.adam(lr)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, xb, yb):
-        def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
     rng = np.random.default_rng(seed)
     batch = min(64, len(x))
-    for _ in range(steps):
-        idx = rng.choice(len(x), batch, replace=False)
-        params, state = step(params, state, x[idx], y[idx])
+    batches = (rng.choice(len(x), batch, replace=False) for _ in range(steps))
+    params, _ = models.fit(model.apply, params, x, y, steps=steps, learning_rate=lr, batches=batches)
     return params
 
 

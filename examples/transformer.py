@@ -5,7 +5,7 @@ of two trigger letters (``X`` -> class 0, ``Y`` -> class 1) planted at 1 to 3
 random positions. The class is which trigger occurs; the trigger positions are the
 ground-truth mask. A small pre-LN text encoder
 (:class:`jaxlrp.models.transformer.TextEncoder`: token and position embeddings, 2
-blocks with flax attention, mean pooling) is trained in seconds with optax.
+blocks with flax attention, mean pooling) is trained in seconds with `jaxlrp.models.fit`.
 
 Token ids are not differentiable, so the model is explained from its embedded
 sequence (``TextEncoder.embed``; token plus position embeddings) and the token
@@ -54,9 +54,8 @@ if __name__ == "__main__" and "--quick" in sys.argv[1:]:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from jaxlrp import composites, lrp, metrics, viz  # noqa: E402
+from jaxlrp import composites, lrp, metrics, models, viz  # noqa: E402
 from jaxlrp.models import transformer as T  # noqa: E402
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -108,22 +107,10 @@ def train(cfg: Config, tokens: np.ndarray, labels: np.ndarray, key: jax.Array) -
     )
     init_key, key = jax.random.split(key)
     variables = model.init(init_key, tokens[:2])
-    opt = optax.adam(cfg.lr)
-    state = opt.init(variables)
-
-    def loss(v, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x), y).mean()
-
-    @jax.jit
-    def step(v, s, x, y):
-        value, g = jax.value_and_grad(loss)(v, x, y)
-        updates, s = opt.update(g, s, v)
-        return optax.apply_updates(v, updates), s, value
-
     rng = np.random.default_rng(cfg.seed + 1)
-    for _ in range(cfg.steps):
-        idx = rng.integers(0, tokens.shape[0], cfg.batch)
-        variables, state, _ = step(variables, state, tokens[idx], labels[idx])
+    batches = (rng.integers(0, tokens.shape[0], cfg.batch) for _ in range(cfg.steps))  # with replacement
+    variables, _ = models.fit(model.apply, variables, tokens, labels, steps=cfg.steps, learning_rate=cfg.lr,
+                              batches=batches)
     return model, variables
 
 

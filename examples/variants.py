@@ -8,7 +8,7 @@ Two tasks whose evidence is known:
   planted TATAAT or GGATCC motif), a small 1-D CNN; mask = the motif bases. Only
   positive sequences predicted positive are explained (negatives have no mask).
 
-Both models are trained in seconds with optax. Then
+Both models are trained in seconds (`jaxlrp.models.fit`). Then
 
 1. Pruned LRP (Yanez Sarmiento et al. 2024, arXiv:2404.14271): PLRP-lambda and
    PLRP-M on top of the base composite ``EpsilonPlus``, for p in {0, 0.1, ..., 0.9}
@@ -61,9 +61,8 @@ import flax.linen as nn  # noqa: E402  (after XLA_FLAGS)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from jaxlrp import composites, data, lrp, metrics, rules, variants  # noqa: E402
+from jaxlrp import composites, data, lrp, metrics, models, rules, variants  # noqa: E402
 
 # ------------------------------------------------------------------ set-up
 
@@ -144,31 +143,22 @@ class DnaCNN(nn.Module):
         return nn.Dense(2, name="head")(x)
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float = 3e-3):
-    """Adam on softmax cross-entropy, batches of 64."""
-    params = model.init(jax.random.PRNGKey(seed), x[:1])
-    opt = optax.adam(lr)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, xb, yb):
-        def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
-
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, value
-
-    rng = np.random.default_rng(seed)
-    batch = 64
-    order = rng.permutation(len(x))
+def _epochs(n: int, batch: int, steps: int, rng: np.random.Generator):
+    """Batches of ``batch`` consecutive examples of a permutation, drawn anew when the
+    window returns to the start."""
+    order = rng.permutation(n)
     for i in range(steps):
-        lo = (i * batch) % (len(x) - batch + 1)
-        if lo + batch > len(x) or (i and lo == 0):
-            order = rng.permutation(len(x))
-        idx = order[lo:lo + batch]
-        params, state, value = step(params, state, x[idx], y[idx])
-    return params, float(value)
+        lo = (i * batch) % (n - batch + 1)
+        if i and lo == 0:
+            order = rng.permutation(n)
+        yield order[lo:lo + batch]
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float = 3e-3):
+    """Adam on softmax cross-entropy, batches of 64 (jaxlrp.models.fit)."""
+    params = model.init(jax.random.PRNGKey(seed), x[:1])
+    batches = _epochs(len(x), 64, steps, np.random.default_rng(seed))
+    return models.fit(model.apply, params, x, y, steps=steps, learning_rate=lr, batches=batches)
 
 
 # ------------------------------------------------------------------ task

@@ -49,6 +49,7 @@ from . import _primitives as P
 from . import canonize
 from ._errors import UnsupportedOperationError
 from ._kinds import WEIGHTED_KINDS, Kind
+from ._paths import layer_name
 from ._program import Eqn, Lit, Program, Var, body, flatten, readers
 
 # ------------------------------------------------------------------- layers
@@ -238,7 +239,7 @@ class _State:
         layer = self.ctx.new_layer(
             kind=kind,
             primitive=e.prim.name,
-            name=e.name or _module_path(paths),
+            name=e.name or layer_name(paths),
             param_paths=paths,
             first=kind in WEIGHTED_KINDS and site.depth == 0,
             input_shapes=tuple(e.invars[k].shape for k in order),
@@ -619,18 +620,6 @@ def _parameter_prepass(program: Program, roots: set) -> set:
         if any(_is_parameter(a, reach) for a in e.invars):
             reach.update(e.outvars)
     return reach
-
-
-def _module_path(paths: tuple) -> str:
-    """A layer name from its weight's parameter path, for functions that push no
-    name stack (flax nnx, plain pytrees): ``"blocks/0/conv1/kernel/value"`` ->
-    ``"blocks/0/conv1"``, ``"w1"`` -> ``"w1"``."""
-    if len(paths) != 1:
-        return ""
-    parts = paths[0].split("/")
-    if parts[-1] == "value" and len(parts) > 1:  # an nnx Variable
-        parts = parts[:-1]
-    return "/".join(parts[:-1] if len(parts) > 1 else parts)
 
 
 def start_values(program: Program, pattern: str, in_prov) -> list:

@@ -32,12 +32,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from .explain import _argnums, initial_relevance
+from .explain import Target, _argnums, _initial_relevance
 
 __all__ = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion", "smooth"]
 
-Array = Any
+Array = jax.Array
+PyTree = Any  # an array, or a pytree of arrays with the structure of the explained argument
 Argnums = Union[int, Sequence[int], None]
 _METHODS = ("midpoint", "trapezoid", "left", "right")
 
@@ -45,11 +47,11 @@ _METHODS = ("midpoint", "trapezoid", "left", "right")
 def _weights(out: Array, target, output_relevance) -> Array:
     """The output weights ``w``: a one-hot of ``target`` (argmax if ``None``) or ``output_relevance``."""
     if output_relevance is not None:
-        return initial_relevance(out, target, output_relevance)
+        return _initial_relevance(out, target, output_relevance)
     if out.ndim == 0:
-        return initial_relevance(jnp.ones_like(out), target, None)
+        return _initial_relevance(jnp.ones_like(out), target, None)
     index = jnp.argmax(jax.lax.stop_gradient(out), axis=-1) if target is None else target
-    return initial_relevance(jnp.ones_like(out), index, None)
+    return _initial_relevance(jnp.ones_like(out), index, None)
 
 
 def _split_args(args: tuple, argnums) -> tuple:
@@ -91,11 +93,11 @@ def _grad_at(fn: Callable, args: tuple, nums: tuple, w: Optional[Array], target,
     return w, pull(w.astype(out.dtype))
 
 
-def gradient(fn: Callable, *, argnums: Argnums = None) -> Callable:
+def gradient(fn: Callable[..., Array], *, argnums: Argnums = None) -> Callable[..., Any]:
     r"""The gradient :math:`\nabla_x \sum_j w_j f_j(x)` (vanilla saliency, signed)."""
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None):
+    def explain(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
         nums, single = _split_args(args, argnums)
         _, g = _grad_at(fn, args, nums, None, target, output_relevance)
         return _pack(tuple(g), single)
@@ -103,11 +105,11 @@ def gradient(fn: Callable, *, argnums: Argnums = None) -> Callable:
     return explain
 
 
-def gradient_x_input(fn: Callable, *, argnums: Argnums = None) -> Callable:
+def gradient_x_input(fn: Callable[..., Array], *, argnums: Argnums = None) -> Callable[..., Any]:
     r"""Gradient times input, :math:`x \odot \nabla_x g(x)` (LRP-0 for ReLU networks without biases)."""
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None):
+    def explain(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
         nums, single = _split_args(args, argnums)
         _, g = _grad_at(fn, args, nums, None, target, output_relevance)
         return _pack(tuple(jax.tree_util.tree_map(jnp.multiply, args[n], gi) for n, gi in zip(nums, g)), single)
@@ -139,14 +141,14 @@ def _map(f: Callable, xs, batch_size: Optional[int]):
 
 
 def integrated_gradients(
-    fn: Callable,
+    fn: Callable[..., Array],
     *,
     argnums: Argnums = None,
-    baseline: Any = 0.0,
+    baseline: PyTree = 0.0,
     steps: int = 32,
     method: str = "midpoint",
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     r"""Integrated Gradients (Sundararajan et al. 2017).
 
     .. math:: \mathrm{IG}(x) = (x - b) \odot \sum_{k} \omega_k\,
@@ -180,10 +182,10 @@ def integrated_gradients(
     nodes, weights = _alphas(steps, method)
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None):
+    def explain(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
         nums, single = _split_args(args, argnums)
         xs = tuple(args[n] for n in nums)
-        bs = baseline if not single else (baseline,)
+        bs: Any = baseline if not single else (baseline,)
         if len(nums) > 1 and not isinstance(baseline, (tuple, list)):
             bs = (baseline,) * len(nums)
         bs = tuple(jax.tree_util.tree_map(lambda x, b: jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape), x, b)
@@ -221,14 +223,14 @@ def _tuple(name: str, value, n: int, shape: tuple) -> tuple:
 
 
 def occlusion(
-    fn: Callable,
+    fn: Callable[..., Array],
     *,
     window: Union[int, Sequence[int]],
     stride: Union[int, Sequence[int], None] = None,
     baseline: float = 0.0,
     argnums: Optional[int] = None,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     r"""Occlusion (Zeiler & Fergus 2014), as Captum defines it.
 
     A window slides over the axes of each example (every axis of ``x`` after the
@@ -253,7 +255,7 @@ def occlusion(
     """
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None):
+    def explain(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
         nums, single = _split_args(args, argnums)
         if not single:
             raise ValueError("occlusion explains one argument: pass argnums as an int")
@@ -302,13 +304,13 @@ def occlusion(
 
 
 def smooth(
-    explainer: Callable,
+    explainer: Callable[..., Any],
     *,
     n_samples: int = 16,
     sigma: float = 0.1,
     argnums: Optional[int] = None,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     r"""SmoothGrad (Smilkov et al. 2017) over *any* explainer: the mean explanation of noisy inputs.
 
     .. math:: \bar\Phi(x) = \frac{1}{n} \sum_{k=1}^{n} \Phi(x + \epsilon_k), \qquad

@@ -34,7 +34,7 @@ points at, and :func:`atlas` draws the result.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +44,14 @@ from jax.typing import ArrayLike
 from . import composites as _composites
 from . import viz
 from .composites import Composite, Matcher
-from .explain import Traced, run, top_level_nodes, trace, unflatten_relevance
+from .dataset import Batch, PathLike
+from .explain import Target, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
 __all__ = ["conditional", "relevance_scores", "maximization", "Maximization", "references", "crop", "atlas"]
 
-Array = Any
+Array = jax.Array
+PyTree = Any  # model variables: a pytree of arrays
 #: A condition: layer matcher -> channel ids (an int or a sequence of ints: the
 #: channels that keep their relevance) or a mask broadcastable to the layer's output.
 Condition = Mapping[Matcher, Union[int, Sequence[int], ArrayLike]]
@@ -61,9 +63,9 @@ _REDUCE = ("sum", "max")
 # ------------------------------------------------------------------ layers and masks
 
 
-def _layer_index(t: Traced, matcher: Matcher) -> int:
+def _layer_index(t: _Traced, matcher: Matcher) -> int:
     """The one top-level layer that ``matcher`` names (its key, or a matcher)."""
-    nodes = top_level_nodes(t)
+    nodes = _top_level_nodes(t)
     if isinstance(matcher, str):
         exact = [i for i in nodes if t.layers[i].key == matcher]
         if exact:
@@ -80,11 +82,11 @@ def _layer_index(t: Traced, matcher: Matcher) -> int:
     return found[0]
 
 
-def _mask(t: Traced, index: int, value: Any) -> Array:
+def _mask(t: _Traced, index: int, value: Any) -> Array:
     """The mask of one condition at one layer, broadcastable to the layer's output."""
     layer = t.layers[index]
     shape, channels = tuple(layer.output_shape), layer.output_shape[-1]
-    dtype = t.analysis.program.eqns[top_level_nodes(t)[index].eqn].outvars[0].dtype
+    dtype = t.analysis.program.eqns[_top_level_nodes(t)[index].eqn].outvars[0].dtype
     v = jnp.asarray(value)
     if jnp.issubdtype(v.dtype, jnp.integer):
         if v.ndim > 1:
@@ -117,7 +119,7 @@ def _check_batch_size(batch_size) -> None:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
-def _stack(t: Traced, conds: list) -> dict:
+def _stack(t: _Traced, conds: list) -> dict:
     """Layer index -> the K masks of ``conds`` stacked on a leading axis."""
     per: list = [{_layer_index(t, m): v for m, v in c.items()} for c in conds]
     for c, resolved in zip(conds, per):
@@ -144,14 +146,14 @@ def _as_list(conditions: Conditions) -> tuple:
 # ------------------------------------------------------------------ the conditional backward pass
 
 
-def _conditional_run(t: Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
+def _conditional_run(t: _Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
     """Relevance leaves and output-tap relevance of every condition, with a leading K axis."""
     stacked = _stack(t, conds)
     start_index = None if start is None else _layer_index(t, start)
     if start_index is not None:
         if target is not None or output_relevance is not None:
             raise ValueError("with start=, the relevance starts at that layer: pass neither target= nor output_relevance=")
-        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
         output_relevance = jnp.zeros(out_aval.shape, out_aval.dtype)
 
     def one(masks):
@@ -159,7 +161,7 @@ def _conditional_run(t: Traced, conds: list, target, output_relevance, start, ta
         if start_index is not None:  # R_l <- m_l * z_l: the layer's own output, masked
             m = masks.get(start_index, jnp.ones((), output_relevance.dtype))
             hooks[start_index] = (jnp.zeros_like(m), m)
-        _, rel, tap_rel = run(t, target, output_relevance, tapped, hooks)
+        _, rel, tap_rel = _run(t, target, output_relevance, tapped, hooks)
         return rel, {i: tap_rel[i][1] for i in tapped}
 
     if not stacked:  # no mask at all: K copies of plain LRP
@@ -170,13 +172,13 @@ def _conditional_run(t: Traced, conds: list, target, output_relevance, start, ta
 
 
 def conditional(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     """Conditional relevance (CRP) as a function transformation.
 
     Parameters
@@ -220,11 +222,17 @@ def conditional(
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
-    def explain(*args, conditions: Conditions, target=None, output_relevance=None, start: Optional[Matcher] = None):
-        t = trace(fn, comp, argnums, args)
+    def explain(
+        *args: Any,
+        conditions: Conditions,
+        target: Target = None,
+        output_relevance: Optional[ArrayLike] = None,
+        start: Optional[Matcher] = None,
+    ) -> Any:
+        t = _trace(fn, comp, argnums, args)
         conds, single = _as_list(conditions)
         rel, _ = _conditional_run(t, conds, target, output_relevance, start, (), batch_size)
-        out = unflatten_relevance(t, rel)
+        out = _unflatten_relevance(t, rel)
         return jax.tree_util.tree_map(lambda r: r[0], out) if single else out
 
     return explain
@@ -241,16 +249,16 @@ def _scores(r: Array, example_ndim: int, how: str, normalize: bool) -> Array:
 
 
 def relevance_scores(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
-    layer: Matcher = None,
+    layer: Optional[Matcher] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     reduce: str = "sum",
     normalize: bool = False,
     batch_size: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     r"""The relevance of every channel (concept) of ``layer``, for ranking concepts.
 
     .. math:: R_c = \sum_{p} R_\ell[p, c] \quad (\text{``reduce="sum"``}), \qquad
@@ -271,15 +279,21 @@ def relevance_scores(
     comp = _composites.resolve(composite, rule)
     if layer is None:
         raise TypeError("relevance_scores needs the layer whose channels are scored: layer=...")
+    matcher: Matcher = layer
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
-    def scores(*args, conditions: Optional[Conditions] = None, target=None, output_relevance=None):
-        t = trace(fn, comp, argnums, args)
+    def scores(
+        *args: Any,
+        conditions: Optional[Conditions] = None,
+        target: Target = None,
+        output_relevance: Optional[ArrayLike] = None,
+    ) -> Array:
+        t = _trace(fn, comp, argnums, args)
         conds, single = _as_list({} if conditions is None else conditions)
-        i = _layer_index(t, layer)
+        i = _layer_index(t, matcher)
         _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
         s = _scores(taps[i], t.example_ndim, reduce, normalize)
         return s[0] if single else s
@@ -317,17 +331,17 @@ def _statistics(fn, comp, argnums, layer, relevance_reduce, activation_reduce, n
     """
 
     def stats(*args, target=None):
-        t = trace(fn, comp, argnums, args)
+        t = _trace(fn, comp, argnums, args)
         i = _layer_index(t, layer)
         if t.example_ndim != 1:
             raise ValueError(f"maximization needs a batched function with output (N, classes); "
                              f"the output has {t.example_ndim} example axes")
-        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
 
         def one(is_act):
             m = jnp.ones((), out_aval.dtype)
             hook = (1 - is_act) * m, is_act * m  # relevance as is / the activation itself
-            _, _, taps = run(t, target, None, (i,), {i: hook})
+            _, _, taps = _run(t, target, None, (i,), {i: hook})
             return taps[i][1]
 
         rel, act = jax.vmap(one)(jnp.arange(2, dtype=out_aval.dtype))
@@ -346,12 +360,12 @@ def _top(values: np.ndarray, top: int) -> tuple:
 
 
 def maximization(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None],
     layer: Matcher,
-    params: Any,
-    batches: Any,
-    out: Any,
+    params: PyTree,
+    batches: Iterable[Batch],
+    out: PathLike,
     *,
     top: int = 8,
     argnums: Union[int, Sequence[int], None] = None,
@@ -409,10 +423,10 @@ def maximization(
 
 
 def references(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None],
     layer: Matcher,
-    params: Any,
+    params: PyTree,
     x: ArrayLike,
     channel: int,
     *,

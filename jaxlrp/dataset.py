@@ -98,11 +98,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike, DTypeLike
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 __all__ = ["explain_dataset", "load", "DatasetRun", "DatasetLockedError", "LazyRows"]
 
-Array = Any
+Array = jax.Array
+PyTree = Any  # a pytree of arrays (model variables) or of shardings
+#: One batch: ``x``, ``(x, target)`` or a mapping with ``"x"``, optional ``"target"`` and
+#: further per-example arrays.
+Batch = Union[ArrayLike, tuple[ArrayLike, ArrayLike], Mapping[str, ArrayLike]]
 PathLike = Union[str, os.PathLike]
 Metric = Callable[[Array, Mapping[str, Array]], Array]
 
@@ -530,17 +535,17 @@ def _progress(enabled: bool, total: Optional[int]):
 
 
 def explain_dataset(
-    explain: Callable,
-    params: Any,
-    batches: Iterable,
+    explain: Callable[..., Any],
+    params: PyTree,
+    batches: Iterable[Batch],
     out: PathLike,
     *,
     mesh: Optional[Mesh] = None,
-    data_axis: Union[str, tuple] = "data",
-    param_sharding: Any = None,
+    data_axis: Union[str, tuple[str, ...]] = "data",
+    param_sharding: PyTree = None,
     metrics: Optional[Mapping[str, Metric]] = None,
     save_relevance: bool = True,
-    dtype: Any = None,
+    dtype: Optional[DTypeLike] = None,
     resume: bool = True,
     progress: bool = True,
     total: Optional[int] = None,
@@ -929,7 +934,7 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
 
 def load(
     out: PathLike, fields: Optional[Iterable[str]] = None, process: Optional[int] = None, *, verify: bool = True
-) -> dict:
+) -> dict[str, LazyRows]:
     """Open what :func:`explain_dataset` wrote, lazily concatenated over batches.
 
     Parameters

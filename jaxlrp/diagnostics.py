@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import composites as _composites
 from .composites import Composite
-from .explain import run, top_level_nodes, trace
+from .explain import Target, _initial_relevance, _run, _top_level_nodes, _trace
 from .rules import Rule
 
 __all__ = [
@@ -65,10 +67,10 @@ class LayerRow:
     key: str
     kind: str
     primitive: str
-    param_paths: tuple
-    input_shapes: tuple
-    output_shape: tuple
-    folded: tuple
+    param_paths: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+    folded: tuple[str, ...]
     rule: str
     relevance_in: Optional[float]  # summed over the layer's inputs and all examples
     relevance_out: Optional[float]
@@ -119,11 +121,11 @@ class Report:
     explained from pixels, most of the relevance can end there.
     """
 
-    rows: tuple
-    fallbacks: tuple
+    rows: tuple[LayerRow, ...]
+    fallbacks: tuple[tuple[str, str, str], ...]
     output_relevance: float
     input_relevance: float
-    notes: tuple = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def absorbed_by_layers(self) -> float:
@@ -174,7 +176,7 @@ def _fmt(v) -> str:
 
 
 def inspect(
-    fn: Callable,
+    fn: Callable[..., jax.Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
@@ -182,7 +184,7 @@ def inspect(
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
     verbose: bool = True,
-) -> Callable:
+) -> Callable[..., Report]:
     """Explain once and report, per layer, the rule and the relevance in and out.
 
     ``jaxlrp.inspect(fn, composite)(*args, target=..., output_relevance=...)`` returns
@@ -194,11 +196,11 @@ def inspect(
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
-    def report(*args, target=None, output_relevance=None) -> Report:
-        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
-        nodes = top_level_nodes(t)
-        out, rel, taps = run(t, target, output_relevance, list(nodes))
-        seed_total = float(np.sum(np.asarray(_seed(out, target, output_relevance, t.example_ndim))))
+    def report(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Report:
+        t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+        nodes = _top_level_nodes(t)
+        out, rel, taps = _run(t, target, output_relevance, list(nodes))
+        seed_total = float(np.sum(np.asarray(_initial_relevance(out, target, output_relevance, t.example_ndim))))
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":
@@ -227,12 +229,6 @@ def inspect(
     return report
 
 
-def _seed(out, target, output_relevance, example_ndim):
-    from .explain import initial_relevance
-
-    return initial_relevance(out, target, output_relevance, example_ndim)
-
-
 def _routed(an) -> list:
     found = []
     for i in an.routed:
@@ -247,7 +243,7 @@ def _routed(an) -> list:
 # ------------------------------------------------------------------ artifact checks
 
 
-def absorption(report: Report) -> dict:
+def absorption(report: Report) -> dict[str, float]:
     """Share of each layer's incoming relevance it absorbs: ``1 - R_in / R_out``.
 
     0 where a layer conserves; positive where biases or stabilisers absorb relevance
@@ -256,7 +252,7 @@ def absorption(report: Report) -> dict:
     return {r.key: 1.0 - r.conservation for r in report.rows if r.conservation is not None}
 
 
-def border_mass(relevance, width: int = 1, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
+def border_mass(relevance: ArrayLike, width: int = 1, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
     """Fraction of the absolute relevance within ``width`` pixels of the border.
 
     Parameters
@@ -296,7 +292,7 @@ def border_mass(relevance, width: int = 1, spatial_axes: Sequence[int] = (1, 2))
     return np.divide(edge, total, out=np.zeros_like(total), where=total > 0)
 
 
-def decay_profile(relevance, axis: int, reverse: bool = False) -> tuple:
+def decay_profile(relevance: ArrayLike, axis: int, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Absolute relevance per position along ``axis`` and its exponential decay rate.
 
     Models fed an image sequentially (a recurrent network reading columns) show a
@@ -339,17 +335,24 @@ def decay_profile(relevance, axis: int, reverse: bool = False) -> tuple:
     return prof, -slope
 
 
-def permute(x, perm, axis: int):
+def permute(x: ArrayLike, perm: ArrayLike, axis: int) -> np.ndarray:
     """Apply a fixed permutation ``perm`` to ``axis`` of every example."""
     return np.take(np.asarray(x), np.asarray(perm), axis=axis)
 
 
-def unpermute(relevance, perm, axis: int):
+def unpermute(relevance: ArrayLike, perm: ArrayLike, axis: int) -> np.ndarray:
     """Map relevance computed on permuted inputs back to the original positions."""
     return np.take(np.asarray(relevance), np.argsort(np.asarray(perm)), axis=axis)
 
 
-def permutation_test(fit_and_explain: Callable, x, y, *, axis: int, seed: int = 0) -> dict:
+def permutation_test(
+    fit_and_explain: Callable[[np.ndarray, Any], tuple[ArrayLike, Optional[float]]],
+    x: ArrayLike,
+    y: Any,
+    *,
+    axis: int,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The permutation test of Landt-Hayen et al. (2023) for where a model looks.
 
     Trains twice -- on ``x`` and on ``x`` with one fixed random permutation of
@@ -395,7 +398,7 @@ def permutation_test(fit_and_explain: Callable, x, y, *, axis: int, seed: int = 
             "relevance": np.asarray(r0), "relevance_permuted": r1}
 
 
-def cap_and_scale(x, cap: float):
+def cap_and_scale(x: ArrayLike, cap: float) -> jax.Array:
     """Clip inputs to ``[-cap, cap]`` and scale them to ``[-1, 1]``.
 
     Landt-Hayen et al. found outliers (un-capped anomalies) dominate relevance maps,
@@ -409,7 +412,7 @@ def cap_and_scale(x, cap: float):
 # ------------------------------------------------------------- invalid grid points
 
 
-def valid_points(x, invalid=None) -> np.ndarray:
+def valid_points(x: ArrayLike, invalid: Optional[ArrayLike] = None) -> np.ndarray:
     """The grid points that are valid in every example.
 
     Parameters
@@ -445,7 +448,7 @@ def _check_valid(values, valid) -> np.ndarray:
     return valid
 
 
-def mask_invalid(x, valid, fill: float = 0.0):
+def mask_invalid(x: ArrayLike, valid: ArrayLike, fill: float = 0.0) -> jax.Array:
     """Inputs with the invalid points set to ``fill`` (default 0), for models that
     read the whole grid.
 
@@ -459,7 +462,7 @@ def mask_invalid(x, valid, fill: float = 0.0):
     return jnp.where(jnp.asarray(valid), jnp.asarray(x), jnp.asarray(fill, jnp.asarray(x).dtype))
 
 
-def mask_relevance(relevance, valid) -> tuple:
+def mask_relevance(relevance: ArrayLike, valid: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Relevance with the invalid points set to 0, and the share of each example's
     absolute relevance that was on them (should be 0: else the map shows noise on
     invalid points, e.g. "overfitting on invalid noise" over seasonal sea ice).
@@ -479,7 +482,7 @@ def mask_relevance(relevance, valid) -> tuple:
     return masked, leaked
 
 
-def select_valid(x, valid) -> np.ndarray:
+def select_valid(x: ArrayLike, valid: ArrayLike) -> np.ndarray:
     """The valid points only: ``(N, ...)`` -> ``(N, n_valid)`` (the authors'
     "valid grid points only" input to dense models)."""
     x = np.asarray(x)
@@ -487,7 +490,7 @@ def select_valid(x, valid) -> np.ndarray:
     return x.reshape(len(x), -1)[:, valid.reshape(-1)]
 
 
-def scatter_valid(values, valid, fill: float = np.nan) -> np.ndarray:
+def scatter_valid(values: ArrayLike, valid: ArrayLike, fill: float = np.nan) -> np.ndarray:
     """Put ``(N, n_valid)`` values (relevance of :func:`select_valid` inputs) back on
     the grid ``(N, *valid.shape)``, ``fill`` at the invalid points (NaN by default,
     as the data had; pass 0 to sum or plot)."""
@@ -504,7 +507,7 @@ def scatter_valid(values, valid, fill: float = np.nan) -> np.ndarray:
 # ------------------------------------------------------------------------ stripes
 
 
-def stripe_ratio(relevance, axis: int, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
+def stripe_ratio(relevance: ArrayLike, axis: int, spatial_axes: Sequence[int] = (1, 2)) -> np.ndarray:
     r"""Stripes across the lines an image was fed by: how much more the absolute
     relevance changes from one line to the next than along a line.
 

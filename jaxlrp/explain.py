@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import composites as _composites
 from ._errors import TrainingModeError
@@ -31,11 +32,16 @@ from .rules import Rule
 
 __all__ = ["lrp", "value_and_lrp", "AmbiguousOutputWarning"]
 
-Array = Any
+Array = jax.Array
+#: ``target=`` of an explainer: an output index, an int array over the output's example
+#: axes, or ``None`` (each example's argmax).
+Target = Union[int, ArrayLike, None]
+#: ``layers=`` of an explainer: a matcher or a sequence of matchers (:mod:`jaxlrp.composites`).
+LayerSelection = Union[None, Matcher, Sequence[Matcher]]
 
 
 @dataclasses.dataclass(eq=False)
-class Traced:
+class _Traced:
     """``fn`` traced and analysed for one set of argument shapes."""
 
     analysis: Analysis
@@ -112,10 +118,10 @@ def _flatten_args(args: Sequence, nums: tuple):
     return flat, taint, prov, explained, slots
 
 
-def trace(
+def _trace(
     fn: Callable, composite: Composite, argnums, args: Sequence, start: Optional[str] = None,
     example_axes: Optional[int] = None,
-) -> Traced:
+) -> _Traced:
     """Trace ``fn`` on ``args``, analyse it and assign rules."""
     nums, single = _argnums(argnums, len(args))
     if start is not None:
@@ -145,7 +151,7 @@ def trace(
     _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
-    return Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
+    return _Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
 
 
 def _example_ndim(example_axes: Optional[int], out_shape: tuple, program, explained: list) -> int:
@@ -215,16 +221,16 @@ def _with_keys(layers: list) -> tuple:
     return tuple(out)
 
 
-def top_level_nodes(t: Traced) -> dict:
+def _top_level_nodes(t: _Traced) -> dict:
     """Layer index -> NodeSpec for the nodes outside control flow (they can be tapped)."""
     return {spec.layer.index: spec for spec in t.analysis.nodes.values()}
 
 
-def run(t: Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
+def _run(t: _Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
     """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
 
     ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
-    nodes = top_level_nodes(t)
+    nodes = _top_level_nodes(t)
     eqns = t.analysis.program.eqns
     taps = {}
     for i in tapped:
@@ -248,12 +254,12 @@ def run(t: Traced, target, output_relevance, tapped: Sequence[int] = (), masks: 
     x_leaves = [t.flat_args[j] for j in t.explained]
     start_taps = [jnp.zeros(v.shape, v.dtype) for v in t.starts]
     out, pull = jax.vjp(f, x_leaves, taps, start_taps)
-    seed = initial_relevance(out, target, output_relevance, t.example_ndim)
+    seed = _initial_relevance(out, target, output_relevance, t.example_ndim)
     rel, tap_rel, start_rel = pull(seed)
     return out, (start_rel if t.starts else rel), tap_rel
 
 
-def unflatten_relevance(t: Traced, leaves: list):
+def _unflatten_relevance(t: _Traced, leaves: list):
     """The relevance in the structure of the explained arguments (``None`` at static
     leaves), or of the start values."""
     if t.starts:
@@ -275,7 +281,9 @@ def _concrete(a) -> Optional[np.ndarray]:
         return None
 
 
-def initial_relevance(out: Array, target, output_relevance, example_ndim: Optional[int] = None) -> Array:
+def _initial_relevance(
+    out: Array, target: Target, output_relevance: Optional[ArrayLike], example_ndim: Optional[int] = None
+) -> Array:
     """The relevance that starts the backward pass.
 
     With ``target`` (an int, an int array over the example axes ``out.shape[:-1]``,
@@ -322,7 +330,7 @@ def initial_relevance(out: Array, target, output_relevance, example_ndim: Option
     return jnp.where(bad[..., None], jnp.nan, out * onehot)
 
 
-def _layer_matcher(layers: Union[None, Matcher, Sequence[Matcher]]):
+def _layer_matcher(layers: LayerSelection) -> Optional[Matcher]:
     if layers is None:
         return None
     if isinstance(layers, (list, tuple)):
@@ -330,7 +338,7 @@ def _layer_matcher(layers: Union[None, Matcher, Sequence[Matcher]]):
     return _composites.as_matcher(layers)
 
 
-def _per_layer(t: Traced, tap_rel) -> dict:
+def _per_layer(t: _Traced, tap_rel) -> dict:
     out = {}
     for i in sorted(tap_rel):
         rel = tap_rel[i][0]
@@ -338,21 +346,21 @@ def _per_layer(t: Traced, tap_rel) -> dict:
     return out
 
 
-def _selected(t: Traced, matcher) -> list:
+def _selected(t: _Traced, matcher) -> list:
     if matcher is None:
         return []
-    return [i for i in top_level_nodes(t) if matcher(t.layers[i])]
+    return [i for i in _top_level_nodes(t) if matcher(t.layers[i])]
 
 
 def value_and_lrp(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., tuple[Array, Any]]:
     """Like :func:`lrp`, but the returned function gives ``(output, relevance)``.
 
     With ``layers=``, it gives ``(output, (relevance, per_layer))``.
@@ -360,14 +368,16 @@ def value_and_lrp(
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None, layers=None):
-        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+    def explain(
+        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
+    ) -> tuple[Array, Any]:
+        t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         matcher = _layer_matcher(layers)
         if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
             patterns = layers if isinstance(layers, (list, tuple)) else [layers]
             _composites.check_matches(patterns, t.layers, strict=comp.strict, where="layers= pattern")
-        out, rel, tap_rel = run(t, target, output_relevance, _selected(t, matcher))
-        relevance = unflatten_relevance(t, rel)
+        out, rel, tap_rel = _run(t, target, output_relevance, _selected(t, matcher))
+        relevance = _unflatten_relevance(t, rel)
         if layers is None:
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
@@ -382,14 +392,14 @@ def value_and_lrp(
 
 
 def lrp(
-    fn: Callable,
+    fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
     *,
     rule: Optional[Rule] = None,
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
-) -> Callable:
+) -> Callable[..., Any]:
     """Layer-wise relevance propagation of ``fn`` as a function transformation.
 
     Parameters
@@ -463,7 +473,9 @@ def lrp(
     vl = value_and_lrp(fn, composite, rule=rule, argnums=argnums, start=start, example_axes=example_axes)
 
     @functools.wraps(fn)
-    def explain(*args, target=None, output_relevance=None, layers=None):
+    def explain(
+        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
+    ) -> Any:
         return vl(*args, target=target, output_relevance=output_relevance, layers=layers)[1]
 
     del explain.__wrapped__

@@ -6,10 +6,13 @@
     graphdef, state = nnx.split(model)
     jaxlrp.lrp(lambda s, x: nnx.merge(graphdef, s)(x), composite)(state, x)  # nnx
 
-This module adds conveniences on top: :func:`explain` and :func:`inspect` take the
-model itself, :func:`lrp` returns a function of ``(variables or state, x)`` for
-``jax.jit``/``jax.vmap``, models in training mode are refused with
-:class:`TrainingModeError`, and nnx layers can be selected by their attribute path.
+This module adds conveniences on top: :func:`lrp`, :func:`value_and_lrp` and
+:func:`inspect` are :func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` and
+:func:`jaxlrp.inspect` of the model itself, each returning a function of
+``(variables or state, x)`` (for ``jax.jit``/``jax.vmap``); :func:`explain` explains
+in one call (``explain(module, variables, x)``, ``explain(nnx_model, x)``); models in
+training mode are refused with :class:`TrainingModeError`; and nnx layers can be
+selected by their attribute path.
 
 Selecting layers
 ----------------
@@ -65,6 +68,7 @@ try:
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
     raise ImportError("jaxlrp.flax needs Flax: pip install 'jaxlrp[flax]'") from e
 
+from . import _paths
 from . import composites as _composites
 from ._errors import TrainingModeError
 from .composites import Composite, Layer, Matcher
@@ -200,16 +204,13 @@ def check_inference_mode(model: Model, *args: Any, method: Method = None) -> Non
 def module_path(layer: Layer) -> str:
     """The module path of a layer whose weight comes from an nnx state.
 
-    Derived from the parameter path: ``"blocks/0/conv1/kernel/value"`` gives
-    ``"blocks/0/conv1"`` (the trailing ``value`` and the parameter's own name are
-    dropped). Empty for layers with no parameter path.
+    Derived from the parameter path, by the rule the core uses to name layers that
+    push no name stack: ``"blocks/0/conv1/kernel/value"`` gives ``"blocks/0/conv1"``
+    (the trailing ``value`` and the parameter's own name are dropped), a parameter
+    of the root module (``"kernel/value"``) gives ``""``, and a plain pytree leaf
+    names itself (``"w1"``). Empty for layers without exactly one parameter path.
     """
-    if not layer.param_paths:
-        return ""
-    parts = layer.param_paths[0].split("/")
-    if parts and parts[-1] == "value":
-        parts = parts[:-1]
-    return "/".join(parts[:-1])
+    return _paths.layer_name(layer.param_paths)
 
 
 def _is_glob(m: Matcher) -> bool:
@@ -301,21 +302,25 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"expected a Flax linen or nnx module, got {type(model).__name__}")
 
 
-def _transform(transform: Callable, model: Model, composite, rule, method) -> Callable:
-    """``transform`` (:func:`jaxlrp.lrp` or :func:`jaxlrp.value_and_lrp`) of a model."""
+def _transform(transform: Callable, model: Model, composite, rule, method, **options: Any) -> Callable:
+    """``transform`` (:func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` or
+    :func:`jaxlrp.inspect`) of a model: a function of ``(variables, x)`` (linen) or
+    ``(state, x)`` (nnx) taking the keywords of the transformed function."""
     _check_model(model)
     if isinstance(model, nnx.Module):
         check_inference_mode(model)
         graphdef, _ = nnx.split(model)
         root = type(model).__name__
-        inner = transform(_nnx_call(graphdef, method), nnx_composite(composite, model, rule=rule))
+        inner = transform(_nnx_call(graphdef, method), nnx_composite(composite, model, rule=rule), **options)
 
         @functools.wraps(inner)
-        def explain_nnx(state, x, *, target=None, output_relevance=None, layers=None):
-            return inner(state, x, target=target, output_relevance=output_relevance, layers=_nnx_layers(layers, root))
+        def explain_nnx(state, x, **kwargs):
+            if "layers" in kwargs:
+                kwargs["layers"] = _nnx_layers(kwargs["layers"], root)
+            return inner(state, x, **kwargs)
 
         return explain_nnx
-    return transform(_linen_apply(model, method), composite, rule=rule)
+    return transform(_linen_apply(model, method), composite, rule=rule, **options)
 
 
 def lrp(
@@ -444,31 +449,33 @@ def explain(
 
 def inspect(
     model: Model,
-    *args: Any,
     composite: Union[Composite, str, None] = None,
+    *,
     rule: Optional[Rule] = None,
-    target: Any = None,
-    output_relevance: Any = None,
     method: Method = None,
     verbose: bool = True,
-) -> Report:
-    """:func:`jaxlrp.inspect` for a Flax model: which rule each layer got and the
-    relevance in and out of it, as a :class:`jaxlrp.diagnostics.Report`.
+) -> Callable[..., Report]:
+    """:func:`jaxlrp.inspect` of a Flax model: which rule each layer got and the
+    relevance in and out of it.
 
-    Called like :func:`explain`: ``inspect(module, variables, x)`` (linen) or
-    ``inspect(model, x)`` (nnx). nnx layers are listed under the keys jaxlrp gives
-    layers without a name (``"conv"``, ``"conv#1"``, ...); their parameter paths
-    say which module they are.
+    A transformation like :func:`lrp`, with the same arguments: the returned function
+    takes ``(variables, x)`` (linen) or ``(state, x)`` (nnx) and the keywords
+    ``target=`` and ``output_relevance=``, and returns a
+    :class:`jaxlrp.diagnostics.Report` (printed as a table if ``verbose``). nnx
+    layers are listed under the keys jaxlrp gives layers without a name stack,
+    their module paths (``"blocks/0/conv1"``, see :func:`module_path`).
+
+    Raises
+    ------
+    TrainingModeError
+        As :func:`lrp`.
+
+    Examples
+    --------
+    >>> report = jaxlrp.flax.inspect(model, composites.EpsilonPlusFlat(), verbose=False)(variables, x)
+    >>> report = jaxlrp.flax.inspect(nnx_model, verbose=False)(nnx.state(nnx_model), x)
     """
-    full = _model_args(model, args, "inspect")
-    if isinstance(model, nnx.Module):
-        check_inference_mode(model)
-        graphdef, _ = nnx.split(model)
-        fn, comp = _nnx_call(graphdef, method), nnx_composite(composite, model, rule=rule)
-        return _jaxlrp_inspect(fn, comp, verbose=verbose)(*full, target=target, output_relevance=output_relevance)
-    return _jaxlrp_inspect(_linen_apply(model, method), composite, rule=rule, verbose=verbose)(
-        *full, target=target, output_relevance=output_relevance
-    )
+    return _transform(_jaxlrp_inspect, model, composite, rule, method, verbose=verbose)
 
 
 # ----------------------------------------------------------------- linen -> nnx
@@ -480,15 +487,6 @@ def _collection(var: Any) -> Optional[str]:
     if isinstance(var, nnx.Param):
         return "params"
     return None
-
-
-def _lookup(tree: Mapping, path: Sequence) -> Any:
-    node = tree
-    for p in path:
-        if not isinstance(node, Mapping) or str(p) not in node:
-            return None
-        node = node[str(p)]
-    return node
 
 
 def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
@@ -520,7 +518,7 @@ def load_linen_variables(model: nnx.Module, variables: Mapping) -> None:
         coll = _collection(var)
         if coll is None:
             continue
-        value = _lookup(variables.get(coll, {}), path)
+        value = _paths.lookup(variables.get(coll, {}), path)
         name = "/".join((coll,) + tuple(str(p) for p in path))
         if value is None or isinstance(value, Mapping):
             missing.append(name)

@@ -19,10 +19,13 @@ import pathlib
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:  # matplotlib is the optional `viz` extra, imported where it is used
+    from matplotlib.figure import Figure
 
 __all__ = [
     "COLORMAPS",
@@ -1003,7 +1006,7 @@ def relevance_figure(
     reduce: str = "sum",
     tile_inches: float = 1.4,
     fontsize: float = 10.0,
-):
+) -> Figure:
     r"""A publication figure: the inputs on top, one row of heatmaps per method.
 
     Each row is labelled once, on its left, with the method's name, and shares one
@@ -1097,7 +1100,7 @@ def relevance_figure(
     return fig
 
 
-def save_figure(path: str | pathlib.Path, figure, dpi: int = 150) -> pathlib.Path:
+def save_figure(path: str | pathlib.Path, figure: Figure, dpi: int = 150) -> pathlib.Path:
     """Write a matplotlib figure (PNG, PDF or SVG after the suffix), creating parent
     directories; returns the path."""
     target = pathlib.Path(path)

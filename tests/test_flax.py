@@ -98,7 +98,7 @@ def test_linen_name_stack_matching(nets):
     a = jf.explain(linen, variables, x, composite=by_name)
     np.testing.assert_array_equal(a, jf.explain(linen, variables, x, composite=by_param))
     assert not np.allclose(a, jf.explain(linen, variables, x))
-    report = jf.inspect(linen, variables, x, composite=by_name, verbose=False)
+    report = jf.inspect(linen, by_name, verbose=False)(variables, x)
     assert [r.rule.split("(")[0] for r in report.rows if r.kind == "conv"] == ["Epsilon", "Flat"]
 
 
@@ -167,10 +167,17 @@ def test_nnx_per_layer_relevance(nets):
 
 def test_nnx_inspect(nets):
     _, _, model, x = nets
-    report = jf.inspect(model, x, composite=composites.Composite([("blocks/0/conv1", rules.Flat())]), verbose=False)
+    comp = composites.Composite([("blocks/0/conv1", rules.Flat())])
+    report = jf.inspect(model, comp, verbose=False)(nnx.state(model), x, target=0)
     rules_by_param = {r.param_paths[0]: r.rule for r in report.rows if r.param_paths}
     assert rules_by_param["blocks/0/conv1/kernel/value"].startswith("Flat")
     assert rules_by_param["blocks/1/conv1/kernel/value"].startswith("Epsilon")
+    # the same table as jaxlrp.inspect of the state function, under the nnx module paths
+    rows = {r.key: r.rule for r in report.rows if r.param_paths}
+    assert rows["blocks/0/conv1"].startswith("Flat")
+    graphdef, state = nnx.split(model)
+    fn = lambda s, x: nnx.merge(graphdef, s)(x)  # noqa: E731
+    assert jaxlrp.inspect(fn, jf.nnx_composite(comp, model), verbose=False)(state, x, target=0) == report
 
 
 def test_module_path():
@@ -179,6 +186,11 @@ def test_module_path():
     assert jf.module_path(layer) == "blocks/0/conv1"
     assert jf.module_path(dataclasses.replace(layer, param_paths=("params/Dense_0/kernel",))) == "params/Dense_0"
     assert jf.module_path(dataclasses.replace(layer, param_paths=())) == ""
+    # the core's rule for layers without a name stack (jaxlrp._paths): a parameter of the
+    # root module has the root's empty path, a plain pytree leaf names itself
+    assert jf.module_path(dataclasses.replace(layer, param_paths=("kernel/value",))) == ""
+    assert jf.module_path(dataclasses.replace(layer, param_paths=("w1",))) == "w1"
+    assert jf.module_path(dataclasses.replace(layer, param_paths=("a/kernel/value", "b/kernel/value"))) == ""
 
 
 def test_nnx_composite_keeps_order_and_kinds():
@@ -237,7 +249,7 @@ def test_nnx_training_mode():
     assert e.value.layers == ("layers/1 (BatchNorm: use_running_average=False normalises with batch statistics)",
                               "layers/2 (Dropout: deterministic=False applies random dropout)")
     with pytest.raises(jf.TrainingModeError):
-        jf.inspect(model, x)
+        jf.inspect(model)
     model.eval()
     assert jf.explain(model, x).shape == x.shape
 

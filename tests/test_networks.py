@@ -188,9 +188,9 @@ def test_sign_inference_marks_relu_inputs_and_changes_nothing():
     """Inputs known to be >= 0 (after ReLU and max pooling) let z+, gamma and
     alpha-beta skip the negative-input terms; the relevance is the same."""
     layers, fn, params, x = _net("cnn", seed=7)
-    from jaxlrp.explain import trace
+    from jaxlrp.explain import _trace
 
-    t = trace(fn, composites.Composite(), None, (params, x))
+    t = _trace(fn, composites.Composite(), None, (params, x))
     flags = {l.key: l.nonnegative for l in t.layers if l.kind in ("conv", "dense")}
     assert flags == {"layer0": False, "layer3": True, "layer7": True, "layer9": True}
     for rule in (rules.ZPlus(), rules.Gamma(0.5), rules.AlphaBeta(2.0, 1.0)):

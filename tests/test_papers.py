@@ -20,7 +20,7 @@ import pytest
 
 import jaxlrp
 from jaxlrp import composites, diagnostics, rules, variants
-from jaxlrp.explain import trace
+from jaxlrp.explain import _trace
 from jaxlrp.models import recurrent
 
 RNG = np.random.default_rng(0)
@@ -336,7 +336,7 @@ class _Tiers(nn.Module):
 def _assigned(comp, x):
     m = _Tiers()
     v = m.init(jax.random.PRNGKey(0), x)
-    t = trace(m.apply, comp, None, (v, x))
+    t = _trace(m.apply, comp, None, (v, x))
     return {l.key.split("/")[-1]: type(t.rules[l.index]).__name__ for l in t.layers if l.kind != "activation"}
 
 

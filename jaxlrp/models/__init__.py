@@ -13,7 +13,8 @@ sequences          ``SequenceCNN`` (1-D, one-hot DNA: 4 channels)          :func
 The linen models are exported here (``jaxlrp.models.VGG`` is
 :class:`jaxlrp.models.linen.VGG`); the nnx twins, with the same layer names, are in
 :mod:`jaxlrp.models.nnx`. Images are NHWC, sequences NLC. Pretrained torchvision
-weights load with :func:`load_torchvision`.
+weights load with :func:`load_torchvision`; :func:`fit` trains a small classifier in
+seconds (Adam on cross-entropy, with optax from the ``demo`` extra).
 
 >>> from jaxlrp import models
 >>> import jaxlrp.flax
@@ -27,6 +28,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
     raise ImportError("jaxlrp.models needs Flax: pip install 'jaxlrp[flax]'") from e
 
 from . import linen, nnx, presets, recurrent, transformer  # noqa: E402
+from ._training import fit
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
 from .recurrent import (
     EchoStateNetwork,
@@ -52,6 +54,7 @@ from .torchvision import NAMES as TORCHVISION_NAMES
 from .torchvision import load_torchvision, torchvision_keys
 
 __all__ = [
+    "fit",
     "recurrent",
     "EchoStateNetwork",
     "landt_hayen_esn",

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _common as C
 from . import linen as L
+from .._paths import lookup
 
 __all__ = ["load_torchvision", "torchvision_keys", "NAMES"]
 
@@ -244,7 +245,7 @@ def load_torchvision(
     variables: dict = {}
     wrong = []
     for key, (coll, path, kind) in keys.items():
-        expected = _torch_shape(_lookup(abstract[coll], path).shape, kind)
+        expected = _torch_shape(lookup(abstract[coll], path).shape, kind)
         a = np.asarray(arrays[key])
         if a.shape != expected:
             wrong.append(f"{key!r}: {a.shape}, expected {expected}")
@@ -253,10 +254,4 @@ def load_torchvision(
     if wrong:
         raise ValueError(f"arrays of the wrong shape for {name}: " + "; ".join(wrong))
     return model, variables
-
-
-def _lookup(tree: Mapping, path: tuple) -> Any:
-    for p in path:
-        tree = tree[p]
-    return tree
 
