@@ -63,8 +63,21 @@ __all__ = [
     "WinnerTakesAll",
     "MaxPoolProportional",
     "WEIGHTED_KINDS",
+    # the modified-gradient engine
+    "propagate",
+    "Term",
+    "Branch",
     "Combo",
+    "LAYER_WEIGHT",
+    "POSITIVE_WEIGHT",
     "after",
+    "sign_parts",
+    "signed_branches",
+    "layer_bias",
+    "positive",
+    "negative",
+    "stabilize",
+    "divide",
 ]
 
 #: Layer kinds that have a weight (``dot_general`` / ``conv_general_dilated``).
@@ -151,6 +164,10 @@ class Rule:
 
 
 # ----------------------------------------------------------------------------- engine
+#
+# The modified-gradient engine of the module docstring, public so that a rule written
+# outside the package is a few lines of data: a list of :class:`Term`, each a list of
+# :class:`Branch`, handed to :func:`propagate`. No VJP code is needed.
 
 
 def _stabilize(d: Array, eps: float) -> Array:
@@ -163,17 +180,41 @@ def _divide(r: Array, d: Array) -> Array:
     return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
 
 
+def stabilize(d: Array, epsilon: Any) -> Array:
+    r"""Zennit's stabiliser :math:`d + \epsilon\,\mathrm{sign}(d)` with :math:`\mathrm{sign}(0) = +1`.
+
+    Parameters
+    ----------
+    d:
+        Denominators.
+    epsilon:
+        ``>= 0``; a scalar or an array broadcastable against ``d``.
+    """
+    return _stabilize(d, epsilon)
+
+
+def divide(r: Array, d: Array) -> Array:
+    """``r / d``, with ``0`` (never NaN or infinity) where ``d`` is exactly zero."""
+    return _divide(r, d)
+
+
 @jax.custom_jvp
 def after(w: Array, r: Array) -> Array:
-    """``w``, made to depend on ``r``, for deriving modified weights from.
+    """``w``, made to depend on ``r``: derive modified weights from ``after(node.weight, relevance)``.
 
-    A rule's modified weights (``W+``, folded BatchNorm scales, ...) depend on the
-    parameters only, so XLA's scheduler computes those of every layer at the start
-    of the program and keeps them alive to the end (and drops
-    ``optimization_barrier`` on CPU). Derived from ``after(w, relevance)`` they are
-    made layer by layer as the relevance arrives. Adds ``0 * r[0]`` (``r[0]``
-    replaced by 0 where it is not finite), fused into the derivation; under ``vmap`` the first example's, so ``w`` stays unbatched.
-    Its derivative is that of ``w`` alone.
+    A rule's modified weights (:math:`W^+`, :math:`W^2`, folded BatchNorm scales,
+    ...) depend on the parameters only, so XLA's scheduler computes those of every
+    layer at the start of the backward program and keeps them all alive to its
+    end: peak memory grows by a copy of the model per modified weight (and
+    ``optimization_barrier`` does not prevent it on CPU). Derived from
+    ``after(w, relevance)`` they are made layer by layer as the relevance arrives
+    and freed after use. The value is ``w`` exactly: ``0 * r[0]`` is added (``r[0]``
+    replaced by 0 where it is not finite, so a NaN marking one example cannot reach
+    the weights), which XLA fuses into the derivation; under ``vmap`` the first
+    example's, so ``w`` stays unbatched. Its derivative is that of ``w`` alone.
+
+    Optional: results are the same without it, only the memory profile differs.
+    :func:`propagate` applies it itself to the :math:`W^+` of :data:`POSITIVE_WEIGHT`.
     """
     return _after(w, r)
 
@@ -200,111 +241,312 @@ def _after_vmap(axis_size, in_batched, w, r):
     return _after(w, r[0] if r_batched else r), w_batched
 
 
-def _pos(a: Array) -> Array:
+def positive(a: Array) -> Array:
+    """:math:`a^+ = \\max(a, 0)`."""
     return jnp.maximum(a, 0)
 
 
-def _neg(a: Array) -> Array:
+def negative(a: Array) -> Array:
+    """:math:`a^- = \\min(a, 0)`."""
     return jnp.minimum(a, 0)
 
 
-class Combo(NamedTuple):
-    """The weight ``a * W + b * W+`` (``W`` the layer's weight, ``W+ = max(W, 0)``).
+_pos, _neg = positive, negative
 
-    A rule may give a modified weight this way; the engine then evaluates the
-    layer on the two basis weights only: the product with ``W`` at the layer's own
-    input is its forward output ``z`` (no recomputation), and each basis weight
-    needs one transposed product however many terms use it. Use it only where no
-    denominator becomes a difference of nearly equal products: a denominator that
-    should be exactly zero would become rounding noise, amplified by the division
-    (e.g. ``W- = W - W+`` in the negative part of alpha-beta). Gamma qualifies:
-    its denominators are at least ``|z|`` in size.
+
+class Combo(NamedTuple):
+    r"""The modified weight :math:`a W + b W^+` (:math:`W` the layer's weight), given symbolically.
+
+    A :class:`Branch` may give its weight this way instead of as an array; the
+    engine then evaluates the layer on the two basis weights only, and shares them
+    between all branches and terms:
+
+    * the product with :math:`W` at the layer's own inputs is its forward output
+      :math:`z` (``node.output``, minus the bias): no product is recomputed;
+    * :math:`W^+` is derived once (from :func:`after`), its forward product at each
+      input is computed once, and each basis weight needs one transposed product
+      however many terms use it (the transposed product is linear, so the engine
+      sums the quotients first).
+
+    Use it only where no denominator becomes a difference of nearly equal
+    products: a denominator that should be exactly zero would become rounding
+    noise, amplified by the division. :math:`W^- = W - W^+` in the negative part of
+    alpha-beta is such a case (give :math:`W^-` as an array there); gamma's
+    :math:`W + \gamma W^+` is not: its denominators are at least :math:`|z|` in
+    size, where they are used.
+
+    Attributes
+    ----------
+    a:
+        Coefficient of :math:`W`.
+    b:
+        Coefficient of :math:`W^+`.
     """
 
     a: float
     b: float
 
 
-W, W_POS = Combo(1.0, 0.0), Combo(0.0, 1.0)
+#: :math:`W`, the layer's own weight, as a :class:`Combo` (forward product free at the layer's own inputs).
+LAYER_WEIGHT = Combo(1.0, 0.0)
+#: :math:`W^+ = \max(W, 0)` as a :class:`Combo` (derived once per layer, products shared).
+POSITIVE_WEIGHT = Combo(0.0, 1.0)
 
 
-class _Branch(NamedTuple):
-    inputs: tuple  # modified inputs (point of evaluation and multiplier)
-    weight: Any  # a modified weight array, a Combo, or None (parameter-free nodes)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Branch:
+    r"""One summand :math:`c\, \tilde x \odot \rho(W)` of a :class:`Term`.
+
+    Attributes
+    ----------
+    inputs:
+        The modified inputs :math:`\tilde x`, one per entry of ``node.inputs``: the
+        point at which the layer is evaluated, and the multiplier of its transposed
+        product. An input that is the same for every example (a bound of
+        :class:`ZBox`, the ones of :class:`Flat`) may be given with size-1 example
+        axes (``node.example_ndim`` leading axes): its forward product is then
+        computed once instead of once per example.
+    weight:
+        The modified weight :math:`\rho(W)`: an array of the weight's shape, a
+        :class:`Combo` of :math:`W` and :math:`W^+` (products shared, see there), or
+        ``None`` for parameter-free nodes (sums, pooling, softmax).
+    coef:
+        The coefficient :math:`c`.
+    """
+
+    inputs: tuple
+    weight: Any = None
     coef: float = 1.0
 
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
 
-class _Term(NamedTuple):
-    branches: Sequence[_Branch]
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Term:
+    r"""One quotient of the modified-gradient formula (module docstring).
+
+    .. math::
+
+        R_{\text{in}} \mathrel{+}= \text{scale} \sum_i c_i\, \tilde x_i \odot
+            \rho_i(W)^\top \frac{m \odot R}{\operatorname{stab}(d)},
+        \qquad d = \sum_i c_i\, \rho_i(W)\, \tilde x_i + \tilde b .
+
+    Attributes
+    ----------
+    branches:
+        The :class:`Branch` es :math:`i`, at least one.
+    bias:
+        The modified bias :math:`\tilde b` (broadcastable to ``node.output``), or
+        ``None`` for none. It enters the denominator only: give ``node.bias`` to
+        keep the layer's bias, a function of it (:math:`b^+` in :math:`z^+`, ...), or
+        ``None`` to drop it, which conserves relevance.
+    mask:
+        A boolean array broadcastable to the relevance: only where it is true does
+        the term pass relevance (gamma's :math:`z > 0` and :math:`z < 0` parts);
+        ``None``: everywhere.
+    scale:
+        Multiplies the term's relevance (alpha-beta's :math:`\alpha` and :math:`-\beta`).
+    denominator:
+        :math:`d`, if already known (``node.output`` for epsilon): then the branches
+        are only pulled back, never evaluated forward, and ``bias`` is not added.
+    """
+
+    branches: tuple
     bias: Optional[Array] = None
     mask: Optional[Array] = None
     scale: float = 1.0
-    denominator: Optional[Array] = None  # use instead of recomputing the forward
+    denominator: Optional[Array] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "branches", tuple(self.branches))
+        if not self.branches:
+            raise ValueError("a Term needs at least one Branch")
+        for br in self.branches:
+            if not isinstance(br, Branch):
+                raise TypeError(f"Term.branches holds Branch objects, got {type(br).__name__}")
 
 
-def _propagate(node: Node, relevance: Array, terms: Sequence[_Term], eps: float) -> tuple:
-    """Evaluate the modified-gradient formula of the module docstring.
+class _Product:
+    """One distinct (inputs, weight) pair: its forward value, pullback and summed cotangent."""
 
-    Products are shared between terms: each distinct pair of (inputs, weight) is
-    evaluated forward at most once and pulled back once, with the sum of the
-    relevance quotients that use it (the transposed product is linear).
-    """
-    products = {}  # (ids of inputs, weight key) -> [inputs, weight, forward value, pullback, cotangent]
-    w_pos = []  # W+, made once when first needed
+    __slots__ = ("inputs", "weight", "value", "pull", "cotangent")
 
-    def basis(br: _Branch) -> list:
+    def __init__(self, inputs: tuple, weight: Any):
+        self.inputs, self.weight = inputs, weight
+        self.value = self.pull = self.cotangent = None
+
+    def forward(self, node: Node) -> Array:
+        if self.value is None:
+            self.value, self.pull = jax.vjp(lambda *xs: node.apply(xs, self.weight), *self.inputs)
+        return self.value
+
+    def add(self, cotangent: Array) -> None:
+        self.cotangent = cotangent if self.cotangent is None else self.cotangent + cotangent
+
+
+class _Products:
+    """The products of one :func:`propagate` call, keyed by (ids of inputs, weight key)."""
+
+    def __init__(self, node: Node, relevance: Array):
+        self.node, self.relevance = node, relevance
+        self.table: dict = {}
+        self._w_pos: Optional[Array] = None
+
+    def w_pos(self) -> Array:
+        if self._w_pos is None:  # made once, when first needed
+            self._w_pos = _pos(after(self.node.weight, self.relevance))
+        return self._w_pos
+
+    def basis(self, br: Branch) -> list:
         """``[(key, coefficient, weight)]`` of a branch's weight."""
         if not isinstance(br.weight, Combo):
             return [(id(br.weight), 1.0, br.weight)]
         out = []
         if br.weight.a:
-            own = all(a is b for a, b in zip(br.inputs, node.inputs))
-            out.append(("own" if own else "w", br.weight.a, node.weight))
+            own = all(a is b for a, b in zip(br.inputs, self.node.inputs))
+            out.append(("own" if own else "w", br.weight.a, self.node.weight))
         if br.weight.b:
-            w_pos[:] = w_pos or [_pos(after(node.weight, relevance))]
-            out.append(("w+", br.weight.b, w_pos[0]))
+            out.append(("w+", br.weight.b, self.w_pos()))
         return out
 
-    def entry(br: _Branch, key, weight) -> list:
+    def entry(self, br: Branch, key: Any, weight: Any) -> _Product:
         k = (tuple(id(a) for a in br.inputs), key)
-        if k not in products:
-            products[k] = [br.inputs, weight, None, None, None]
-        return products[k]
+        if k not in self.table:
+            self.table[k] = _Product(br.inputs, weight)
+        return self.table[k]
 
-    quotients = []
+    def pull_back(self) -> tuple:
+        """:math:`\\sum` over products of inputs times the transposed product of the summed cotangents."""
+        node = self.node
+        out = [jnp.zeros_like(x) for x in node.inputs]
+        for p in self.table.values():
+            if p.pull is None:
+                _, p.pull = jax.vjp(lambda *xs, w=p.weight: node.apply(xs, w), *p.inputs)
+            for k, g in enumerate(p.pull(p.cotangent)):
+                out[k] = out[k] + p.inputs[k] * g
+        return tuple(out)
+
+
+def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -> Array:
+    """:math:`m \\odot R / \\operatorname{stab}(d)` of one term."""
+    node = products.node
+    d, bias = term.denominator, term.bias
+    if d is None:
+        for br in term.branches:
+            for key, c, w in products.basis(br):
+                e = products.entry(br, key, w)
+                if key == "own":  # z = x W + b is known; its bias moves into the bias sum
+                    z = node.output
+                    if node.bias is not None:
+                        bias = -br.coef * c * node.bias if bias is None else bias - br.coef * c * node.bias
+                else:
+                    z = e.forward(node)
+                d = br.coef * c * z if d is None else d + br.coef * c * z
+        if bias is not None:
+            d = d + bias
+    r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
+    return _divide(r, _stabilize(d, epsilon))
+
+
+def _check_terms(node: Node, terms: Sequence[Term]) -> None:
+    if not terms:
+        raise ValueError("propagate needs at least one Term")
     for term in terms:
-        d, bias = term.denominator, term.bias
-        if d is None:
-            for br in term.branches:
-                for key, c, w in basis(br):
-                    e = entry(br, key, w)
-                    if key == "own":  # z = x W + b is known; its bias moves into the bias sum
-                        z = node.output
-                        if node.bias is not None:
-                            bias = -br.coef * c * node.bias if bias is None else bias - br.coef * c * node.bias
-                    else:
-                        if e[2] is None:
-                            e[2], e[3] = jax.vjp(lambda *xs, w=w: node.apply(xs, w), *br.inputs)
-                        z = e[2]
-                    d = br.coef * c * z if d is None else d + br.coef * c * z
-            if bias is not None:
-                d = d + bias
-        r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
-        s = _divide(r, _stabilize(d, eps))
-        quotients.append(s)
+        if not isinstance(term, Term):
+            raise TypeError(f"propagate takes Term objects, got {type(term).__name__}")
+        for br in term.branches:
+            if len(br.inputs) != len(node.inputs):
+                raise ValueError(f"a Branch has {len(br.inputs)} inputs, the {node.kind} node has {len(node.inputs)}")
+            if isinstance(br.weight, Combo) and br.weight.b and node.weight is None:
+                raise ValueError(f"a Combo with W+ needs a weighted layer, the {node.kind} node has no weight")
+
+
+def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any) -> tuple:
+    r"""Evaluate the modified-gradient formula: the relevance of each of ``node.inputs``.
+
+    .. math::
+
+        R_{\text{in}} = \sum_t \text{scale}_t \sum_i c_i\, \tilde x_i \odot
+            \rho_i(W)^\top \Big( \frac{m_t \odot R}{\operatorname{stab}(d_t)} \Big),
+        \qquad d_t = \sum_i c_i\, \rho_i(W)\, \tilde x_i + \tilde b_t,
+
+    with :math:`\operatorname{stab}(d) = d + \epsilon\,\mathrm{sign}(d)`,
+    :math:`\mathrm{sign}(0) = +1`, and zero relevance where a stabilised denominator
+    is exactly zero. Both products are the layer's own: the forward product is
+    ``node.apply(inputs, weight)``, the transposed one its vector-Jacobian product,
+    so layouts, strides, padding, dilation and feature groups need no code.
+
+    Products are shared: each distinct pair (inputs, weight) -- by identity, so
+    reuse the same array objects across terms -- is evaluated forward at most once
+    and pulled back once, with the sum of the quotients that use it. A
+    :class:`Combo` weight at the layer's own inputs costs no forward product
+    (:math:`z` is ``node.output``). A rule that knows the sign of the input
+    (``node.nonnegative``, inferred from the program: outputs of ReLU, max
+    pooling of those, ...) should drop the branches of :math:`x^-`, which are
+    exactly zero: :func:`sign_parts` does that.
+
+    Parameters
+    ----------
+    node:
+        The layer, as the rule received it.
+    relevance:
+        :math:`R`, the relevance at the layer's output.
+    terms:
+        The :class:`Term` s :math:`t`.
+    epsilon:
+        The stabiliser :math:`\epsilon \ge 0`, a scalar or an array broadcastable
+        to the output (per-example values, as :class:`EpsilonStd` uses).
+
+    Returns
+    -------
+    tuple
+        One relevance array per entry of ``node.inputs``, of its shape.
+
+    Raises
+    ------
+    ValueError
+        No terms, a branch with a different number of inputs than the node, or a
+        :class:`Combo` with :math:`W^+` on a node without weight.
+    """
+    _check_terms(node, terms)
+    products = _Products(node, relevance)
+    quotients = [_quotient(products, term, relevance, epsilon) for term in terms]
     for term, s in zip(terms, quotients):
         for br in term.branches:
-            for key, c, w in basis(br):
-                e = entry(br, key, w)
-                contribution = (term.scale * br.coef * c) * s
-                e[4] = contribution if e[4] is None else e[4] + contribution
-    out = [jnp.zeros_like(x) for x in node.inputs]
-    for inputs, weight, _, pull, cotangent in products.values():
-        if pull is None:
-            _, pull = jax.vjp(lambda *xs, w=weight: node.apply(xs, w), *inputs)
-        for k, g in enumerate(pull(cotangent)):
-            out[k] = out[k] + inputs[k] * g
-    return tuple(out)
+            for key, c, w in products.basis(br):
+                products.entry(br, key, w).add((term.scale * br.coef * c) * s)
+    return products.pull_back()
+
+
+def sign_parts(node: Node) -> tuple:
+    """``(x+, x-)`` of the layer's single input, or ``(x,)`` where ``node.nonnegative``.
+
+    With :func:`signed_branches`, the sign-split form :math:`x^+ \\rho^+(W) + x^- \\rho^-(W)`
+    of alpha-beta, :math:`z^+` and gamma, without the branches that are zero.
+    """
+    (x,) = node.inputs
+    return (x,) if node.nonnegative else (_pos(x), _neg(x))
+
+
+def signed_branches(parts: tuple, for_positive: Any, for_negative: Any) -> list:
+    """Branches :math:`x^+ \\cdot` ``for_positive`` :math:`+\\, x^- \\cdot` ``for_negative`` over :func:`sign_parts`.
+
+    The weights are arrays or :class:`Combo` s; where the input is known to be
+    non-negative only the first branch is made.
+    """
+    return [Branch((x,), w) for x, w in zip(parts, (for_positive, for_negative))]
+
+
+def layer_bias(node: Node, ignore: bool = False, transform: Optional[Callable[[Array], Array]] = None) -> Optional[Array]:
+    """The bias a :class:`Term` adds to its denominator: ``transform(node.bias)``, or ``None``.
+
+    ``None`` where ``ignore`` (rules' ``ignore_bias``, which conserves relevance) or
+    where the layer has no bias; ``transform`` maps the bias (:func:`positive` for
+    :math:`z^+`, ``jnp.square`` for :math:`w^2`, ...).
+    """
+    b = None if ignore else node.bias
+    return b if b is None or transform is None else transform(b)
 
 
 def _bias(node: Node, ignore: bool) -> Optional[Array]:
@@ -351,8 +593,8 @@ class Epsilon(Rule):
     def __call__(self, node, relevance):
         b = _bias(node, self.ignore_bias)
         denominator = node.output if b is node.bias else None
-        term = _Term([_Branch(node.inputs, node.weight)], bias=b, denominator=denominator)
-        return _propagate(node, relevance, [term], self.epsilon)
+        term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=denominator)
+        return propagate(node, relevance, [term], self.epsilon)
 
 
 def Zero(ignore_bias: bool = False) -> Epsilon:
@@ -383,27 +625,18 @@ class ZPlus(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _positive_term(node, _parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = _positive_term(node, sign_parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
-def _parts(node: Node) -> tuple:
-    """``(x+, x-)`` of the layer's input, or ``(x,)`` where ``x >= 0`` is known."""
-    (x,) = node.inputs
-    return (x,) if node.nonnegative else (_pos(x), _neg(x))
 
 
-def _signed(parts: tuple, w_pos, w_neg) -> list:
-    """Branches ``x+ w_pos + x- w_neg`` over the :func:`_parts` of the input."""
-    return [_Branch((x,), w) for x, w in zip(parts, (w_pos, w_neg))]
+def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> Term:
+    return Term(signed_branches(parts, POSITIVE_WEIGHT, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
 
 
-def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> _Term:
-    return _Term(_signed(parts, W_POS, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
-
-
-def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> _Term:
-    return _Term(_signed(parts, w_neg, W_POS), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
+def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> Term:
+    return Term(signed_branches(parts, w_neg, POSITIVE_WEIGHT), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,11 +673,11 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
     def __call__(self, node, relevance):
-        parts, w_neg = _parts(node), _neg(after(node.weight, relevance))  # shared by the terms
+        parts, w_neg = sign_parts(node), _neg(after(node.weight, relevance))  # shared by the terms
         terms = [_positive_term(node, parts, w_neg, self.ignore_bias, self.alpha)]
         if self.beta:
             terms.append(_negative_term(node, parts, w_neg, self.ignore_bias, -self.beta))
-        return _propagate(node, relevance, terms, self.stabilizer)
+        return propagate(node, relevance, terms, self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,12 +711,12 @@ class Gamma(Rule):
     def __call__(self, node, relevance):
         g, z = self.gamma, node.output
         P, N = Combo(1.0, g), Combo(1.0 + g, -g)  # w + g w+, w + g w-
-        b, parts = _bias(node, self.ignore_bias), _parts(node)
+        b, parts = _bias(node, self.ignore_bias), sign_parts(node)
         terms = [
-            _Term(_signed(parts, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            _Term(_signed(parts, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+            Term(signed_branches(parts, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            Term(signed_branches(parts, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
         ]
-        return _propagate(node, relevance, terms, self.stabilizer)
+        return propagate(node, relevance, terms, self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,8 +757,8 @@ class ZBox(Rule):
         w_ = after(w, relevance)
         low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
         high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
-        term = _Term([_Branch((x,), w), _Branch((low,), _pos(w_), -1.0), _Branch((high,), _neg(w_), -1.0)])
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch((x,), w), Branch((low,), _pos(w_), -1.0), Branch((high,), _neg(w_), -1.0)])
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,8 +781,8 @@ class Flat(Rule):
 
     def __call__(self, node, relevance):
         (x,) = node.inputs
-        term = _Term([_Branch((jnp.ones_like(x),), jnp.ones_like(node.weight))])
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch((jnp.ones_like(x),), jnp.ones_like(node.weight))])
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,11 +809,11 @@ class WSquare(Rule):
 
     def __call__(self, node, relevance):
         (x,) = node.inputs
-        term = _Term(
-            [_Branch((jnp.ones_like(x),), jnp.square(after(node.weight, relevance)))],
+        term = Term(
+            [Branch((jnp.ones_like(x),), jnp.square(after(node.weight, relevance)))],
             bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
         )
-        return _propagate(node, relevance, [term], self.stabilizer)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,8 +836,8 @@ class Norm(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _Term([_Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -628,8 +861,8 @@ class Uniform(Rule):
 
     def __call__(self, node, relevance):
         n = len(node.inputs)
-        term = _Term([_Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -686,8 +919,8 @@ class Softmax(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _Term([_Branch(node.inputs, None)], denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, None)], denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -789,8 +1022,8 @@ class EpsilonStd(Rule):
         c = z - jnp.mean(z, axis=axes, keepdims=True) if self.centered else z
         spread = jnp.sqrt(jnp.mean(jnp.square(c), axis=axes, keepdims=True))
         eps = self.factor * spread + jnp.asarray(self.epsilon, z.dtype)
-        term = _Term([_Branch(node.inputs, node.weight)], bias=b, denominator=z)
-        return _propagate(node, relevance, [term], eps)
+        term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=z)
+        return propagate(node, relevance, [term], eps)
 
 
 @dataclasses.dataclass(frozen=True)
