@@ -74,6 +74,7 @@ __all__ = [
     "sign_parts",
     "signed_branches",
     "layer_bias",
+    "constant_input",
     "positive",
     "negative",
     "stabilize",
@@ -368,21 +369,94 @@ class Term:
 
 
 class _Product:
-    """One distinct (inputs, weight) pair: its forward value, pullback and summed cotangent."""
+    """One distinct (inputs, weight) pair: its forward value and the terms' coefficients on it."""
 
-    __slots__ = ("inputs", "weight", "value", "pull", "cotangent")
+    __slots__ = ("inputs", "weight", "wkey", "value", "pull", "coefs")
 
-    def __init__(self, inputs: tuple, weight: Any):
-        self.inputs, self.weight = inputs, weight
-        self.value = self.pull = self.cotangent = None
+    def __init__(self, inputs: tuple, weight: Any, wkey: Any):
+        self.inputs, self.weight, self.wkey = inputs, weight, wkey
+        self.value = self.pull = None
+        self.coefs: dict = {}  # term index -> coefficient of its quotient in this product's cotangent
 
     def forward(self, node: Node) -> Array:
         if self.value is None:
-            self.value, self.pull = jax.vjp(lambda *xs: node.apply(xs, self.weight), *self.inputs)
+            point = _point(node, self.inputs, self.weight)
+            if _linear(node):  # the transposed product does not depend on the point: no vjp here
+                self.value = node.apply(point, self.weight)
+            else:
+                self.value, self.pull = jax.vjp(lambda *xs: node.apply(xs, self.weight), *point)
         return self.value
 
-    def add(self, cotangent: Array) -> None:
-        self.cotangent = cotangent if self.cotangent is None else self.cotangent + cotangent
+    def add(self, t: int, coef: Any) -> None:
+        self.coefs[t] = coef if t not in self.coefs else self.coefs[t] + coef
+
+    def cotangent(self, quotients: list) -> Array:
+        ct = None
+        for t, c in self.coefs.items():
+            ct = c * quotients[t] if ct is None else ct + c * quotients[t]
+        return ct
+
+
+def _linear(node: Node) -> bool:
+    """Single-input nodes whose ``apply`` is linear in the input (its transpose is point-free)."""
+    return node.kind in WEIGHTED_KINDS | AGGREGATE_KINDS and len(node.inputs) == 1
+
+
+def _point(node: Node, inputs: tuple, weight: Any) -> tuple:
+    """Where to evaluate a product: ``inputs`` as given where they differ from the
+    node's inputs only by size-1 axes along which the layer maps each slice on its
+    own (the batch axis of a convolution, a free axis of ``dot_general``): a bound
+    the same for every example is then multiplied once, not once per example.
+    Anything else is broadcast to the node's input shapes."""
+    full = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(inputs, node.inputs))
+    if all(jnp.shape(a) == x.shape for a, x in zip(inputs, node.inputs)):
+        return inputs
+    if not _linear(node) or jnp.ndim(inputs[0]) != node.inputs[0].ndim:
+        return full
+    x, a = node.inputs[0], inputs[0]
+    shrunk = {i for i, (n, m) in enumerate(zip(jnp.shape(a), x.shape)) if n != m}
+    if any(jnp.shape(a)[i] != 1 for i in shrunk) or not shrunk <= _free_axes(node, weight):
+        return full
+    return inputs
+
+
+def _free_axes(node: Node, weight: Any) -> frozenset:
+    """Axes of the input that the layer's single product maps slice by slice (none
+    if ``apply`` is anything but one ``conv_general_dilated`` or ``dot_general``
+    applied to the input itself)."""
+    x = node.inputs[0]
+    try:
+        jaxpr = jax.make_jaxpr(lambda x_: node.apply((x_,), weight))(jax.ShapeDtypeStruct(x.shape, x.dtype)).jaxpr
+    except Exception:  # noqa: BLE001 -- not traceable on its own: assume nothing
+        return frozenset()
+    if len(jaxpr.eqns) != 1 or jaxpr.eqns[0].outvars[0] is not jaxpr.outvars[0]:
+        return frozenset()
+    (e,), v = jaxpr.eqns, jaxpr.invars[0]
+    ops = [u is v for u in e.invars]
+    if e.primitive.name == "conv_general_dilated" and ops == [True, False]:
+        if e.params["batch_group_count"] != 1:
+            return frozenset()
+        return frozenset({e.params["dimension_numbers"].lhs_spec[0]})
+    if e.primitive.name == "dot_general" and sorted(ops) == [False, True]:
+        side = ops.index(True)
+        (contract, batch) = (d[side] for d in e.params["dimension_numbers"])
+        return frozenset(range(x.ndim)) - set(contract) - set(batch)
+    return frozenset()
+
+
+def _concrete(c: Any) -> bool:
+    return isinstance(c, (int, float)) and not isinstance(c, bool)
+
+
+def _parallel(a: dict, b: dict) -> Optional[float]:
+    """``l`` with ``b == l * a`` (concrete coefficients over the same terms), else ``None``."""
+    if a.keys() != b.keys() or not all(_concrete(c) for c in (*a.values(), *b.values())):
+        return None
+    t0 = next(iter(a))
+    if a[t0] == 0:
+        return None
+    lam = b[t0] / a[t0]
+    return lam if all(abs(b[t] - lam * a[t]) <= 1e-12 * abs(b[t]) + 1e-300 for t in a) else None
 
 
 class _Products:
@@ -413,19 +487,75 @@ class _Products:
     def entry(self, br: Branch, key: Any, weight: Any) -> _Product:
         k = (tuple(id(a) for a in br.inputs), key)
         if k not in self.table:
-            self.table[k] = _Product(br.inputs, weight)
+            self.table[k] = _Product(br.inputs, weight, "w" if key == "own" else key)
         return self.table[k]
 
-    def pull_back(self) -> tuple:
-        """:math:`\\sum` over products of inputs times the transposed product of the summed cotangents."""
+    def pull_back(self, quotients: list) -> tuple:
+        """:math:`\\sum` over products of inputs times the transposed product of their cotangents."""
+        if _linear(self.node):
+            return (self._pull_back_linear(quotients),)
         node = self.node
         out = [jnp.zeros_like(x) for x in node.inputs]
         for p in self.table.values():
             if p.pull is None:
-                _, p.pull = jax.vjp(lambda *xs, w=p.weight: node.apply(xs, w), *p.inputs)
-            for k, g in enumerate(p.pull(p.cotangent)):
+                point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
+                _, p.pull = jax.vjp(lambda *xs, w=p.weight: node.apply(xs, w), *point)
+            for k, g in enumerate(p.pull(p.cotangent(quotients))):
                 out[k] = out[k] + p.inputs[k] * g
         return tuple(out)
+
+    def _pull_back_linear(self, quotients: list) -> Array:
+        """One transposed product per weight and cotangent direction.
+
+        The transpose of a linear layer is the same at every input, so products
+        with the same weight share it: those whose cotangents are proportional
+        (gamma's :math:`x^+` and :math:`x^-` on :math:`W^+`, z-box's :math:`x` and
+        :math:`h` on :math:`W`) need one, or, where fewer, one per term.
+        """
+        (x,) = self.node.inputs
+        groups: dict = {}
+        for p in self.table.values():
+            groups.setdefault(p.wkey, []).append(p)
+        out = jnp.zeros_like(x)
+        for ps in groups.values():
+            _, pull = jax.vjp(lambda x_, w=ps[0].weight: self.node.apply((x_,), w), x)
+            for multiplier, ct in _directions(ps, quotients):
+                (g,) = pull(ct)
+                out = out + multiplier * g
+        return out
+
+
+def _directions(ps: list, quotients: list) -> list:
+    """``[(multiplier, cotangent)]`` with ``sum multiplier * W^T cotangent`` equal to the
+    products' ``sum x_p * W^T cotangent_p``, as few as proportional cotangents allow."""
+    classes: list = []  # [reference product, [(lambda, product)]]
+    for p in ps:
+        for ref, members in classes:
+            lam = _parallel(ref.coefs, p.coefs)
+            if lam is not None:
+                members.append((lam, p))
+                break
+        else:
+            classes.append((p, [(1.0, p)]))
+    terms = sorted({t for p in ps for t in p.coefs})
+    if len(classes) <= len(terms):
+        out = []
+        for ref, members in classes:
+            m = None
+            for lam, p in members:
+                xm = p.inputs[0] if lam == 1.0 else lam * p.inputs[0]
+                m = xm if m is None else m + xm
+            out.append((m, ref.cotangent(quotients)))
+        return out
+    out = []
+    for t in terms:
+        m = None
+        for p in ps:
+            if t in p.coefs:
+                xm = p.coefs[t] * p.inputs[0]
+                m = xm if m is None else m + xm
+        out.append((m, quotients[t]))
+    return out
 
 
 def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -> Array:
@@ -512,11 +642,11 @@ def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any)
     _check_terms(node, terms)
     products = _Products(node, relevance)
     quotients = [_quotient(products, term, relevance, epsilon) for term in terms]
-    for term, s in zip(terms, quotients):
+    for t, term in enumerate(terms):
         for br in term.branches:
             for key, c, w in products.basis(br):
-                products.entry(br, key, w).add((term.scale * br.coef * c) * s)
-    return products.pull_back()
+                products.entry(br, key, w).add(t, term.scale * br.coef * c)
+    return products.pull_back(quotients)
 
 
 def sign_parts(node: Node) -> tuple:
@@ -547,6 +677,29 @@ def layer_bias(node: Node, ignore: bool = False, transform: Optional[Callable[[A
     """
     b = None if ignore else node.bias
     return b if b is None or transform is None else transform(b)
+
+
+def constant_input(value: Any, node: Node) -> Array:
+    """``value`` as a :class:`Branch` input that is the same for every example.
+
+    Broadcast to the layer's input shape except on the ``node.example_ndim``
+    leading axes where ``value`` has size 1: :func:`propagate` then evaluates its
+    forward product once, not once per example (the bounds of :class:`ZBox`, the
+    ones of :class:`Flat` and :class:`WSquare`).
+
+    Parameters
+    ----------
+    value:
+        A scalar or an array broadcastable to ``node.inputs[0]``.
+    node:
+        The layer.
+    """
+    (x,) = node.inputs[:1]
+    v = jnp.asarray(value, x.dtype)
+    e = max(0, min(int(node.example_ndim), x.ndim))
+    aligned = (1,) * (x.ndim - v.ndim) + tuple(v.shape)
+    shape = tuple(1 if i < e and aligned[i] == 1 else n for i, n in enumerate(x.shape))
+    return jnp.broadcast_to(v, shape)
 
 
 def _bias(node: Node, ignore: bool) -> Optional[Array]:
@@ -591,9 +744,10 @@ class Epsilon(Rule):
 
 
     def __call__(self, node, relevance):
-        b = _bias(node, self.ignore_bias)
-        denominator = node.output if b is node.bias else None
-        term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=denominator)
+        if self.ignore_bias and node.bias is not None:  # d = z - b: the forward output, no product
+            term = Term([Branch(node.inputs, LAYER_WEIGHT)])
+        else:
+            term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
         return propagate(node, relevance, [term], self.epsilon)
 
 
@@ -709,12 +863,18 @@ class Gamma(Rule):
 
 
     def __call__(self, node, relevance):
+        # z > 0: x+ (w + g w+) + x- (w + g w-) = z + g (x+ w+ + x- w-); z < 0: x+ (w + g w-) +
+        # x- (w + g w+) = (1 + g) z - g (x+ w+ + x- w-), a sum of same-signed parts where z < 0.
+        # z is the forward output, so only x+ w+ and x- w- are new products (only x w+ for x >= 0).
         g, z = self.gamma, node.output
-        P, N = Combo(1.0, g), Combo(1.0 + g, -g)  # w + g w+, w + g w-
         b, parts = _bias(node, self.ignore_bias), sign_parts(node)
+        w_neg = () if node.nonnegative else (_neg(after(node.weight, relevance)),)
+        extra = list(zip(parts, (POSITIVE_WEIGHT,) + w_neg))
         terms = [
-            Term(signed_branches(parts, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            Term(signed_branches(parts, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+            Term([Branch(node.inputs, LAYER_WEIGHT)] + [Branch((p,), w, g) for p, w in extra],
+                 _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            Term([Branch(node.inputs, LAYER_WEIGHT, 1.0 + g)] + [Branch((p,), w, -g) for p, w in extra],
+                 _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
         ]
         return propagate(node, relevance, terms, self.stabilizer)
 
@@ -753,11 +913,12 @@ class ZBox(Rule):
             raise ValueError("ZBox needs low <= high")
 
     def __call__(self, node, relevance):
-        (x,), w = node.inputs, node.weight
-        w_ = after(w, relevance)
-        low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
-        high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
-        term = Term([Branch((x,), w), Branch((low,), _pos(w_), -1.0), Branch((high,), _neg(w_), -1.0)])
+        # x w - l w+ - h w- with w- = w - w+: x w is the forward output, l w+ and h w are the
+        # same for every example (computed once), and the transposed products are two:
+        # (x - h) w^T s and (h - l) w+^T s.
+        low, high = constant_input(self.low, node), constant_input(self.high, node)
+        term = Term([Branch(node.inputs, LAYER_WEIGHT), Branch((low,), POSITIVE_WEIGHT, -1.0),
+                     Branch((high,), Combo(1.0, -1.0), -1.0)])
         return propagate(node, relevance, [term], self.stabilizer)
 
 
@@ -780,8 +941,7 @@ class Flat(Rule):
 
 
     def __call__(self, node, relevance):
-        (x,) = node.inputs
-        term = Term([Branch((jnp.ones_like(x),), jnp.ones_like(node.weight))])
+        term = Term([Branch((constant_input(1.0, node),), jnp.ones_like(node.weight))])
         return propagate(node, relevance, [term], self.stabilizer)
 
 
@@ -808,9 +968,8 @@ class WSquare(Rule):
 
 
     def __call__(self, node, relevance):
-        (x,) = node.inputs
         term = Term(
-            [Branch((jnp.ones_like(x),), jnp.square(after(node.weight, relevance)))],
+            [Branch((constant_input(1.0, node),), jnp.square(after(node.weight, relevance)))],
             bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
         )
         return propagate(node, relevance, [term], self.stabilizer)
