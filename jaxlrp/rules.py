@@ -29,6 +29,16 @@ weights and biases.
 
 The semantics follow Zennit (Anders et al., 2021) so that results can be compared
 one to one.
+
+The formula is public: a rule lists its :class:`Term` s, each a list of
+:class:`Branch` es, and calls :func:`propagate`; :class:`Combo`
+(:data:`LAYER_WEIGHT`, :data:`POSITIVE_WEIGHT`) names the layer's own weight and
+its positive part so that products are shared and :math:`z` is reused;
+:func:`sign_parts` and :func:`signed_branches` use the input signs the program
+proves (``node.nonnegative``); :func:`layer_bias` gives the bias a term adds;
+:func:`constant_input` marks an input the same for every example; :func:`after`
+keeps modified weights from being built all at once. Every built-in weighted rule
+is written this way (docs: "Writing a rule").
 """
 
 from __future__ import annotations
@@ -375,7 +385,8 @@ class _Product:
 
     def __init__(self, inputs: tuple, weight: Any, wkey: Any):
         self.inputs, self.weight, self.wkey = inputs, weight, wkey
-        self.value = self.pull = None
+        self.value: Optional[Array] = None
+        self.pull: Optional[Callable] = None
         self.coefs: dict = {}  # term index -> coefficient of its quotient in this product's cotangent
 
     def forward(self, node: Node) -> Array:
@@ -391,10 +402,7 @@ class _Product:
         self.coefs[t] = coef if t not in self.coefs else self.coefs[t] + coef
 
     def cotangent(self, quotients: list) -> Array:
-        ct = None
-        for t, c in self.coefs.items():
-            ct = c * quotients[t] if ct is None else ct + c * quotients[t]
-        return ct
+        return _combine([(c, quotients[t]) for t, c in self.coefs.items()])
 
 
 def _linear(node: Node) -> bool:
@@ -505,29 +513,54 @@ class _Products:
         return tuple(out)
 
     def _pull_back_linear(self, quotients: list) -> Array:
-        """One transposed product per weight and cotangent direction.
+        r"""As few transposed products as the terms' structure allows.
 
-        The transpose of a linear layer is the same at every input, so products
-        with the same weight share it: those whose cotangents are proportional
-        (gamma's :math:`x^+` and :math:`x^-` on :math:`W^+`, z-box's :math:`x` and
-        :math:`h` on :math:`W`) need one, or, where fewer, one per term.
+        The transposed product of a linear layer is the same at every input and
+        bilinear in (weight, cotangent), so ``sum_p x_p * W_p^T ct_p`` is regrouped:
+        products with the same weight share one transposed product per direction of
+        their cotangents (gamma's :math:`x^+` and :math:`x^-` on :math:`W^+`,
+        z-box's :math:`x` and :math:`h` on :math:`W`), or one per term where that is
+        fewer; pieces with the same multiplier and direction on different weights
+        share one with the combined weight (:math:`W + \gamma W^+`).
         """
         (x,) = self.node.inputs
         groups: dict = {}
         for p in self.table.values():
             groups.setdefault(p.wkey, []).append(p)
-        out = jnp.zeros_like(x)
+        pieces: list = []  # [multiplier {id: (coef, input)}, direction {term: coef}, [(coef, weight)]]
         for ps in groups.values():
-            _, pull = jax.vjp(lambda x_, w=ps[0].weight: self.node.apply((x_,), w), x)
-            for multiplier, ct in _directions(ps, quotients):
-                (g,) = pull(ct)
-                out = out + multiplier * g
+            for mult, direction in _directions(ps):
+                for m0, d0, ws in pieces:
+                    lm = _parallel({k: c for k, (c, _) in m0.items()}, {k: c for k, (c, _) in mult.items()})
+                    ld = None if lm is None else _parallel(d0, direction)
+                    if lm is not None and ld is not None:
+                        ws.append((lm * ld, ps[0].weight))
+                        break
+                else:
+                    pieces.append((mult, direction, [(1.0, ps[0].weight)]))
+        out = jnp.zeros_like(x)
+        for mult, direction, ws in pieces:
+            w = _combine(ws)
+            _, pull = jax.vjp(lambda x_, w=w: self.node.apply((x_,), w), x)
+            (g,) = pull(_combine([(c, quotients[t]) for t, c in direction.items()]))
+            out = out + _combine([(c, a) for c, a in mult.values()]) * g
         return out
 
 
-def _directions(ps: list, quotients: list) -> list:
-    """``[(multiplier, cotangent)]`` with ``sum multiplier * W^T cotangent`` equal to the
-    products' ``sum x_p * W^T cotangent_p``, as few as proportional cotangents allow."""
+def _combine(pairs: list) -> Array:
+    """``sum c * a`` over ``(c, a)``, without multiplying by a coefficient of 1."""
+    out = None
+    for c, a in pairs:
+        t = a if _concrete(c) and c == 1.0 else c * a
+        out = t if out is None else out + t
+    return out
+
+
+def _directions(ps: list) -> list:
+    """``[(multiplier, direction)]``, ``multiplier = {id: (coef, input)}`` and
+    ``direction = {term: coef}``, with ``sum multiplier * W^T direction`` equal to the
+    products' ``sum x_p * W^T cotangent_p``: one per class of proportional
+    cotangents, or one per term where that is fewer."""
     classes: list = []  # [reference product, [(lambda, product)]]
     for p in ps:
         for ref, members in classes:
@@ -539,23 +572,9 @@ def _directions(ps: list, quotients: list) -> list:
             classes.append((p, [(1.0, p)]))
     terms = sorted({t for p in ps for t in p.coefs})
     if len(classes) <= len(terms):
-        out = []
-        for ref, members in classes:
-            m = None
-            for lam, p in members:
-                xm = p.inputs[0] if lam == 1.0 else lam * p.inputs[0]
-                m = xm if m is None else m + xm
-            out.append((m, ref.cotangent(quotients)))
-        return out
-    out = []
-    for t in terms:
-        m = None
-        for p in ps:
-            if t in p.coefs:
-                xm = p.coefs[t] * p.inputs[0]
-                m = xm if m is None else m + xm
-        out.append((m, quotients[t]))
-    return out
+        return [({id(p.inputs[0]): (lam, p.inputs[0]) for lam, p in members}, dict(ref.coefs))
+                for ref, members in classes]
+    return [({id(p.inputs[0]): (p.coefs[t], p.inputs[0]) for p in ps if t in p.coefs}, {t: 1.0}) for t in terms]
 
 
 def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -> Array:
