@@ -151,3 +151,38 @@ def test_public_names():
     assert rules.LAYER_WEIGHT == rules.Combo(1.0, 0.0) and rules.POSITIVE_WEIGHT == rules.Combo(0.0, 1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         rules.Branch((jnp.ones(2),)).coef = 2.0
+
+
+# Each rule's product count on a dense layer (bench/floor.py derives them): forward
+# products of the layer, the forward pass included; jax.grad needs 2.
+B = 32
+COSTS = [
+    (True, rules.Epsilon(), 2), (True, rules.Epsilon(ignore_bias=True), 2), (True, rules.ZPlus(), 3),
+    (True, rules.Gamma(0.25), 4), (True, rules.AlphaBeta(2.0, 1.0), 5), (True, rules.WSquare(), 2 + 1 / B),
+    (True, rules.Flat(), 2 + 1 / B), (False, rules.ZBox(-3.0, 3.0), 3 + 2 / B), (False, rules.ZPlus(), 5),
+    (False, rules.Gamma(0.25), 6), (False, rules.AlphaBeta(2.0, 1.0), 9),
+]
+
+
+def _flops(f, *args) -> float:
+    ca = jax.jit(f).lower(*args).compile().cost_analysis()
+    return float((ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"])
+
+
+@pytest.mark.parametrize("nonneg,rule,units", COSTS, ids=[f"{r!r}-{'x>=0' if n else 'signed'}" for n, r, _ in COSTS])
+def test_rules_cost_their_product_count(nonneg, rule, units):
+    """XLA's FLOP count of the explanation is the rule's product count (regression guard:
+    a lost product share or a recomputed forward shows here)."""
+    rng = np.random.default_rng(3)
+    p = {"w": jnp.asarray(rng.normal(size=(512, 512))), "b": jnp.asarray(rng.normal(size=512)),
+         "w2": jnp.asarray(rng.normal(size=(512, 2)))}
+    x = jnp.asarray(rng.normal(size=(B, 512)))
+
+    def fn(p, x):
+        x = jax.nn.relu(x) if nonneg else x
+        return jnp.tanh(x @ p["w"] + p["b"]) @ p["w2"]
+
+    explain = jaxlrp.lrp(fn, composites.Composite([("first", rule), ("dense", rules.Epsilon())]))
+    grad = _flops(lambda p, x: jax.grad(lambda x: fn(p, x)[:, 0].sum())(x), p, x)
+    lrp = _flops(lambda p, x: explain(p, x, target=0), p, x)
+    assert lrp / grad == pytest.approx(units / 2, abs=0.1)  # elementwise and weight-sized work: < 0.1; a product: 0.5
