@@ -5,7 +5,8 @@ For each (model, batch, composite) cell it reports
 * the wall-time ratio ``LRP / grad``: both functions jitted and warmed up, timed in
   interleaved rounds, medians of ``--repeats`` calls per round, median over rounds;
 * XLA's FLOP ratio and memory ratio from the compiled executables
-  (``cost_analysis``, ``memory_analysis``: noise-free);
+  (``cost_analysis``, ``memory_analysis``: noise-free), and the FLOP floor of the
+  composite's rules (``bench/floor.py``);
 * compile times.
 
 ``grad`` is ``jax.grad(lambda x: sum(f(x) * onehot))`` -- the gradient of the
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxlrp
+from floor import floor_ratio
 from jaxlrp import composites, models, variants
 
 
@@ -135,7 +137,8 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
     return {**extra,
         "model": model_name, "batch": batch, "composite": comp_name,
         "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
-        "flop_ratio": _flops(cl) / _flops(cg), "memory_ratio": _memory(cl) / _memory(cg),
+        "flop_ratio": _flops(cl) / _flops(cg), "floor": floor_ratio(model.apply, variables, x, COMPOSITES[comp_name]()),
+        "memory_ratio": _memory(cl) / _memory(cg),
         "compile_grad_s": tg_compile, "compile_lrp_s": tl_compile,
     }
 
@@ -161,20 +164,20 @@ def main(argv=None) -> int:
                 r = bench_cell(m, b, c, args.repeats, args.rounds, args.vmap)
                 rows.append(r)
                 print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
-                      f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f}  mem x{r['memory_ratio']:.2f}",
+                      f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f} (floor x{r['floor']:.2f})  mem x{r['memory_ratio']:.2f}",
                       flush=True)
     cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
         "",
-        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |"
+        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | floor | memory LRP/grad | compile grad / LRP (s) |"
         + (" vmap / batched |" if args.vmap else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if args.vmap else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.vmap else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
-            f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['memory_ratio']:.2f} | "
+            f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['floor']:.2f} | {r['memory_ratio']:.2f} | "
             f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
             + (f" {r['vmap_ratio']:.2f} |" if args.vmap else "")
         )

@@ -29,6 +29,16 @@ weights and biases.
 
 The semantics follow Zennit (Anders et al., 2021) so that results can be compared
 one to one.
+
+The formula is public: a rule lists its :class:`Term` s, each a list of
+:class:`Branch` es, and calls :func:`propagate`; :class:`Combo`
+(:data:`LAYER_WEIGHT`, :data:`POSITIVE_WEIGHT`) names the layer's own weight and
+its positive part so that products are shared and :math:`z` is reused;
+:func:`sign_parts` and :func:`signed_branches` use the input signs the program
+proves (``node.nonnegative``); :func:`layer_bias` gives the bias a term adds;
+:func:`constant_input` marks an input the same for every example; :func:`after`
+keeps modified weights from being built all at once. Every built-in weighted rule
+is written this way (docs: "Writing a rule").
 """
 
 from __future__ import annotations
@@ -65,8 +75,22 @@ __all__ = [
     "WinnerTakesAll",
     "MaxPoolProportional",
     "WEIGHTED_KINDS",
+    # the modified-gradient engine
+    "propagate",
+    "Term",
+    "Branch",
     "Combo",
+    "LAYER_WEIGHT",
+    "POSITIVE_WEIGHT",
     "after",
+    "sign_parts",
+    "signed_branches",
+    "layer_bias",
+    "constant_input",
+    "positive",
+    "negative",
+    "stabilize",
+    "divide",
 ]
 
 
@@ -149,6 +173,10 @@ class Rule:
 
 
 # ----------------------------------------------------------------------------- engine
+#
+# The modified-gradient engine of the module docstring, public so that a rule written
+# outside the package is a few lines of data: a list of :class:`Term`, each a list of
+# :class:`Branch`, handed to :func:`propagate`. No VJP code is needed.
 
 
 def _stabilize(d: Array, eps: float) -> Array:
@@ -161,17 +189,41 @@ def _divide(r: Array, d: Array) -> Array:
     return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
 
 
+def stabilize(d: Array, epsilon: Any) -> Array:
+    r"""Zennit's stabiliser :math:`d + \epsilon\,\mathrm{sign}(d)` with :math:`\mathrm{sign}(0) = +1`.
+
+    Parameters
+    ----------
+    d:
+        Denominators.
+    epsilon:
+        ``>= 0``; a scalar or an array broadcastable against ``d``.
+    """
+    return _stabilize(d, epsilon)
+
+
+def divide(r: Array, d: Array) -> Array:
+    """``r / d``, with ``0`` (never NaN or infinity) where ``d`` is exactly zero."""
+    return _divide(r, d)
+
+
 @jax.custom_jvp
 def after(w: Array, r: Array) -> Array:
-    """``w``, made to depend on ``r``, for deriving modified weights from.
+    """``w``, made to depend on ``r``: derive modified weights from ``after(node.weight, relevance)``.
 
-    A rule's modified weights (``W+``, folded BatchNorm scales, ...) depend on the
-    parameters only, so XLA's scheduler computes those of every layer at the start
-    of the program and keeps them alive to the end (and drops
-    ``optimization_barrier`` on CPU). Derived from ``after(w, relevance)`` they are
-    made layer by layer as the relevance arrives. Adds ``0 * r[0]`` (``r[0]``
-    replaced by 0 where it is not finite), fused into the derivation; under ``vmap`` the first example's, so ``w`` stays unbatched.
-    Its derivative is that of ``w`` alone.
+    A rule's modified weights (:math:`W^+`, :math:`W^2`, folded BatchNorm scales,
+    ...) depend on the parameters only, so XLA's scheduler computes those of every
+    layer at the start of the backward program and keeps them all alive to its
+    end: peak memory grows by a copy of the model per modified weight (and
+    ``optimization_barrier`` does not prevent it on CPU). Derived from
+    ``after(w, relevance)`` they are made layer by layer as the relevance arrives
+    and freed after use. The value is ``w`` exactly: ``0 * r[0]`` is added (``r[0]``
+    replaced by 0 where it is not finite, so a NaN marking one example cannot reach
+    the weights), which XLA fuses into the derivation; under ``vmap`` the first
+    example's, so ``w`` stays unbatched. Its derivative is that of ``w`` alone.
+
+    Optional: results are the same without it, only the memory profile differs.
+    :func:`propagate` applies it itself to the :math:`W^+` of :data:`POSITIVE_WEIGHT`.
     """
     return _after(w, r)
 
@@ -198,111 +250,473 @@ def _after_vmap(axis_size, in_batched, w, r):
     return _after(w, r[0] if r_batched else r), w_batched
 
 
-def _pos(a: Array) -> Array:
+def positive(a: Array) -> Array:
+    """:math:`a^+ = \\max(a, 0)`."""
     return jnp.maximum(a, 0)
 
 
-def _neg(a: Array) -> Array:
+def negative(a: Array) -> Array:
+    """:math:`a^- = \\min(a, 0)`."""
     return jnp.minimum(a, 0)
 
 
-class Combo(NamedTuple):
-    """The weight ``a * W + b * W+`` (``W`` the layer's weight, ``W+ = max(W, 0)``).
+_pos, _neg = positive, negative
 
-    A rule may give a modified weight this way; the engine then evaluates the
-    layer on the two basis weights only: the product with ``W`` at the layer's own
-    input is its forward output ``z`` (no recomputation), and each basis weight
-    needs one transposed product however many terms use it. Use it only where no
-    denominator becomes a difference of nearly equal products: a denominator that
-    should be exactly zero would become rounding noise, amplified by the division
-    (e.g. ``W- = W - W+`` in the negative part of alpha-beta). Gamma qualifies:
-    its denominators are at least ``|z|`` in size.
+
+class Combo(NamedTuple):
+    r"""The modified weight :math:`a W + b W^+` (:math:`W` the layer's weight), given symbolically.
+
+    A :class:`Branch` may give its weight this way instead of as an array; the
+    engine then evaluates the layer on the two basis weights only, and shares them
+    between all branches and terms:
+
+    * the product with :math:`W` at the layer's own inputs is its forward output
+      :math:`z` (``node.output``, minus the bias): no product is recomputed;
+    * :math:`W^+` is derived once (from :func:`after`), its forward product at each
+      input is computed once, and each basis weight needs one transposed product
+      however many terms use it (the transposed product is linear, so the engine
+      sums the quotients first).
+
+    Use it only where no denominator becomes a difference of nearly equal
+    products: a denominator that should be exactly zero would become rounding
+    noise, amplified by the division. :math:`W^- = W - W^+` in the negative part of
+    alpha-beta is such a case (give :math:`W^-` as an array there); gamma's
+    :math:`W + \gamma W^+` is not: its denominators are at least :math:`|z|` in
+    size, where they are used.
+
+    Attributes
+    ----------
+    a:
+        Coefficient of :math:`W`.
+    b:
+        Coefficient of :math:`W^+`.
     """
 
     a: float
     b: float
 
 
-W, W_POS = Combo(1.0, 0.0), Combo(0.0, 1.0)
+#: :math:`W`, the layer's own weight, as a :class:`Combo` (forward product free at the layer's own inputs).
+LAYER_WEIGHT = Combo(1.0, 0.0)
+#: :math:`W^+ = \max(W, 0)` as a :class:`Combo` (derived once per layer, products shared).
+POSITIVE_WEIGHT = Combo(0.0, 1.0)
 
 
-class _Branch(NamedTuple):
-    inputs: tuple  # modified inputs (point of evaluation and multiplier)
-    weight: Any  # a modified weight array, a Combo, or None (parameter-free nodes)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Branch:
+    r"""One summand :math:`c\, \tilde x \odot \rho(W)` of a :class:`Term`.
+
+    Attributes
+    ----------
+    inputs:
+        The modified inputs :math:`\tilde x`, one per entry of ``node.inputs``: the
+        point at which the layer is evaluated, and the multiplier of its transposed
+        product. An input that is the same for every example (a bound of
+        :class:`ZBox`, the ones of :class:`Flat`) may be given with size-1 example
+        axes (``node.example_ndim`` leading axes): its forward product is then
+        computed once instead of once per example.
+    weight:
+        The modified weight :math:`\rho(W)`: an array of the weight's shape, a
+        :class:`Combo` of :math:`W` and :math:`W^+` (products shared, see there), or
+        ``None`` for parameter-free nodes (sums, pooling, softmax).
+    coef:
+        The coefficient :math:`c`.
+    """
+
+    inputs: tuple
+    weight: Any = None
     coef: float = 1.0
 
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
 
-class _Term(NamedTuple):
-    branches: Sequence[_Branch]
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Term:
+    r"""One quotient of the modified-gradient formula (module docstring).
+
+    .. math::
+
+        R_{\text{in}} \mathrel{+}= \text{scale} \sum_i c_i\, \tilde x_i \odot
+            \rho_i(W)^\top \frac{m \odot R}{\operatorname{stab}(d)},
+        \qquad d = \sum_i c_i\, \rho_i(W)\, \tilde x_i + \tilde b .
+
+    Attributes
+    ----------
+    branches:
+        The :class:`Branch` es :math:`i`, at least one.
+    bias:
+        The modified bias :math:`\tilde b` (broadcastable to ``node.output``), or
+        ``None`` for none. It enters the denominator only: give ``node.bias`` to
+        keep the layer's bias, a function of it (:math:`b^+` in :math:`z^+`, ...), or
+        ``None`` to drop it, which conserves relevance.
+    mask:
+        A boolean array broadcastable to the relevance: only where it is true does
+        the term pass relevance (gamma's :math:`z > 0` and :math:`z < 0` parts);
+        ``None``: everywhere.
+    scale:
+        Multiplies the term's relevance (alpha-beta's :math:`\alpha` and :math:`-\beta`).
+    denominator:
+        :math:`d`, if already known (``node.output`` for epsilon): then the branches
+        are only pulled back, never evaluated forward, and ``bias`` is not added.
+    """
+
+    branches: tuple
     bias: Optional[Array] = None
     mask: Optional[Array] = None
     scale: float = 1.0
-    denominator: Optional[Array] = None  # use instead of recomputing the forward
+    denominator: Optional[Array] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "branches", tuple(self.branches))
+        if not self.branches:
+            raise ValueError("a Term needs at least one Branch")
+        for br in self.branches:
+            if not isinstance(br, Branch):
+                raise TypeError(f"Term.branches holds Branch objects, got {type(br).__name__}")
 
 
-def _propagate(node: Node, relevance: Array, terms: Sequence[_Term], eps: float) -> tuple:
-    """Evaluate the modified-gradient formula of the module docstring.
+class _Product:
+    """One distinct (inputs, weight) pair: its forward value and the terms' coefficients on it."""
 
-    Products are shared between terms: each distinct pair of (inputs, weight) is
-    evaluated forward at most once and pulled back once, with the sum of the
-    relevance quotients that use it (the transposed product is linear).
-    """
-    products = {}  # (ids of inputs, weight key) -> [inputs, weight, forward value, pullback, cotangent]
-    w_pos = []  # W+, made once when first needed
+    __slots__ = ("inputs", "weight", "wkey", "value", "pull", "coefs")
 
-    def basis(br: _Branch) -> list:
+    def __init__(self, inputs: tuple, weight: Any, wkey: Any):
+        self.inputs, self.weight, self.wkey = inputs, weight, wkey
+        self.value: Optional[Array] = None
+        self.pull: Optional[Callable] = None
+        self.coefs: dict = {}  # term index -> coefficient of its quotient in this product's cotangent
+
+    def forward(self, node: Node) -> Array:
+        if self.value is None:
+            point = _point(node, self.inputs, self.weight)
+            if _linear(node):  # the transposed product does not depend on the point: no vjp here
+                self.value = node.apply(point, self.weight)
+            else:
+                self.value, self.pull = jax.vjp(lambda *xs: node.apply(xs, self.weight), *point)
+        return self.value
+
+    def add(self, t: int, coef: Any) -> None:
+        self.coefs[t] = coef if t not in self.coefs else self.coefs[t] + coef
+
+    def cotangent(self, quotients: list) -> Array:
+        return _combine([(c, quotients[t]) for t, c in self.coefs.items()])
+
+
+def _linear(node: Node) -> bool:
+    """Single-input nodes whose ``apply`` is linear in the input (its transpose is point-free)."""
+    return node.kind in WEIGHTED_KINDS | AGGREGATE_KINDS and len(node.inputs) == 1
+
+
+def _point(node: Node, inputs: tuple, weight: Any) -> tuple:
+    """Where to evaluate a product: ``inputs`` as given where they differ from the
+    node's inputs only by size-1 axes along which the layer maps each slice on its
+    own (the batch axis of a convolution, a free axis of ``dot_general``): a bound
+    the same for every example is then multiplied once, not once per example.
+    Anything else is broadcast to the node's input shapes."""
+    full = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(inputs, node.inputs))
+    if all(jnp.shape(a) == x.shape for a, x in zip(inputs, node.inputs)):
+        return inputs
+    if not _linear(node) or jnp.ndim(inputs[0]) != node.inputs[0].ndim:
+        return full
+    x, a = node.inputs[0], inputs[0]
+    shrunk = {i for i, (n, m) in enumerate(zip(jnp.shape(a), x.shape)) if n != m}
+    if any(jnp.shape(a)[i] != 1 for i in shrunk) or not shrunk <= _free_axes(node, weight):
+        return full
+    return inputs
+
+
+def _free_axes(node: Node, weight: Any) -> frozenset:
+    """Axes of the input that the layer's single product maps slice by slice (none
+    if ``apply`` is anything but one ``conv_general_dilated`` or ``dot_general``
+    applied to the input itself)."""
+    x = node.inputs[0]
+    try:
+        jaxpr = jax.make_jaxpr(lambda x_: node.apply((x_,), weight))(jax.ShapeDtypeStruct(x.shape, x.dtype)).jaxpr
+    except Exception:  # noqa: BLE001 -- not traceable on its own: assume nothing
+        return frozenset()
+    if len(jaxpr.eqns) != 1 or jaxpr.eqns[0].outvars[0] is not jaxpr.outvars[0]:
+        return frozenset()
+    (e,), v = jaxpr.eqns, jaxpr.invars[0]
+    ops = [u is v for u in e.invars]
+    if e.primitive.name == "conv_general_dilated" and ops == [True, False]:
+        if e.params["batch_group_count"] != 1:
+            return frozenset()
+        return frozenset({e.params["dimension_numbers"].lhs_spec[0]})
+    if e.primitive.name == "dot_general" and sorted(ops) == [False, True]:
+        side = ops.index(True)
+        (contract, batch) = (d[side] for d in e.params["dimension_numbers"])
+        return frozenset(range(x.ndim)) - set(contract) - set(batch)
+    return frozenset()
+
+
+def _concrete(c: Any) -> bool:
+    return isinstance(c, (int, float)) and not isinstance(c, bool)
+
+
+def _parallel(a: dict, b: dict) -> Optional[float]:
+    """``l`` with ``b == l * a`` (concrete coefficients over the same terms), else ``None``."""
+    if a.keys() != b.keys() or not all(_concrete(c) for c in (*a.values(), *b.values())):
+        return None
+    t0 = next(iter(a))
+    if a[t0] == 0:
+        return None
+    lam = b[t0] / a[t0]
+    return lam if all(abs(b[t] - lam * a[t]) <= 1e-12 * abs(b[t]) + 1e-300 for t in a) else None
+
+
+class _Products:
+    """The products of one :func:`propagate` call, keyed by (ids of inputs, weight key)."""
+
+    def __init__(self, node: Node, relevance: Array):
+        self.node, self.relevance = node, relevance
+        self.table: dict = {}
+        self._w_pos: Optional[Array] = None
+
+    def w_pos(self) -> Array:
+        if self._w_pos is None:  # made once, when first needed
+            self._w_pos = _pos(after(self.node.weight, self.relevance))
+        return self._w_pos
+
+    def basis(self, br: Branch) -> list:
         """``[(key, coefficient, weight)]`` of a branch's weight."""
         if not isinstance(br.weight, Combo):
             return [(id(br.weight), 1.0, br.weight)]
         out = []
         if br.weight.a:
-            own = all(a is b for a, b in zip(br.inputs, node.inputs))
-            out.append(("own" if own else "w", br.weight.a, node.weight))
+            own = all(a is b for a, b in zip(br.inputs, self.node.inputs))
+            out.append(("own" if own else "w", br.weight.a, self.node.weight))
         if br.weight.b:
-            w_pos[:] = w_pos or [_pos(after(node.weight, relevance))]
-            out.append(("w+", br.weight.b, w_pos[0]))
+            out.append(("w+", br.weight.b, self.w_pos()))
         return out
 
-    def entry(br: _Branch, key, weight) -> list:
+    def entry(self, br: Branch, key: Any, weight: Any) -> _Product:
         k = (tuple(id(a) for a in br.inputs), key)
-        if k not in products:
-            products[k] = [br.inputs, weight, None, None, None]
-        return products[k]
+        if k not in self.table:
+            self.table[k] = _Product(br.inputs, weight, "w" if key == "own" else key)
+        return self.table[k]
 
-    quotients = []
-    for term in terms:
-        d, bias = term.denominator, term.bias
-        if d is None:
-            for br in term.branches:
-                for key, c, w in basis(br):
-                    e = entry(br, key, w)
-                    if key == "own":  # z = x W + b is known; its bias moves into the bias sum
-                        z = node.output
-                        if node.bias is not None:
-                            bias = -br.coef * c * node.bias if bias is None else bias - br.coef * c * node.bias
-                    else:
-                        if e[2] is None:
-                            e[2], e[3] = jax.vjp(lambda *xs, w=w: node.apply(xs, w), *br.inputs)
-                        z = e[2]
-                    d = br.coef * c * z if d is None else d + br.coef * c * z
-            if bias is not None:
-                d = d + bias
-        r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
-        s = _divide(r, _stabilize(d, eps))
-        quotients.append(s)
-    for term, s in zip(terms, quotients):
+    def pull_back(self, quotients: list) -> tuple:
+        """:math:`\\sum` over products of inputs times the transposed product of their cotangents."""
+        if _linear(self.node):
+            return (self._pull_back_linear(quotients),)
+        node = self.node
+        out = [jnp.zeros_like(x) for x in node.inputs]
+        for p in self.table.values():
+            if p.pull is None:
+                point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
+                _, p.pull = jax.vjp(lambda *xs, w=p.weight: node.apply(xs, w), *point)
+            for k, g in enumerate(p.pull(p.cotangent(quotients))):
+                out[k] = out[k] + p.inputs[k] * g
+        return tuple(out)
+
+    def _pull_back_linear(self, quotients: list) -> Array:
+        r"""As few transposed products as the terms' structure allows.
+
+        The transposed product of a linear layer is the same at every input and
+        bilinear in (weight, cotangent), so ``sum_p x_p * W_p^T ct_p`` is regrouped:
+        products with the same weight share one transposed product per direction of
+        their cotangents (gamma's :math:`x^+` and :math:`x^-` on :math:`W^+`,
+        z-box's :math:`x` and :math:`h` on :math:`W`), or one per term where that is
+        fewer; pieces with the same multiplier and direction on different weights
+        share one with the combined weight (:math:`W + \gamma W^+`).
+        """
+        (x,) = self.node.inputs
+        groups: dict = {}
+        for p in self.table.values():
+            groups.setdefault(p.wkey, []).append(p)
+        pieces: list = []  # [multiplier {id: (coef, input)}, direction {term: coef}, [(coef, weight)]]
+        for ps in groups.values():
+            for mult, direction in _directions(ps):
+                for m0, d0, ws in pieces:
+                    lm = _parallel({k: c for k, (c, _) in m0.items()}, {k: c for k, (c, _) in mult.items()})
+                    ld = None if lm is None else _parallel(d0, direction)
+                    if lm is not None and ld is not None:
+                        ws.append((lm * ld, ps[0].weight))
+                        break
+                else:
+                    pieces.append((mult, direction, [(1.0, ps[0].weight)]))
+        out = jnp.zeros_like(x)
+        for mult, direction, ws in pieces:
+            w = _combine(ws)
+            _, pull = jax.vjp(lambda x_, w=w: self.node.apply((x_,), w), x)
+            (g,) = pull(_combine([(c, quotients[t]) for t, c in direction.items()]))
+            out = out + _combine([(c, a) for c, a in mult.values()]) * g
+        return out
+
+
+def _combine(pairs: list) -> Array:
+    """``sum c * a`` over ``(c, a)``, without multiplying by a coefficient of 1."""
+    out = None
+    for c, a in pairs:
+        t = a if _concrete(c) and c == 1.0 else c * a
+        out = t if out is None else out + t
+    return out
+
+
+def _directions(ps: list) -> list:
+    """``[(multiplier, direction)]``, ``multiplier = {id: (coef, input)}`` and
+    ``direction = {term: coef}``, with ``sum multiplier * W^T direction`` equal to the
+    products' ``sum x_p * W^T cotangent_p``: one per class of proportional
+    cotangents, or one per term where that is fewer."""
+    classes: list = []  # [reference product, [(lambda, product)]]
+    for p in ps:
+        for ref, members in classes:
+            lam = _parallel(ref.coefs, p.coefs)
+            if lam is not None:
+                members.append((lam, p))
+                break
+        else:
+            classes.append((p, [(1.0, p)]))
+    terms = sorted({t for p in ps for t in p.coefs})
+    if len(classes) <= len(terms):
+        return [({id(p.inputs[0]): (lam, p.inputs[0]) for lam, p in members}, dict(ref.coefs))
+                for ref, members in classes]
+    return [({id(p.inputs[0]): (p.coefs[t], p.inputs[0]) for p in ps if t in p.coefs}, {t: 1.0}) for t in terms]
+
+
+def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -> Array:
+    """:math:`m \\odot R / \\operatorname{stab}(d)` of one term."""
+    node = products.node
+    d, bias = term.denominator, term.bias
+    if d is None:
         for br in term.branches:
-            for key, c, w in basis(br):
-                e = entry(br, key, w)
-                contribution = (term.scale * br.coef * c) * s
-                e[4] = contribution if e[4] is None else e[4] + contribution
-    out = [jnp.zeros_like(x) for x in node.inputs]
-    for inputs, weight, _, pull, cotangent in products.values():
-        if pull is None:
-            _, pull = jax.vjp(lambda *xs, w=weight: node.apply(xs, w), *inputs)
-        for k, g in enumerate(pull(cotangent)):
-            out[k] = out[k] + inputs[k] * g
-    return tuple(out)
+            for key, c, w in products.basis(br):
+                e = products.entry(br, key, w)
+                if key == "own":  # z = x W + b is known; its bias moves into the bias sum
+                    z = node.output
+                    if node.bias is not None:
+                        bias = -br.coef * c * node.bias if bias is None else bias - br.coef * c * node.bias
+                else:
+                    z = e.forward(node)
+                d = br.coef * c * z if d is None else d + br.coef * c * z
+        if bias is not None:
+            d = d + bias
+    r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
+    return _divide(r, _stabilize(d, epsilon))
+
+
+def _check_terms(node: Node, terms: Sequence[Term]) -> None:
+    if not terms:
+        raise ValueError("propagate needs at least one Term")
+    for term in terms:
+        if not isinstance(term, Term):
+            raise TypeError(f"propagate takes Term objects, got {type(term).__name__}")
+        for br in term.branches:
+            if len(br.inputs) != len(node.inputs):
+                raise ValueError(f"a Branch has {len(br.inputs)} inputs, the {node.kind} node has {len(node.inputs)}")
+            if isinstance(br.weight, Combo) and br.weight.b and node.weight is None:
+                raise ValueError(f"a Combo with W+ needs a weighted layer, the {node.kind} node has no weight")
+
+
+def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any) -> tuple:
+    r"""Evaluate the modified-gradient formula: the relevance of each of ``node.inputs``.
+
+    .. math::
+
+        R_{\text{in}} = \sum_t \text{scale}_t \sum_i c_i\, \tilde x_i \odot
+            \rho_i(W)^\top \Big( \frac{m_t \odot R}{\operatorname{stab}(d_t)} \Big),
+        \qquad d_t = \sum_i c_i\, \rho_i(W)\, \tilde x_i + \tilde b_t,
+
+    with :math:`\operatorname{stab}(d) = d + \epsilon\,\mathrm{sign}(d)`,
+    :math:`\mathrm{sign}(0) = +1`, and zero relevance where a stabilised denominator
+    is exactly zero. Both products are the layer's own: the forward product is
+    ``node.apply(inputs, weight)``, the transposed one its vector-Jacobian product,
+    so layouts, strides, padding, dilation and feature groups need no code.
+
+    Products are shared: each distinct pair (inputs, weight) -- by identity, so
+    reuse the same array objects across terms -- is evaluated forward at most once
+    and pulled back once, with the sum of the quotients that use it. A
+    :class:`Combo` weight at the layer's own inputs costs no forward product
+    (:math:`z` is ``node.output``). A rule that knows the sign of the input
+    (``node.nonnegative``, inferred from the program: outputs of ReLU, max
+    pooling of those, ...) should drop the branches of :math:`x^-`, which are
+    exactly zero: :func:`sign_parts` does that.
+
+    Parameters
+    ----------
+    node:
+        The layer, as the rule received it.
+    relevance:
+        :math:`R`, the relevance at the layer's output.
+    terms:
+        The :class:`Term` s :math:`t`.
+    epsilon:
+        The stabiliser :math:`\epsilon \ge 0`, a scalar or an array broadcastable
+        to the output (per-example values, as :class:`EpsilonStd` uses).
+
+    Returns
+    -------
+    tuple
+        One relevance array per entry of ``node.inputs``, of its shape.
+
+    Raises
+    ------
+    ValueError
+        No terms, a branch with a different number of inputs than the node, or a
+        :class:`Combo` with :math:`W^+` on a node without weight.
+    """
+    _check_terms(node, terms)
+    products = _Products(node, relevance)
+    quotients = [_quotient(products, term, relevance, epsilon) for term in terms]
+    for t, term in enumerate(terms):
+        for br in term.branches:
+            for key, c, w in products.basis(br):
+                products.entry(br, key, w).add(t, term.scale * br.coef * c)
+    return products.pull_back(quotients)
+
+
+def sign_parts(node: Node) -> tuple:
+    """``(x+, x-)`` of the layer's single input, or ``(x,)`` where ``node.nonnegative``.
+
+    With :func:`signed_branches`, the sign-split form :math:`x^+ \\rho^+(W) + x^- \\rho^-(W)`
+    of alpha-beta, :math:`z^+` and gamma, without the branches that are zero.
+    """
+    (x,) = node.inputs
+    return (x,) if node.nonnegative else (_pos(x), _neg(x))
+
+
+def signed_branches(parts: tuple, for_positive: Any, for_negative: Any) -> list:
+    """Branches :math:`x^+ \\cdot` ``for_positive`` :math:`+\\, x^- \\cdot` ``for_negative`` over :func:`sign_parts`.
+
+    The weights are arrays or :class:`Combo` s; where the input is known to be
+    non-negative only the first branch is made.
+    """
+    return [Branch((x,), w) for x, w in zip(parts, (for_positive, for_negative))]
+
+
+def layer_bias(node: Node, ignore: bool = False, transform: Optional[Callable[[Array], Array]] = None) -> Optional[Array]:
+    """The bias a :class:`Term` adds to its denominator: ``transform(node.bias)``, or ``None``.
+
+    ``None`` where ``ignore`` (rules' ``ignore_bias``, which conserves relevance) or
+    where the layer has no bias; ``transform`` maps the bias (:func:`positive` for
+    :math:`z^+`, ``jnp.square`` for :math:`w^2`, ...).
+    """
+    b = None if ignore else node.bias
+    return b if b is None or transform is None else transform(b)
+
+
+def constant_input(value: Any, node: Node) -> Array:
+    """``value`` as a :class:`Branch` input that is the same for every example.
+
+    Broadcast to the layer's input shape except on the ``node.example_ndim``
+    leading axes where ``value`` has size 1: :func:`propagate` then evaluates its
+    forward product once, not once per example (the bounds of :class:`ZBox`, the
+    ones of :class:`Flat` and :class:`WSquare`).
+
+    Parameters
+    ----------
+    value:
+        A scalar or an array broadcastable to ``node.inputs[0]``.
+    node:
+        The layer.
+    """
+    (x,) = node.inputs[:1]
+    v = jnp.asarray(value, x.dtype)
+    e = max(0, min(int(node.example_ndim), x.ndim))
+    aligned = (1,) * (x.ndim - v.ndim) + tuple(v.shape)
+    shape = tuple(1 if i < e and aligned[i] == 1 else n for i, n in enumerate(x.shape))
+    return jnp.broadcast_to(v, shape)
 
 
 def _bias(node: Node, ignore: bool) -> Optional[Array]:
@@ -347,10 +761,11 @@ class Epsilon(Rule):
 
 
     def __call__(self, node, relevance):
-        b = _bias(node, self.ignore_bias)
-        denominator = node.output if b is node.bias else None
-        term = _Term([_Branch(node.inputs, node.weight)], bias=b, denominator=denominator)
-        return _propagate(node, relevance, [term], self.epsilon)
+        if self.ignore_bias and node.bias is not None:  # d = z - b: the forward output, no product
+            term = Term([Branch(node.inputs, LAYER_WEIGHT)])
+        else:
+            term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
+        return propagate(node, relevance, [term], self.epsilon)
 
 
 def Zero(ignore_bias: bool = False) -> Epsilon:
@@ -381,27 +796,18 @@ class ZPlus(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _positive_term(node, _parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = _positive_term(node, sign_parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
-def _parts(node: Node) -> tuple:
-    """``(x+, x-)`` of the layer's input, or ``(x,)`` where ``x >= 0`` is known."""
-    (x,) = node.inputs
-    return (x,) if node.nonnegative else (_pos(x), _neg(x))
 
 
-def _signed(parts: tuple, w_pos, w_neg) -> list:
-    """Branches ``x+ w_pos + x- w_neg`` over the :func:`_parts` of the input."""
-    return [_Branch((x,), w) for x, w in zip(parts, (w_pos, w_neg))]
+def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> Term:
+    return Term(signed_branches(parts, POSITIVE_WEIGHT, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
 
 
-def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> _Term:
-    return _Term(_signed(parts, W_POS, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
-
-
-def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> _Term:
-    return _Term(_signed(parts, w_neg, W_POS), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
+def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> Term:
+    return Term(signed_branches(parts, w_neg, POSITIVE_WEIGHT), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,11 +844,11 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
     def __call__(self, node, relevance):
-        parts, w_neg = _parts(node), _neg(after(node.weight, relevance))  # shared by the terms
+        parts, w_neg = sign_parts(node), _neg(after(node.weight, relevance))  # shared by the terms
         terms = [_positive_term(node, parts, w_neg, self.ignore_bias, self.alpha)]
         if self.beta:
             terms.append(_negative_term(node, parts, w_neg, self.ignore_bias, -self.beta))
-        return _propagate(node, relevance, terms, self.stabilizer)
+        return propagate(node, relevance, terms, self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,14 +880,20 @@ class Gamma(Rule):
 
 
     def __call__(self, node, relevance):
+        # z > 0: x+ (w + g w+) + x- (w + g w-) = z + g (x+ w+ + x- w-); z < 0: x+ (w + g w-) +
+        # x- (w + g w+) = (1 + g) z - g (x+ w+ + x- w-), a sum of same-signed parts where z < 0.
+        # z is the forward output, so only x+ w+ and x- w- are new products (only x w+ for x >= 0).
         g, z = self.gamma, node.output
-        P, N = Combo(1.0, g), Combo(1.0 + g, -g)  # w + g w+, w + g w-
-        b, parts = _bias(node, self.ignore_bias), _parts(node)
+        b, parts = _bias(node, self.ignore_bias), sign_parts(node)
+        w_neg = () if node.nonnegative else (_neg(after(node.weight, relevance)),)
+        extra = list(zip(parts, (POSITIVE_WEIGHT,) + w_neg))
         terms = [
-            _Term(_signed(parts, P, N), _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            _Term(_signed(parts, N, P), _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+            Term([Branch(node.inputs, LAYER_WEIGHT)] + [Branch((p,), w, g) for p, w in extra],
+                 _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
+            Term([Branch(node.inputs, LAYER_WEIGHT, 1.0 + g)] + [Branch((p,), w, -g) for p, w in extra],
+                 _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
         ]
-        return _propagate(node, relevance, terms, self.stabilizer)
+        return propagate(node, relevance, terms, self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,12 +930,13 @@ class ZBox(Rule):
             raise ValueError("ZBox needs low <= high")
 
     def __call__(self, node, relevance):
-        (x,), w = node.inputs, node.weight
-        w_ = after(w, relevance)
-        low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
-        high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
-        term = _Term([_Branch((x,), w), _Branch((low,), _pos(w_), -1.0), _Branch((high,), _neg(w_), -1.0)])
-        return _propagate(node, relevance, [term], self.stabilizer)
+        # x w - l w+ - h w- with w- = w - w+: x w is the forward output, l w+ and h w are the
+        # same for every example (computed once), and the transposed products are two:
+        # (x - h) w^T s and (h - l) w+^T s.
+        low, high = constant_input(self.low, node), constant_input(self.high, node)
+        term = Term([Branch(node.inputs, LAYER_WEIGHT), Branch((low,), POSITIVE_WEIGHT, -1.0),
+                     Branch((high,), Combo(1.0, -1.0), -1.0)])
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,9 +958,8 @@ class Flat(Rule):
 
 
     def __call__(self, node, relevance):
-        (x,) = node.inputs
-        term = _Term([_Branch((jnp.ones_like(x),), jnp.ones_like(node.weight))])
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch((constant_input(1.0, node),), jnp.ones_like(node.weight))])
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,12 +985,11 @@ class WSquare(Rule):
 
 
     def __call__(self, node, relevance):
-        (x,) = node.inputs
-        term = _Term(
-            [_Branch((jnp.ones_like(x),), jnp.square(after(node.weight, relevance)))],
+        term = Term(
+            [Branch((constant_input(1.0, node),), jnp.square(after(node.weight, relevance)))],
             bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
         )
-        return _propagate(node, relevance, [term], self.stabilizer)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,8 +1012,8 @@ class Norm(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _Term([_Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,8 +1037,8 @@ class Uniform(Rule):
 
     def __call__(self, node, relevance):
         n = len(node.inputs)
-        term = _Term([_Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -684,8 +1095,8 @@ class Softmax(Rule):
 
 
     def __call__(self, node, relevance):
-        term = _Term([_Branch(node.inputs, None)], denominator=node.output)
-        return _propagate(node, relevance, [term], self.stabilizer)
+        term = Term([Branch(node.inputs, None)], denominator=node.output)
+        return propagate(node, relevance, [term], self.stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -787,8 +1198,8 @@ class EpsilonStd(Rule):
         c = z - jnp.mean(z, axis=axes, keepdims=True) if self.centered else z
         spread = jnp.sqrt(jnp.mean(jnp.square(c), axis=axes, keepdims=True))
         eps = self.factor * spread + jnp.asarray(self.epsilon, z.dtype)
-        term = _Term([_Branch(node.inputs, node.weight)], bias=b, denominator=z)
-        return _propagate(node, relevance, [term], eps)
+        term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=z)
+        return propagate(node, relevance, [term], eps)
 
 
 @dataclasses.dataclass(frozen=True)
