@@ -139,7 +139,7 @@ def _products(jaxpr, mult: int = 1) -> list:
 def layer_costs(fn: Callable, params: Any, x: Any, composite: Union[composites.Composite, str, None] = None,
                 argnums: Optional[Union[int, Sequence[int]]] = None) -> list:
     """``[(layer key, rule, nonnegative, F, units)]`` of the dense and conv layers of ``fn(params, x)``."""
-    trace = getattr(_explain, "trace", None) or getattr(_explain, "_trace")
+    trace = _explain._trace
     comp, box = composites.resolve(composite, None), []
 
     def traced(p, x_):  # under eval_shape: abstract values, nothing computed or allocated
