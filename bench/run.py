@@ -22,9 +22,7 @@ import argparse
 import json
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -32,6 +30,9 @@ import jax.numpy as jnp
 
 import jaxlrp
 from jaxlrp import composites, models, variants
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 
 
 class MLP(nn.Module):
@@ -75,9 +76,9 @@ COMPOSITES = {
 
 
 def _compiled(f, *args):
-    t0 = time.perf_counter()
-    c = jax.jit(f).lower(*args).compile()
-    return c, time.perf_counter() - t0
+    with _timing.stopwatch() as t:
+        c = jax.jit(f).lower(*args).compile()
+    return c, t.seconds
 
 
 def _flops(c) -> float:
@@ -92,15 +93,6 @@ def _memory(c) -> float:
     if m is None:
         return float("nan")
     return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
-
-
-def _time(f, args, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int, vmap: bool = False) -> dict:
@@ -120,18 +112,13 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
 
     cg, tg_compile = _compiled(grad, variables, x)
     cl, tl_compile = _compiled(lrp, variables, x)
-    for f in (cg, cl):  # warm-up
-        jax.block_until_ready(f(variables, x))
-    tg, tl = [], []
-    for _ in range(rounds):  # interleaved
-        tg.append(_time(cg, (variables, x), repeats))
-        tl.append(_time(cl, (variables, x), repeats))
-    t_grad, t_lrp = statistics.median(tg), statistics.median(tl)
+    timed = _timing.interleaved({"grad": lambda: cg(variables, x), "lrp": lambda: cl(variables, x)}, repeats, rounds)
+    t_grad, t_lrp = _timing.median(timed["grad"]), _timing.median(timed["lrp"])
     extra = {}
     if vmap:  # per-example explanations under vmap against the batched call
         per_example = jax.jit(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)))
-        jax.block_until_ready(per_example(variables, x))
-        extra["vmap_ratio"] = statistics.median(_time(per_example, (variables, x), repeats) for _ in range(rounds)) / t_lrp
+        rounds_vmap = _timing.interleaved({"vmap": lambda: per_example(variables, x)}, repeats, rounds)
+        extra["vmap_ratio"] = _timing.median(rounds_vmap["vmap"]) / t_lrp
     return {**extra,
         "model": model_name, "batch": batch, "composite": comp_name,
         "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
