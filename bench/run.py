@@ -13,7 +13,15 @@ explained logits, the physical floor for LRP (one forward and one backward pass)
 
     python bench/run.py --models cnn mlp --batch 8 64 --composites epsilon epsilon_plus_flat
 
-writes ``bench/results.md`` and ``bench/results.json`` (see ``--out``).
+writes ``bench/results.md`` and ``bench/results.json`` (see ``--out``). With ``--vmap``
+it measures instead, per model, composite and batch size, the throughput (examples/s)
+of the jitted batched explanation against ``jax.vmap`` of the per-example one (each
+example explained as a batch of one), in interleaved rounds, and writes
+``bench/vmap.md`` / ``bench/vmap.json``:
+
+    python bench/run.py --vmap --models mlp cnn --batch 1 8 64 256
+
+Timing: ``bench/_timing.py``.
 """
 
 from __future__ import annotations
@@ -95,7 +103,7 @@ def _memory(c) -> float:
     return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
-def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int, vmap: bool = False) -> dict:
+def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
     cls, shape = MODELS[model_name]
     model = cls()
     x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
@@ -114,17 +122,64 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
     cl, tl_compile = _compiled(lrp, variables, x)
     timed = _timing.interleaved({"grad": lambda: cg(variables, x), "lrp": lambda: cl(variables, x)}, repeats, rounds)
     t_grad, t_lrp = _timing.median(timed["grad"]), _timing.median(timed["lrp"])
-    extra = {}
-    if vmap:  # per-example explanations under vmap against the batched call
-        per_example = jax.jit(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)))
-        rounds_vmap = _timing.interleaved({"vmap": lambda: per_example(variables, x)}, repeats, rounds)
-        extra["vmap_ratio"] = _timing.median(rounds_vmap["vmap"]) / t_lrp
-    return {**extra,
+    return {
         "model": model_name, "batch": batch, "composite": comp_name,
         "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
         "flop_ratio": _flops(cl) / _flops(cg), "memory_ratio": _memory(cl) / _memory(cg),
         "compile_grad_s": tg_compile, "compile_lrp_s": tl_compile,
     }
+
+
+def vmap_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
+    """Throughput of the batched explanation against ``jax.vmap`` of the per-example
+    one (each example explained as a batch of one), both jitted, interleaved rounds."""
+    cls, shape = MODELS[model_name]
+    model = cls()
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    explain = jaxlrp.lrp(model.apply, COMPOSITES[comp_name]())
+    batched, _ = _compiled(lambda v, x: explain(v, x, target=0), variables, x)
+    per_example, _ = _compiled(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)), variables, x)
+    timed = _timing.interleaved({"batched": lambda: batched(variables, x), "vmap": lambda: per_example(variables, x)},
+                                repeats, rounds)
+    t_batched, t_vmap = _timing.median(timed["batched"]), _timing.median(timed["vmap"])
+    return {
+        "model": model_name, "batch": batch, "composite": comp_name,
+        "batched_ms": 1e3 * t_batched, "vmap_ms": 1e3 * t_vmap,
+        "batched_per_s": batch / t_batched, "vmap_per_s": batch / t_vmap, "vmap_over_batched": t_vmap / t_batched,
+        "spread": max(_timing.spread(timed["batched"]), _timing.spread(timed["vmap"])),
+    }
+
+
+def _vmap_table(args, machine: str, cmd: str) -> int:
+    """``--vmap``: examples per second of the batched call and of ``vmap`` over examples,
+    per model, composite and batch size; written to ``<out>.md`` / ``.json``."""
+    rows = []
+    for m in args.models:
+        for c in args.composites:
+            for b in args.batch:
+                r = vmap_cell(m, b, c, args.repeats, args.rounds)
+                rows.append(r)
+                print(f"{m:>5} {c:<22} b={b:<4} batched {r['batched_per_s']:9.1f}/s  vmap {r['vmap_per_s']:9.1f}/s  "
+                      f"vmap/batched time x{r['vmap_over_batched']:.2f}  spread {r['spread']:.2f}", flush=True)
+    lines = [
+        f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
+        "",
+        "Throughput (examples/s) of the jitted batched explanation and of `jax.vmap` of the per-example one "
+        "(each example a batch of one); time ratio vmap / batched; spread = (max - min) / median of the round medians.",
+        "",
+        "| model | composite | batch | batched (ex/s) | vmap (ex/s) | time vmap/batched | spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['composite']} | {r['batch']} | {r['batched_per_s']:.1f} | "
+                     f"{r['vmap_per_s']:.1f} | {r['vmap_over_batched']:.2f} | {r['spread']:.2f} |")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
+    print("\n".join(lines))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -134,36 +189,40 @@ def main(argv=None) -> int:
     ap.add_argument("--composites", nargs="+", default=list(COMPOSITES), choices=list(COMPOSITES))
     ap.add_argument("--repeats", type=int, default=20, help="calls per timing round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
-    ap.add_argument("--vmap", action="store_true", help="also time vmap of per-example explanations")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output path stem")
+    ap.add_argument("--vmap", action="store_true",
+                    help="instead: throughput of vmap of per-example explanations against the batched call "
+                         "(writes bench/vmap.md/json unless --out is given)")
+    ap.add_argument("--out", default=None, help="output path stem (default bench/results, with --vmap bench/vmap)")
     args = ap.parse_args(argv)
     if min(args.batch) < 1 or args.repeats < 1 or args.rounds < 1:
         ap.error("--batch, --repeats and --rounds must be positive")
+    if args.out is None:
+        args.out = str(pathlib.Path(__file__).parent / ("vmap" if args.vmap else "results"))
 
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.vmap:
+        return _vmap_table(args, machine, cmd)
     rows = []
     for m in args.models:
         for b in args.batch:
             for c in args.composites:
-                r = bench_cell(m, b, c, args.repeats, args.rounds, args.vmap)
+                r = bench_cell(m, b, c, args.repeats, args.rounds)
                 rows.append(r)
                 print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
                       f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f}  mem x{r['memory_ratio']:.2f}",
                       flush=True)
-    cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
         "",
-        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |"
-        + (" vmap / batched |" if args.vmap else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if args.vmap else ""),
+        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | memory LRP/grad | compile grad / LRP (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
             f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['memory_ratio']:.2f} | "
             f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
-            + (f" {r['vmap_ratio']:.2f} |" if args.vmap else "")
         )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
