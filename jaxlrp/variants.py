@@ -353,30 +353,68 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 # ------------------------------------------------------------------------------- PLRP
 
 
-def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int):
+def _by_sign(flat: Array, a: Array) -> Array:
+    """Per-row sums of ``a`` over the positive and over the negative entries of
+    ``flat`` (both ``(B, n)``): shape ``(2, B)``."""
+    zero = jnp.zeros((), a.dtype)
+    return jnp.stack([jnp.sum(jnp.where(flat > 0, a, zero), axis=-1), jnp.sum(jnp.where(flat < 0, a, zero), axis=-1)])
+
+
+def _of_sign(flat: Array, v: Array) -> Array:
+    """Each entry of ``flat`` (``(B, n)``) gets the value of its row and sign from
+    ``v`` (``(2, B)``: positive, negative; zeros count as positive)."""
+    return jnp.where(flat < 0, v[1][:, None], v[0][:, None])
+
+
+def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, mags, e)``: ``pruned`` of shape ``(2, B, n)`` (sign, example,
-    flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same shape, and
-    the number of example axes used.
+    Returns ``(pruned, total, kept)``: ``pruned`` the boolean mask (True = pruned)
+    of shape ``(B, n)`` (examples, flattened entries), ``total`` and ``kept`` of
+    shape ``(2, B)`` the mass of each sign (positive, negative) before and after
+    pruning.
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
-    zero = jnp.zeros((), r.dtype)
-    mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
+    mag = jnp.abs(flat)
+    total = _by_sign(flat, mag)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta = _threshold(flat, p * jnp.sum(mags, axis=-1))
-    pruned = (mags > 0) & (mags <= theta[..., None])
+    theta = _threshold(flat, p * total)
+    pruned = (flat != 0) & (mag <= _of_sign(flat, theta))
     # ties at the threshold could remove a sign's whole mass: then prune none of it
-    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
-    pruned = pruned & (kept > 0)[..., None]
-    return pruned, mags, e
+    kept = _by_sign(flat, jnp.where(pruned, jnp.zeros((), r.dtype), mag))
+    return pruned & _of_sign(flat, kept > 0), total, kept
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 # the magnitude's bit pattern (sign bit clear: 15, 31 or 63 bits) read in digits,
 # most significant first; one histogram pass per digit
 _DIGITS = {2: (8, 7), 4: (11, 10, 10), 8: (11, 11, 11, 10, 10, 10)}
+
+
+def _first_over(cum: Array, start: Array, budget: Array) -> tuple:
+    """The first index along the last axis where ``cum`` exceeds ``budget`` (the
+    last index if none does), the value before it (``start`` at index 0), and
+    whether any does; comparisons in ``budget``'s dtype."""
+    over = cum.astype(budget.dtype) > budget[..., None]
+    crossed = jnp.any(over, axis=-1)
+    i = jnp.where(crossed, jnp.argmax(over, axis=-1), cum.shape[-1] - 1)
+    before = jnp.take_along_axis(cum, jnp.maximum(i - 1, 0)[..., None], axis=-1)[..., 0]
+    return i, jnp.where(i > 0, before, start), crossed
+
+
+def _crossing(hist: Array, base: Array, budget: Array) -> tuple:
+    """The bucket of ``hist`` (last axis) in which ``base`` plus the running sum of
+    the buckets first exceeds ``budget``, the mass before that bucket, and whether
+    any bucket does. Two levels (blocks of buckets, then the buckets of one block),
+    so that no running sum is longer than about the square root of the buckets."""
+    k = hist.shape[-1]
+    k2 = 1 << (k.bit_length() - 1) // 2
+    blocks = hist.reshape(hist.shape[:-1] + (k // k2, k2))
+    j, start, crossed = _first_over(base[..., None] + jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1), base, budget)
+    block = jnp.take_along_axis(blocks, j[..., None, None], axis=-2)[..., 0, :]
+    i, below, _ = _first_over(start[..., None] + jnp.cumsum(block, axis=-1), start, budget)
+    return j * k2 + i, below, crossed
 
 
 def _threshold(flat: Array, budget: Array) -> Array:
@@ -423,13 +461,8 @@ def _threshold(flat: Array, budget: Array) -> Array:
         digit = ((bits >> shift) & (k - 1)).astype(row.dtype)
         ids = jnp.where(inside, row * k + digit, 2 * rows * k)  # others are dropped
         hist = jnp.zeros(2 * rows * k, acc).at[ids.ravel()].add(mag.ravel().astype(acc), mode="drop")
-        cum = base[..., None] + jnp.cumsum(hist.reshape(2, rows, k), axis=-1)
-        over = cum.astype(dtype) > budget[..., None]
-        crossed = jnp.any(over, axis=-1)
+        d, base, crossed = _crossing(hist.reshape(2, rows, k), base, budget)
         fits = ~crossed if fits is None else fits
-        d = jnp.where(crossed, jnp.argmax(over, axis=-1), k - 1)
-        below = jnp.take_along_axis(cum, jnp.maximum(d - 1, 0)[..., None], axis=-1)[..., 0]
-        base = jnp.where(d > 0, below, base)
         prefix = (prefix << width) | d.astype(itype)
     t_c = jax.lax.bitcast_convert_type(prefix, dtype)
     under = jax.lax.bitcast_convert_type(jnp.maximum(prefix - 1, 0), dtype)
@@ -464,7 +497,7 @@ def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, exam
         Boolean, shape of ``r``.
     """
     pruned, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
-    return (pruned[0] | pruned[1]).reshape(r.shape)
+    return pruned.reshape(r.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,26 +564,24 @@ class Pruned(Rule):
             return self.rule(node, relevance)
         if self.mode == "lambda":
             (r,) = self.rule(node, relevance)
-            pruned, mags, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
-            return (_rescale(r, pruned, mags),)
+            return (_rescale(r, *_prune(r, self.p, self.p_negative, node.example_ndim)),)
         # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
         r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
         pruned, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
-        keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
+        keep = ~pruned.reshape(r.shape)
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
-    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass."""
+def _rescale(r: Array, pruned: Array, total: Array, kept: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass
+    (``pruned``, ``total``, ``kept`` from :func:`_prune`)."""
     zero = jnp.zeros((), r.dtype)
-    total = jnp.sum(mags, axis=-1)
-    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
+    flat = r.reshape(pruned.shape)
+    some = jnp.stack([jnp.any(pruned & (flat > 0), axis=-1), jnp.any(pruned & (flat < 0), axis=-1)])
     # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
-    lam = jnp.where(jnp.any(pruned, axis=-1), total / jnp.where(kept > 0, kept, 1), 1)
-    flat = r.reshape(mags.shape[1:])
+    lam = jnp.where(some, total / jnp.where(kept > 0, kept, 1), 1)
     factor = jnp.where(flat > 0, lam[0][:, None], lam[1][:, None])
-    out = jnp.where(pruned[0] | pruned[1], zero, flat * factor)
-    return out.reshape(r.shape)
+    return jnp.where(pruned, zero, flat * factor).reshape(r.shape)
 
 
 def _sign_definite(rule: Rule) -> bool:
