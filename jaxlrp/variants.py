@@ -353,13 +353,6 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 # ------------------------------------------------------------------------------- PLRP
 
 
-def _by_sign(flat: Array, a: Array) -> Array:
-    """Per-row sums of ``a`` over the positive and over the negative entries of
-    ``flat`` (both ``(B, n)``): shape ``(2, B)``."""
-    zero = jnp.zeros((), a.dtype)
-    return jnp.stack([jnp.sum(jnp.where(flat > 0, a, zero), axis=-1), jnp.sum(jnp.where(flat < 0, a, zero), axis=-1)])
-
-
 def _of_sign(flat: Array, v: Array) -> Array:
     """Each entry of ``flat`` (``(B, n)``) gets the value of its row and sign from
     ``v`` (``(2, B)``: positive, negative; zeros count as positive)."""
@@ -369,21 +362,16 @@ def _of_sign(flat: Array, v: Array) -> Array:
 def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, total, kept)``: ``pruned`` the boolean mask (True = pruned)
-    of shape ``(B, n)`` (examples, flattened entries), ``total`` and ``kept`` of
-    shape ``(2, B)`` the mass of each sign (positive, negative) before and after
-    pruning.
+    Returns ``(pruned, lam)``: ``pruned`` the boolean mask (True = pruned) of shape
+    ``(B, n)`` (examples, flattened entries), ``lam`` of shape ``(2, B)`` the
+    PLRP-lambda factor of each sign (positive, negative): its mass over its kept
+    mass, exactly 1 where nothing of the sign is pruned.
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
-    mag = jnp.abs(flat)
-    total = _by_sign(flat, mag)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta = _threshold(flat, p * total)
-    pruned = (flat != 0) & (mag <= _of_sign(flat, theta))
-    # ties at the threshold could remove a sign's whole mass: then prune none of it
-    kept = _by_sign(flat, jnp.where(pruned, jnp.zeros((), r.dtype), mag))
-    return pruned & _of_sign(flat, kept > 0), total, kept
+    theta, lam = _threshold(flat, p)
+    return (flat != 0) & (jnp.abs(flat) <= _of_sign(flat, theta)), lam
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
@@ -403,41 +391,50 @@ def _first_over(cum: Array, start: Array, budget: Array) -> tuple:
     return i, jnp.where(i > 0, before, start), crossed
 
 
+def _after(a: Array, i: Array) -> Array:
+    """Sum of ``a`` over the last axis after index ``i``."""
+    return jnp.sum(jnp.where(jnp.arange(a.shape[-1]) > i[..., None], a, 0), axis=-1)
+
+
 def _crossing(hist: Array, base: Array, budget: Array) -> tuple:
     """The bucket of ``hist`` (last axis) in which ``base`` plus the running sum of
-    the buckets first exceeds ``budget``, the mass before that bucket, and whether
-    any bucket does. Two levels (blocks of buckets, then the buckets of one block),
-    so that no running sum is longer than about the square root of the buckets."""
+    the buckets first exceeds ``budget``, the mass before and the mass after that
+    bucket, and whether any bucket does. Two levels (blocks of buckets, then the
+    buckets of one block), so that no running sum is longer than about the square
+    root of the buckets."""
     k = hist.shape[-1]
     k2 = 1 << (k.bit_length() - 1) // 2
     blocks = hist.reshape(hist.shape[:-1] + (k // k2, k2))
-    j, start, crossed = _first_over(base[..., None] + jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1), base, budget)
+    sums = jnp.sum(blocks, axis=-1)
+    j, start, crossed = _first_over(base[..., None] + jnp.cumsum(sums, axis=-1), base, budget)
     block = jnp.take_along_axis(blocks, j[..., None, None], axis=-2)[..., 0, :]
     i, below, _ = _first_over(start[..., None] + jnp.cumsum(block, axis=-1), start, budget)
-    return j * k2 + i, below, crossed
+    return j * k2 + i, below, _after(sums, j) + _after(block, i), crossed
 
 
-def _threshold(flat: Array, budget: Array) -> Array:
-    r"""The pruning thresholds of each row of ``flat`` (shape ``(B, n)``), per sign,
-    without sorting; ``budget`` and the result have shape ``(2, B)`` (positive,
-    negative).
+def _threshold(flat: Array, p: Array) -> tuple:
+    r"""The pruning threshold and the PLRP-lambda factor of each row of ``flat``
+    (shape ``(B, n)``) and sign, for the proportions ``p`` (shape ``(2, 1)``:
+    positive, negative), without sorting; both results have shape ``(2, B)``.
 
-    For one row and sign, with :math:`m` the magnitudes of the entries of that sign:
-    in ascending order the entries whose running sum stays within the budget
-    :math:`b` are pruned, ties with the last of them included, so the threshold is
-    the largest value :math:`u` of the row with :math:`\sum_{m < u} m + u \le b`
-    (0 if there is none). Non-negative floats order like their bit patterns read as
-    integers, and :math:`S(t) = \sum_{m \le t} m` jumps only at the entries; so
-    the search is a radix select on the bit pattern for the first entry
-    :math:`t_c` with :math:`S(t_c) > b`: per digit (:data:`_DIGITS`: 3 for
-    float32) one scatter-add of the magnitudes into a histogram of that digit over
-    the entries that share the digits found so far, and its cumulative sum, offset
-    by the mass below the prefix, says in which bucket :math:`S` crosses :math:`b`.
-    At the end :math:`t_c` is exact and the offset is :math:`S(t_c^-)`; the
-    threshold is :math:`t_c` if it still fits on its own (ties), else the float just
-    below it. A sign whose whole mass fits (no entries, or rounding at
-    :math:`p \to 1`) gets its largest magnitude: everything would go, which
-    :func:`_prune` refuses. Both signs share each pass; all shapes are static.
+    For one row and sign, with :math:`m` the magnitudes of the entries of that sign
+    and the budget :math:`b = p \sum m`: in ascending order the entries whose
+    running sum stays within :math:`b` are pruned, ties with the last of them
+    included, so the threshold is the largest value :math:`u` of the row with
+    :math:`\sum_{m < u} m + u \le b` (0 if there is none). Non-negative floats
+    order like their bit patterns read as integers, and :math:`S(t) = \sum_{m \le t}
+    m` jumps only at the entries; so the search is a radix select on the bit
+    pattern for the first entry :math:`t_c` with :math:`S(t_c) > b`: per digit
+    (:data:`_DIGITS`: 3 for float32) one scatter-add of the magnitudes into a
+    histogram of that digit over the entries that share the digits found so far;
+    its running sum, offset by the mass below the prefix, says in which bucket
+    :math:`S` crosses :math:`b`. The first histogram holds the whole mass (hence
+    :math:`b`), the last bucket found the ties at :math:`t_c`, and the buckets
+    above the found ones the mass above :math:`t_c`; the threshold is :math:`t_c`
+    if it still fits on its own (ties), else the float just below it. The kept
+    mass follows from the buckets (no pass over the entries); a sign with nothing
+    to prune, or whose whole mass would go (only possible through ties), gets
+    threshold 0 and factor 1. Both signs share each pass; all shapes are static.
     (The former bisection on the bit pattern took one masked sum per bit, 31 for
     float32, which dominated PLRP on deep networks.)
     """
@@ -450,8 +447,8 @@ def _threshold(flat: Array, budget: Array) -> Array:
     member = flat != 0
     row = jnp.where(neg, rows, 0) + jnp.arange(rows)[:, None]  # index into the (2, B) rows
     prefix = jnp.zeros((2, rows), itype)  # the digits of t_c found so far
-    base = jnp.zeros((2, rows), acc)  # S below the prefix's bucket
-    fits = None
+    base = rest = jnp.zeros((2, rows), acc)  # S below the prefix's bucket, the mass above it
+    total = budget = fits = None
     shift = sum(_DIGITS[dtype.itemsize])
     for width in _DIGITS[dtype.itemsize]:
         shift -= width
@@ -461,14 +458,22 @@ def _threshold(flat: Array, budget: Array) -> Array:
         digit = ((bits >> shift) & (k - 1)).astype(row.dtype)
         ids = jnp.where(inside, row * k + digit, 2 * rows * k)  # others are dropped
         hist = jnp.zeros(2 * rows * k, acc).at[ids.ravel()].add(mag.ravel().astype(acc), mode="drop")
-        d, base, crossed = _crossing(hist.reshape(2, rows, k), base, budget)
+        hist = hist.reshape(2, rows, k)
+        if total is None:
+            total = jnp.sum(hist, axis=-1)
+            budget = p * total.astype(dtype)
+        d, base, above, crossed = _crossing(hist, base, budget)
+        rest = rest + above
         fits = ~crossed if fits is None else fits
         prefix = (prefix << width) | d.astype(itype)
     t_c = jax.lax.bitcast_convert_type(prefix, dtype)
-    under = jax.lax.bitcast_convert_type(jnp.maximum(prefix - 1, 0), dtype)
-    theta = jnp.where(base.astype(dtype) + t_c <= budget, t_c, under)
-    largest = jnp.stack([jnp.max(jnp.where(neg, 0, mag), -1), jnp.max(jnp.where(neg, mag, 0), -1)])
-    return jnp.where(fits, largest, theta)
+    ties = jnp.take_along_axis(hist, d[..., None], axis=-1)[..., 0]
+    tie_fits = base.astype(dtype) + t_c <= budget
+    kept = rest + jnp.where(tie_fits, 0, ties)
+    prunes = ~fits & ((base > 0) | (tie_fits & (ties > 0))) & (kept > 0)
+    theta = jnp.where(tie_fits, t_c, jax.lax.bitcast_convert_type(jnp.maximum(prefix - 1, 0), dtype))
+    lam = total.astype(dtype) / jnp.where(prunes, kept, 1).astype(dtype)
+    return jnp.where(prunes, theta, 0), jnp.where(prunes, lam, 1)
 
 
 def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, example_ndim: int = 0) -> Array:
@@ -496,7 +501,7 @@ def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, exam
     Array
         Boolean, shape of ``r``.
     """
-    pruned, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
+    pruned, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
     return pruned.reshape(r.shape)
 
 
@@ -567,21 +572,17 @@ class Pruned(Rule):
             return (_rescale(r, *_prune(r, self.p, self.p_negative, node.example_ndim)),)
         # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
         r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
-        pruned, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
+        pruned, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
         keep = ~pruned.reshape(r.shape)
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, total: Array, kept: Array) -> Array:
+def _rescale(r: Array, pruned: Array, lam: Array) -> Array:
     """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass
-    (``pruned``, ``total``, ``kept`` from :func:`_prune`)."""
-    zero = jnp.zeros((), r.dtype)
+    (``pruned`` and ``lam`` from :func:`_prune`)."""
     flat = r.reshape(pruned.shape)
-    some = jnp.stack([jnp.any(pruned & (flat > 0), axis=-1), jnp.any(pruned & (flat < 0), axis=-1)])
-    # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
-    lam = jnp.where(some, total / jnp.where(kept > 0, kept, 1), 1)
     factor = jnp.where(flat > 0, lam[0][:, None], lam[1][:, None])
-    return jnp.where(pruned, zero, flat * factor).reshape(r.shape)
+    return jnp.where(pruned, jnp.zeros((), r.dtype), flat * factor).reshape(r.shape)
 
 
 def _sign_definite(rule: Rule) -> bool:
