@@ -24,8 +24,9 @@ Zennit's ``grad_output`` and jaxlrp's ``output_relevance=``. The script reports
   ``jax.grad`` of the same logit; all warmed up, timed in interleaved rounds,
   medians of ``--repeats`` calls per round, median over rounds; torch uses
   ``torch.set_num_threads(os.cpu_count())``. Ratios: jaxlrp / Zennit, and each
-  library against its own framework's gradient. The spread column is the largest
-  ``(max - min) / median`` of the round medians of a row's four timings (noise).
+  library against its own framework's gradient (timing: ``bench/_timing.py``). The
+  spread column is the largest ``(max - min) / median`` of the round medians of a
+  row's four timings (noise).
 
 Composites, identical on both sides (defaults: epsilon 1e-6, stabiliser 1e-6,
 gamma 0.25): ``epsilon`` (Epsilon on every conv/linear layer: jaxlrp's default
@@ -81,11 +82,12 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 
 MODELS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
           "resnet18", "resnet34", "resnet50")
@@ -246,20 +248,6 @@ def _stats(a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
-def _time(f, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _spread(rounds: list) -> float:
-    m = statistics.median(rounds)
-    return (max(rounds) - min(rounds)) / m if m > 0 else float("nan")
-
-
 # ---------------------------------------------------------------------------- cells
 
 
@@ -313,9 +301,8 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
     def grad_fn(v, x, s):
         return jax.grad(lambda x: jnp.sum(model_j.apply(v, x) * s))(x)
 
-    t0 = time.perf_counter()
-    jax_grad_c = jax.jit(grad_fn).lower(variables, xj, seed_j).compile()
-    compile_grad = time.perf_counter() - t0
+    with _timing.stopwatch() as compile_grad:
+        jax_grad_c = jax.jit(grad_fn).lower(variables, xj, seed_j).compile()
 
     def jax_grad():
         return jax.block_until_ready(jax_grad_c(variables, xj, seed_j))
@@ -323,21 +310,22 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
     cells = {}
     for comp in comps:
         explain = jaxlrp.lrp(model_j.apply, jaxlrp_composite(comp))
-        t0 = time.perf_counter()
-        lrp_c = jax.jit(lambda v, x, s, explain=explain: explain(v, x, output_relevance=s)).lower(
-            variables, xj, seed_j).compile()
-        compile_lrp = time.perf_counter() - t0
+        with _timing.stopwatch() as compile_lrp:
+            lrp_c = jax.jit(lambda v, x, s, explain=explain: explain(v, x, output_relevance=s)).lower(
+                variables, xj, seed_j).compile()
 
         def jax_lrp(lrp_c=lrp_c):
             return jax.block_until_ready(lrp_c(variables, xj, seed_j))
 
         zcomp = zennit_composite(comp, name)
-        t0 = time.perf_counter()
-        with zcomp.context(model_t) as modified:
-            enter = time.perf_counter() - t0
+        with _timing.stopwatch() as enter:
+            context = zcomp.context(model_t)
+            modified = context.__enter__()
+        try:
             r_zennit = torch_grad_of(modified)().numpy()
-            t0 = time.perf_counter()
-        leave = time.perf_counter() - t0
+        finally:
+            with _timing.stopwatch() as leave:
+                context.__exit__(None, None, None)
         with zcomp.context(model_t) as modified:
             floor = max(_stats(torch_grad_of(modified, xp)().numpy(), r_zennit)["max_rel_diff"]
                         for xp in x_perturbed)
@@ -349,32 +337,29 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
         stats.update(aligned_max_rel_diff=aligned["max_rel_diff"], aligned_pearson=aligned["pearson"],
                      sum_zennit_aligned=aligned["sum_zennit"], float32_floor=floor)
         cells[comp] = {"zcomp": zcomp, "jax_lrp": jax_lrp, "stats": stats,
-                       "compile_lrp_s": compile_lrp, "context_ms": 1e3 * (enter + leave),
+                       "compile_lrp_s": compile_lrp.seconds, "context_ms": 1e3 * (enter.seconds + leave.seconds),
                        "zennit": [], "jaxlrp": []}
         print(f"  {comp:<26} rel diff {stats['max_rel_diff']:.2e}  pearson {stats['pearson']:.6f}  "
               f"sum zennit {stats['sum_zennit']:.4g} jaxlrp {stats['sum_jaxlrp']:.4g}  aligned: rel diff "
               f"{stats['aligned_max_rel_diff']:.2e}  pearson {stats['aligned_pearson']:.6f}  floor {floor:.1e}  "
-              f"(compile {compile_lrp:.1f} s)", flush=True)
+              f"(compile {compile_lrp.seconds:.1f} s)", flush=True)
 
-    # warm-up, then interleaved rounds over all the functions of this model
-    torch_grad()
-    jax_grad()
+    # warm-up, then interleaved rounds over all the functions of this model; a Zennit
+    # composite's hooks are registered for its own round only (one context at a time)
     tg, jg = [], []
     for _ in range(rounds):
-        tg.append(_time(torch_grad, repeats))
-        jg.append(_time(jax_grad, repeats))
+        grads = _timing.interleaved({"torch": torch_grad, "jax": jax_grad}, repeats, 1)
+        tg += grads["torch"]
+        jg += grads["jax"]
         for cell in cells.values():
             with cell["zcomp"].context(model_t) as modified:
-                zennit = torch_grad_of(modified)
-                zennit()  # warm-up of the hooked model
-                cell["zennit"].append(_time(zennit, repeats))
-            cell["jax_lrp"]()
-            cell["jaxlrp"].append(_time(cell["jax_lrp"], repeats))
+                cell["zennit"].append(_timing.time_call(torch_grad_of(modified), repeats, warmup=1))
+            cell["jaxlrp"].append(_timing.time_call(cell["jax_lrp"], repeats, warmup=1))
 
-    t_tg, t_jg = statistics.median(tg), statistics.median(jg)
+    t_tg, t_jg = _timing.median(tg), _timing.median(jg)
     rows = []
     for comp, cell in cells.items():
-        t_z, t_l = statistics.median(cell["zennit"]), statistics.median(cell["jaxlrp"])
+        t_z, t_l = _timing.median(cell["zennit"]), _timing.median(cell["jaxlrp"])
         rows.append({
             "model": name, "batch": batch, "size": size, "composite": comp,
             "logits_max_abs_diff": logit_diff, "max_abs_logit": float(np.max(np.abs(logits_t))),
@@ -383,11 +368,11 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
             "jax_grad_ms": 1e3 * t_jg, "jaxlrp_ms": 1e3 * t_l,
             "jaxlrp_over_zennit": t_l / t_z, "zennit_over_torch_grad": t_z / t_tg,
             "jaxlrp_over_jax_grad": t_l / t_jg,
-            "spread": max(_spread(r) for r in (tg, jg, cell["zennit"], cell["jaxlrp"])),
+            "spread": max(_timing.spread(r) for r in (tg, jg, cell["zennit"], cell["jaxlrp"])),
             "rounds_ms": {k: [1e3 * t for t in v] for k, v in
                           (("torch_grad", tg), ("jax_grad", jg), ("zennit", cell["zennit"]),
                            ("jaxlrp", cell["jaxlrp"]))},
-            "compile_grad_s": compile_grad, "compile_lrp_s": cell["compile_lrp_s"],
+            "compile_grad_s": compile_grad.seconds, "compile_lrp_s": cell["compile_lrp_s"],
             "zennit_context_ms": cell["context_ms"],
         })
         r = rows[-1]

@@ -14,7 +14,15 @@ explained logits, the physical floor for LRP (one forward and one backward pass)
 
     python bench/run.py --models cnn mlp --batch 8 64 --composites epsilon epsilon_plus_flat
 
-writes ``bench/results.md`` and ``bench/results.json`` (see ``--out``).
+writes ``bench/results.md`` and ``bench/results.json`` (see ``--out``). With ``--vmap``
+it measures instead, per model, composite and batch size, the throughput (examples/s)
+of the jitted batched explanation against ``jax.vmap`` of the per-example one (each
+example explained as a batch of one), in interleaved rounds, and writes
+``bench/vmap.md`` / ``bench/vmap.json``:
+
+    python bench/run.py --vmap --models mlp cnn --batch 1 8 64 256
+
+Timing: ``bench/_timing.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +31,7 @@ import argparse
 import json
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -34,6 +40,9 @@ import jax.numpy as jnp
 import jaxlrp
 from floor import floor_ratio
 from jaxlrp import composites, models, variants
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 
 
 class MLP(nn.Module):
@@ -77,9 +86,9 @@ COMPOSITES = {
 
 
 def _compiled(f, *args):
-    t0 = time.perf_counter()
-    c = jax.jit(f).lower(*args).compile()
-    return c, time.perf_counter() - t0
+    with _timing.stopwatch() as t:
+        c = jax.jit(f).lower(*args).compile()
+    return c, t.seconds
 
 
 def _flops(c) -> float:
@@ -96,16 +105,7 @@ def _memory(c) -> float:
     return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
-def _time(f, args, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int, vmap: bool = False) -> dict:
+def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
     cls, shape = MODELS[model_name]
     model = cls()
     x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
@@ -122,25 +122,67 @@ def bench_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds
 
     cg, tg_compile = _compiled(grad, variables, x)
     cl, tl_compile = _compiled(lrp, variables, x)
-    for f in (cg, cl):  # warm-up
-        jax.block_until_ready(f(variables, x))
-    tg, tl = [], []
-    for _ in range(rounds):  # interleaved
-        tg.append(_time(cg, (variables, x), repeats))
-        tl.append(_time(cl, (variables, x), repeats))
-    t_grad, t_lrp = statistics.median(tg), statistics.median(tl)
-    extra = {}
-    if vmap:  # per-example explanations under vmap against the batched call
-        per_example = jax.jit(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)))
-        jax.block_until_ready(per_example(variables, x))
-        extra["vmap_ratio"] = statistics.median(_time(per_example, (variables, x), repeats) for _ in range(rounds)) / t_lrp
-    return {**extra,
+    timed = _timing.interleaved({"grad": lambda: cg(variables, x), "lrp": lambda: cl(variables, x)}, repeats, rounds)
+    t_grad, t_lrp = _timing.median(timed["grad"]), _timing.median(timed["lrp"])
+    return {
         "model": model_name, "batch": batch, "composite": comp_name,
         "grad_ms": 1e3 * t_grad, "lrp_ms": 1e3 * t_lrp, "time_ratio": t_lrp / t_grad,
         "flop_ratio": _flops(cl) / _flops(cg), "floor": floor_ratio(model.apply, variables, x, COMPOSITES[comp_name]()),
         "memory_ratio": _memory(cl) / _memory(cg),
         "compile_grad_s": tg_compile, "compile_lrp_s": tl_compile,
     }
+
+
+def vmap_cell(model_name: str, batch: int, comp_name: str, repeats: int, rounds: int) -> dict:
+    """Throughput of the batched explanation against ``jax.vmap`` of the per-example
+    one (each example explained as a batch of one), both jitted, interleaved rounds."""
+    cls, shape = MODELS[model_name]
+    model = cls()
+    x = jax.random.normal(jax.random.PRNGKey(1), (batch,) + shape, jnp.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    explain = jaxlrp.lrp(model.apply, COMPOSITES[comp_name]())
+    batched, _ = _compiled(lambda v, x: explain(v, x, target=0), variables, x)
+    per_example, _ = _compiled(jax.vmap(lambda v, xi: explain(v, xi[None], target=0)[0], in_axes=(None, 0)), variables, x)
+    timed = _timing.interleaved({"batched": lambda: batched(variables, x), "vmap": lambda: per_example(variables, x)},
+                                repeats, rounds)
+    t_batched, t_vmap = _timing.median(timed["batched"]), _timing.median(timed["vmap"])
+    return {
+        "model": model_name, "batch": batch, "composite": comp_name,
+        "batched_ms": 1e3 * t_batched, "vmap_ms": 1e3 * t_vmap,
+        "batched_per_s": batch / t_batched, "vmap_per_s": batch / t_vmap, "vmap_over_batched": t_vmap / t_batched,
+        "spread": max(_timing.spread(timed["batched"]), _timing.spread(timed["vmap"])),
+    }
+
+
+def _vmap_table(args, machine: str, cmd: str) -> int:
+    """``--vmap``: examples per second of the batched call and of ``vmap`` over examples,
+    per model, composite and batch size; written to ``<out>.md`` / ``.json``."""
+    rows = []
+    for m in args.models:
+        for c in args.composites:
+            for b in args.batch:
+                r = vmap_cell(m, b, c, args.repeats, args.rounds)
+                rows.append(r)
+                print(f"{m:>5} {c:<22} b={b:<4} batched {r['batched_per_s']:9.1f}/s  vmap {r['vmap_per_s']:9.1f}/s  "
+                      f"vmap/batched time x{r['vmap_over_batched']:.2f}  spread {r['spread']:.2f}", flush=True)
+    lines = [
+        f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
+        "",
+        "Throughput (examples/s) of the jitted batched explanation and of `jax.vmap` of the per-example one "
+        "(each example a batch of one); time ratio vmap / batched; spread = (max - min) / median of the round medians.",
+        "",
+        "| model | composite | batch | batched (ex/s) | vmap (ex/s) | time vmap/batched | spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['composite']} | {r['batch']} | {r['batched_per_s']:.1f} | "
+                     f"{r['vmap_per_s']:.1f} | {r['vmap_over_batched']:.2f} | {r['spread']:.2f} |")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
+    print("\n".join(lines))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -150,36 +192,40 @@ def main(argv=None) -> int:
     ap.add_argument("--composites", nargs="+", default=list(COMPOSITES), choices=list(COMPOSITES))
     ap.add_argument("--repeats", type=int, default=20, help="calls per timing round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
-    ap.add_argument("--vmap", action="store_true", help="also time vmap of per-example explanations")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output path stem")
+    ap.add_argument("--vmap", action="store_true",
+                    help="instead: throughput of vmap of per-example explanations against the batched call "
+                         "(writes bench/vmap.md/json unless --out is given)")
+    ap.add_argument("--out", default=None, help="output path stem (default bench/results, with --vmap bench/vmap)")
     args = ap.parse_args(argv)
     if min(args.batch) < 1 or args.repeats < 1 or args.rounds < 1:
         ap.error("--batch, --repeats and --rounds must be positive")
+    if args.out is None:
+        args.out = str(pathlib.Path(__file__).parent / ("vmap" if args.vmap else "results"))
 
     machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.vmap:
+        return _vmap_table(args, machine, cmd)
     rows = []
     for m in args.models:
         for b in args.batch:
             for c in args.composites:
-                r = bench_cell(m, b, c, args.repeats, args.rounds, args.vmap)
+                r = bench_cell(m, b, c, args.repeats, args.rounds)
                 rows.append(r)
                 print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
                       f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f} (floor x{r['floor']:.2f})  mem x{r['memory_ratio']:.2f}",
                       flush=True)
-    cmd = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
         "",
-        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | floor | memory LRP/grad | compile grad / LRP (s) |"
-        + (" vmap / batched |" if args.vmap else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.vmap else ""),
+        "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | floor | memory LRP/grad | compile grad / LRP (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
             f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['floor']:.2f} | {r['memory_ratio']:.2f} | "
             f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
-            + (f" {r['vmap_ratio']:.2f} |" if args.vmap else "")
         )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

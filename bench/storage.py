@@ -34,14 +34,14 @@ import json
 import os
 import pathlib
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 
 NOTE = """\
 Decision (issue 13): `explain_dataset` keeps one `.npy` folder per batch, now with a
@@ -86,29 +86,25 @@ def read_npy(out: str, rng, checksum: bool) -> tuple:
     for the plain folders ``np.load(mmap_mode="r")`` per batch."""
     import jaxlrp.dataset as ds
 
-    t0 = time.perf_counter()
-    if checksum:
-        r = ds.load(out, verify=False)["relevance"]
-    else:
-        r = ds.LazyRows(np.load(os.path.join(out, d, "relevance.npy"), mmap_mode="r") for d in sorted(os.listdir(out)))
-    total = 0.0
-    for part in r.parts:
-        total += float(np.asarray(part, dtype=np.float64).sum())
-    seq = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx = np.sort(rng.choice(len(r), 512, replace=False))
-    sample = r[idx]
-    rand = time.perf_counter() - t0
-    return seq, rand, sample.shape
+    with _timing.stopwatch() as seq:
+        if checksum:
+            r = ds.load(out, verify=False)["relevance"]
+        else:
+            r = ds.LazyRows(np.load(os.path.join(out, d, "relevance.npy"), mmap_mode="r") for d in sorted(os.listdir(out)))
+        total = 0.0
+        for part in r.parts:
+            total += float(np.asarray(part, dtype=np.float64).sum())
+    with _timing.stopwatch() as rand:
+        idx = np.sort(rng.choice(len(r), 512, replace=False))
+        sample = r[idx]
+    return seq.seconds, rand.seconds, sample.shape
 
 
 def verify_npy(out: str) -> float:
     """``load(verify=True)``: every file's CRC-32 against its manifest."""
     import jaxlrp.dataset as ds
 
-    t0 = time.perf_counter()
-    ds.load(out, verify=True)
-    return time.perf_counter() - t0
+    return _timing.time_call(lambda: ds.load(out, verify=True))
 
 
 def _zarr_spec(out: str, shape: tuple, batch: int, zstd: bool, inner: int = 0) -> dict:
@@ -150,17 +146,15 @@ def write_zarr(out: str, n_batches: int, batch: int, row: tuple, zstd: bool, inn
 def read_zarr(out: str, rng, batch: int) -> tuple:
     import tensorstore as ts
 
-    t0 = time.perf_counter()
-    store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(out, "relevance.zarr")}}).result()
-    total = 0.0
-    for s in range(0, store.shape[0], batch):
-        total += float(np.asarray(store[s : s + batch].read().result(), dtype=np.float64).sum())
-    seq = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx = np.sort(rng.choice(store.shape[0], 512, replace=False))
-    sample = store[idx].read().result()  # fancy index: reads the chunks that hold the rows
-    rand = time.perf_counter() - t0
-    return seq, rand, sample.shape
+    with _timing.stopwatch() as seq:
+        store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(out, "relevance.zarr")}}).result()
+        total = 0.0
+        for s in range(0, store.shape[0], batch):
+            total += float(np.asarray(store[s : s + batch].read().result(), dtype=np.float64).sum())
+    with _timing.stopwatch() as rand:
+        idx = np.sort(rng.choice(store.shape[0], 512, replace=False))
+        sample = store[idx].read().result()  # fancy index: reads the chunks that hold the rows
+    return seq.seconds, rand.seconds, sample.shape
 
 
 def main(argv=None) -> None:
@@ -187,13 +181,13 @@ def main(argv=None) -> None:
             out = os.path.join(scratch, fmt)
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
-            t0 = time.perf_counter()
-            if fmt.startswith("npy"):
-                write_npy(out, n_batches, args.batch, row, checksum=fmt == "npy")
-            else:
-                inner = int(fmt.split("shard")[1]) if "shard" in fmt else 0
-                write_zarr(out, n_batches, args.batch, row, zstd="zstd" in fmt, inner=inner)
-            t["w"].append(time.perf_counter() - t0)
+            with _timing.stopwatch() as write:
+                if fmt.startswith("npy"):
+                    write_npy(out, n_batches, args.batch, row, checksum=fmt == "npy")
+                else:
+                    inner = int(fmt.split("shard")[1]) if "shard" in fmt else 0
+                    write_zarr(out, n_batches, args.batch, row, zstd="zstd" in fmt, inner=inner)
+            t["w"].append(write.seconds)
             rng = np.random.default_rng(rep)
             if fmt.startswith("npy"):
                 seq, rand, _ = read_npy(out, rng, fmt == "npy")
@@ -208,10 +202,10 @@ def main(argv=None) -> None:
     results = {}
     for fmt, t in times.items():
         results[fmt] = {
-            "write_GBps": gb / statistics.median(t["w"]),
-            "read_seq_GBps": gb / statistics.median(t["s"]),
-            "read_512_random_rows_s": statistics.median(t["r"]),
-            "verify_GBps": gb / statistics.median(t["v"]) if t["v"] else None,
+            "write_GBps": gb / _timing.median(t["w"]),
+            "read_seq_GBps": gb / _timing.median(t["s"]),
+            "read_512_random_rows_s": _timing.median(t["r"]),
+            "verify_GBps": gb / _timing.median(t["v"]) if t["v"] else None,
             "seconds": t,
         }
     if not args.dir:

@@ -93,6 +93,18 @@ def test_prune_mask_matches_reference_with_many_ties_and_wide_range(dtype):
         np.testing.assert_array_equal(got, _reference_mask(r.astype(np.float64), p_pos, p_neg, 1))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_prune_mask_half_floats(dtype):
+    """The radix select reads 16-bit patterns in two digits; on small integers (all
+    sums exact in the dtype, many ties) it matches the float64 reference exactly."""
+    rng = np.random.default_rng(2)
+    r = rng.integers(-3, 4, size=(5, 40)).astype(np.float64)
+    r[4] = 0.0
+    for p_pos, p_neg in [(0.25, 0.5), (0.5, 0.25)]:
+        got = _prune_mask(jnp.asarray(r, dtype), p_pos, p_neg, example_ndim=1)
+        np.testing.assert_array_equal(got, _reference_mask(r, p_pos, p_neg, 1))
+
+
 def test_prune_mask_budget_and_maximality():
     """Without ties the pruned mass of each sign stays within p of the sign's mass, and
     pruning the next-smallest entry would exceed it."""
