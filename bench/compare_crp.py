@@ -43,13 +43,12 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 
 
 def _missing() -> list:
@@ -164,21 +163,12 @@ def timing(args) -> dict:
     for name, bs in (("jaxlrp", None), (f"jaxlrp chunk {args.chunk}", args.chunk)):
         f = jax.jit(lambda v, x, bs=bs: concepts.conditional(model_j.apply, comp_j, batch_size=bs)(
             v, x, conditions=conds_j, target=t))
-        t0 = time.perf_counter()
-        c = f.lower(v, xj).compile()
-        compile_s[name] = time.perf_counter() - t0
+        with _timing.stopwatch() as sw:
+            c = f.lower(v, xj).compile()
+        compile_s[name] = sw.seconds
         fns[name] = lambda c=c: jax.block_until_ready(c(v, xj))
-    zennit_crp()
-    per = {n: [] for n in fns}
-    for _ in range(args.rounds):
-        for n, f in fns.items():
-            ts = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-            per[n].append(statistics.median(ts))
-    return {"seconds": {n: statistics.median(r) for n, r in per.items()}, "compile_s": compile_s}
+    per = _timing.interleaved(fns, args.repeats, args.rounds)
+    return {"seconds": {n: _timing.median(r) for n, r in per.items()}, "compile_s": compile_s}
 
 
 def markdown(args, agree: dict, times: dict, load: tuple) -> str:

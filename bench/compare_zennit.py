@@ -348,7 +348,7 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
     # composite's hooks are registered for its own round only (one context at a time)
     tg, jg = [], []
     for _ in range(rounds):
-        grads = _timing.interleaved({"torch": torch_grad, "jax": jax_grad}, repeats, 1)
+        grads = _timing.interleaved({"torch": torch_grad, "jax": jax_grad}, repeats, 1, warmup=0)
         tg += grads["torch"]
         jg += grads["jax"]
         for cell in cells.values():

@@ -34,6 +34,10 @@ needs two transposed products (the outputs with :math:`z < 0` use another weight
 The classic rule (every output with :math:`W + \gamma W^+`, Montavon et al. 2019)
 needs one transposed product, **3** (1.5x); it equals Zennit's generalised rule,
 which this package implements, only where the relevance vanishes at :math:`z \le 0`.
+That is proven per layer from the program and the rules
+(:func:`jaxlrp._analysis.relu_gated`: a ReLU follows and everything reading it gives
+zeros no relevance); on such *ReLU-gated* layers the :math:`z < 0` term is dropped
+and the floor is **3** (1.5x; signed :math:`x`: **4**). Reached (signed: 5).
 Signed :math:`x`: :math:`x^+W^+ + x^-W^-` as :math:`(z_{\text{nb}} + |x||W|)/2`
 (safe: it is used only in sums with :math:`z` of its sign) costs 1, the numerator
 :math:`x \odot W^\top(\cdot) + x^- \odot W^\top(\cdot) + |x| \odot W^{+\top}(\cdot)`
@@ -76,11 +80,13 @@ import numpy as np
 
 from jaxlrp import composites, rules, variants
 from jaxlrp import explain as _explain
+from jaxlrp._analysis import relu_gated
 
 
-def units(rule: rules.Rule, nonnegative: bool, batch: int = 1) -> float:
+def units(rule: rules.Rule, nonnegative: bool, batch: int = 1, gated: bool = False) -> float:
     """The floor of ``rule`` on a dense/conv layer, in forward products of the layer
-    (the forward pass included), for inputs known non-negative or not, at batch ``batch``.
+    (the forward pass included), for inputs known non-negative or not, at batch
+    ``batch``, on a ReLU-gated layer or not (see the module docstring).
 
     Raises
     ------
@@ -89,7 +95,7 @@ def units(rule: rules.Rule, nonnegative: bool, batch: int = 1) -> float:
     """
     b = 1.0 / max(int(batch), 1)
     if isinstance(rule, variants.Pruned):
-        return units(rule.rule, nonnegative, batch)
+        return units(rule.rule, nonnegative, batch, gated)
     if isinstance(rule, (rules.Epsilon, rules.EpsilonStd, rules.Gradient, variants.Relative)):
         return 2.0
     if isinstance(rule, rules.ZPlus) or (isinstance(rule, rules.AlphaBeta) and rule.beta == 0):
@@ -97,7 +103,9 @@ def units(rule: rules.Rule, nonnegative: bool, batch: int = 1) -> float:
     if isinstance(rule, rules.AlphaBeta):
         return 5.0 if nonnegative else 9.0
     if isinstance(rule, rules.Gamma):
-        return 2.0 if rule.gamma == 0 else (4.0 if nonnegative else 5.0)
+        if rule.gamma == 0:
+            return 2.0
+        return (3.0 if nonnegative else 4.0) if gated else (4.0 if nonnegative else 5.0)
     if isinstance(rule, rules.ZBox):
         return 3.0 + 2 * b
     if isinstance(rule, rules.Flat):
@@ -148,6 +156,7 @@ def layer_costs(fn: Callable, params: Any, x: Any, composite: Union[composites.C
 
     jax.eval_shape(traced, params, x)
     t = box[0]
+    gated = relu_gated(t.analysis, t.rules)
     found = _products(jax.make_jaxpr(fn)(params, x).jaxpr)
     batch = int(np.shape(x)[0]) if t.example_ndim >= 1 and np.ndim(x) else 1
     rows, k = [], 0
@@ -162,7 +171,8 @@ def layer_costs(fn: Callable, params: Any, x: Any, composite: Union[composites.C
         else:
             raise ValueError(f"layer {layer.key!r} ({layer.primitive}) not found among the products of the jaxpr")
         rule = t.rules[layer.index]
-        rows.append((layer.key, rule, layer.nonnegative, macs, units(rule, layer.nonnegative, batch)))
+        rows.append((layer.key, rule, layer.nonnegative, macs,
+                     units(rule, layer.nonnegative, batch, layer.index in gated)))
     return rows
 
 

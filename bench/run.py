@@ -38,11 +38,11 @@ import jax
 import jax.numpy as jnp
 
 import jaxlrp
-from floor import floor_ratio
 from jaxlrp import composites, models, variants
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
+from floor import floor_ratio  # noqa: E402  (bench/floor.py)
 
 
 class MLP(nn.Module):

@@ -138,7 +138,7 @@ class Analysis:
 
     program: Program
     tainted: set
-    plan: list  # per equation: a Step
+    plan: list[Step]  # per equation
     nodes: dict  # equation index -> NodeSpec (at the equation where it is evaluated)
     activations: dict  # region variable -> NodeSpec
     subs: dict  # equation index -> list of sub-Analysis (scan body, cond branches)
@@ -191,7 +191,7 @@ class _State:
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
-        self.plan: list = ["bind"] * len(program.eqns)
+        self.plan: list[Step] = ["bind"] * len(program.eqns)
         self.nodes: dict = {}
         self.subs: dict = {}
         self.routed: list = []
@@ -532,6 +532,66 @@ def _mark_last(an: Analysis, ctx: _Context, never_last: bool) -> None:
             continue
         elif any(v in free for v in e.outvars):
             free.update(a for a in e.invars if isinstance(a, Var))
+
+
+# ------------------------------------------------------------------ ReLU gating
+
+
+def relu_gated(an: Analysis, rules: dict) -> frozenset:
+    r"""Indices of the layers whose output relevance is provably zero wherever their
+    output ``z`` is ``<= 0``, given the rules assigned (layer index -> rule).
+
+    The rules of such a layer may skip the terms of non-positive outputs
+    (:attr:`jaxlrp.rules.Node.relu_gated`). A layer qualifies when its output is
+    read only through ``r = max(z, 0)`` (an activation whose rule routes relevance
+    unchanged, :class:`~jaxlrp.rules.Pass`), and everything that reads ``r``,
+    directly or through copies of its entries (reshapes, slices, max pooling under
+    the winner-takes-all rule, ...), gives no relevance to entries that are zero:
+    rules of the form :math:`x \odot g` (``relevance_to_zeros = "none"``). A program
+    output, an activation of ``r``, or any other reader disqualifies it: the check
+    is a sufficient condition, never a guess.
+    """
+    program = an.program
+    users = readers(program)
+    outputs = {v for v in program.outvars if isinstance(v, Var)}
+    heads = {spec.eqn: spec for spec in an.nodes.values()}
+    producer = {v: j for j, e in enumerate(program.eqns) for v in e.outvars}
+    routed = set(an.routed)
+    acts: dict = {}
+    for value, spec in an.activations.items():
+        acts.setdefault(spec.origin, []).append((value, spec))
+    memo: dict = {}
+
+    def mode(layer: Layer) -> str:
+        return getattr(rules[layer.index], "relevance_to_zeros", "any")
+
+    def none_to_zeros(v: Var) -> bool:
+        """Whether the relevance arriving at ``v`` is zero wherever ``v == 0``."""
+        if v not in memo:
+            memo[v] = False  # while deciding: a cycle proves nothing
+            memo[v] = v not in outputs and v not in acts and all(reader(j) for j in users.get(v, ()))
+        return memo[v]
+
+    def reader(j: int) -> bool:
+        e = program.eqns[j]
+        if j in heads:
+            spec = heads[j]
+            m = mode(spec.layer)
+            return m == "none" or (m == "routed" and spec.layer.kind == "maxpool" and none_to_zeros(spec.out))
+        if an.plan[j] == "bind" and e.prim.name in P.STOP:
+            return True
+        if an.plan[j] == "bind" and j in routed and e.prim.name in P.COPYING:
+            return all(none_to_zeros(u) for u in e.outvars if _inexact(u))
+        return False
+
+    def gated(spec: NodeSpec) -> bool:
+        z = spec.out
+        if z is None or z in outputs or len(acts.get(z, ())) != 1 or any(an.plan[j] != "region" for j in users.get(z, ())):
+            return False
+        ((r, act),) = acts[z]
+        return mode(act.layer) == "routed" and _patterns.relu(program.eqns[producer[r]], z) and none_to_zeros(r)
+
+    return frozenset(spec.layer.index for spec in an.nodes.values() if spec.weight is not None and gated(spec))
 
 
 # ------------------------------------------------------------------ control flow

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from . import canonize
-from ._analysis import Analysis, NodeSpec, _inexact
+from ._analysis import Analysis, NodeSpec, _inexact, relu_gated
 from ._program import Eqn, Lit, Var, replay
 from .rules import Node, after
 
@@ -29,7 +29,7 @@ from .rules import Node, after
 # -------------------------------------------------------------------------- evaluation
 
 
-def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None):
+def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False):
     """A function ``(inputs, weight, scale, bias) -> z`` whose VJP is ``rule``.
 
     ``scale`` (or ``None``) is a folded per-channel scale (BatchNorm's): the forward
@@ -57,7 +57,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None):
         inputs, weight, scale, bias, z = res
         if scale is not None:
             weight = fold(after(weight, relevance), scale)
-        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative), relevance)
+        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative, gated), relevance)
         return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None
 
     call.defvjp(fwd, bwd)
@@ -99,9 +99,12 @@ def evaluate(
     :class:`~jaxlrp.rules.Node`). ``masks`` maps layer index to ``(m, s)`` (arrays
     broadcastable to the node's output, ``s`` may be ``None``): the relevance ``R``
     at the node's output (after the tap) becomes ``m * R + s * z`` in the backward
-    pass (:func:`_condition`).
+    pass (:func:`_condition`). Layers whose output relevance is provably zero where
+    their output is ``<= 0`` tell their rules so (:func:`jaxlrp._analysis.relu_gated`;
+    not under ``masks``, whose ``s * z`` term gives relevance there).
     """
     taps, masks = taps or {}, masks or {}
+    gated = frozenset() if masks else relu_gated(an, rules)
     starts = starts or {}
     prog = an.program
     env: dict = {}
@@ -129,7 +132,8 @@ def evaluate(
         elif kind == "node":
             spec = an.nodes[i]
             env[spec.out] = _eval_node(
-                an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim
+                an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim,
+                spec.layer.index in gated,
             )
             if spec.layer.index in masks:
                 env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
@@ -176,7 +180,7 @@ def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_nd
     return z if tap is None else z + tap[1]
 
 
-def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
+def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False) -> Any:
     if spec.layer.kind == "softmax":
         return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim)
     e = an.program.eqns[spec.eqn]
@@ -192,7 +196,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
         apply, bias = _affine_map(spec, e, ops)
     else:
         apply = _rebind(e, ops, spec.tainted)
-    z = _node_call(spec, rule, apply, example_ndim, fold)(inputs, weight, scale, bias)
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated)(inputs, weight, scale, bias)
     if tap is not None:
         z = z + tap[1]
     return z

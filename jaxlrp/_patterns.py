@@ -35,9 +35,11 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Optional
 
+import numpy as np
+
 from . import _primitives as P
 from ._kinds import Kind
-from ._program import Eqn, Program, Var
+from ._program import Eqn, Lit, Program, Var
 
 Tag = Literal["inverse", "root", "gate", "probs", "exp"]
 Has = Callable[[int, Tag], bool]
@@ -141,6 +143,18 @@ def quotient(tainted: tuple, has: Has) -> bool:
     :class:`~jaxlrp.rules.Gradient`).
     """
     return tainted == (0, 1) and not has(0, "inverse")
+
+
+def relu(eqn: Eqn, source: Var) -> bool:
+    """Whether ``eqn`` is ``max(source, 0)``, a ReLU of ``source`` itself::
+
+        r = max z 0.0          # jax.nn.relu, flax.linen.relu, jnp.maximum(z, 0)
+    """
+    if eqn.prim.name not in P.RECTIFIERS or len(eqn.invars) != 2 or source not in eqn.invars:
+        return False
+    (other,) = [a for a in eqn.invars if a is not source] or [None]
+    value = other.static() if isinstance(other, Lit) else None
+    return value is not None and bool(np.all(value == 0))
 
 
 def replayed(program: Program, out: Var, src: Var, tainted: Callable[[object], bool]) -> tuple:

@@ -35,7 +35,7 @@ CALLS: dict[str, str] = {
 }
 
 # Linear in their input, with a weight operand: the layer's LRP rule.
-# name -> layer kind (used by composites).
+# name -> layer kind.
 LINEAR: dict[str, Kind] = {
     "dot_general": "dense",
     "conv_general_dilated": "conv",
@@ -102,6 +102,17 @@ ROUTING: frozenset[str] = frozenset(
     cummin gather scatter optimization_barrier device_put mesh_cast reshard
     pvary pcast all_gather ppermute select_and_gather_add""".split()
 )
+
+# Routing primitives whose every output entry is a copy of an input entry (or a
+# constant), so a zero input is copied only to zeros (see
+# jaxlrp._analysis.relu_gated).
+COPYING: frozenset[str] = frozenset(
+    """reshape transpose broadcast_in_dim squeeze expand_dims slice dynamic_slice
+    concatenate pad rev reduce_max reduce_window_max sharding_constraint stack unstack
+    split optimization_barrier""".split()
+)
+# The primitive of ReLU: ``max(x, 0)``.
+RECTIFIERS: frozenset[str] = frozenset({"max"})
 
 # Control flow with a body that is interpreted.
 CONTROL: frozenset[str] = frozenset({"scan", "cond", "shard_map"})

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from ._kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
 
-Array = Any
+Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
 
 __all__ = [
     "Node",
@@ -75,6 +75,7 @@ __all__ = [
     "WinnerTakesAll",
     "MaxPoolProportional",
     "WEIGHTED_KINDS",
+    "AGGREGATE_KINDS",
     # the modified-gradient engine
     "propagate",
     "Term",
@@ -92,7 +93,6 @@ __all__ = [
     "stabilize",
     "divide",
 ]
-
 
 
 class Node(NamedTuple):
@@ -131,6 +131,12 @@ class Node(NamedTuple):
         Whether the inputs are known from the program to be non-negative (outputs of
         ReLU, max pooling over them, exp, sigmoid, ...): rules then skip the terms
         of negative inputs, which are exactly zero.
+    relu_gated:
+        Whether the relevance arriving at the output is known from the program and
+        the assigned rules to be zero wherever ``output <= 0`` (a ReLU follows, and
+        whatever reads it gives no relevance to zeros; see
+        :attr:`Rule.relevance_to_zeros`): rules may then skip the terms of
+        non-positive outputs, whose contribution is exactly zero.
     """
 
     kind: str
@@ -141,6 +147,7 @@ class Node(NamedTuple):
     apply: Optional[Callable[[tuple, Optional[Array]], Array]]
     example_ndim: int = 0
     nonnegative: bool = False
+    relu_gated: bool = False
 
 
 _NONNEGATIVE_PARAMETERS = frozenset({"epsilon", "stabilizer", "gamma", "alpha", "beta"})
@@ -155,6 +162,13 @@ class Rule:
     """
 
     kinds: frozenset = frozenset()
+    #: What the rule gives input entries that are zero: ``"none"`` (rules of the
+    #: form :math:`x \odot g`, e.g. every rule on :func:`propagate`), ``"routed"``
+    #: (each input entry gets the relevance of the output entries it is copied to:
+    #: :class:`Pass`, :class:`WinnerTakesAll`) or ``"any"`` (no promise; the
+    #: default). Read by the analysis to set :attr:`Node.relu_gated` for the layer
+    #: before (a sufficient condition: a wrong ``"none"`` would drop relevance).
+    relevance_to_zeros: str = "any"
 
     def __post_init__(self):
         """Reject negative (or NaN) stabilisers and rule parameters with ``ValueError``."""
@@ -179,16 +193,6 @@ class Rule:
 # :class:`Branch`, handed to :func:`propagate`. No VJP code is needed.
 
 
-def _stabilize(d: Array, eps: float) -> Array:
-    return d + eps * jnp.where(d >= 0, 1, -1).astype(d.dtype)
-
-
-def _divide(r: Array, d: Array) -> Array:
-    """``r / d`` with ``0`` where ``d == 0`` (and no NaN in either branch)."""
-    zero = d == 0
-    return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
-
-
 def stabilize(d: Array, epsilon: Any) -> Array:
     r"""Zennit's stabiliser :math:`d + \epsilon\,\mathrm{sign}(d)` with :math:`\mathrm{sign}(0) = +1`.
 
@@ -199,12 +203,13 @@ def stabilize(d: Array, epsilon: Any) -> Array:
     epsilon:
         ``>= 0``; a scalar or an array broadcastable against ``d``.
     """
-    return _stabilize(d, epsilon)
+    return d + epsilon * jnp.where(d >= 0, 1, -1).astype(d.dtype)
 
 
 def divide(r: Array, d: Array) -> Array:
     """``r / d``, with ``0`` (never NaN or infinity) where ``d`` is exactly zero."""
-    return _divide(r, d)
+    zero = d == 0
+    return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
 
 
 @jax.custom_jvp
@@ -259,8 +264,6 @@ def negative(a: Array) -> Array:
     """:math:`a^- = \\min(a, 0)`."""
     return jnp.minimum(a, 0)
 
-
-_pos, _neg = positive, negative
 
 
 class Combo(NamedTuple):
@@ -475,7 +478,7 @@ class _Products:
 
     def w_pos(self) -> Array:
         if self._w_pos is None:  # made once, when first needed
-            self._w_pos = _pos(after(self.node.weight, self.relevance))
+            self._w_pos = positive(after(self.node.weight, self.relevance))
         return self._w_pos
 
     def basis(self, br: Branch) -> list:
@@ -593,7 +596,7 @@ def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -
         if bias is not None:
             d = d + bias
     r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
-    return _divide(r, _stabilize(d, epsilon))
+    return divide(r, stabilize(d, epsilon))
 
 
 def _check_terms(node: Node, terms: Sequence[Term]) -> None:
@@ -673,7 +676,7 @@ def sign_parts(node: Node) -> tuple:
     of alpha-beta, :math:`z^+` and gamma, without the branches that are zero.
     """
     (x,) = node.inputs
-    return (x,) if node.nonnegative else (_pos(x), _neg(x))
+    return (x,) if node.nonnegative else (positive(x), negative(x))
 
 
 def signed_branches(parts: tuple, for_positive: Any, for_negative: Any) -> list:
@@ -719,14 +722,6 @@ def constant_input(value: Any, node: Node) -> Array:
     return jnp.broadcast_to(v, shape)
 
 
-def _bias(node: Node, ignore: bool) -> Optional[Array]:
-    return None if ignore else node.bias
-
-
-def _map_bias(b: Optional[Array], f: Callable[[Array], Array]) -> Optional[Array]:
-    return None if b is None else f(b)
-
-
 def _check_nonneg(name: str, value: float) -> None:
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -758,11 +753,12 @@ class Epsilon(Rule):
     epsilon: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
-
+    relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
-        if self.ignore_bias and node.bias is not None:  # d = z - b: the forward output, no product
-            term = Term([Branch(node.inputs, LAYER_WEIGHT)])
+        if self.ignore_bias and node.bias is not None:
+            # d = x W, recomputed: z - b would lose x W to rounding where |x W| << |b|
+            term = Term([Branch(node.inputs, node.weight)])
         else:
             term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
         return propagate(node, relevance, [term], self.epsilon)
@@ -793,21 +789,19 @@ class ZPlus(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
-
+    relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
-        term = _positive_term(node, sign_parts(node), _neg(after(node.weight, relevance)), self.ignore_bias)
+        term = _positive_term(node, sign_parts(node), negative(after(node.weight, relevance)), self.ignore_bias)
         return propagate(node, relevance, [term], self.stabilizer)
 
 
-
-
 def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> Term:
-    return Term(signed_branches(parts, POSITIVE_WEIGHT, w_neg), bias=_map_bias(_bias(node, ignore_bias), _pos), scale=scale)
+    return Term(signed_branches(parts, POSITIVE_WEIGHT, w_neg), bias=layer_bias(node, ignore_bias, positive), scale=scale)
 
 
 def _negative_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float) -> Term:
-    return Term(signed_branches(parts, w_neg, POSITIVE_WEIGHT), bias=_map_bias(_bias(node, ignore_bias), _neg), scale=scale)
+    return Term(signed_branches(parts, w_neg, POSITIVE_WEIGHT), bias=layer_bias(node, ignore_bias, negative), scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -837,6 +831,7 @@ class AlphaBeta(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    relevance_to_zeros = "none"
 
     def __post_init__(self):
         super().__post_init__()
@@ -844,7 +839,7 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
     def __call__(self, node, relevance):
-        parts, w_neg = sign_parts(node), _neg(after(node.weight, relevance))  # shared by the terms
+        parts, w_neg = sign_parts(node), negative(after(node.weight, relevance))  # shared by the terms
         terms = [_positive_term(node, parts, w_neg, self.ignore_bias, self.alpha)]
         if self.beta:
             terms.append(_negative_term(node, parts, w_neg, self.ignore_bias, -self.beta))
@@ -877,22 +872,23 @@ class Gamma(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
-
+    relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
         # z > 0: x+ (w + g w+) + x- (w + g w-) = z + g (x+ w+ + x- w-); z < 0: x+ (w + g w-) +
         # x- (w + g w+) = (1 + g) z - g (x+ w+ + x- w-), a sum of same-signed parts where z < 0.
         # z is the forward output, so only x+ w+ and x- w- are new products (only x w+ for x >= 0).
         g, z = self.gamma, node.output
-        b, parts = _bias(node, self.ignore_bias), sign_parts(node)
-        w_neg = () if node.nonnegative else (_neg(after(node.weight, relevance)),)
+        parts = sign_parts(node)
+        w_neg = () if node.nonnegative else (negative(after(node.weight, relevance)),)
         extra = list(zip(parts, (POSITIVE_WEIGHT,) + w_neg))
         terms = [
             Term([Branch(node.inputs, LAYER_WEIGHT)] + [Branch((p,), w, g) for p, w in extra],
-                 _map_bias(b, lambda b: b + g * _pos(b)), z > 0),
-            Term([Branch(node.inputs, LAYER_WEIGHT, 1.0 + g)] + [Branch((p,), w, -g) for p, w in extra],
-                 _map_bias(b, lambda b: b + g * _neg(b)), z < 0),
+                 layer_bias(node, self.ignore_bias, lambda b: b + g * positive(b)), z > 0),
         ]
+        if not node.relu_gated:  # else no relevance arrives where z <= 0: the term is zero
+            terms.append(Term([Branch(node.inputs, LAYER_WEIGHT, 1.0 + g)] + [Branch((p,), w, -g) for p, w in extra],
+                              layer_bias(node, self.ignore_bias, lambda b: b + g * negative(b)), z < 0))
         return propagate(node, relevance, terms, self.stabilizer)
 
 
@@ -956,7 +952,6 @@ class Flat(Rule):
     stabilizer: float = 1e-6
     kinds = WEIGHTED_KINDS
 
-
     def __call__(self, node, relevance):
         term = Term([Branch((constant_input(1.0, node),), jnp.ones_like(node.weight))])
         return propagate(node, relevance, [term], self.stabilizer)
@@ -983,11 +978,10 @@ class WSquare(Rule):
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
 
-
     def __call__(self, node, relevance):
         term = Term(
             [Branch((constant_input(1.0, node),), jnp.square(after(node.weight, relevance)))],
-            bias=_map_bias(_bias(node, self.ignore_bias), jnp.square),
+            bias=layer_bias(node, self.ignore_bias, jnp.square),
         )
         return propagate(node, relevance, [term], self.stabilizer)
 
@@ -1009,7 +1003,7 @@ class Norm(Rule):
 
     stabilizer: float = 1e-6
     kinds = AGGREGATE_KINDS
-
+    relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
         term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
@@ -1033,7 +1027,6 @@ class Uniform(Rule):
 
     stabilizer: float = 1e-6
     kinds = frozenset({"product", "gate", "attention"})
-
 
     def __call__(self, node, relevance):
         n = len(node.inputs)
@@ -1070,7 +1063,7 @@ class SignalTakesAll(Rule):
         if signal.shape == relevance.shape:
             return relevance, jnp.zeros_like(gate)
         _, pull = jax.vjp(lambda s: node.apply((s, gate), None), signal)
-        (g,) = pull(_divide(relevance, _stabilize(node.output, self.stabilizer)))
+        (g,) = pull(divide(relevance, stabilize(node.output, self.stabilizer)))
         return signal * g, jnp.zeros_like(gate)
 
 
@@ -1093,7 +1086,6 @@ class Softmax(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"softmax"})
 
-
     def __call__(self, node, relevance):
         term = Term([Branch(node.inputs, None)], denominator=node.output)
         return propagate(node, relevance, [term], self.stabilizer)
@@ -1111,6 +1103,7 @@ class Pass(Rule):
     """
 
     kinds = frozenset({"activation"}) | WEIGHTED_KINDS
+    relevance_to_zeros = "routed"
 
     def check(self, layer):
         if layer.kind in WEIGHTED_KINDS and tuple(layer.input_shapes[0]) != tuple(layer.output_shape):
@@ -1186,13 +1179,14 @@ class EpsilonStd(Rule):
     centered: bool = False
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    relevance_to_zeros = "none"
 
     def __post_init__(self):
         super().__post_init__()
         _check_nonneg("factor", self.factor)
 
     def __call__(self, node, relevance):
-        b = _bias(node, self.ignore_bias)
+        b = layer_bias(node, self.ignore_bias)
         z = node.output if b is node.bias else node.output - node.bias
         axes = _example_axes(z, node.example_ndim)
         c = z - jnp.mean(z, axis=axes, keepdims=True) if self.centered else z
@@ -1255,6 +1249,7 @@ class WinnerTakesAll(Rule):
     """
 
     kinds = frozenset({"maxpool"})
+    relevance_to_zeros = "routed"
 
     def __call__(self, node, relevance):
         _, pull = jax.vjp(lambda x: node.apply((x,), None), node.inputs[0])
@@ -1283,12 +1278,13 @@ class MaxPoolProportional(Rule):
 
     stabilizer: float = 1e-6
     kinds = frozenset({"maxpool"})
+    relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
         (x,) = node.inputs
         window_sum = _window_sum(node.apply, x)
         z, pull = jax.vjp(window_sum, x)
-        (c,) = pull(_divide(relevance, _stabilize(z, self.stabilizer)))
+        (c,) = pull(divide(relevance, stabilize(z, self.stabilizer)))
         return (x * c,)
 
 

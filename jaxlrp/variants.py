@@ -304,7 +304,7 @@ def _absolute_shares(node: Node, x: Array, w: Optional[Array], relevance: Array)
     """``|x| * |W|^T (R / (|W| |x|))``, zero where the denominator is 0."""
     a = None if w is None else jnp.abs(w)
     d, pull = jax.vjp(lambda x_: node.apply((x_,), a), jnp.abs(x))
-    (g,) = pull(_rules._divide(relevance, d.astype(relevance.dtype)))
+    (g,) = pull(_rules.divide(relevance, d.astype(relevance.dtype)))
     return jnp.abs(x) * g
 
 

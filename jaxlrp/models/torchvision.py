@@ -245,7 +245,10 @@ def load_torchvision(
     variables: dict = {}
     wrong = []
     for key, (coll, path, kind) in keys.items():
-        expected = _torch_shape(lookup(abstract[coll], path).shape, kind)
+        leaf = lookup(abstract[coll], path)
+        if leaf is None:  # the key table and the Flax model disagree: a bug here, not in the weights
+            raise AssertionError(f"{name}: no parameter {coll}/{'/'.join(map(str, path))} in the Flax model for {key!r}")
+        expected = _torch_shape(leaf.shape, kind)
         a = np.asarray(arrays[key])
         if a.shape != expected:
             wrong.append(f"{key!r}: {a.shape}, expected {expected}")
