@@ -143,9 +143,8 @@ Then:
   :math:`R`.
 
 The threshold needs no sort: non-negative floats order like their bit patterns,
-so :func:`_threshold` finds it by a radix select on the integer bit pattern, one
-histogram (a scatter-add of the magnitudes) per digit of the pattern, three for
-float32, both signs and all examples in the same pass; all shapes stay static.
+so :func:`_threshold` bisects on the integer bit pattern, one masked sum per step
+(at most as many steps as the dtype has bits); all shapes stay static.
 """
 
 from __future__ import annotations
@@ -353,129 +352,64 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 # ------------------------------------------------------------------------------- PLRP
 
 
-def _of_sign(flat: Array, v: Array) -> Array:
-    """Each entry of ``flat`` (``(B, n)``) gets the value of its row and sign from
-    ``v`` (``(2, B)``: positive, negative; zeros count as positive)."""
-    return jnp.where(flat < 0, v[1][:, None], v[0][:, None])
-
-
-def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
+def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int):
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, lam)``: ``pruned`` the boolean mask (True = pruned) of shape
-    ``(B, n)`` (examples, flattened entries), ``lam`` of shape ``(2, B)`` the
-    PLRP-lambda factor of each sign (positive, negative): its mass over its kept
-    mass, exactly 1 where nothing of the sign is pruned.
+    Returns ``(pruned, mags, e)``: ``pruned`` of shape ``(2, B, n)`` (sign, example,
+    flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same shape, and
+    the number of example axes used.
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
+    zero = jnp.zeros((), r.dtype)
+    mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta, lam = _threshold(flat, p)
-    return (flat != 0) & (jnp.abs(flat) <= _of_sign(flat, theta)), lam
+    theta = _threshold(mags, p * jnp.sum(mags, axis=-1))
+    pruned = (mags > 0) & (mags <= theta[..., None])
+    # ties at the threshold could remove a sign's whole mass: then prune none of it
+    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
+    pruned = pruned & (kept > 0)[..., None]
+    return pruned, mags, e
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
-# the magnitude's bit pattern (sign bit clear: 15, 31 or 63 bits) read in digits,
-# most significant first; one histogram pass per digit
-_DIGITS = {2: (8, 7), 4: (11, 10, 10), 8: (11, 11, 11, 10, 10, 10)}
 
 
-def _first_over(cum: Array, start: Array, budget: Array) -> tuple:
-    """The first index along the last axis where ``cum`` exceeds ``budget`` (the
-    last index if none does), the value before it (``start`` at index 0), and
-    whether any does; comparisons in ``budget``'s dtype."""
-    over = cum.astype(budget.dtype) > budget[..., None]
-    crossed = jnp.any(over, axis=-1)
-    i = jnp.where(crossed, jnp.argmax(over, axis=-1), cum.shape[-1] - 1)
-    before = jnp.take_along_axis(cum, jnp.maximum(i - 1, 0)[..., None], axis=-1)[..., 0]
-    return i, jnp.where(i > 0, before, start), crossed
+def _threshold(mags: Array, budget: Array) -> Array:
+    r"""The pruning threshold of each row of ``mags`` (non-negative), without sorting.
 
-
-def _after(a: Array, i: Array) -> Array:
-    """Sum of ``a`` over the last axis after index ``i``."""
-    return jnp.sum(jnp.where(jnp.arange(a.shape[-1]) > i[..., None], a, 0), axis=-1)
-
-
-def _crossing(hist: Array, base: Array, budget: Array) -> tuple:
-    """The bucket of ``hist`` (last axis) in which ``base`` plus the running sum of
-    the buckets first exceeds ``budget``, the mass before and the mass after that
-    bucket, and whether any bucket does. Two levels (blocks of buckets, then the
-    buckets of one block), so that no running sum is longer than about the square
-    root of the buckets."""
-    k = hist.shape[-1]
-    k2 = 1 << (k.bit_length() - 1) // 2
-    blocks = hist.reshape(hist.shape[:-1] + (k // k2, k2))
-    sums = jnp.sum(blocks, axis=-1)
-    j, start, crossed = _first_over(base[..., None] + jnp.cumsum(sums, axis=-1), base, budget)
-    block = jnp.take_along_axis(blocks, j[..., None, None], axis=-2)[..., 0, :]
-    i, below, _ = _first_over(start[..., None] + jnp.cumsum(block, axis=-1), start, budget)
-    return j * k2 + i, below, _after(sums, j) + _after(block, i), crossed
-
-
-def _threshold(flat: Array, p: Array) -> tuple:
-    r"""The pruning threshold and the PLRP-lambda factor of each row of ``flat``
-    (shape ``(B, n)``) and sign, for the proportions ``p`` (shape ``(2, 1)``:
-    positive, negative), without sorting; both results have shape ``(2, B)``.
-
-    For one row and sign, with :math:`m` the magnitudes of the entries of that sign
-    and the budget :math:`b = p \sum m`: in ascending order the entries whose
-    running sum stays within :math:`b` are pruned, ties with the last of them
-    included, so the threshold is the largest value :math:`u` of the row with
-    :math:`\sum_{m < u} m + u \le b` (0 if there is none). Non-negative floats
-    order like their bit patterns read as integers, and :math:`S(t) = \sum_{m \le t}
-    m` jumps only at the entries; so the search is a radix select on the bit
-    pattern for the first entry :math:`t_c` with :math:`S(t_c) > b`: per digit
-    (:data:`_DIGITS`: 3 for float32) one scatter-add of the magnitudes into a
-    histogram of that digit over the entries that share the digits found so far;
-    its running sum, offset by the mass below the prefix, says in which bucket
-    :math:`S` crosses :math:`b`. The first histogram holds the whole mass (hence
-    :math:`b`), the last bucket found the ties at :math:`t_c`, and the buckets
-    above the found ones the mass above :math:`t_c`; the threshold is :math:`t_c`
-    if it still fits on its own (ties), else the float just below it. The kept
-    mass follows from the buckets (no pass over the entries); a sign with nothing
-    to prune, or whose whole mass would go (only possible through ties), gets
-    threshold 0 and factor 1. Both signs share each pass; all shapes are static.
-    (The former bisection on the bit pattern took one masked sum per bit, 31 for
-    float32, which dominated PLRP on deep networks.)
+    In ascending order, the entries whose running sum stays within ``budget`` are
+    pruned, ties with the last of them included: the threshold is the largest
+    value :math:`u` of the row with :math:`\sum_{m < u} m + u \le` ``budget``
+    (0 if there is none). Non-negative floats order like their bit patterns read as
+    integers, so a bisection on the bit pattern finds the largest :math:`t` with
+    :math:`S(t) = \sum_{m \le t} m \le` ``budget`` in at most as many masked
+    sums as the dtype has bits (a sort costs far more on CPU; testing several
+    candidates per pass was slower still, as XLA materialises the comparisons).
+    The threshold is then the next value above :math:`t` if it still fits on its
+    own, else :math:`t`.
     """
-    dtype, rows = flat.dtype, flat.shape[0]
-    itype = _BITS[dtype.itemsize]
-    acc = jnp.promote_types(dtype, jnp.float32)  # half floats: sums in float32, as jnp.sum does
-    mag = jnp.abs(flat)
-    bits = jax.lax.bitcast_convert_type(mag, itype)
-    neg = flat < 0
-    member = flat != 0
-    row = jnp.where(neg, rows, 0) + jnp.arange(rows)[:, None]  # index into the (2, B) rows
-    prefix = jnp.zeros((2, rows), itype)  # the digits of t_c found so far
-    base = rest = jnp.zeros((2, rows), acc)  # S below the prefix's bucket, the mass above it
-    total: Any = None  # set by the first pass (the loop runs at least once)
-    budget: Any = None
-    fits: Any = None
-    shift = sum(_DIGITS[dtype.itemsize])
-    for width in _DIGITS[dtype.itemsize]:
-        shift -= width
-        k = 1 << width
-        own = jnp.where(neg, prefix[1][:, None], prefix[0][:, None])
-        inside = member & ((bits >> (shift + width)) == own)
-        digit = ((bits >> shift) & (k - 1)).astype(row.dtype)
-        ids = jnp.where(inside, row * k + digit, 2 * rows * k)  # others are dropped
-        hist = jnp.zeros(2 * rows * k, acc).at[ids.ravel()].add(mag.ravel().astype(acc), mode="drop")
-        hist = hist.reshape(2, rows, k)
-        if total is None:
-            total = jnp.sum(hist, axis=-1)
-            budget = p * total.astype(dtype)
-        d, base, above, crossed = _crossing(hist, base, budget)
-        rest = rest + above
-        fits = ~crossed if fits is None else fits
-        prefix = (prefix << width) | d.astype(itype)
-    t_c = jax.lax.bitcast_convert_type(prefix, dtype)
-    ties = jnp.take_along_axis(hist, d[..., None], axis=-1)[..., 0]
-    tie_fits = base.astype(dtype) + t_c <= budget
-    kept = rest + jnp.where(tie_fits, 0, ties)
-    prunes = ~fits & ((base > 0) | (tie_fits & (ties > 0))) & (kept > 0)
-    theta = jnp.where(tie_fits, t_c, jax.lax.bitcast_convert_type(jnp.maximum(prefix - 1, 0), dtype))
-    lam = total.astype(dtype) / jnp.where(prunes, kept, 1).astype(dtype)
-    return jnp.where(prunes, theta, 0), jnp.where(prunes, lam, 1)
+    itype = _BITS[mags.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(mags, itype)
+    zero = jnp.zeros((), mags.dtype)
+
+    def halve(state):
+        lo, hi, s_lo = state  # S(lo) = s_lo <= budget; S(hi) > budget unless the row is all zeros
+        mid = lo + (hi - lo) // 2
+        s_mid = jnp.sum(jnp.where(bits <= mid[..., None], mags, zero), axis=-1)
+        fits = s_mid <= budget
+        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid), jnp.where(fits, s_mid, s_lo)
+
+    def unfinished(state):
+        lo, hi, _ = state
+        return jnp.any(hi - lo > 1)
+
+    lo = jnp.zeros(budget.shape, itype)
+    hi = jnp.max(bits, axis=-1)
+    lo, hi, s_lo = jax.lax.while_loop(unfinished, halve, (lo, hi, jnp.zeros_like(budget)))
+    below = jax.lax.bitcast_convert_type(lo, mags.dtype)
+    above = jax.lax.bitcast_convert_type(hi, mags.dtype)  # the smallest value above ``below``
+    return jnp.where((hi > lo) & (s_lo + above <= budget), above, below)
 
 
 def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, example_ndim: int = 0) -> Array:
@@ -503,8 +437,8 @@ def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, exam
     Array
         Boolean, shape of ``r``.
     """
-    pruned, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
-    return pruned.reshape(r.shape)
+    pruned, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
+    return (pruned[0] | pruned[1]).reshape(r.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,20 +505,26 @@ class Pruned(Rule):
             return self.rule(node, relevance)
         if self.mode == "lambda":
             (r,) = self.rule(node, relevance)
-            return (_rescale(r, *_prune(r, self.p, self.p_negative, node.example_ndim)),)
+            pruned, mags, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
+            return (_rescale(r, pruned, mags),)
         # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
         r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
-        pruned, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
-        keep = ~pruned.reshape(r.shape)
+        pruned, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
+        keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, lam: Array) -> Array:
-    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass
-    (``pruned`` and ``lam`` from :func:`_prune`)."""
-    flat = r.reshape(pruned.shape)
+def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass."""
+    zero = jnp.zeros((), r.dtype)
+    total = jnp.sum(mags, axis=-1)
+    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
+    # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
+    lam = jnp.where(jnp.any(pruned, axis=-1), total / jnp.where(kept > 0, kept, 1), 1)
+    flat = r.reshape(mags.shape[1:])
     factor = jnp.where(flat > 0, lam[0][:, None], lam[1][:, None])
-    return jnp.where(pruned, jnp.zeros((), r.dtype), flat * factor).reshape(r.shape)
+    out = jnp.where(pruned[0] | pruned[1], zero, flat * factor)
+    return out.reshape(r.shape)
 
 
 def _sign_definite(rule: Rule) -> bool:

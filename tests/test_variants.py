@@ -95,8 +95,8 @@ def test_prune_mask_matches_reference_with_many_ties_and_wide_range(dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_prune_mask_half_floats(dtype):
-    """The radix select reads 16-bit patterns in two digits; on small integers (all
-    sums exact in the dtype, many ties) it matches the float64 reference exactly."""
+    """16-bit floats (searched on their 16-bit patterns, summed in float32): on small
+    integers (all sums exact, many ties) the mask matches the float64 reference."""
     rng = np.random.default_rng(2)
     r = rng.integers(-3, 4, size=(5, 40)).astype(np.float64)
     r[4] = 0.0
