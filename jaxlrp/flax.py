@@ -56,7 +56,7 @@ import dataclasses
 import fnmatch
 import functools
 import inspect as _inspect
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +74,7 @@ from ._errors import TrainingModeError
 from .composites import Composite, Layer, Matcher
 from .diagnostics import Report
 from .diagnostics import inspect as _jaxlrp_inspect
+from .explain import LayerSelection
 from .explain import lrp as _jaxlrp_lrp
 from .explain import value_and_lrp as _jaxlrp_value_and_lrp
 from .rules import Rule
@@ -214,7 +215,7 @@ def module_path(layer: Layer) -> str:
 
 
 def _is_glob(m: Matcher) -> bool:
-    return isinstance(m, str) and m not in _composites.KINDS + ("linear", "first", "last")
+    return isinstance(m, str) and m not in _composites._WORDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,7 +410,7 @@ def explain(
     rule: Optional[Rule] = None,
     target: Any = None,
     output_relevance: Any = None,
-    layers: Union[None, Matcher, Sequence[Matcher]] = None,
+    layers: LayerSelection = None,
     method: Method = None,
 ) -> Any:
     """Explain a Flax model on ``x``: ``explain(module, variables, x)`` for linen,

@@ -159,7 +159,7 @@ import jax.numpy as jnp
 from . import composites as _composites
 from . import rules as _rules
 from .composites import Composite, Layer
-from .rules import WEIGHTED_KINDS, Node, Rule
+from .rules import AGGREGATE_KINDS, WEIGHTED_KINDS, Node, Rule
 
 Array = Any
 Proportion = Union[float, Array]
@@ -180,7 +180,6 @@ MODES = ("lambda", "m")
 #: The readings of Relative LRP (:func:`relative`).
 RELATIVE_MODES = ("layer", "neuron")
 
-_LINEAR_AGGREGATES = frozenset({"sum", "avgpool"})
 # R-LRP's residual merge: the proportional split without a stabiliser (a zero sum
 # passes nothing), so that R-LRP stays free of hyperparameters and scale-invariant.
 _MERGE = _rules.Norm(0.0)
@@ -279,7 +278,7 @@ class Relative(Rule):
 
     rho: Optional[Callable[[Array], Array]] = None
     mode: str = "layer"
-    kinds = WEIGHTED_KINDS | _LINEAR_AGGREGATES
+    kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
 
     def __post_init__(self):
         if self.mode not in RELATIVE_MODES:
