@@ -165,19 +165,23 @@ def _vmap_table(args, machine: str, cmd: str) -> int:
                 rows.append(r)
                 print(f"{m:>5} {c:<22} b={b:<4} batched {r['batched_per_s']:9.1f}/s  vmap {r['vmap_per_s']:9.1f}/s  "
                       f"vmap/batched time x{r['vmap_over_batched']:.2f}  spread {r['spread']:.2f}", flush=True)
-    lines = [
-        f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
-        "",
+    header = [
         "Throughput (examples/s) of the jitted batched explanation and of `jax.vmap` of the per-example one "
         "(each example a batch of one); time ratio vmap / batched; spread = (max - min) / median of the round medians.",
         "",
         "| model | composite | batch | batched (ex/s) | vmap (ex/s) | time vmap/batched | spread |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['composite']} | {r['batch']} | {r['batched_per_s']:.1f} | "
-                     f"{r['vmap_per_s']:.1f} | {r['vmap_over_batched']:.2f} | {r['spread']:.2f} |")
-    out = pathlib.Path(args.out)
+    table = [f"| {r['model']} | {r['composite']} | {r['batch']} | {r['batched_per_s']:.1f} | "
+             f"{r['vmap_per_s']:.1f} | {r['vmap_over_batched']:.2f} | {r['spread']:.2f} |" for r in rows]
+    return _write(args.out, machine, cmd, header + table, rows)
+
+
+def _write(stem: str, machine: str, cmd: str, lines: list, rows: list) -> int:
+    """Write a table (``lines`` under the machine and command line) to ``<stem>.md``
+    and its rows to ``<stem>.json``, and print it."""
+    lines = [f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`", ""] + lines
+    out = pathlib.Path(stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
@@ -215,24 +219,17 @@ def main(argv=None) -> int:
                 print(f"{m:>5} b={b:<4} {c:<22} grad {r['grad_ms']:8.2f} ms  lrp {r['lrp_ms']:8.2f} ms  "
                       f"time x{r['time_ratio']:.2f}  flops x{r['flop_ratio']:.2f} (floor x{r['floor']:.2f})  mem x{r['memory_ratio']:.2f}",
                       flush=True)
-    lines = [
-        f"Machine: {machine}, {jax.device_count()} device(s). Command: `{cmd.strip()}`",
-        "",
+    header = [
         "| model | batch | composite | grad (ms) | LRP (ms) | time LRP/grad | FLOPs LRP/grad | floor | memory LRP/grad | compile grad / LRP (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
-            f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['floor']:.2f} | {r['memory_ratio']:.2f} | "
-            f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
-        )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
-    print("\n".join(lines))
-    return 0
+    table = [
+        f"| {r['model']} | {r['batch']} | {r['composite']} | {r['grad_ms']:.2f} | {r['lrp_ms']:.2f} | "
+        f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['floor']:.2f} | {r['memory_ratio']:.2f} | "
+        f"{r['compile_grad_s']:.2f} / {r['compile_lrp_s']:.2f} |"
+        for r in rows
+    ]
+    return _write(args.out, machine, cmd, header + table, rows)
 
 
 if __name__ == "__main__":
