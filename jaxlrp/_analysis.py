@@ -50,7 +50,7 @@ from . import canonize
 from ._errors import UnsupportedOperationError
 from ._kinds import WEIGHTED_KINDS, Kind
 from ._paths import layer_name
-from ._program import Eqn, Lit, Program, Var, body, flatten, readers
+from ._program import Eqn, Lit, Program, Var, body, flatten, producers, readers
 
 # ------------------------------------------------------------------- layers
 
@@ -191,6 +191,7 @@ class _State:
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
+        self.producer = producers(program)
         self.plan: list[Step] = ["bind"] * len(program.eqns)
         self.nodes: dict = {}
         self.subs: dict = {}
@@ -304,10 +305,16 @@ def _linear(st: _State, site: _Site) -> None:
                 chain=chain, param_paths=paths, folded=tuple(st.program.eqns[j].prim.name for j in folded),
                 constant_weight=not paths)  # not computed from an argument
     else:
-        kind = _patterns.product(site.tainted, st.has(site))
-        if kind is None:
-            st.fail(site, "matrix product of inverses of input-dependent values")
-        st.node(site, kind[0], e.outvars[0], order=kind[1])
+        _product(st, site, "matrix product of inverses of input-dependent values")
+
+
+def _product(st: _State, site: _Site, reason: str, hint: str = "") -> None:
+    """A product of tainted values: a normaliser, attention, a gate or a plain
+    product (:func:`_patterns.product`), or refused with ``reason``."""
+    kind = _patterns.product(site.tainted, st.has(site))
+    if kind is None:
+        st.fail(site, reason, hint)
+    st.node(site, kind[0], site.eqn.outvars[0], order=kind[1])
 
 
 def _region(st: _State, site: _Site) -> bool:
@@ -356,11 +363,8 @@ def _multiply(st: _State, site: _Site) -> None:
         return
     if len(site.tainted) == 1:
         return _scaling(st, site)
-    kind = _patterns.product(site.tainted, st.has(site))
-    if kind is None:
-        st.fail(site, "product of inverses of input-dependent values",
-                "wrap the normalisers in jax.lax.stop_gradient to treat them as constants")
-    st.node(site, kind[0], site.eqn.outvars[0], order=kind[1])
+    _product(st, site, "product of inverses of input-dependent values",
+             "wrap the normalisers in jax.lax.stop_gradient to treat them as constants")
 
 
 def _quotient(st: _State, site: _Site) -> None:
@@ -373,7 +377,7 @@ def _quotient(st: _State, site: _Site) -> None:
     source = _patterns.softmax(e, has, st.origin_of, st.sums.get)
     if source is not None:
         st.node(site, "softmax", out, order=(0,), origin=source,
-                replay=_patterns.replayed(st.program, out, source, st.is_tainted))
+                replay=_patterns.replayed(st.program, st.producer, out, source, st.is_tainted))
         st.tags[out] = {"probs"}
     elif _patterns.root_normalization(site.tainted, has):
         st.node(site, "normalize", out, order=(0, 1))
@@ -487,8 +491,7 @@ def _pass_provenance(st: _State, e: Eqn, outs: list) -> None:
 
 def _activations(st: _State) -> dict:
     """One activation node per region value read outside its region."""
-    program, found = st.program, {}
-    producer = {v: i for i, e in enumerate(program.eqns) for v in e.outvars}
+    program, producer, found = st.program, st.producer, {}
 
     def visit(a):
         if isinstance(a, Var) and a in st.origin and a not in found:
@@ -555,7 +558,7 @@ def relu_gated(an: Analysis, rules: dict) -> frozenset:
     users = readers(program)
     outputs = {v for v in program.outvars if isinstance(v, Var)}
     heads = {spec.eqn: spec for spec in an.nodes.values()}
-    producer = {v: j for j, e in enumerate(program.eqns) for v in e.outvars}
+    producer = producers(program)
     routed = set(an.routed)
     acts: dict = {}
     for value, spec in an.activations.items():

@@ -157,10 +157,10 @@ def relu(eqn: Eqn, source: Var) -> bool:
     return value is not None and bool(np.all(value == 0))
 
 
-def replayed(program: Program, out: Var, src: Var, tainted: Callable[[object], bool]) -> tuple:
+def replayed(program: Program, producer: dict, out: Var, src: Var, tainted: Callable[[object], bool]) -> tuple:
     """Indices of the equations computing ``out`` from ``src`` (and constants):
-    what a softmax node re-evaluates to recompute its output from its source."""
-    producer = {v: j for j, e in enumerate(program.eqns) for v in e.outvars}
+    what a softmax node re-evaluates to recompute its output from its source.
+    ``producer`` maps each variable to the index of its equation."""
     seen, stack = {producer[out]}, list(program.eqns[producer[out]].invars)
     while stack:
         v = stack.pop()

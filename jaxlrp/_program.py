@@ -105,6 +105,11 @@ def readers(program: "Program") -> dict:
     return found
 
 
+def producers(program: "Program") -> dict:
+    """Variable -> index of the equation that computes it."""
+    return {v: i for i, e in enumerate(program.eqns) for v in e.outvars}
+
+
 def join_names(prefix: str, name: str) -> str:
     return "/".join(p for p in (prefix, name) if p)
 
