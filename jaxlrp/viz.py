@@ -14,8 +14,10 @@ All functions accept numpy arrays, jax arrays or anything else that
 
 from __future__ import annotations
 
+import html
 import math
 import pathlib
+import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -35,6 +37,9 @@ __all__ = [
     "overlay",
     "grid",
     "save_png",
+    "save_image",
+    "token_heatmap",
+    "token_html",
     "sequence_plot",
     "relevance_figure",
     "save_figure",
@@ -89,45 +94,149 @@ _REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "max_abs")
 
 _LUT_SIZE = 256
 
-Cmap = Union[str, np.ndarray]
+#: A colour map: a name, a Zennit specification, a matplotlib ``Colormap`` or a table.
+Cmap = Union[str, np.ndarray, Any]
 
 
-def colormap(name: str) -> np.ndarray:
+def colormap(name: Cmap) -> np.ndarray:
     """Return a colour lookup table.
 
     Parameters
     ----------
-    name : str
-        One of ``"bwr"``, ``"seismic"``, ``"coldnhot"``, ``"gray"``,
-        ``"hot"`` (see :data:`COLORMAPS`). The first three are diverging
-        maps meant for signed relevance (zero sits in the middle), the last
-        two are sequential maps meant for non-negative values.
+    name : str, matplotlib colormap or numpy.ndarray
+        One of
+
+        * a built-in name, ``"bwr"``, ``"seismic"``, ``"coldnhot"``, ``"gray"``
+          or ``"hot"`` (see :data:`COLORMAPS`): the first three are diverging
+          maps meant for signed relevance (zero sits in the middle), the last
+          two sequential maps for non-negative values;
+        * a colour-map specification in Zennit's notation: comma-separated
+          RGB colours in hex (``"f00"`` or ``"ff0000"``), each optionally
+          preceded by its position in the table, a hex index ``00``-``ff``
+          and a colon (``"00f,80:fff,f00"`` is Zennit's ``bwr``). Colours
+          without a position are spaced evenly between their neighbours; the
+          first defaults to ``00``, the last to ``ff``;
+        * any matplotlib colour-map name (``"RdBu_r"``, ``"coolwarm"``,
+          ``"viridis"``) or a ``matplotlib.colors.Colormap`` (needs
+          matplotlib, the ``viz`` extra);
+        * a ``uint8`` table of shape ``(N, 3)`` (returned as a copy).
 
     Returns
     -------
     numpy.ndarray
-        A new ``uint8`` array of shape ``(256, 3)``; row 0 is the colour of
-        the lowest value, row 255 the colour of the highest.
+        A new ``uint8`` array of shape ``(256, 3)`` (``(N, 3)`` for a table);
+        row 0 is the colour of the lowest value, the last row the colour of the
+        highest.
 
     Raises
     ------
     ValueError
-        If ``name`` is not a known colour map.
+        If ``name`` is none of the above.
+
+    Examples
+    --------
+    >>> from jaxlrp import viz
+    >>> viz.colormap("bwr")[[0, 255]].tolist()
+    [[0, 0, 255], [255, 0, 0]]
+    >>> viz.colormap("00f,80:fff,f00")[[0, 128, 255]].tolist()  # Zennit's notation
+    [[0, 0, 255], [255, 255, 255], [255, 0, 0]]
     """
-    try:
-        anchors = _ANCHORS[name]
-    except (KeyError, TypeError):
+    if isinstance(name, str):
+        if name in _ANCHORS:
+            return _anchor_table(_ANCHORS[name])
+        if _SPEC.match(name):
+            return _spec_table(name)
+    elif isinstance(name, np.ndarray):
+        return _user_table(name)
+    table = _matplotlib_table(name)
+    if table is None:
         raise ValueError(
-            f"unknown colour map {name!r}; valid names are: "
-            f"{', '.join(COLORMAPS)}"
-        ) from None
+            f"unknown colour map {name!r}; valid names are the built-in {', '.join(COLORMAPS)}, "
+            "a Zennit colour-map specification such as '00f,80:fff,f00', a matplotlib "
+            "colour-map name or Colormap, or a uint8 table of shape (N, 3)"
+        )
+    return table
+
+
+def _anchor_table(anchors: tuple[_Anchor, ...]) -> np.ndarray:
     positions = np.array([pos for pos, _ in anchors], dtype=np.float64)
     colours = np.array([rgb for _, rgb in anchors], dtype=np.float64)
     x = np.linspace(0.0, 1.0, _LUT_SIZE)
-    table = np.stack(
-        [np.interp(x, positions, colours[:, c]) for c in range(3)], axis=-1
-    )
+    table = np.stack([np.interp(x, positions, colours[:, c]) for c in range(3)], axis=-1)
     return np.clip(np.rint(table), 0, 255).astype(np.uint8)
+
+
+_HEX_COLOUR = r"\s*(?:[0-9a-fA-F]{1,2}\s*:\s*)?(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3})\s*"
+_SPEC = re.compile(rf"^{_HEX_COLOUR}(?:,{_HEX_COLOUR})+$")
+
+
+def _spec_nodes(spec: str) -> list[tuple[int | None, tuple[int, ...]]]:
+    """``(position or None, rgb)`` per entry of a Zennit colour-map specification."""
+    nodes: list[tuple[int | None, tuple[int, ...]]] = []
+    for entry in spec.split(","):
+        index, _, colour = (part.strip() for part in entry.rpartition(":"))
+        if len(colour) == 3:
+            colour = "".join(c * 2 for c in colour)
+        rgb = tuple(int(colour[k:k + 2], 16) for k in (0, 2, 4))
+        nodes.append((int(index * (3 - len(index)), 16) if index else None, rgb))
+    return nodes
+
+
+def _spec_table(spec: str) -> np.ndarray:
+    """The 256-entry table of a Zennit colour-map specification: linear between
+    the positioned colours, unpositioned ones spaced evenly between their
+    neighbours (positions rounded down), constant beyond the ends; values are
+    truncated to integers as Zennit's palettes are."""
+    nodes = _spec_nodes(spec)
+    first, last = nodes[0], nodes[-1]
+    nodes[-1] = (_LUT_SIZE - 1 if last[0] is None else last[0], last[1])
+    placed: list[tuple[int, tuple[int, ...]]] = [(0 if first[0] is None else first[0], first[1])]
+    pending: list = []
+    for index, rgb in nodes[1:]:
+        if index is None:
+            pending.append(rgb)
+            continue
+        start = placed[-1][0]
+        if index < start:
+            raise ValueError(f"colour-map positions must ascend from left to right, got {spec!r}")
+        for a, colour in zip(np.linspace(0.0, 1.0, len(pending) + 2)[1:-1], pending):
+            placed.append((int(start * (1.0 - a) + index * a), colour))
+        placed.append((index, rgb))
+        pending = []
+    positions = np.array([p for p, _ in placed], dtype=np.float64)
+    colours = np.array([c for _, c in placed], dtype=np.float64)
+    x = np.arange(_LUT_SIZE, dtype=np.float64)
+    table = np.stack([np.interp(x, positions, colours[:, c]) for c in range(3)], axis=-1)
+    return np.clip(table.round(12), 0, 255).astype(np.uint8)
+
+
+def _user_table(table: np.ndarray) -> np.ndarray:
+    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 2:
+        raise ValueError(
+            "cmap must be a colour-map name or an array of shape (N, 3) with "
+            f"N >= 2, got shape {table.shape}"
+        )
+    if table.dtype != np.uint8:
+        raise ValueError(f"a cmap array must have dtype uint8, got {table.dtype}")
+    return table.copy()
+
+
+def _matplotlib_table(cmap: Any) -> np.ndarray | None:
+    """256 colours of a matplotlib colour map (a name or a ``Colormap``), or ``None``
+    if it is neither (or matplotlib is not installed)."""
+    try:
+        import matplotlib
+        from matplotlib.colors import Colormap
+    except ModuleNotFoundError:  # pragma: no cover - depends on the install
+        return None
+    if isinstance(cmap, str):
+        if cmap not in matplotlib.colormaps:
+            return None
+        cmap = matplotlib.colormaps[cmap]
+    if not isinstance(cmap, Colormap):
+        return None
+    rgba = np.asarray(cmap(np.linspace(0.0, 1.0, _LUT_SIZE)))
+    return np.clip(np.rint(rgba[:, :3] * 255.0), 0, 255).astype(np.uint8)
 
 
 def _as_float_array(values: ArrayLike, what: str) -> np.ndarray:
@@ -218,21 +327,6 @@ def normalize(
     return np.clip((rel - low) / (high - low), 0.0, 1.0)
 
 
-def _lookup_table(cmap: Cmap) -> np.ndarray:
-    """Resolve a colour-map name or a user-supplied ``(N, 3)`` table."""
-    if isinstance(cmap, str):
-        return colormap(cmap)
-    table = np.asarray(cmap)
-    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 2:
-        raise ValueError(
-            "cmap must be a colour-map name or an array of shape (N, 3) with "
-            f"N >= 2, got shape {table.shape}"
-        )
-    if table.dtype != np.uint8:
-        raise ValueError(f"a cmap array must have dtype uint8, got {table.dtype}")
-    return table
-
-
 def _reduce_channels(rel: np.ndarray, channel_axis: int, reduce: str) -> np.ndarray:
     if reduce not in _REDUCTIONS:
         raise ValueError(
@@ -306,7 +400,7 @@ def heatmap(
             "heatmap needs relevance of shape (H, W) or with one channel "
             f"axis, got shape {rel.shape}; drop the batch axis first"
         )
-    table = _lookup_table(cmap)
+    table = colormap(cmap)
     rel = _as_float_array(rel, "relevance")
     if rel.ndim == 3:
         rel = _reduce_channels(rel, channel_axis, reduce)
@@ -348,8 +442,17 @@ def overlay(
     percentile: float | None = None,
     channel_axis: int = -1,
     reduce: str = "sum",
+    weight: str = "magnitude",
 ) -> np.ndarray:
-    """Blend a relevance heatmap over a grayscale version of the input image.
+    r"""Blend a relevance heatmap over a grayscale version of the input image.
+
+    With ``weight="magnitude"`` (the default) each pixel's heatmap opacity is
+    ``alpha`` times its relevance magnitude on the heatmap's scale,
+    :math:`\alpha\,|2u - 1|` for a normalised value :math:`u` (symmetric maps)
+    or :math:`\alpha u` (non-symmetric ones): pixels of no relevance show the
+    image as it is and the most relevant ones the full colour, so the map stays
+    readable on light images, where a uniform blend of a white-centred colour
+    map washes out. ``weight="uniform"`` blends every pixel with opacity ``alpha``.
 
     Parameters
     ----------
@@ -366,6 +469,9 @@ def overlay(
         image, 1 only the heatmap.
     cmap, symmetric, percentile, channel_axis, reduce
         Passed to :func:`heatmap`.
+    weight : {"magnitude", "uniform"}, default "magnitude"
+        Opacity of the heatmap per pixel: proportional to the relevance
+        magnitude, or ``alpha`` everywhere.
 
     Returns
     -------
@@ -375,11 +481,13 @@ def overlay(
     Raises
     ------
     ValueError
-        If ``alpha`` is outside ``[0, 1]``, the shapes do not match, or the
-        inputs are invalid (see :func:`heatmap`).
+        If ``alpha`` is outside ``[0, 1]``, ``weight`` is unknown, the shapes do
+        not match, or the inputs are invalid (see :func:`heatmap`).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if weight not in ("magnitude", "uniform"):
+        raise ValueError(f"weight must be 'magnitude' or 'uniform', got {weight!r}")
     gray = _image_to_unit_gray(image)
     heat = heatmap(
         relevance,
@@ -394,7 +502,13 @@ def overlay(
             f"image is {gray.shape[0]}x{gray.shape[1]} but the relevance map is "
             f"{heat.shape[0]}x{heat.shape[1]}"
         )
-    blended = (1.0 - alpha) * gray[..., None] + alpha * (heat / 255.0)
+    opacity = np.full(gray.shape, alpha)
+    if weight == "magnitude":
+        rel = np.asarray(relevance, dtype=np.float64)
+        rel = _reduce_channels(rel, channel_axis, reduce) if rel.ndim == 3 else rel
+        unit = normalize(rel, symmetric=symmetric, percentile=percentile)
+        opacity = alpha * (np.abs(2.0 * unit - 1.0) if symmetric else unit)
+    blended = (1.0 - opacity[..., None]) * gray[..., None] + opacity[..., None] * (heat / 255.0)
     return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -624,7 +738,8 @@ def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
     Parameters
     ----------
     path : str or pathlib.Path
-        Destination file; it is written in PNG format whatever its suffix.
+        Destination file, ending in ``.png`` (for another format use
+        :func:`save_image`).
     image : array_like
         ``uint8`` array of shape ``(H, W, 3)`` (RGB) or ``(H, W)``
         (grayscale).
@@ -637,23 +752,63 @@ def save_png(path: str | pathlib.Path, image: ArrayLike) -> pathlib.Path:
     Raises
     ------
     ValueError
-        If ``image`` is not ``uint8`` or has the wrong shape.
+        If ``image`` is not ``uint8``, has the wrong shape, or ``path`` does
+        not end in ``.png``.
+    """
+    target = pathlib.Path(path)
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"save_png writes PNG files, but {str(target)!r} does not end in .png; "
+                         "use viz.save_image to write the format its suffix names (.jpg, .tif, .webp, ...)")
+    return save_image(target, image)
+
+
+def save_image(path: str | pathlib.Path, image: ArrayLike, **options: Any) -> pathlib.Path:
+    """Write an image in the format its suffix names, creating missing parent
+    directories.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination file; its suffix picks the format: ``.png``, ``.jpg`` /
+        ``.jpeg``, ``.tif`` / ``.tiff``, ``.webp``, ``.bmp``, ... (whatever
+        Pillow writes). For vector output (PDF, SVG) draw a figure
+        (:func:`relevance_figure`) and write it with :func:`save_figure`.
+    image : array_like
+        ``uint8`` array of shape ``(H, W, 3)`` (RGB) or ``(H, W)``
+        (grayscale).
+    **options
+        Passed to Pillow's ``Image.save``, e.g. ``quality=95`` for JPEG.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written to.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not ``uint8`` or has the wrong shape, or the suffix
+        names no format Pillow writes.
     """
     from PIL import Image
 
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(
-            f"save_png needs a uint8 image, got dtype {img.dtype}; use "
+            f"an image to save must be uint8, got dtype {img.dtype}; use "
             "heatmap() or overlay() to convert relevance"
         )
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3)):
         raise ValueError(
-            f"save_png needs shape (H, W) or (H, W, 3), got {img.shape}"
+            f"an image to save must have shape (H, W) or (H, W, 3), got {img.shape}"
         )
     target = pathlib.Path(path)
+    extensions = Image.registered_extensions()
+    if target.suffix.lower() not in extensions:
+        raise ValueError(f"cannot tell an image format from the suffix of {str(target)!r}; "
+                         "use .png, .jpg, .tif, .webp or .bmp")
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(img)).save(target, format="PNG")
+    Image.fromarray(np.ascontiguousarray(img)).save(target, format=extensions[target.suffix.lower()], **options)
     return target
 
 
@@ -739,7 +894,7 @@ def _sequence_inputs(
     """Check the arguments of :func:`sequence_plot` and bring them into one form."""
     values = _sequence_values(relevance, per_base)
     tracks, length = values.shape
-    table = _lookup_table(cmap)
+    table = colormap(cmap)
     _check_percentile(percentile)
     colour = np.asarray(mask_color)
     if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
@@ -963,6 +1118,142 @@ def sequence_plot(
     return canvas
 
 
+# ------------------------------------------------------------------ tokens
+
+# Sub-word markers of common tokenizers, shown as the space they stand for.
+_WORD_MARKERS = {"\u0120": " ", "\u2581": " ", "\u010a": "\\n"}
+
+
+def _token_colours(tokens: Sequence[str], relevance: ArrayLike, cmap: Cmap, percentile: float | None,
+                   reduce: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Display texts, RGB colours ``(L, 3)`` and values ``(L,)`` of a token sequence."""
+    rel = np.asarray(relevance)
+    if rel.ndim == 2:
+        rel = _reduce_channels(_as_float_array(rel, "relevance"), -1, reduce)
+    if rel.ndim != 1:
+        raise ValueError(f"token relevance must have shape (L,) or (L, D), got {rel.shape}; "
+                         "pass one example, e.g. R[0]")
+    texts = [str(t) for t in tokens]
+    if len(texts) != rel.shape[0]:
+        raise ValueError(f"got {len(texts)} tokens but relevance for {rel.shape[0]} positions")
+    rel = _as_float_array(rel, "relevance")
+    table = colormap(cmap)
+    unit = normalize(rel, symmetric=True, percentile=percentile)
+    colours = table[np.floor(unit * (table.shape[0] - 1) + 0.5).astype(np.intp)]
+    for marker, shown in _WORD_MARKERS.items():
+        texts = [t.replace(marker, shown) for t in texts]
+    return texts, colours, rel
+
+
+def _ink(colour: np.ndarray) -> tuple[int, int, int]:
+    """Black or white text, whichever reads better on ``colour`` (BT.601 luma)."""
+    return (0, 0, 0) if float(colour @ np.array([0.299, 0.587, 0.114])) > 140 else (255, 255, 255)
+
+
+def token_heatmap(
+    tokens: Sequence[str],
+    relevance: ArrayLike,
+    *,
+    cmap: Cmap = "bwr",
+    percentile: float | None = None,
+    reduce: str = "sum",
+    width: int = 640,
+    font_size: int = 16,
+) -> np.ndarray:
+    """Render a token sequence as text whose background shows each token's relevance.
+
+    The text heatmap of Captum's ``visualize_text`` and LXT's token plots: tokens
+    are laid out left to right and wrapped at ``width``; each sits on the colour
+    of its relevance on a symmetric scale (white is zero with ``"bwr"``, red
+    positive, blue negative), with black or white text, whichever reads better.
+    Sub-word markers (``"Ġ"``, ``"▁"``) are shown as the space they stand for.
+
+    Parameters
+    ----------
+    tokens : sequence of str
+        The token strings, one per position.
+    relevance : array_like
+        ``(L,)``, or ``(L, D)`` (relevance of embeddings, combined over ``D`` with
+        ``reduce``; see :func:`heatmap`).
+    cmap : colour map, default "bwr"
+        Any form :func:`colormap` accepts; a diverging map keeps zero in the middle.
+    percentile : float, optional
+        Passed to :func:`normalize`.
+    reduce : {"sum", "abs_sum", "max_abs"}, default "sum"
+    width : int, default 640
+        Width of the image in pixels; lines wrap there.
+    font_size : int, default 16
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` RGB image ``(H, width, 3)``; write it with :func:`save_image`.
+        For notebooks, :func:`token_html` gives the same as HTML.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jaxlrp import viz
+    >>> image = viz.token_heatmap(["The", " cat", " sat"], np.array([0.1, 2.0, -0.5]))
+    >>> image.dtype, image.shape[1]
+    (dtype('uint8'), 640)
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    texts, colours, _ = _token_colours(tokens, relevance, cmap, percentile, reduce)
+    font = ImageFont.load_default(size=font_size)
+    pad, gap, line_h = 3, 2, int(font_size * 1.5)
+    boxes, x, y = [], gap, gap
+    for text in texts:
+        w = int(font.getlength(text)) + 2 * pad
+        if x + w > width - gap and x > gap:
+            x, y = gap, y + line_h + gap
+        boxes.append((x, y, min(x + w, width - gap)))
+        x += w + gap
+    picture = Image.new("RGB", (width, y + line_h + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    for (x0, y0, x1), text, colour in zip(boxes, texts, colours):
+        draw.rectangle((x0, y0, x1, y0 + line_h - 1), fill=tuple(int(c) for c in colour))
+        draw.text((x0 + pad, y0 + line_h // 2), text, font=font, fill=_ink(colour), anchor="lm")
+    return np.asarray(picture, dtype=np.uint8).copy()
+
+
+def token_html(
+    tokens: Sequence[str],
+    relevance: ArrayLike,
+    *,
+    cmap: Cmap = "bwr",
+    percentile: float | None = None,
+    reduce: str = "sum",
+) -> str:
+    """The text heatmap of :func:`token_heatmap` as HTML, for notebooks and web pages.
+
+    Each token is a ``<span>`` on its relevance colour whose tooltip gives the
+    value; show it in Jupyter with ``IPython.display.HTML(viz.token_html(...))``.
+    Parameters as in :func:`token_heatmap`.
+
+    Returns
+    -------
+    str
+        One ``<div>`` of spans; token texts are HTML-escaped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jaxlrp import viz
+    >>> viz.token_html(["a", "<b>"], np.array([1.0, -1.0]))[:40]
+    '<div style="line-height:1.9;font-family:'
+    """
+    texts, colours, values = _token_colours(tokens, relevance, cmap, percentile, reduce)
+    spans = []
+    for text, colour, value in zip(texts, colours, values):
+        r, g, b = (int(c) for c in colour)
+        ink = "#000" if _ink(colour) == (0, 0, 0) else "#fff"
+        spans.append(f'<span title="{value:.4g}" style="background:rgb({r},{g},{b});color:{ink};'
+                     f'padding:1px 2px;border-radius:3px;white-space:pre">{html.escape(text)}</span>')
+    return '<div style="line-height:1.9;font-family:monospace">' + "".join(spans) + "</div>"
+
+
 # ------------------------------------------------------------ matplotlib figures
 
 
@@ -972,6 +1263,17 @@ def _matplotlib_figure():
     except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
         raise ImportError("jaxlrp.viz.relevance_figure needs matplotlib: pip install 'jaxlrp[viz]'") from e
     return Figure
+
+
+def _figure_cmap(cmap: Cmap) -> Any:
+    """A matplotlib colour map: a name matplotlib knows or a ``Colormap`` as it is,
+    any other form of :func:`colormap` as a ``ListedColormap`` of its table."""
+    import matplotlib
+    from matplotlib.colors import Colormap, ListedColormap
+
+    if isinstance(cmap, Colormap) or (isinstance(cmap, str) and cmap in matplotlib.colormaps):
+        return cmap
+    return ListedColormap(colormap(cmap) / 255.0)
 
 
 def _per_pixel(relevance: ArrayLike, reduce: str, what: str) -> np.ndarray:
@@ -1001,7 +1303,8 @@ def relevance_figure(
     *,
     column_titles: Sequence[str] | None = None,
     header: str | None = None,
-    cmap: str = "bwr",
+    cmap: Cmap = "bwr",
+    colorbar_label: str | None = "relevance",
     percentile: float = 99.5,
     reduce: str = "sum",
     tile_inches: float = 1.4,
@@ -1028,8 +1331,12 @@ def relevance_figure(
     header : str, optional
         A line above everything that explains the column titles (e.g.
         ``"column titles: true / predicted class"``).
-    cmap : str, default "bwr"
-        A matplotlib colour-map name; a diverging one keeps zero in the middle.
+    cmap : colour map, default "bwr"
+        A matplotlib colour-map name or ``Colormap``, or any other form
+        :func:`colormap` accepts (a Zennit specification, a table); a diverging
+        one keeps zero in the middle.
+    colorbar_label : str or None, default "relevance"
+        The label beside each colour bar; ``None`` for none.
     percentile : float, default 99.5
         In ``(0, 100]``; 100 scales each row to its largest absolute value.
     reduce : {"sum", "abs_sum", "max_abs"}, default "sum"
@@ -1087,10 +1394,12 @@ def relevance_figure(
     for i, (label, rel) in enumerate(rows.items(), start=1):
         bound = float(np.percentile(np.abs(rel), percentile)) or float(np.abs(rel).max()) or 1.0
         for j in range(n):
-            image = axes[i, j].imshow(rel[j], cmap=cmap, vmin=-bound, vmax=bound)
+            image = axes[i, j].imshow(rel[j], cmap=_figure_cmap(cmap), vmin=-bound, vmax=bound)
         axes[i, 0].set_ylabel(textwrap.fill(label, 18, break_long_words=False), fontsize=fontsize, rotation=0, ha="right", va="center")
         bar = fig.colorbar(image, cax=axes[i, n])
         bar.ax.tick_params(labelsize=fontsize * 0.75)
+        if colorbar_label is not None:
+            bar.set_label(colorbar_label, fontsize=fontsize * 0.8)
         bar.ax.yaxis.get_offset_text().set_fontsize(fontsize * 0.75)
     for ax in axes[:, :n].ravel():
         ax.set_xticks([])
@@ -1101,8 +1410,12 @@ def relevance_figure(
 
 
 def save_figure(path: str | pathlib.Path, figure: Figure, dpi: int = 150) -> pathlib.Path:
-    """Write a matplotlib figure (PNG, PDF or SVG after the suffix), creating parent
-    directories; returns the path."""
+    """Write a matplotlib figure in the format its suffix names, creating parent
+    directories; returns the path.
+
+    ``.pdf``, ``.svg`` and ``.eps`` are vector formats for papers (the heatmaps
+    inside stay images at ``dpi``); ``.png`` and ``.jpg`` raster ones.
+    """
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=dpi)

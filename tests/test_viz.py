@@ -73,8 +73,40 @@ def test_colormap_returns_fresh_array():
 
 
 def test_unknown_colormap_lists_valid_names():
-    with pytest.raises(ValueError, match="bwr.*seismic.*coldnhot.*gray.*hot"):
-        viz.colormap("viridis")
+    with pytest.raises(ValueError, match="bwr.*seismic.*coldnhot.*gray.*hot.*Zennit.*matplotlib"):
+        viz.colormap("no-such-map")
+
+
+def test_matplotlib_colormaps_by_name_and_object():
+    matplotlib = pytest.importorskip("matplotlib")
+    table = viz.colormap("RdBu_r")
+    assert table.shape == (256, 3) and table.dtype == np.uint8
+    np.testing.assert_array_equal(table, viz.colormap(matplotlib.colormaps["RdBu_r"]))
+    expected = np.rint(np.asarray(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256)))[:, :3] * 255)
+    np.testing.assert_array_equal(viz.colormap("viridis"), expected)
+    out = viz.heatmap(np.array([[-1.0, 0.0, 1.0]]), cmap="coolwarm")
+    assert out.shape == (1, 3, 3)
+
+
+# Zennit 0.5.1's ColorMap(spec).palette(), entries 0, 64, 128, 192, 255 (checked byte for
+# byte on all 256 entries of these specifications against zennit.cmap.ColorMap)
+_ZENNIT_PALETTES = {
+    "00f,80:fff,f00": [[0, 0, 255], [127, 127, 255], [255, 255, 255], [255, 126, 126], [255, 0, 0]],
+    "0ff,00f,80:000,f00,ff0,fff": [[0, 255, 255], [0, 0, 255], [0, 0, 0], [255, 133, 0], [255, 255, 255]],
+    "10:f00,0f0,c0:00f": [[255, 0, 0], [115, 139, 0], [0, 185, 69], [0, 0, 255], [0, 0, 255]],
+}
+
+
+@pytest.mark.parametrize("spec", list(_ZENNIT_PALETTES))
+def test_zennit_colormap_specifications(spec):
+    table = viz.colormap(spec)
+    assert table.shape == (256, 3)
+    assert table[[0, 64, 128, 192, 255]].tolist() == _ZENNIT_PALETTES[spec]
+
+
+def test_zennit_specification_positions_must_ascend():
+    with pytest.raises(ValueError, match="ascend"):
+        viz.colormap("80:f00,10:00f")
 
 
 # --------------------------------------------------------------- normalize
@@ -474,7 +506,7 @@ def test_sequence_plot_custom_cmap_ends():
         (np.zeros(5), {"height": 4}, "height"),
         (np.zeros((5, 4)), {"per_base": True, "height": 20}, "height"),
         (np.zeros(5), {"mask_color": (0, 0)}, "mask_color"),
-        (np.zeros(5), {"cmap": "viridis"}, "unknown colour map"),
+        (np.zeros(5), {"cmap": "no-such-map"}, "unknown colour map"),
         (np.zeros(5), {"percentile": 0.0}, "percentile"),
     ],
 )
@@ -496,7 +528,8 @@ def test_relevance_figure_rows_labels_and_shared_scale(tmp_path):
     axes = fig.axes
     assert len(axes) == 3 * 4  # 3 rows (input + 2 methods) x (3 images + colour bar)
     # each method row is labelled once, on its first image; the others carry no label
-    labels = [ax.get_ylabel() for ax in axes if ax.get_ylabel()]
+    assert [ax.get_ylabel() for ax in axes].count("relevance") == 2  # the colour bars' label
+    labels = [ax.get_ylabel() for ax in axes if ax.get_ylabel() not in ("", "relevance")]
     assert labels[0] == "input" and labels[1] == "small" and "long" in labels[2]
     assert len(labels) == 3
     # one symmetric colour scale per row, shared by its images
@@ -540,3 +573,63 @@ def test_grid_row_labels_band_on_the_left():
     assert labelled[:, :band].min() < 128  # dark text in the band
     with pytest.raises(ValueError, match="1 row labels for 2 rows"):
         viz.grid(tiles, ncols=2, row_labels=["a"])
+
+
+# ------------------------------------------------- overlays, files, tokens, figures
+
+
+def test_overlay_magnitude_weighting_keeps_light_images_readable():
+    white = np.full((4, 4, 3), 255, dtype=np.uint8)
+    rel = np.zeros((4, 4))
+    rel[0, 0], rel[0, 1] = 1.0, 0.5
+    out = viz.overlay(white, rel, alpha=1.0)
+    assert out[0, 0].tolist() == [255, 0, 0]  # strongest: the full colour
+    assert out[3, 3].tolist() == [255, 255, 255]  # no relevance: the image
+    uniform = viz.overlay(white, rel, alpha=0.5, weight="uniform")
+    assert uniform[0, 0].tolist() == [255, 127, 127]  # the old 50/50 blend washes out
+    with pytest.raises(ValueError, match="weight"):
+        viz.overlay(white, rel, weight="loud")
+
+
+def test_save_png_refuses_another_suffix_and_save_image_writes_it(tmp_path):
+    from PIL import Image
+
+    image = viz.heatmap(np.linspace(-1, 1, 12).reshape(3, 4))
+    with pytest.raises(ValueError, match="save_image"):
+        viz.save_png(tmp_path / "h.jpg", image)
+    written = viz.save_image(tmp_path / "sub" / "h.jpg", image, quality=95)
+    with Image.open(written) as im:
+        assert im.format == "JPEG" and im.size == (4, 3)
+    with pytest.raises(ValueError, match="suffix"):
+        viz.save_image(tmp_path / "h.unknown", image)
+
+
+def test_token_heatmap_and_html():
+    tokens = ["\u2581The", "\u2581cat", "<&>"]
+    rel = np.array([0.0, 2.0, -2.0])
+    image = viz.token_heatmap(tokens, rel, width=200)
+    assert image.dtype == np.uint8 and image.shape[1] == 200 and image.shape[2] == 3
+    reds = np.all(image == [255, 0, 0], axis=-1).sum()
+    blues = np.all(image == [0, 0, 255], axis=-1).sum()
+    assert reds > 50 and blues > 50  # both extremes drawn
+    html_text = viz.token_html(tokens, rel[:, None] * np.ones((1, 4)))  # (L, D) summed over D
+    assert "&lt;&amp;&gt;" in html_text and " cat" in html_text and "rgb(255,0,0)" in html_text
+    with pytest.raises(ValueError, match="2 tokens"):
+        viz.token_html(tokens[:2], rel)
+
+
+def test_token_heatmap_wraps_long_sequences():
+    tokens = [f" word{i}" for i in range(40)]
+    image = viz.token_heatmap(tokens, np.linspace(-1, 1, 40), width=160)
+    assert image.shape[0] > 100  # several lines
+
+
+@pytest.mark.parametrize("suffix", [".pdf", ".svg"])
+def test_relevance_figure_vector_output_with_colorbar_label(tmp_path, suffix):
+    pytest.importorskip("matplotlib")
+    x = np.random.default_rng(0).normal(size=(2, 6, 6))
+    fig = viz.relevance_figure(x, {"LRP": x}, cmap="00f,80:fff,f00", colorbar_label="R")
+    assert fig.axes[-1].get_ylabel() == "R"
+    path = viz.save_figure(tmp_path / f"fig{suffix}", fig)
+    head = path.read_bytes()[:5]
+    assert head == b"%PDF-" if suffix == ".pdf" else b"<?xml" in path.read_bytes()[:100]
