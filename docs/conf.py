@@ -29,7 +29,7 @@ extensions = [
     "myst_nb",
 ]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute", "_notebooks"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
 
 # numpy-style docstrings (the project's standard)
@@ -53,3 +53,47 @@ nb_execution_show_tb = True
 
 html_theme = "furo" if importlib.util.find_spec("furo") else "alabaster"
 html_title = f"jaxlrp {release}"
+
+
+# ------------------------------------------------------- notebooks to download
+#
+# Every page with a jupytext header is a notebook: the build writes it as a .ipynb
+# (docs/_notebooks, not in git) and the page links it under its title, so a reader
+# can run the tutorial in Jupyter.
+
+_NOTEBOOK_HEADER = "---\njupytext:"
+
+
+def _notebook_pages(srcdir: str) -> list:
+    import pathlib
+
+    return [p for p in sorted(pathlib.Path(srcdir).glob("*.md")) if p.read_text().startswith(_NOTEBOOK_HEADER)]
+
+
+def _write_notebooks(app) -> None:
+    import nbformat
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    out = os.path.join(app.srcdir, "_notebooks")
+    os.makedirs(out, exist_ok=True)
+    for page in _notebook_pages(app.srcdir):
+        nb = read_myst_markdown_notebook(page.read_text())
+        nb.metadata.pop("jupytext", None)
+        nbformat.write(nb, os.path.join(out, page.stem + ".ipynb"))
+
+
+def _link_notebook(app, docname: str, source: list) -> None:
+    """Below the page's title: a link to the page as a notebook."""
+    text = source[0]
+    if not text.startswith(_NOTEBOOK_HEADER):
+        return
+    title = text.index("\n# ")
+    end = text.index("\n", title + 1)
+    link = (f"\n\n{{download}}`Download this page as a notebook <_notebooks/{docname}.ipynb>` "
+            "(`pip install 'jaxlrp[demo]'` first).\n")
+    source[0] = text[:end] + link + text[end:]
+
+
+def setup(app) -> None:
+    app.connect("builder-inited", _write_notebooks)
+    app.connect("source-read", _link_notebook)

@@ -1,13 +1,16 @@
 """Every code snippet of the README, the documentation pages and the docstrings runs.
 
 * README.md and docs/*.md: the ```python blocks of one file run in order in one
-  namespace, in a temporary working directory, after a prelude that defines what
-  the pages assume (``model``, ``variables``, ``x``, ``y``, ``m``: a small CNN on
-  :func:`jaxlrp.data.shapes`). ```{code-block} python blocks (multi-host launches)
-  are shown, not run. The notebook pages (``{code-cell}``) are executed by the
-  documentation build (myst-nb), not here.
-* Docstring examples (``>>>``) of every module run as doctests with the same
-  prelude, except those listed in ``_NOT_RUN`` (pretrained weights).
+  namespace that starts empty, in a temporary working directory, so a page defines
+  everything it uses, as a reader who copies it needs. ```{code-block} python
+  blocks (multi-host launches) are shown, not run. The notebook pages
+  (``{code-cell}``, every guide page with code) are executed by the documentation
+  build (myst-nb, which CI runs with warnings as errors); here their cells are
+  checked for names they use before defining (a page must not lean on another's).
+* Docstring examples (``>>>``) of every module run as doctests after a prelude that
+  defines what they assume (``model``, ``variables``, ``x``, ``y``, ``m``: a small
+  CNN on :func:`jaxlrp.data.shapes`), except those listed in ``_NOT_RUN``
+  (pretrained weights).
 """
 
 from __future__ import annotations
@@ -93,12 +96,45 @@ def test_markdown_code_blocks_run(page, tmp_path, monkeypatch):
     if not blocks:
         pytest.skip(f"{page.name} has no python blocks")
     monkeypatch.chdir(tmp_path)
-    ns = _prelude()
+    ns: dict = {}
     for i, code in enumerate(blocks):
         try:
             exec(compile(code, f"{page.name}[block {i}]", "exec"), ns)
         except Exception as e:  # name the block, not only the line
             raise AssertionError(f"{page.name}, python block {i} failed:\n{code}") from e
+
+
+_CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+def _free_names(source: str) -> set:
+    """Names ``source`` reads at module level (or as globals in its functions) but
+    never binds, builtins aside."""
+    import builtins
+    import symtable
+
+    top = symtable.symtable(source, "<page>", "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    unbound, stack = set(), [top]
+    while stack:
+        table = stack.pop()
+        stack.extend(table.get_children())
+        for sym in table.get_symbols():
+            name = sym.get_name()
+            if sym.is_referenced() and (table is top or sym.is_global()) and name not in defined \
+                    and not hasattr(builtins, name):
+                unbound.add(name)
+    return unbound
+
+
+@pytest.mark.parametrize("page", [p for p in _pages() if _CELL.search(p.read_text())],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_pages_define_what_they_use(page):
+    """Notebook pages run in their own kernel at build: every name a cell reads is
+    bound by a cell of the same page (checked statically; the build runs them)."""
+    cells = "\n".join(line for cell in _CELL.findall(page.read_text())
+                       for line in cell.splitlines() if not line.startswith((":", "%")))
+    assert _free_names(cells) == set(), f"{page.name} uses names it never defines"
 
 
 def test_readme_ten_lines_are_self_contained(tmp_path, monkeypatch):
