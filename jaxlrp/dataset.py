@@ -148,15 +148,15 @@ class DatasetRun(NamedTuple):
 # ----------------------------------------------------------------------------- batches
 
 
-def _as_batch(item) -> dict:
-    """An iterator item: ``x``, ``(x, target)`` or a mapping with key ``"x"``."""
+def _as_batch(item, index: int) -> dict:
+    """Iterator item ``index``: ``x``, ``(x, target)`` or a mapping with key ``"x"``."""
     if isinstance(item, Mapping):
         if "x" not in item:
-            raise ValueError(f"a batch given as a mapping needs an 'x' entry, got keys {sorted(item)}")
+            raise ValueError(f"batch {index}: a batch given as a mapping needs an 'x' entry, got keys {sorted(item)}")
         batch = dict(item)
     elif isinstance(item, tuple):
         if len(item) != 2:
-            raise ValueError(f"a batch given as a tuple must be (x, target), got {len(item)} entries")
+            raise ValueError(f"batch {index}: a batch given as a tuple must be (x, target), got {len(item)} entries")
         batch = {"x": item[0], "target": item[1]}
     else:
         batch = {"x": item}
@@ -167,10 +167,29 @@ def _as_batch(item) -> dict:
     for k, v in batch.items():
         if n is None or v.ndim == 0 or v.shape[0] != n:
             raise ValueError(
-                f"every entry of a batch needs the same leading (example) axis; 'x' has shape "
+                f"batch {index}: every entry of a batch needs the same leading (example) axis; 'x' has shape "
                 f"{batch['x'].shape} and '{k}' has shape {v.shape}"
             )
+    if n == 0:
+        raise ValueError(
+            f"batch {index} is empty ('x' has shape {batch['x'].shape}); leave empty batches out of the data "
+            f"set (a process whose share has run out simply stops yielding)"
+        )
     return batch
+
+
+def _inputs(batch: Mapping[str, np.ndarray]) -> dict:
+    """``{field: SHA-256}`` of the shape, dtype and bytes of each field of a batch: the
+    fingerprint of what the batch feeds (``x`` and ``target``, and the fields the metrics
+    are handed when there are metrics), so that a resume with other data of the same
+    shape is refused."""
+    digests = {}
+    for k, v in sorted(batch.items()):
+        a = np.ascontiguousarray(v)
+        h = hashlib.sha256(f"{a.shape} {a.dtype}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+        digests[k] = h.hexdigest()
+    return digests
 
 
 def _check_targets(target: np.ndarray, classes: Optional[int], index: int, start: int) -> None:
@@ -190,16 +209,34 @@ def _check_targets(target: np.ndarray, classes: Optional[int], index: int, start
     )
 
 
-def _classes(explain: Callable, params, x) -> Optional[int]:
+def _classes(explain: Callable, arrays: list, rebuild: Callable, x) -> Optional[int]:
     """The size of the explained output's last axis, for an explainer from :func:`jaxlrp.lrp`."""
     fn = (getattr(explain, "jaxlrp_config", None) or {}).get("fn")
     if fn is None:
         return None
     try:
-        out = jax.eval_shape(fn, params, x)
+        out = jax.eval_shape(lambda a, x: fn(rebuild(a), x), arrays, x)
     except Exception:  # the explainer takes other arguments: no check rather than a wrong one
         return None
     return int(out.shape[-1]) if getattr(out, "ndim", 0) else None
+
+
+def _split(params) -> tuple[list, Callable[[list], PyTree]]:
+    """The array leaves of ``params`` and the function that puts (placed or traced) arrays
+    back among the static leaves: the split :func:`jaxlrp.lrp` makes, so that an Equinox
+    module's activation functions, strings and Python numbers stay Python objects."""
+    from .explain import _is_array
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    where = [j for j, leaf in enumerate(leaves) if _is_array(leaf)]
+
+    def rebuild(arrays: list) -> PyTree:
+        full = list(leaves)
+        for j, a in zip(where, arrays):
+            full[j] = a
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return [leaves[j] for j in where], rebuild
 
 
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
@@ -234,11 +271,17 @@ def _text(obj: Any, limit: int = 2000) -> str:
 
 
 def _fingerprint(params) -> dict:
-    """SHA-256 of the tree structure and of every leaf's shape, dtype and bytes."""
+    """SHA-256 of the tree structure and of every leaf's shape, dtype and bytes (a static,
+    non-array leaf such as an Equinox module's activation function: its description)."""
+    from .explain import _is_array
+
     leaves, treedef = jax.tree_util.tree_flatten(params)
     h = hashlib.sha256(_text(treedef, limit=10**9).encode())
     whole = True
     for leaf in leaves:
+        if not _is_array(leaf):
+            h.update(f"static {_text(leaf)}".encode())
+            continue
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             h.update(f"{leaf.shape} {leaf.dtype} split over hosts".encode())
             whole = False
@@ -384,8 +427,9 @@ def _check_file(path: str, entry: Mapping, rows: int, checksum: bool) -> Optiona
         shape, dtype = _npy_header(path)
     except Exception as e:  # not a .npy header
         return f"not a readable .npy file ({e})"
-    if list(shape) != entry.get("shape") or str(dtype) != entry.get("dtype") or shape[0] != rows:
-        return f"shape {shape} {dtype} instead of {tuple(entry.get('shape', ()))} {entry.get('dtype')}"
+    stored = entry.get("stored", entry.get("dtype"))  # "stored": the bits of an ml_dtypes type
+    if list(shape) != entry.get("shape") or str(dtype) != stored or shape[0] != rows:
+        return f"shape {shape} {dtype} instead of {tuple(entry.get('shape', ()))} {stored}"
     if size != entry.get("bytes"):
         return f"{size} bytes instead of {entry.get('bytes')} (truncated or padded)"
     if checksum and _crc32(path) != entry.get("crc32"):
@@ -416,9 +460,10 @@ def _try_manifest(folder: str) -> Optional[dict]:
         return None
 
 
-def _on_disk(folder: str, identity: dict, index: int, rows: tuple) -> bool:
+def _on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict) -> bool:
     """Whether batch ``index`` is committed and intact. A damaged one is removed (and
-    recomputed by the caller); one from another run or with other rows is refused."""
+    recomputed by the caller); one from another run, with other rows or computed from
+    other inputs (``inputs``: the fingerprint of the batch the data set gives now) is refused."""
     if not os.path.isdir(folder):
         return False
     manifest = _try_manifest(folder)
@@ -429,7 +474,17 @@ def _on_disk(folder: str, identity: dict, index: int, rows: tuple) -> bool:
                 f"{folder} holds examples {manifest.get('rows')} of the data set, but batch {index} now "
                 f"gives examples {list(rows)} (batch sizes changed, or the data set did): use another directory"
             )
+        before = manifest.get("inputs")
+        if isinstance(before, dict) and before != inputs:
+            changed = sorted(k for k in set(before) | set(inputs) if before.get(k) != inputs.get(k))
+            raise ValueError(
+                f"batch {index} on disk ({folder}) was computed from other data: its {', '.join(map(repr, changed))} "
+                f"differ from what the data set gives now (same shapes, other values or order). Iterate over "
+                f"the data as in the run on disk, or write to another directory"
+            )
     problem = _damage(folder, manifest, identity["fields"], checksum=True)
+    if problem is None and not isinstance(manifest.get("inputs") if manifest else None, dict):
+        problem = f"{os.path.join(folder, _MANIFEST)} lacks the fingerprint of the batch's inputs"
     if problem is None:
         return True
     warnings.warn(f"batch {index} on disk is damaged ({problem}); recomputing it", RuntimeWarning, stacklevel=3)
@@ -437,13 +492,42 @@ def _on_disk(folder: str, identity: dict, index: int, rows: tuple) -> bool:
     return False
 
 
-def _every_process(flag: bool) -> bool:
-    """``flag`` and-ed over all processes (each process skips a batch only if all do)."""
+#: Bytes each process contributes to one agreement (a JSON object, zero-padded).
+_SHARE_BYTES = 16384
+
+
+def _share(mine: dict) -> list:
+    """``mine`` (a small JSON object) from every process, in process order: the one
+    collective with which the processes agree, batch by batch, on what to do."""
     if jax.process_count() == 1:
-        return flag
+        return [mine]
     from jax.experimental import multihost_utils
 
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+    raw = json.dumps(mine, sort_keys=True).encode()
+    if len(raw) > _SHARE_BYTES and "spec" in mine:  # very many fields: compared by digest only
+        mine = {**mine, "spec": {"sha256": hashlib.sha256(json.dumps(mine["spec"]).encode()).hexdigest()}}
+        raw = json.dumps(mine, sort_keys=True).encode()
+    buf = np.zeros(_SHARE_BYTES, np.uint8)
+    buf[: len(raw)] = np.frombuffer(raw[:_SHARE_BYTES], np.uint8)
+    got = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), _SHARE_BYTES)
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in got]
+
+
+def _agree(index: int, stage: str, failure: Optional[BaseException], mine: dict) -> list:
+    """Share ``mine`` and whether this process failed; if any process did, every process
+    raises (this one its own error, the others a :class:`RuntimeError` naming it), so that
+    no process is left waiting for the others in a collective."""
+    error = None if failure is None else f"{type(failure).__name__}: {failure}"[:2000]
+    shared = _share({**mine, "error": error})
+    if failure is not None:
+        raise failure
+    failed = [(p, s["error"]) for p, s in enumerate(shared) if s["error"] is not None]
+    if failed:
+        raise RuntimeError(
+            f"process {jax.process_index()} stops at batch {index} ({stage}) because "
+            + "; ".join(f"process {p} failed: {e}" for p, e in failed)
+        )
+    return shared
 
 
 # ------------------------------------------------------------------------------ writing
@@ -476,14 +560,23 @@ def _clean_partial(out: str, process: int) -> None:
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
-def _write(folder: str, rows: tuple, padded: int, results: dict, batch: dict, identity: dict) -> None:
-    """Write one batch and its manifest into a temporary folder, then commit it with a rename."""
+def _write(
+    folder: str, rows: tuple, padded: int, results: dict, batch: dict, identity: dict, inputs: Optional[dict] = None
+) -> None:
+    """Write one batch and its manifest into a temporary folder, then commit it with a rename.
+    ``inputs``: the fingerprint of ``batch`` (:func:`_inputs`), if already taken."""
     parent, name = os.path.split(folder)
+    m = _BATCH.fullmatch(name)
+    assert m is not None, name
+    n = rows[1] - rows[0]
+    if _NONFINITE in results:
+        _refuse_overflow(int(m[1]), _local_rows(results[_NONFINITE])[:n], results["relevance"].dtype)
     tmp = os.path.join(parent, f".tmp-{name}.{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
-    n = rows[1] - rows[0]
     arrays = {"target": batch["target"]} if "target" in batch else {}
     for key, value in results.items():
+        if key == _NONFINITE:
+            continue
         a = _local_rows(value)
         if a.ndim == 0 or a.shape[0] != padded:
             raise ValueError(
@@ -492,23 +585,67 @@ def _write(folder: str, rows: tuple, padded: int, results: dict, batch: dict, id
             )
         arrays[key] = a[:n]
     files = {key: _save(os.path.join(tmp, f"{key}.npy"), a) for key, a in sorted(arrays.items())}
-    m = _BATCH.fullmatch(name)
-    assert m is not None, name
-    manifest = {"batch": int(m[1]), "process": int(m[2]), "rows": list(rows), "files": files, "run": identity}
+    manifest = {
+        "batch": int(m[1]),
+        "process": int(m[2]),
+        "rows": list(rows),
+        "files": files,
+        "inputs": _inputs(batch) if inputs is None else inputs,
+        "run": identity,
+    }
     _write_atomic_json(os.path.join(tmp, _MANIFEST), manifest)
     os.replace(tmp, folder)
 
 
+def _refuse_overflow(index: int, lost: np.ndarray, dtype) -> None:
+    """Refuse a batch whose storage cast turned finite relevance into ``inf``
+    (``lost``: per example, the number of such values)."""
+    if not lost.any():
+        return
+    rows = np.nonzero(lost)[0]
+    raise OverflowError(
+        f"batch {index}: storing relevance as {dtype} turned {int(lost.sum())} finite values into inf "
+        f"(rows {rows[:5].tolist()}{' ...' if rows.size > 5 else ''}; {dtype} holds magnitudes up to "
+        f"{float(jnp.finfo(dtype).max):g}). The batch was not written; store in jnp.bfloat16 (float32's "
+        f"range in 2 bytes) or float32, in another directory"
+    )
+
+
+def _bits(dtype: np.dtype) -> Optional[np.dtype]:
+    """The unsigned integer type a ``.npy`` file stores an ml_dtypes type (bfloat16, the
+    float8 types, int4...) as: numpy's header can only call those ``|V2`` (void), which
+    reads back as raw bytes. ``None`` for a type numpy describes itself."""
+    if dtype.kind == "V" and dtype.names is None and dtype.subdtype is None and dtype.type is not np.void:
+        return np.dtype(f"u{dtype.itemsize}")
+    return None
+
+
+def _dtype(name: str) -> np.dtype:
+    """A dtype from its name, ml_dtypes' included."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
 def _save(path: str, a: np.ndarray) -> dict:
     """``np.save`` and the file's manifest entry; the CRC-32 of the data is taken from
-    memory (the same bytes as in the file), not by reading the file back."""
+    memory (the same bytes as in the file), not by reading the file back. An ml_dtypes
+    array is stored as its bits (``uint16`` for bfloat16); the manifest gives its
+    ``dtype`` and the ``stored`` one, and :func:`load` views the bits as the former."""
     a = np.ascontiguousarray(a)
+    dtype, bits = a.dtype, _bits(a.dtype)
+    if bits is not None:
+        a = a.view(bits)
     np.save(path, a)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         crc = zlib.crc32(f.read(size - a.nbytes))  # the .npy header
     crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "bytes": size, "crc32": crc}
+    entry = {"shape": list(a.shape), "dtype": str(dtype), "bytes": size, "crc32": crc}
+    return entry if bits is None else {**entry, "stored": str(bits)}
 
 
 def _finish(out: str, process: int, count: int, examples: int) -> None:
@@ -616,11 +753,11 @@ def explain_dataset(
     out = os.fspath(out)
     metrics = dict(metrics or {})
     for name in metrics:
-        if name in ("relevance", "target", "x") or not name.isidentifier():
+        if name in ("relevance", "target", "x", _NONFINITE) or not name.isidentifier():
             raise ValueError(f"metric name {name!r} is reserved or not an identifier")
     mesh, data_sharding, n_local_shards = _data_mesh(mesh, data_axis)
-    fingerprint_params = params
-    params = _place_params(params, mesh, param_sharding)
+    arrays, rebuild = _split(params)
+    placed_arrays = _place_params(params, arrays, mesh, param_sharding)
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)
     process = jax.process_index()
@@ -629,17 +766,20 @@ def explain_dataset(
         if not resume and _batch_folders(out):
             raise FileExistsError(f"{out} already holds batches; pass resume=True to continue that run")
         _clean_partial(out, process)
-        step = jax.jit(_step_fn(explain, metrics, save_relevance, dtype))
-        ctx = _Context(out, process, explain, params, fingerprint_params, metrics, step, data_sharding, n_local_shards)
+        step = jax.jit(_step_fn(explain, rebuild, metrics, save_relevance, dtype))
+        ctx = _Context(
+            out, process, explain, placed_arrays, rebuild, params, metrics, step, data_sharding, n_local_shards
+        )
         with _progress(progress and process == 0, total) as bar:
-            return _run(ctx, batches, bar)
+            return _Loop(ctx, batches, bar).run()
 
 
 class _Context(NamedTuple):
     out: str
     process: int
     explain: Callable
-    params: Any
+    arrays: list  # the parameters' array leaves, placed on the mesh
+    rebuild: Callable  # arrays -> the parameters (static leaves put back)
     fingerprint_params: Any
     metrics: dict
     step: Callable
@@ -661,13 +801,21 @@ def _data_mesh(mesh: Optional[Mesh], data_axis) -> tuple:
     return mesh, NamedSharding(mesh, PartitionSpec(axes)), max(1, n_shards // jax.process_count())
 
 
-def _step_fn(explain: Callable, metrics: dict, save_relevance: bool, dtype) -> Callable:
-    def step(p, batch):
+#: The private result of the jitted step: per example, how many finite relevance values
+#: the storage cast (``dtype=``) turned into inf.
+_NONFINITE = "_nonfinite"
+
+
+def _step_fn(explain: Callable, rebuild: Callable, metrics: dict, save_relevance: bool, dtype) -> Callable:
+    def step(arrays, batch):
         kw = {"target": batch["target"]} if "target" in batch else {}
-        relevance = explain(p, batch["x"], **kw)
+        relevance = explain(rebuild(arrays), batch["x"], **kw)
         result = {name: jnp.asarray(m(relevance, batch)) for name, m in metrics.items()}
         if save_relevance:
             result["relevance"] = relevance if dtype is None else relevance.astype(dtype)
+            if dtype is not None and jnp.issubdtype(dtype, jnp.inexact):
+                lost = jnp.isfinite(relevance) & ~jnp.isfinite(result["relevance"])
+                result[_NONFINITE] = jnp.sum(lost.reshape(lost.shape[0], -1), axis=1)
         return result
 
     return step
@@ -677,69 +825,187 @@ def _start(ctx: _Context, batch: dict, placed: dict) -> tuple:
     """The run's identity and the number of classes, from the first batch."""
     stored = _stored_identity(ctx.out)
     try:
-        fields = dict(ctx.step.eval_shape(ctx.params, placed))  # type: ignore[attr-defined]
+        fields = dict(ctx.step.eval_shape(ctx.arrays, placed))  # type: ignore[attr-defined]
     except Exception:  # a batch the model cannot take: if it is not the run on disk, say that first
         if stored is not None:
             cheap = _identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics)
             _refuse_other_run(ctx.out, {**stored, "fields": {}}, cheap)
         raise
+    fields.pop(_NONFINITE, None)
+    rows = placed["x"].shape[0] // jax.process_count()
+    for name in ctx.metrics:
+        if fields[name].ndim == 0 or fields[name].shape[0] != placed["x"].shape[0]:
+            raise ValueError(
+                f"metric {name!r} returned shape {fields[name].shape}; metrics must return one value per "
+                f"example (leading axis of {rows})"
+            )
     if "target" in batch:
         fields["target"] = jax.ShapeDtypeStruct(batch["target"].shape, batch["target"].dtype)
     identity = _identity(ctx.explain, ctx.fingerprint_params, batch, fields, ctx.metrics)
     _check_meta(ctx.out, stored, identity, ctx.process)
-    return identity, _classes(ctx.explain, ctx.params, placed["x"])
+    return identity, _classes(ctx.explain, ctx.arrays, ctx.rebuild, placed["x"])
 
 
 def _place(ctx: _Context, batch: dict, rows: int) -> dict:
     return {k: jax.make_array_from_process_local_data(ctx.data_sharding, _pad(v, rows)) for k, v in batch.items()}
 
 
-def _run(ctx: _Context, batches: Iterable, bar) -> DatasetRun:
-    t0, computed, skipped, repaired, examples, start = time.perf_counter(), 0, 0, 0, 0, 0
-    identity = classes = rows = None
-    pending = None  # arguments of _write for the batch in flight: written while the next one runs
-    i = -1
-    try:
-        for i, item in enumerate(batches):
-            folder = os.path.join(ctx.out, f"batch-{i:06d}-p{ctx.process:03d}")
-            batch = _as_batch(item)
-            n = batch["x"].shape[0]
-            if rows is None:
-                rows = -(-n // ctx.n_local_shards) * ctx.n_local_shards
-            if n > rows:
-                raise ValueError(f"batch {i} has {n} examples, more than the first batch's {rows}")
-            span, start = (start, start + n), start + n
-            placed = None
-            if identity is None:
-                placed = _place(ctx, batch, rows)
-                identity, classes = _start(ctx, batch, placed)
-            if "target" in batch:
-                _check_targets(batch["target"], classes, i, span[0])
-            existed = os.path.isdir(folder)
-            have = _on_disk(folder, identity, i, span)
-            if _every_process(have):
-                skipped += 1
-                bar.update(1)
-                continue
-            results = ctx.step(ctx.params, placed or _place(ctx, batch, rows))  # dispatched asynchronously
-            if pending is not None:
-                done, pending = pending, None
-                _write(*done)
-            if not have:  # (another process lacked it: this one computed it too, and keeps its copy)
-                pending = (folder, span, rows, results, batch, identity)
-            computed += 1
-            repaired += existed and not have
-            examples += n
-            bar.update(1)
-            bar.set_postfix_str(f"{examples / (time.perf_counter() - t0):.1f} examples/s", refresh=False)
-    finally:  # also on an error or interrupt: keep the batch already computed
-        if pending is not None:
-            _write(*pending)
-    _finish(ctx.out, ctx.process, i + 1, start)
-    return DatasetRun(ctx.out, i + 1, computed, skipped, examples, time.perf_counter() - t0, repaired)
+def _spec(batch: Optional[dict]) -> Optional[dict]:
+    return None if batch is None else {k: [list(v.shape), str(v.dtype)] for k, v in sorted(batch.items())}
 
 
-def _place_params(params, mesh: Mesh, spec):
+def _check_specs(index: int, shared: list, first: bool) -> None:
+    """Refuse batches whose fields, dtypes or trailing shapes (in the first batch: shapes)
+    differ between processes; each process feeds its share of one global batch."""
+    specs = {p: s["spec"] for p, s in enumerate(shared) if s["spec"] is not None}
+    if first:
+        key = {p: json.dumps(s) for p, s in specs.items()}
+    else:
+        key = {p: json.dumps({k: [sh[1:], d] for k, (sh, d) in s.items()}) for p, s in specs.items()}
+    if len(set(key.values())) > 1:
+        shown = "; ".join(f"process {p}: {s}" for p, s in specs.items())
+        raise ValueError(
+            f"batch {index}: the processes' batches differ ({shown}). Every process must feed the same "
+            f"fields with the same dtypes and trailing shapes, and the same number of examples in its "
+            f"first batch"
+        )
+
+
+def _zeros(spec: dict) -> dict:
+    """A batch of zeros described by ``spec`` (:func:`_spec`): the share of a process that
+    has no batch of its own at the first step."""
+    if "sha256" in spec:
+        raise ValueError("a process without a first batch cannot build its share: the batches have too many fields")
+    return {k: np.zeros(shape, _dtype(d)) for k, (shape, d) in spec.items()}
+
+
+class _Loop:
+    """One process's batch loop. Every step, the processes agree (:func:`_agree`) on
+    whether anyone still has a batch, on its structure, on whether it is on disk
+    everywhere, and on whether anyone failed; a process whose share has run out feeds
+    its last batch again (or zeros) as a masked share and writes nothing, so that no
+    process waits for a collective the others never enter."""
+
+    def __init__(self, ctx: _Context, batches: Iterable, bar):
+        self.ctx, self.it, self.bar, self.t0 = ctx, iter(batches), bar, time.perf_counter()
+        self.identity: Optional[dict] = None
+        self.classes: Optional[int] = None
+        self.rows = 0  # padded rows per process, from the first batch
+        self.count = self.start = 0  # this process's batches and examples so far
+        self.computed = self.skipped = self.repaired = self.examples = 0
+        self.pending: Optional[tuple] = None  # _write arguments of the batch in flight
+        self.failure: Optional[BaseException] = None
+        self.exhausted = False
+        self.last: Optional[dict] = None  # the last share placed (fed again once this share has run out)
+        self.latest: Optional[dict] = None  # this process's last batch (placed if ``last`` is not yet)
+
+    def _attempt(self, fn: Callable, *args):
+        """``fn(*args)``, or ``None`` with the error kept for the next agreement."""
+        if self.failure is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as e:  # raised once every process knows (see _agree)
+            self.failure = e
+            return None
+
+    def _fetch(self, index: int) -> Optional[dict]:
+        if self.exhausted:
+            return None
+        try:
+            item = next(self.it)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        batch = _as_batch(item, index)
+        n = batch["x"].shape[0]
+        if self.rows and n > self.rows:
+            raise ValueError(f"batch {index} has {n} examples, more than the first batch's {self.rows}")
+        return batch
+
+    def _prepare(self, index: int, batch: Optional[dict], shared: list) -> tuple:
+        """The identity (first step), the targets' check and whether the batch is on disk;
+        ``(placed or None, have, inputs, existed)``; ``existed``: a folder was there."""
+        placed = None
+        if self.identity is None:
+            model = batch if batch is not None else _zeros(next(s["spec"] for s in shared if s["spec"]))
+            n, shards = model["x"].shape[0], self.ctx.n_local_shards
+            self.rows = -(-n // shards) * shards
+            placed = _place(self.ctx, model, self.rows)
+            self.identity, self.classes = _start(self.ctx, model, placed)
+            if batch is None:
+                self.last, placed = placed, None
+        if batch is None:
+            return None, False, None, False
+        if "target" in batch:
+            _check_targets(batch["target"], self.classes, index, self.start)
+        span = (self.start, self.start + batch["x"].shape[0])
+        fed = batch if self.ctx.metrics else {k: v for k, v in batch.items() if k in ("x", "target")}
+        inputs, folder = _inputs(fed), self._folder(index)
+        existed = os.path.isdir(folder)
+        return placed, _on_disk(folder, self.identity, index, span, inputs), inputs, existed
+
+    def _folder(self, index: int) -> str:
+        return os.path.join(self.ctx.out, f"batch-{index:06d}-p{self.ctx.process:03d}")
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            done, self.pending = self.pending, None
+            self._attempt(_write, *done)
+
+    def run(self) -> DatasetRun:
+        index = 0
+        try:
+            while True:
+                batch = self._attempt(self._fetch, index)
+                shared = _agree(index, "reading", self.failure, {"spec": _spec(batch)})
+                if all(s["spec"] is None for s in shared):
+                    break
+                _check_specs(index, shared, self.identity is None)
+                prepared = self._attempt(self._prepare, index, batch, shared) or (None, False, None, False)
+                placed, have, inputs, existed = prepared
+                votes = _agree(index, "checking", self.failure, {"has": batch is not None, "have": bool(have)})
+                if all(v["have"] for v in votes if v["has"]):
+                    self.skipped += batch is not None
+                elif batch is None:  # a masked share: computed, not written
+                    if self.last is None:
+                        self.last = _place(self.ctx, self.latest, self.rows)  # type: ignore[arg-type]
+                    self.ctx.step(self.ctx.arrays, self.last)
+                    self._flush()
+                else:
+                    self._compute(index, batch, placed, have, inputs)
+                    self.repaired += existed and not have
+                if batch is not None:
+                    self.latest = batch
+                    self.count, self.start = self.count + 1, self.start + batch["x"].shape[0]
+                    self.bar.update(1)
+                index += 1
+            self._flush()
+            _agree(index, "writing", self.failure, {})
+        finally:  # also on an error or interrupt: keep the batch already computed
+            if self.pending is not None:
+                _write(*self.pending)
+        _finish(self.ctx.out, self.ctx.process, self.count, self.start)
+        elapsed = time.perf_counter() - self.t0
+        return DatasetRun(
+            self.ctx.out, self.count, self.computed, self.skipped, self.examples, elapsed, self.repaired
+        )
+
+    def _compute(self, index: int, batch: dict, placed: Optional[dict], have: bool, inputs: dict) -> None:
+        self.last = placed if placed is not None else _place(self.ctx, batch, self.rows)
+        results = self.ctx.step(self.ctx.arrays, self.last)  # dispatched asynchronously
+        self._flush()  # the previous batch, written while this one runs
+        if not have:  # (another process lacked it: this one computed it too, and keeps its copy)
+            span = (self.start, self.start + batch["x"].shape[0])
+            self.pending = (self._folder(index), span, self.rows, results, batch, self.identity, inputs)
+        n = batch["x"].shape[0]
+        self.computed += 1
+        self.examples += n
+        self.bar.set_postfix_str(f"{self.examples / (time.perf_counter() - self.t0):.1f} examples/s", refresh=False)
+
+
+def _place_params(params, arrays: list, mesh: Mesh, spec) -> list:
+    """``arrays`` (the array leaves of ``params``) on the mesh, as ``spec`` says."""
     if spec is None:
         spec = PartitionSpec()
 
@@ -747,13 +1013,17 @@ def _place_params(params, mesh: Mesh, spec):
         return s if isinstance(s, jax.sharding.Sharding) else NamedSharding(mesh, s)
 
     if isinstance(spec, (PartitionSpec, jax.sharding.Sharding)):
-        return jax.tree_util.tree_map(lambda a: jax.device_put(a, sharding(spec)), params)
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.device_put(a, sharding(s)),
-        params,
-        spec,
-        is_leaf=lambda s: isinstance(s, (PartitionSpec, jax.sharding.Sharding)),
-    )
+        return [jax.device_put(a, sharding(spec)) for a in arrays]
+    from .explain import _is_array
+
+    is_spec = lambda s: isinstance(s, (PartitionSpec, jax.sharding.Sharding))  # noqa: E731
+    specs = jax.tree_util.tree_structure(params).flatten_up_to(spec)  # type: ignore[attr-defined]
+    leaves = jax.tree_util.tree_leaves(params)
+    chosen = [s for leaf, s in zip(leaves, specs) if _is_array(leaf)]
+    bad = [s for s in chosen if not is_spec(s)]
+    if bad:
+        raise ValueError(f"param_sharding holds {bad[0]!r} for an array of the parameters; give a PartitionSpec")
+    return [jax.device_put(a, sharding(s)) for a, s in zip(arrays, chosen)]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -767,9 +1037,13 @@ class _Parts(Sequence):
         self._items = list(parts)
         self._open: OrderedDict = OrderedDict()
         self._keep = keep
-        self.specs = [
-            _npy_header(p) if isinstance(p, (str, os.PathLike)) else (p.shape, p.dtype) for p in self._items
-        ]
+        self.specs = [self._spec(p) for p in self._items]
+
+    @staticmethod
+    def _spec(item) -> tuple:
+        if isinstance(item, tuple):  # (path, dtype): the file holds the bits of dtype
+            return _npy_header(item[0])[0], np.dtype(item[1])
+        return _npy_header(item) if isinstance(item, (str, os.PathLike)) else (item.shape, item.dtype)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -778,10 +1052,12 @@ class _Parts(Sequence):
         if isinstance(j, slice):
             return [self[k] for k in range(*j.indices(len(self)))]
         item = self._items[j]
-        if not isinstance(item, (str, os.PathLike)):
+        if not isinstance(item, (str, os.PathLike, tuple)):
             return item
         if j not in self._open:
-            self._open[j] = np.load(item, mmap_mode="r")
+            path, dtype = item if isinstance(item, tuple) else (item, None)
+            mapped = np.load(path, mmap_mode="r")
+            self._open[j] = mapped if dtype is None else mapped.view(dtype)
             while len(self._open) > self._keep:
                 self._open.popitem(last=False)
         self._open.move_to_end(j)
@@ -800,7 +1076,8 @@ class LazyRows(NDArrayOperatorsMixin):
     ----------
     parts:
         Arrays or paths of ``.npy`` files, one per batch (and process), in order;
-        same dtype and trailing shape.
+        same dtype and trailing shape. A ``(path, dtype)`` pair reads the file's bits
+        as ``dtype`` (how an ml_dtypes type such as bfloat16 is stored).
 
     Attributes
     ----------
@@ -896,12 +1173,13 @@ class LazyRows(NDArrayOperatorsMixin):
         return out.reshape(*idx.shape, *self.shape[1:])
 
 
-def _checked(path: str, entry: Mapping, rows: int, checksum: bool) -> str:
-    """``path``, after checking the file against its manifest entry."""
+def _checked(path: str, entry: Mapping, rows: int, checksum: bool) -> Union[str, tuple]:
+    """``path``, after checking the file against its manifest entry; ``(path, dtype)`` for
+    the bits of an ml_dtypes type (read as ``dtype``)."""
     problem = _check_file(path, entry, rows, checksum)
     if problem:
         raise ValueError(f"{path} is damaged: {problem}. Resume the run to recompute it")
-    return path
+    return path if "stored" not in entry else (path, _dtype(entry["dtype"]))
 
 
 def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
@@ -925,11 +1203,12 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
         counts[p] = k
     if stray:
         raise ValueError(f"{out} holds batches outside the run: {', '.join(stray[:5])}; move them away")
-    if len(set(counts.values())) > 1:
+    finished = all(os.path.exists(os.path.join(out, f"done-p{p:03d}.json")) for p in procs)
+    if len(set(counts.values())) > 1 and not finished:  # unequal shares are read once every process finished
         raise ValueError(f"the processes of {out} wrote different numbers of batches {counts}: resume the run")
     if not counts or not max(counts.values()):  # type: ignore[type-var]
         raise FileNotFoundError(f"no batches in {out}")
-    return [folders[i, p] for i in range(max(counts.values())) for p in procs]  # type: ignore[type-var]
+    return [folders[i, p] for i in range(max(counts.values())) for p in procs if i < counts[p]]  # type: ignore[type-var,operator]
 
 
 def load(

@@ -225,7 +225,7 @@ def test_a_batch_another_process_lacks_is_computed_here_too_and_kept(tmp_path, m
     jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
     before = _files(tmp_path)
     votes = iter([True, False])  # batch 1: this process has it, another one does not
-    monkeypatch.setattr(dataset, "_every_process", lambda flag: flag and next(votes))
+    monkeypatch.setattr(dataset, "_share", lambda mine: [mine, {**mine, "have": mine["have"] and next(votes)} if "have" in mine else mine])
     run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
     assert (run.skipped, run.computed, run.repaired) == (1, 1, 0)
     assert _files(tmp_path) == before  # its own copy kept, not rewritten
