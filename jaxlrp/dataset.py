@@ -614,10 +614,15 @@ def _refuse_overflow(index: int, lost: np.ndarray, dtype) -> None:
 def _bits(dtype: np.dtype) -> Optional[np.dtype]:
     """The unsigned integer type a ``.npy`` file stores an ml_dtypes type (bfloat16, the
     float8 types, int4...) as: numpy's header can only call those ``|V2`` (void), which
-    reads back as raw bytes. ``None`` for a type numpy describes itself."""
-    if dtype.kind == "V" and dtype.names is None and dtype.subdtype is None and dtype.type is not np.void:
-        return np.dtype(f"u{dtype.itemsize}")
-    return None
+    reads back as raw bytes, or ``<f1``, which does not read back. ``None`` for a type whose
+    ``.npy`` header reads back as itself."""
+    fmt = np.lib.format
+    try:
+        if fmt.descr_to_dtype(fmt.dtype_to_descr(dtype)) == dtype:
+            return None
+    except (TypeError, ValueError):  # a header numpy writes but cannot read ('<f1' for float8_e5m2)
+        pass
+    return np.dtype(f"u{dtype.itemsize}")
 
 
 def _dtype(name: str) -> np.dtype:

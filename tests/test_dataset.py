@@ -398,3 +398,86 @@ def test_sharded_over_8_devices_equals_one_device_and_resumes():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok"), proc.stdout
+
+
+# ------------------------------------------------ issue 25: dtypes, empty batches, Equinox
+
+
+def test_bfloat16_and_other_ml_dtypes_are_stored_as_bits_and_read_back(tmp_path):
+    explain, params, x, y = _setup(16)
+    to8 = lambda R, b: jnp.sum(R, axis=(1, 2, 3)).astype(jnp.float8_e4m3fn)  # noqa: E731
+    kw = dict(dtype=jnp.bfloat16, metrics={"total8": to8}, progress=False)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, **kw)
+    got = dataset.load(tmp_path)  # verify=True: every checksum
+    assert got["relevance"].dtype == jnp.bfloat16 and got["total8"].dtype == jnp.float8_e4m3fn
+    ref = np.asarray(jax.jit(explain)(params, x, target=y))
+    np.testing.assert_array_equal(np.asarray(got["relevance"]), ref.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(got["relevance"][3:9], ref[3:9].astype(jnp.bfloat16))  # lazy rows, viewed
+    manifest = json.loads((tmp_path / "batch-000000-p000" / "manifest.json").read_text())
+    assert manifest["files"]["relevance"]["dtype"] == "bfloat16" and manifest["files"]["relevance"]["stored"] == "uint16"
+    raw = np.load(tmp_path / "batch-000000-p000" / "relevance.npy")  # readable without jaxlrp: the bits
+    assert raw.dtype == np.uint16 and raw.view(jnp.bfloat16).tobytes() == ref[:8].astype(jnp.bfloat16).tobytes()
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, **kw)  # no "repair" on resume
+    assert (run.skipped, run.computed, run.repaired) == (2, 0, 0)
+    for dt in (jnp.float8_e5m2, jnp.int4, jnp.float4_e2m1fn):  # any ml_dtypes type, through the writer
+        a = np.arange(6).reshape(3, 2).astype(dt)
+        entry = dataset._save(str(tmp_path / "a.npy"), a)
+        assert dataset._check_file(str(tmp_path / "a.npy"), entry, 3, True) is None
+        back = dataset.LazyRows([dataset._checked(str(tmp_path / "a.npy"), entry, 3, True)])
+        assert back.dtype == dt and np.asarray(back).tobytes() == a.tobytes()
+
+
+def test_float16_storage_overflow_is_refused_naming_the_batch(tmp_path):
+    scale = lambda p, x: x * p["s"]  # noqa: E731  (an explainer: relevance = x * s)
+    params = {"s": np.float32(2.0)}
+    batches = [np.ones((4, 3), np.float32), np.full((4, 3), 1e5, np.float32)]
+    with pytest.raises(OverflowError, match=r"batch 1: storing relevance as float16 turned 12 finite values into inf \(rows \[0, 1, 2, 3\]"):
+        jaxlrp.explain_dataset(scale, params, batches, tmp_path, dtype=jnp.float16, progress=False)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("batch-")) == ["batch-000000-p000"]
+    jaxlrp.explain_dataset(scale, params, batches, tmp_path / "b", dtype=jnp.bfloat16, progress=False)  # the fix
+    np.testing.assert_allclose(np.asarray(dataset.load(tmp_path / "b")["relevance"], np.float32)[4:], 2e5, rtol=1e-2)
+
+
+def test_empty_batches_are_refused_naming_the_batch(tmp_path):
+    explain, params, x, y = _setup(8)
+    for batches, index in (([x, x[:0]], 1), ([(x[:0], y[:0])], 0)):
+        with pytest.raises(ValueError, match=rf"batch {index} is empty \('x' has shape \(0, 6, 6, 3\)\)"):
+            jaxlrp.explain_dataset(explain, params, batches, tmp_path / str(index), progress=False)
+
+
+def test_equinox_models_with_static_leaves(tmp_path):
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(5, 3, 6, 2, activation=jax.nn.relu, key=jax.random.PRNGKey(0))
+    explain = jaxlrp.lrp(lambda m, x: jax.vmap(m)(x), composites.EpsilonPlus(), argnums=1)
+    x = np.random.default_rng(0).normal(size=(12, 5))
+    jaxlrp.explain_dataset(explain, model, [x[:8], x[8:]], tmp_path, progress=False)
+    ref = np.asarray(eqx.filter_jit(explain)(model, x))
+    np.testing.assert_allclose(dataset.load(tmp_path)["relevance"], ref, rtol=1e-6, atol=1e-9)
+    run = jaxlrp.explain_dataset(explain, model, [x[:8], x[8:]], tmp_path, progress=False)
+    assert run.skipped == 2
+    other = eqx.nn.MLP(5, 3, 6, 2, activation=jax.nn.tanh, key=jax.random.PRNGKey(0))  # same arrays
+    with pytest.raises(ValueError, match="params.sha256"):
+        jaxlrp.explain_dataset(explain, other, [x[:8], x[8:]], tmp_path, progress=False)
+
+
+# ------------------------------------------------ issue 28: the data of a resumed run
+
+
+def test_resume_with_other_data_of_the_same_shape_is_refused(tmp_path):
+    explain, params, x, y = _setup(24)
+    with pytest.raises(_Crash):
+        jaxlrp.explain_dataset(explain, params, _crashing(_batches(x, y), 2), tmp_path, progress=False)
+    before = _files(tmp_path)
+    other = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+    for xs, ys, what in ((other, y, "'x'"), (x, (y + 1) % 3, "'target'"), (x[::-1], y[::-1], "'target', 'x'")):
+        with pytest.raises(ValueError, match=rf"batch 0 on disk .* was computed from other data: its {what} differ"):
+            jaxlrp.explain_dataset(explain, params, _batches(xs, ys), tmp_path, progress=False)
+    assert _files(tmp_path) == before
+    # with metrics, the fields they are handed count too
+    out = tmp_path / "m"
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), out, metrics={"mass": _mass}, progress=False)
+    changed = [{**b, "mask": ~b["mask"]} for b in _batches(x, y)]
+    with pytest.raises(ValueError, match="its 'mask' differ"):
+        jaxlrp.explain_dataset(explain, params, changed, out, metrics={"mass": _mass}, progress=False)
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)  # the same data
+    assert (run.skipped, run.computed) == (2, 1)
