@@ -13,15 +13,18 @@ loses at most the batch in flight)::
     out/meta.json                  the run's identity (see below), written by process 0
     out/batch-000000-p000/         batch 0, written by process 0
         manifest.json              the run's identity, the batch's index and row range,
-                                   and for every file its shape, dtype, size and CRC-32
-        relevance.npy              relevance, shape and dtype of the batch's x
+                                   the SHA-256 of its inputs, and for every file its
+                                   shape, dtype, size and CRC-32
+        relevance.npy              relevance, shape and dtype of the batch's x (an
+                                   ml_dtypes type such as bfloat16: its bits, uint16)
         target.npy                 the batch's targets, if given
         <metric>.npy               one value per example for each metric
     out/done-p000.json             number of batches and rows, once process 0 finished
     out/.lock-p000                 the writer's lock (empty file)
 
-The files are plain ``.npy`` (readable without jaxlrp); :func:`load` memory-maps
-them, so nothing is read before it is indexed. (Why ``.npy`` folders and not one
+The files are plain ``.npy`` (readable without jaxlrp; a bfloat16 file holds the
+bits, ``np.load(f).view(ml_dtypes.bfloat16)``); :func:`load` memory-maps them, so
+nothing is read before it is indexed. (Why ``.npy`` folders and not one
 chunked zarr array per field: ``bench/storage.md``.)
 
 Guarantees
@@ -34,7 +37,10 @@ Guarantees
   metric names, the number of processes and the jaxlrp version. It is stored in
   ``meta.json`` and in every batch's manifest. A resume whose identity differs is
   refused with a ``ValueError`` that lists what differs; so is a batch on disk whose
-  row range differs from the one the data set now gives (e.g. another batch size).
+  row range differs from the one the data set now gives (e.g. another batch size),
+  or whose inputs do: each manifest holds a SHA-256 of every field the batch feeds
+  (``x``, ``target``, and with metrics the fields they are handed), and other data of
+  the same shape (shuffled, another split) is refused naming the batch and the fields.
   Deleting ``meta.json`` changes nothing: it is rewritten after the manifests were
   checked. Metric *functions* and callable matchers are known by name only.
 * **Integrity.** On resume every committed batch of this process is verified against
@@ -50,6 +56,11 @@ Guarantees
   from an earlier, longer run, the run stops with a ``ValueError`` naming them and
   leaves them (and the earlier ``done`` record) in place: delete them to keep the
   shorter run. Kill and resume gives byte-identical files.
+* **Storage dtype.** ``dtype=jnp.float16`` holds magnitudes up to 65504: a batch whose
+  cast turns finite relevance into ``inf`` is refused with an ``OverflowError`` naming
+  the batch and its rows (nothing of it is written; use ``jnp.bfloat16``). bfloat16 and
+  every other ml_dtypes type are stored as their bits and read back as the type.
+* **Empty batches** (0 examples) are refused with a ``ValueError`` naming the batch.
 * **Targets** are checked on the host before a batch is dispatched: a target outside
   ``[0, classes)`` (``classes``: the last axis of the explained output, known for an
   explainer from :func:`jaxlrp.lrp`; otherwise only negative targets are caught) stops
@@ -61,20 +72,32 @@ Guarantees
 
 Data parallelism: the examples of a batch are sharded over the ``data_axis`` of a
 :class:`jax.sharding.Mesh` (by default all devices), the parameters are replicated
-(or sharded as ``param_sharding`` says), and XLA partitions the explanation. On
-several hosts, start every process with :func:`jax.distributed.initialize` before
-building the mesh (``jax.make_mesh`` over ``jax.devices()``, which lists the devices
-of all hosts), and let each process iterate over *its own share* of the data (same
-batch sizes and number of batches on every host): its rows are combined into the
-global batch with :func:`jax.make_array_from_process_local_data`, and each process
-writes the rows it fed to its own ``-pNNN`` folders in a shared output directory
-(processes agree, batch by batch, on what to skip)::
+(or sharded as ``param_sharding`` says), and XLA partitions the explanation. The
+parameters may hold non-array leaves (an Equinox module's activation functions):
+they stay static, as in :func:`jaxlrp.lrp`.
 
-    # on each of N hosts (or with SLURM / Cloud TPU, where the arguments are implied)
+On several hosts, start every process with :func:`jax.distributed.initialize` before
+building the mesh (``jax.make_mesh`` over ``jax.devices()``, which lists the devices
+of all hosts), and let each process iterate over *its own share* of the data: its
+rows are combined into the global batch with
+:func:`jax.make_array_from_process_local_data`, and each process writes the rows it
+fed to its own ``-pNNN`` folders in a shared output directory. Every step the
+processes agree (one small all-gather) on whether anyone still has a batch, on the
+batches' fields, dtypes and trailing shapes, on what is on disk everywhere, and on
+whether anyone failed: shares may have any sizes (a process whose share has run out
+feeds its last batch again, masked, and writes nothing), and an error in one process
+stops all of them (the others raise a ``RuntimeError`` naming it) instead of leaving
+them in a collective::
+
+    # on each of N hosts (SLURM and Cloud TPU: jax.distributed.initialize() alone)
     jax.distributed.initialize(coordinator_address="host0:1234",
                                num_processes=N, process_id=i)
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    explain_dataset(explain, variables, my_share_of_batches, "/shared/out", mesh=mesh)
+    my_share = (b for k, b in enumerate(all_batches) if k % N == i)  # any split
+    explain_dataset(explain, variables, my_share, "/shared/out", mesh=mesh)
+
+:func:`load` orders the rows batch by batch and within a batch by process (with the
+split above: the order of ``all_batches``).
 """
 
 from __future__ import annotations
@@ -300,7 +323,7 @@ def _explainer(explain: Callable) -> dict:
     return desc
 
 
-def _identity(explain, params, batch: dict, fields: dict, metrics: dict) -> dict:
+def _identity(explain, params, batch: dict, fields: dict, metrics: dict, batch_size: Optional[int] = None) -> dict:
     import jaxlrp
 
     x = batch["x"]
@@ -309,7 +332,7 @@ def _identity(explain, params, batch: dict, fields: dict, metrics: dict) -> dict
         "jaxlrp": jaxlrp.__version__,
         "explainer": _explainer(explain),
         "params": _fingerprint(params),
-        "batch_size": int(x.shape[0]),
+        "batch_size": int(x.shape[0] if batch_size is None else batch_size),
         "x": {"shape": list(x.shape[1:]), "dtype": str(x.dtype)},
         "fields": {k: {"shape": list(s.shape[1:]), "dtype": str(s.dtype)} for k, s in sorted(fields.items())},
         "metrics": sorted(metrics),
@@ -707,9 +730,10 @@ def explain_dataset(
     batches:
         An iterable of batches, each ``x``, ``(x, target)`` or a mapping with ``"x"``
         and optional ``"target"`` and further per-example arrays (masks, labels)
-        handed to the metrics. Iterate in the same order on a restart. The last batch
+        handed to the metrics. Iterate in the same order on a restart (a batch whose
+        inputs differ from those on disk is refused). The last batch
         may be smaller; it is padded to the first batch's size (no recompilation)
-        and the padding is dropped. Integer targets are checked on the host before
+        and the padding is dropped; an empty batch is refused. Integer targets are checked on the host before
         each batch is dispatched (see the module docstring).
     out:
         Output directory (created). Existing batches in it are verified and skipped
@@ -731,7 +755,8 @@ def explain_dataset(
     save_relevance:
         Write the relevance maps (else only targets and metrics).
     dtype:
-        Store relevance in this dtype (e.g. ``np.float16`` to halve the disk space);
+        Store relevance in this dtype (e.g. ``jnp.bfloat16`` to halve the disk space
+        and keep float32's range; ``np.float16`` refuses a batch it would overflow);
         default: as computed.
     resume:
         Skip batches already on disk (after checking that they belong to the same
@@ -750,8 +775,13 @@ def explain_dataset(
     Raises
     ------
     ValueError
-        A different run in ``out``, a target out of range, stale batches beyond the
-        end of the data set, malformed batches or metrics.
+        A different run in ``out``, other inputs than those of a batch on disk, a
+        target out of range, stale batches beyond the end of the data set, malformed
+        or empty batches or metrics.
+    OverflowError
+        ``dtype`` turned finite relevance of a batch into ``inf``.
+    RuntimeError
+        Another process (of a multi-process run) failed; its error is named.
     DatasetLockedError
         Another writer holds ``out`` (same process index).
     """
@@ -826,14 +856,15 @@ def _step_fn(explain: Callable, rebuild: Callable, metrics: dict, save_relevance
     return step
 
 
-def _start(ctx: _Context, batch: dict, placed: dict) -> tuple:
-    """The run's identity and the number of classes, from the first batch."""
+def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
+    """The run's identity and the number of classes, from the first batch (``size``: the
+    largest number of examples of the processes' first batches)."""
     stored = _stored_identity(ctx.out)
     try:
         fields = dict(ctx.step.eval_shape(ctx.arrays, placed))  # type: ignore[attr-defined]
     except Exception:  # a batch the model cannot take: if it is not the run on disk, say that first
         if stored is not None:
-            cheap = _identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics)
+            cheap = _identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics, size)
             _refuse_other_run(ctx.out, {**stored, "fields": {}}, cheap)
         raise
     fields.pop(_NONFINITE, None)
@@ -846,7 +877,7 @@ def _start(ctx: _Context, batch: dict, placed: dict) -> tuple:
             )
     if "target" in batch:
         fields["target"] = jax.ShapeDtypeStruct(batch["target"].shape, batch["target"].dtype)
-    identity = _identity(ctx.explain, ctx.fingerprint_params, batch, fields, ctx.metrics)
+    identity = _identity(ctx.explain, ctx.fingerprint_params, batch, fields, ctx.metrics, size)
     _check_meta(ctx.out, stored, identity, ctx.process)
     return identity, _classes(ctx.explain, ctx.arrays, ctx.rebuild, placed["x"])
 
@@ -859,11 +890,11 @@ def _spec(batch: Optional[dict]) -> Optional[dict]:
     return None if batch is None else {k: [list(v.shape), str(v.dtype)] for k, v in sorted(batch.items())}
 
 
-def _check_specs(index: int, shared: list, first: bool) -> None:
-    """Refuse batches whose fields, dtypes or trailing shapes (in the first batch: shapes)
-    differ between processes; each process feeds its share of one global batch."""
+def _check_specs(index: int, shared: list) -> None:
+    """Refuse batches whose fields, dtypes or trailing shapes differ between processes;
+    each process feeds its share of one global batch."""
     specs = {p: s["spec"] for p, s in enumerate(shared) if s["spec"] is not None}
-    if first:
+    if any("sha256" in s for s in specs.values()):
         key = {p: json.dumps(s) for p, s in specs.items()}
     else:
         key = {p: json.dumps({k: [sh[1:], d] for k, (sh, d) in s.items()}) for p, s in specs.items()}
@@ -871,9 +902,17 @@ def _check_specs(index: int, shared: list, first: bool) -> None:
         shown = "; ".join(f"process {p}: {s}" for p, s in specs.items())
         raise ValueError(
             f"batch {index}: the processes' batches differ ({shown}). Every process must feed the same "
-            f"fields with the same dtypes and trailing shapes, and the same number of examples in its "
-            f"first batch"
+            f"fields with the same dtypes and trailing shapes"
         )
+
+
+def _first_size(shared: list) -> int:
+    """The largest number of examples of the processes' first batches: the batch size
+    every share is padded to."""
+    sizes = [s["spec"]["x"][0][0] for s in shared if s["spec"] is not None and "x" in s["spec"]]
+    if not sizes:
+        raise ValueError("a process without a first batch cannot build its share: the batches have too many fields")
+    return max(sizes)
 
 
 def _zeros(spec: dict) -> dict:
@@ -882,6 +921,12 @@ def _zeros(spec: dict) -> dict:
     if "sha256" in spec:
         raise ValueError("a process without a first batch cannot build its share: the batches have too many fields")
     return {k: np.zeros(shape, _dtype(d)) for k, (shape, d) in spec.items()}
+
+
+def _largest(shared: list) -> dict:
+    """The spec of the largest first batch (:func:`_spec`)."""
+    specs = [s["spec"] for s in shared if s["spec"] is not None]
+    return max(specs, key=lambda s: s.get("x", [[0]])[0][0])
 
 
 class _Loop:
@@ -925,7 +970,7 @@ class _Loop:
         batch = _as_batch(item, index)
         n = batch["x"].shape[0]
         if self.rows and n > self.rows:
-            raise ValueError(f"batch {index} has {n} examples, more than the first batch's {self.rows}")
+            raise ValueError(f"batch {index} has {n} examples, more than the first batch's {self.rows} (padded)")
         return batch
 
     def _prepare(self, index: int, batch: Optional[dict], shared: list) -> tuple:
@@ -933,11 +978,11 @@ class _Loop:
         ``(placed or None, have, inputs, existed)``; ``existed``: a folder was there."""
         placed = None
         if self.identity is None:
-            model = batch if batch is not None else _zeros(next(s["spec"] for s in shared if s["spec"]))
-            n, shards = model["x"].shape[0], self.ctx.n_local_shards
-            self.rows = -(-n // shards) * shards
+            size, shards = _first_size(shared), self.ctx.n_local_shards
+            model = batch if batch is not None else _zeros(_largest(shared))
+            self.rows = -(-size // shards) * shards
             placed = _place(self.ctx, model, self.rows)
-            self.identity, self.classes = _start(self.ctx, model, placed)
+            self.identity, self.classes = _start(self.ctx, model, placed, size)
             if batch is None:
                 self.last, placed = placed, None
         if batch is None:
@@ -966,7 +1011,7 @@ class _Loop:
                 shared = _agree(index, "reading", self.failure, {"spec": _spec(batch)})
                 if all(s["spec"] is None for s in shared):
                     break
-                _check_specs(index, shared, self.identity is None)
+                _check_specs(index, shared)
                 prepared = self._attempt(self._prepare, index, batch, shared) or (None, False, None, False)
                 placed, have, inputs, existed = prepared
                 votes = _agree(index, "checking", self.failure, {"has": batch is not None, "have": bool(have)})

@@ -58,10 +58,11 @@ def _problem():
 
 def _share(batches: list, scheme: str, n: int, i: int) -> list:
     """This process's batches: ``modulo`` (batch k to process k % n, the docs' recipe) or
-    ``front`` (3 batches to process 0, 1 to process 1, none to the others)."""
+    ``front`` (the first 3 batches to process 0, the last one, of 3 examples, to process 1,
+    none to the others)."""
     if scheme == "modulo":
         return [b for k, b in enumerate(batches) if k % n == i]
-    return {0: batches[:3], 1: batches[3:4]}.get(i, [])
+    return {0: batches[:3], 1: batches[8:]}.get(i, [])
 
 
 def _worker(argv: list) -> None:
@@ -203,9 +204,9 @@ def test_two_processes_unequal_shares_killed_and_resumed_equal_one_process(tmp_p
 
 
 def test_three_processes_one_without_batches_equal_one_process(tmp_path):
-    """Shares of 3, 1 and 0 batches over 3 processes: every process stops after the
-    third step, process 2 writes nothing but its record, and each process's rows equal a
-    single-process run of its share byte for byte."""
+    """Shares of 3, 1 and 0 batches over 3 processes, first batches of 4, 3 and no
+    examples: every process stops after the third step, process 2 writes nothing but its
+    record, and each process's rows equal those of a single-process run byte for byte."""
     import jaxlrp
 
     out = tmp_path / "out"
@@ -213,12 +214,14 @@ def test_three_processes_one_without_batches_equal_one_process(tmp_path):
     assert [rc for rc, _ in runs] == [0, 0, 0], runs
     assert [(r["batches"], r["computed"]) for r in _results(runs, "run")] == [(3, 3), (1, 1), (0, 0)]
     assert json.loads((out / "done-p002.json").read_text())["batches"] == 0
+    assert json.loads((out / "meta.json").read_text())["run"]["batch_size"] == 4  # the largest first batch
     _, _, batches, _ = _problem()
-    for p in (0, 1):
+    ref = _single(tmp_path, batches)
+    for p, rows in ((0, slice(0, 12)), (1, slice(32, 35))):
         got = {k: np.asarray(v) for k, v in jaxlrp.dataset.load(out, process=p).items()}
-        _same_bytes(got, _single(tmp_path, _share(batches, "front", 3, p)))
+        _same_bytes(got, {k: v[rows] for k, v in ref.items()})
     both = jaxlrp.dataset.load(out)["relevance"]  # batch-major, then process
-    assert len(both) == 4 * 4 and len(both.parts) == 4
+    assert len(both) == 3 * 4 + 3 and len(both.parts) == 4
 
 
 if __name__ == "__main__":
