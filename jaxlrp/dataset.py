@@ -797,10 +797,16 @@ def explain_dataset(
         total = len(batches)
     process = jax.process_index()
     os.makedirs(out, exist_ok=True)
-    with _locked(out, process):
-        if not resume and _batch_folders(out):
-            raise FileExistsError(f"{out} already holds batches; pass resume=True to continue that run")
-        _clean_partial(out, process)
+    with contextlib.ExitStack() as held:
+        failure = None
+        try:  # a process that cannot start (locked, not resuming) stops the others too
+            held.enter_context(_locked(out, process))
+            if not resume and _batch_folders(out):
+                raise FileExistsError(f"{out} already holds batches; pass resume=True to continue that run")
+            _clean_partial(out, process)
+        except Exception as e:
+            failure = e
+        _agree(0, "starting", failure, {})
         step = jax.jit(_step_fn(explain, rebuild, metrics, save_relevance, dtype))
         ctx = _Context(
             out, process, explain, placed_arrays, rebuild, params, metrics, step, data_sharding, n_local_shards
