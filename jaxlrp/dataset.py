@@ -1038,9 +1038,11 @@ class _Loop:
                 index += 1
             self._flush()
             _agree(index, "writing", self.failure, {})
-        finally:  # also on an error or interrupt: keep the batch already computed
+        except BaseException:  # an error or interrupt: keep the batch already computed
             if self.pending is not None:
-                _write(*self.pending)
+                with contextlib.suppress(Exception):  # (the error in hand is the one to report)
+                    _write(*self.pending)
+            raise
         _finish(self.ctx.out, self.ctx.process, self.count, self.start)
         elapsed = time.perf_counter() - self.t0
         return DatasetRun(
