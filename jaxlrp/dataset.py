@@ -689,11 +689,16 @@ def _finish(out: str, process: int, count: int, examples: int) -> None:
 
 
 def _progress(enabled: bool, total: Optional[int]):
-    """A tqdm bar on stderr, shown only on a terminal."""
-    from tqdm import tqdm
+    """A tqdm bar: a widget in Jupyter, a text bar on a terminal's stderr, none otherwise."""
+    from tqdm.auto import tqdm
 
-    # disable=None: tqdm's own test, off unless the stream is a terminal
-    return tqdm(total=total, unit="batch", desc="jaxlrp", file=sys.stderr, disable=None if enabled else True)
+    return tqdm(total=total, unit="batch", desc="jaxlrp", file=sys.stderr, disable=not (enabled and _interactive()))
+
+
+def _interactive() -> bool:
+    """Whether a person watches: a Jupyter kernel (where stderr is no terminal, and
+    tqdm's own ``disable=None`` test would hide the bar) or a terminal."""
+    return "ipykernel" in sys.modules or sys.stderr.isatty()
 
 
 # -------------------------------------------------------------------------------- run
@@ -751,7 +756,8 @@ def explain_dataset(
     metrics:
         ``{name: metric(relevance, batch) -> per-example values}``, evaluated in the
         jitted step; ``batch`` is the batch mapping (``"x"``, ``"target"``, masks...).
-        For example ``{"mass": lambda R, b: jaxlrp.metrics.relevance_mass_accuracy(R, b["mask"])}``.
+        For example, with masks of shape ``(N, H, W)`` for images ``(N, H, W, C)``:
+        ``{"mass": lambda R, b: jaxlrp.metrics.relevance_mass_accuracy(R.sum(-1), b["mask"])}``.
     save_relevance:
         Write the relevance maps (else only targets and metrics).
     dtype:
@@ -762,8 +768,9 @@ def explain_dataset(
         Skip batches already on disk (after checking that they belong to the same
         run and are intact). With ``False`` an existing output directory is an error.
     progress:
-        A progress bar (tqdm) on stderr, process 0 only, and only when stderr is a
-        terminal.
+        A progress bar (``tqdm.auto``), process 0 only: a widget in a Jupyter
+        kernel, a text bar when stderr is a terminal, and none otherwise (logs,
+        batch jobs).
     total:
         Number of batches, for the progress bar (``len(batches)`` if it has one).
 

@@ -481,3 +481,19 @@ def test_resume_with_other_data_of_the_same_shape_is_refused(tmp_path):
         jaxlrp.explain_dataset(explain, params, changed, out, metrics={"mass": _mass}, progress=False)
     run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)  # the same data
     assert (run.skipped, run.computed) == (2, 1)
+
+
+def test_progress_bar_shows_in_jupyter_kernels_and_terminals(monkeypatch):
+    """tqdm.auto: a widget in Jupyter (stderr is no terminal there), a text bar on a
+    terminal, nothing in a log."""
+    import sys
+
+    from jaxlrp import dataset
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert not dataset._interactive()
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    assert dataset._interactive()
+    with dataset._progress(False, 3) as bar:
+        assert bar.disable
