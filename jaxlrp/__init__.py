@@ -16,8 +16,8 @@ from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
 
 
 def __getattr__(name: str):
-    """``jaxlrp.flax`` and ``jaxlrp.models`` are imported on first use."""
-    if name in ("flax", "models"):
+    """``jaxlrp.flax``, ``jaxlrp.models`` and ``jaxlrp.keras`` are imported on first use."""
+    if name in ("flax", "models", "keras"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -49,4 +49,5 @@ __all__ = [
     "UnmatchedPatternError",
     "flax",
     "models",
+    "keras",
 ]
