@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pathlib
 import pkgutil
 import re
@@ -48,8 +49,18 @@ def _recurrent_data(ns: dict) -> None:
     ns.update(x=ns["jnp"].asarray(sq.x), y=ns["jnp"].asarray(sq.y))
 
 
+def _keras_model(ns: dict) -> None:
+    """jaxlrp.keras's docstrings explain a small float64 Keras model."""
+    import keras
+
+    inp = keras.Input((6,), dtype="float64")
+    h = keras.layers.Dense(5, activation="relu", dtype="float64", name="fc1")(inp)
+    out = keras.layers.Dense(3, dtype="float64", name="fc2")(h)
+    ns.update(keras_model=keras.Model(inp, out), keras_x=ns["np"].random.default_rng(0).normal(size=(2, 6)))
+
+
 # Per-module additions to the prelude.
-_PRELUDE_FOR = {"jaxlrp.models.recurrent": _recurrent_data}
+_PRELUDE_FOR = {"jaxlrp.models.recurrent": _recurrent_data, "jaxlrp.keras": _keras_model}
 
 
 def _prelude() -> dict:
@@ -146,7 +157,9 @@ def test_readme_ten_lines_are_self_contained(tmp_path, monkeypatch):
 
 def _modules() -> list:
     names = ["jaxlrp"] + [m.name for m in pkgutil.walk_packages(jaxlrp.__path__, "jaxlrp.")]
-    return [n for n in names if n != "jaxlrp.__main__"]
+    # jaxlrp.keras needs Keras (the test extra has it); without it, its docstrings are not run
+    no_keras = importlib.util.find_spec("keras") is None
+    return [n for n in names if n != "jaxlrp.__main__" and not (no_keras and n == "jaxlrp.keras")]
 
 
 def _doctests() -> list:
