@@ -1188,12 +1188,24 @@ class EpsilonStd(Rule):
     def __call__(self, node, relevance):
         b = layer_bias(node, self.ignore_bias)
         z = node.output if b is node.bias else node.output - node.bias
-        axes = _example_axes(z, node.example_ndim)
-        c = z - jnp.mean(z, axis=axes, keepdims=True) if self.centered else z
-        spread = jnp.sqrt(jnp.mean(jnp.square(c), axis=axes, keepdims=True))
-        eps = self.factor * spread + jnp.asarray(self.epsilon, z.dtype)
+        eps = self.factor * _spread(z, _example_axes(z, node.example_ndim), self.centered)
+        eps = eps + jnp.asarray(self.epsilon, z.dtype)
         term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=z)
         return propagate(node, relevance, [term], eps)
+
+
+def _spread(z: Array, axes: tuple, centered: bool) -> Array:
+    r"""The root mean square (``centered``: standard deviation) of ``z`` over
+    ``axes``, computed scale-invariantly: with :math:`m = \max |z|`,
+    :math:`s(z) = m\, s(z / m)`, so :math:`z^2` never overflows (it would for
+    :math:`|z| > 1.8 \cdot 10^{19}` in float32 and :math:`|z| > 256` in float16,
+    making :math:`\epsilon` infinite and the relevance zero)."""
+    m = jnp.max(jnp.abs(z), axis=axes, keepdims=True)
+    m = jnp.where(m > 0, m, jnp.ones((), z.dtype))
+    c = z / m
+    if centered:
+        c = c - jnp.mean(c, axis=axes, keepdims=True)
+    return m * jnp.sqrt(jnp.mean(jnp.square(c), axis=axes, keepdims=True))
 
 
 @dataclasses.dataclass(frozen=True)

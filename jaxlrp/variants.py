@@ -293,9 +293,26 @@ class Relative(Rule):
             w = self.rho(w)
         if self.mode == "neuron":
             return (_absolute_shares(node, x, w, relevance),)
+        # Scale-invariant: only the direction of x * W^T R matters (its mass is
+        # matched), so R and x are divided by their largest magnitude per example
+        # first; x * W^T R itself overflows float32 once R (a logit) reaches ~1e19.
+        e = _shared_example_ndim(x, relevance, node.example_ndim)
         _, pull = jax.vjp(lambda x_: node.apply((x_,), w), x)
-        (g,) = pull(relevance)
-        return (_match_mass(x * g, relevance, node.example_ndim),)
+        (g,) = pull(relevance / _max_abs(relevance, e))
+        return (_match_mass((x / _max_abs(x, e).astype(x.dtype)) * g, relevance, node.example_ndim),)
+
+
+def _shared_example_ndim(a: Array, b: Array, example_ndim: int) -> int:
+    """The example axes ``a`` and ``b`` share (0 when the layer mixes examples)."""
+    e = min(_example_ndim(a, example_ndim), _example_ndim(b, example_ndim))
+    return e if a.shape[:e] == b.shape[:e] else 0
+
+
+def _max_abs(a: Array, e: int) -> Array:
+    """``max |a|`` over the non-example axes, broadcastable against ``a``; 1 where it
+    is 0 (so that dividing by it leaves zeros alone)."""
+    m = jnp.max(jnp.abs(a), axis=tuple(range(e, a.ndim)), keepdims=True) if a.ndim > e else jnp.abs(a)
+    return jnp.where(m > 0, m, jnp.ones((), a.dtype))
 
 
 def _absolute_shares(node: Node, x: Array, w: Optional[Array], relevance: Array) -> Array:
@@ -307,14 +324,22 @@ def _absolute_shares(node: Node, x: Array, w: Optional[Array], relevance: Array)
 
 
 def _match_mass(r: Array, target: Array, example_ndim: int) -> Array:
-    """Rescale ``r`` per example so that ``sum |r| == sum |target|`` (0 stays 0)."""
+    r"""Rescale ``r`` per example so that ``sum |r| == sum |target|`` (0 stays 0).
+
+    Scale-invariant: with :math:`m_r = \max|r|` and :math:`m_t = \max|t|`,
+    :math:`r' = (r / m_r) \cdot (\sum|t/m_t| / \sum|r/m_r|) \cdot m_t`, every factor
+    bounded (the middle one by the number of entries), so no sum of magnitudes
+    overflows where the result itself is representable.
+    """
     e = _example_ndim(r, example_ndim)
     if target.shape[: min(e, target.ndim)] != r.shape[:e]:
         e = 0  # the layer mixes examples: one normaliser for the whole value
-    have, want = _mass(r, e), _mass(target, e).astype(r.dtype)
+    m_r, m_t = _max_abs(r, e), _max_abs(target, e).astype(r.dtype)
+    rn = r / m_r
+    have, want = _mass(rn, e), _mass(target / _max_abs(target, e), e).astype(r.dtype)
     zero = have == 0
     scale = jnp.where(zero, 0, want / jnp.where(zero, 1, have))
-    return r * _per_example(scale, r, e)
+    return rn * _per_example(scale, r, e) * _per_example(m_t.reshape(m_t.shape[:e]), r, e)
 
 
 def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
