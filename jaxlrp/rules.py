@@ -1160,7 +1160,9 @@ class EpsilonStd(Rule):
     does not depend on the batch it is explained in (under ``vmap`` the layer of
     one example is the whole value). The Overview recommends ``factor=0.25`` for
     the middle layers of VGG-16 (0.1 in its MLP example). ``factor=0`` is
-    :class:`Epsilon` with ``epsilon``.
+    :class:`Epsilon` with ``epsilon``. :math:`s(z)` is computed as
+    :math:`m\, s(z/m)` with :math:`m = \max_k |z_k|`, so that it does not overflow
+    where :math:`z^2` would (float16 pixels 0-255, float32 beyond ``1.8e19``).
 
     Parameters
     ----------

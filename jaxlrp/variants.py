@@ -257,6 +257,11 @@ class Relative(Rule):
       the map (non-negative for sums and pools; a scaling by a constant has one
       contribution per output, share 1).
 
+    In ``"layer"`` mode, :math:`R^{\text{out}}` and :math:`x` are divided by their
+    largest magnitude per example before the product, and the mass is matched
+    scale-invariantly: only the direction of :math:`\tilde r` matters, and
+    :math:`x \odot W^\top R` would overflow float32 for logits of ~1e19.
+
     Neither mode uses the bias or a stabiliser. Sums of several input-dependent
     tensors (residual adds) use the proportional split :math:`R_a = a/(a+b)\,R` in
     both modes (``Norm(0.0)``: no stabiliser, a zero sum passes nothing), the one
