@@ -670,7 +670,7 @@ def from_rule(rule: Rule) -> Composite:
     return Composite([(kind(*sorted(rule.kinds)), rule)])
 
 
-def resolve(composite: Optional[Composite], rule: Optional[Rule]) -> Composite:
+def resolve(composite: Union[Composite, str, None], rule: Optional[Rule]) -> Composite:
     """The composite to use given ``lrp``'s ``composite=`` and ``rule=`` arguments."""
     if composite is not None and rule is not None:
         raise ValueError("pass either composite= or rule=, not both")

@@ -162,7 +162,7 @@ def float64_kept() -> Iterator[None]:
     from keras.src.backend.common import dtypes as keras_dtypes
 
     table = getattr(keras_dtypes, "BIT64_TO_BIT32_DTYPE", None)
-    if table is None or not jax.config.jax_enable_x64:
+    if table is None or jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:  # x64 off
         yield
         return
     saved = dict(table)
@@ -229,7 +229,7 @@ class _KerasMatcher:
 
     def __call__(self, layer: Layer) -> bool:
         m = self.matcher
-        if not _is_glob(m):
+        if not isinstance(m, str) or not _is_glob(m):
             return _composites.as_matcher(m)(layer)
         name = layer.name or _paths.layer_name(layer.param_paths)
         names = [name] + ([f"{self.root}/{name}"] if name and self.root and not name.startswith(self.root + "/") else [])
@@ -266,7 +266,7 @@ def _keras_layers(layers: LayerSelection, root: str) -> LayerSelection:
         return None
     if isinstance(layers, (list, tuple)):
         return [_KerasMatcher(m, root) for m in layers]
-    return _KerasMatcher(layers, root)
+    return _KerasMatcher(layers, root)  # type: ignore[arg-type]  # a single matcher
 
 
 # ---------------------------------------------------------------------- explaining
