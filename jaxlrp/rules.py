@@ -1091,7 +1091,9 @@ class Softmax(Rule):
 
     (a first-order Taylor expansion at :math:`x` with the softmax's bias). The
     Jacobian is that of the recognised equations, so temperatures and shifts inside
-    the softmax are taken into account.
+    the softmax are taken into account. Entries masked with :math:`x = -\infty`
+    (``jnp.where(mask, x, -jnp.inf)``) have :math:`s = 0` and no effect on the
+    output: their relevance is 0 (the limit of :math:`x \cdot 0`), not NaN.
 
     Parameters
     ----------
@@ -1104,7 +1106,8 @@ class Softmax(Rule):
 
     def __call__(self, node, relevance):
         term = Term([Branch(node.inputs, None)], denominator=node.output)
-        return propagate(node, relevance, [term], self.stabilizer)
+        (r,) = propagate(node, relevance, [term], self.stabilizer)
+        return (jnp.where(jnp.isneginf(node.inputs[0]), 0, r),)
 
 
 @dataclasses.dataclass(frozen=True)
