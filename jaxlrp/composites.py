@@ -614,7 +614,7 @@ class AttnLRP(Composite):
 
 
 class CPLRP(Composite):
-    """Conservative propagation through transformers (Ali et al. 2022): as
+    r"""Conservative propagation through transformers (Ali et al. 2022): as
     :class:`AttnLRP`, but no relevance flows through the attention weights; it all
     goes to the values. The probabilities :math:`P` are held constant, so for
     :math:`o = P v` the values get :math:`R_v = v \odot P^\top (R_o / o)`: reading
