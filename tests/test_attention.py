@@ -200,3 +200,40 @@ def test_unknown_attention_primitive_is_refused_by_name():
     p, x = _mha_params(), RNG.normal(size=(N, T, DM))
     with pytest.raises(jaxlrp.UnsupportedOperationError, match="my_fused_attention"):
         jaxlrp.lrp(_model(prim.bind), composites.AttnLRP())(p, x, target=0)
+
+
+def test_fused_cp_lrp_is_gradient_times_input_with_constant_probabilities():
+    """Multi-head ``dot_product_attention`` under exact CP-LRP is gradient x input of
+    the attention written out with ``stop_gradient`` on the probabilities."""
+    p, x = _mha_params(), RNG.normal(size=(N, T, DM))
+
+    def constant_probs(q, k, v):
+        s = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(HD)
+        probs = jax.lax.stop_gradient(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(q.dtype))
+        return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+    R = jaxlrp.lrp(_model(_fused), EXACT_CP)(p, x, target=0)
+    g = jax.grad(lambda x: _model(constant_probs)(p, x)[:, 0].sum())(x)
+    np.testing.assert_allclose(R, x * g, rtol=1e-10, atol=1e-12)
+
+
+def test_minus_infinity_mask_before_a_layout_change_gives_zero_not_nan():
+    """A mask written with ``-inf`` and then reshaped (as grouped-query attention
+    does) puts ``-inf`` in the softmax's source: those entries get 0, not NaN, and
+    the result equals the same mask written with a finite large negative."""
+    x = RNG.normal(size=(2, T, DM))
+    w = RNG.normal(size=(DM, DM))
+    causal = np.tril(np.ones((T, T), bool))
+
+    def f(fill):
+        def model(w, x):
+            h = x @ w
+            s = jnp.where(causal, jnp.einsum("nqd,nkd->nqk", h, h), fill)
+            s = s.reshape(2, T * T).reshape(2, T, T)  # the source is the masked logits
+            return (jax.nn.softmax(s, -1) @ h)[:, -1]
+        return model
+
+    got = jaxlrp.lrp(f(-jnp.inf), EXACT_ATTN)(w, x, target=0)
+    want = jaxlrp.lrp(f(-1e30), EXACT_ATTN)(w, x, target=0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
