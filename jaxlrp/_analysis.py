@@ -685,22 +685,32 @@ def _parameter_prepass(program: Program, roots: set) -> set:
     return reach
 
 
-def start_values(program: Program, pattern: str, in_prov) -> list:
+def start_values(program: Program, pattern: str, in_prov, data=()) -> list:
     """The variables where an explanation that starts at layer ``pattern`` begins.
 
     ``pattern`` is a glob matched against the module paths (name stacks) of the
     equations and the parameter paths of their operands. A matched module's
     start values are the floating-point values it computes and something outside
-    it reads; for a matched parameter, the outputs of the equations that read it.
-    Values computed from other start values are not start values.
+    it reads. For a matched parameter they are the first values that depend both
+    on it and on ``data`` (the variables of the argument that would be explained:
+    the token ids), so that reads of the parameter alone are not start values: the
+    transpose of a tied embedding table in ``h @ E.T``, or a table reshaped before
+    its lookup. Without ``data`` (or where no value depends on both), the outputs
+    of the equations that read the parameter. Values computed from other start
+    values are not start values, and a start value read only by a reshape that
+    drops unit axes (the slice axis of a gather) is replaced by that reshape's
+    output, the layer's output.
     """
     params = {v for v, p in zip(program.invars, in_prov) if any(fnmatch.fnmatchcase(q, pattern) for q in p)}
+    reads = _meeting(program, params, set(data)) if params and data else set()
+    if not reads:
+        reads = {i for i, e in enumerate(program.eqns) if any(isinstance(a, Var) and a in params for a in e.invars)}
     scope = {}
     for i, e in enumerate(program.eqns):
         parts = e.name.split("/") if e.name else []
         prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
         hit = next((q for q in prefixes if fnmatch.fnmatchcase(q, pattern)), None)
-        if hit is not None or any(isinstance(a, Var) and a in params for a in e.invars):
+        if hit is not None or i in reads:
             scope[i] = hit
     users = readers(program)
     outputs = {v for v in program.outvars if isinstance(v, Var)}
@@ -716,4 +726,35 @@ def start_values(program: Program, pattern: str, in_prov) -> list:
             if _inexact(v) and (scope[i] is None or leaves):
                 starts.append(v)
                 downstream.add(v)
-    return starts
+    return [_unit_reshaped(program, v, users, outputs) for v in starts]
+
+
+def _meeting(program: Program, params: set, data: set) -> set:
+    """Indices of the equations where a value first depends on both ``params`` and
+    ``data`` (none of their operands does yet)."""
+    on_params, on_data, both = set(params), set(data), set()
+    found = set()
+    for i, e in enumerate(program.eqns):
+        ins = [a for a in e.invars if isinstance(a, Var)]
+        p, d = any(a in on_params for a in ins), any(a in on_data for a in ins)
+        if p:
+            on_params.update(e.outvars)
+        if d:
+            on_data.update(e.outvars)
+        if p and d:
+            if not any(a in both for a in ins):
+                found.add(i)
+            both.update(e.outvars)
+    return found
+
+
+def _unit_reshaped(program: Program, v: Var, users: dict, outputs: set) -> Var:
+    """``v``, or the output of the reshape that is its only reader, when that
+    reshape only drops unit axes (``squeeze``; a gather's slice axis)."""
+    while v not in outputs and len(users.get(v, ())) == 1:
+        e = program.eqns[users[v][0]]
+        (out,) = e.outvars
+        if e.prim.name not in ("squeeze", "reshape") or out.shape != tuple(d for d in v.shape if d != 1):
+            break
+        v = out
+    return v

@@ -57,7 +57,8 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
         inputs, weight, scale, bias, z = res
         if scale is not None:
             weight = fold(after(weight, relevance), scale)
-        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative, gated), relevance)
+        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative, gated,
+                        spec.layer.primitive), relevance)
         return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None
 
     call.defvjp(fwd, bwd)

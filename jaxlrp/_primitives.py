@@ -128,6 +128,21 @@ UNSUPPORTED_HINTS: dict[str, str] = {
     "cumprod": "a cumulative product has no LRP rule",
     "custom_lin": "linearised programs cannot be explained; explain the original function",
 }
+# Opaque kernels (fused attention and the like): jaxlrp cannot see the computation
+# inside, so it cannot give it AttnLRP's or CP-LRP's rules.
+_KERNEL_HINT = (
+    "an opaque kernel (a flash/splash attention kernel?): its computation cannot be "
+    "analysed, so no softmax or attention rule can be applied. Explain the same model "
+    "with the kernel's XLA reference instead, e.g. "
+    "jax.nn.dot_product_attention(..., implementation='xla') or the kernel's reference "
+    "attention in jax.numpy (a custom_vjp around it is fine: its forward is analysed)"
+)
+UNSUPPORTED_HINTS.update({
+    name: _KERNEL_HINT for name in (
+        "pallas_call", "triton_kernel_call", "dot_product_attention_fwd", "dot_product_attention_fwd_wrapper",
+        "dot_product_attention_fp8_fwd", "dot_product_attention_fp8_fwd_wrapper",
+    )
+})
 
 # Sign inference (to skip the negative-input branches of z+, gamma, alpha-beta):
 # elementwise functions whose output is never negative ...

@@ -614,9 +614,13 @@ class AttnLRP(Composite):
 
 
 class CPLRP(Composite):
-    """Conservative propagation through transformers (Ali et al. 2022): as
+    r"""Conservative propagation through transformers (Ali et al. 2022): as
     :class:`AttnLRP`, but no relevance flows through the attention weights; it all
-    goes to the values."""
+    goes to the values. The probabilities :math:`P` are held constant, so for
+    :math:`o = P v` the values get :math:`R_v = v \odot P^\top (R_o / o)`: reading
+    out one token reaches the values of every position it attends to. With the
+    stabilisers at 0 this is gradient x input of the attention with
+    ``stop_gradient`` on :math:`P` (LXT's CP-LRP)."""
 
     def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (),
                  strict: bool = False):

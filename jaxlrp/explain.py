@@ -145,7 +145,8 @@ def _trace(
     out_shape = tuple(closed.out_avals[0].shape)
     program = flatten(closed.jaxpr, closed.consts)
     example_ndim = _example_ndim(example_axes, out_shape, program, explained)
-    starts = _starts(program, start, prov)
+    data = [program.invars[j] for traced, j in slots[-1][1] if traced] if start is not None else []
+    starts = _starts(program, start, prov, data)
     ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
     _check_per_example(an, explained, starts, example_ndim, out_shape)
@@ -182,12 +183,14 @@ class AmbiguousOutputWarning(UserWarning):
     """A 1-D output could index examples or outputs; see ``example_axes`` of :func:`lrp`."""
 
 
-def _starts(program, start: Optional[str], prov: list) -> list:
+def _starts(program, start: Optional[str], prov: list, data: list) -> list:
+    """The start values of ``start=``; ``data`` are the variables of the last
+    argument (the token ids), see :func:`jaxlrp._analysis.start_values`."""
     if start is None:
         return []
     if not isinstance(start, str):
         raise TypeError(f"start must be a glob on a layer name or parameter path, got {start!r}")
-    found = start_values(program, start, prov)
+    found = start_values(program, start, prov, data)
     if not found:
         names = sorted({e.name for e in program.eqns if e.name} | set().union(*prov))
         close = difflib.get_close_matches(start, names, n=5, cutoff=0.3)

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from ._kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
+from ._primitives import PRODUCTS, QUOTIENTS
 
 Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
 
@@ -137,6 +138,12 @@ class Node(NamedTuple):
         whatever reads it gives no relevance to zeros; see
         :attr:`Rule.relevance_to_zeros`): rules may then skip the terms of
         non-positive outputs, whose contribution is exactly zero.
+    primitive:
+        The JAX primitive of the node's head equation (``"mul"``, ``"dot_general"``,
+        ...; empty when unknown). Rules of products read it to tell an elementwise
+        product (``mul``, ``div``: each input entry reaches one output entry) from a
+        contraction (``dot_general``: attention times values, where an input
+        position reaches every output position).
     """
 
     kind: str
@@ -148,6 +155,7 @@ class Node(NamedTuple):
     example_ndim: int = 0
     nonnegative: bool = False
     relu_gated: bool = False
+    primitive: str = ""
 
 
 _NONNEGATIVE_PARAMETERS = frozenset({"epsilon", "stabilizer", "gamma", "alpha", "beta"})
@@ -1040,19 +1048,26 @@ class SignalTakesAll(Rule):
     relevance goes to the signal :math:`s`, none to the gate (Arras et al. 2017,
     "Explaining recurrent neural network predictions in sentiment analysis").
 
-    .. math:: R_s = s \frac{\partial z}{\partial s} \frac{R}{z} = R, \qquad R_g = 0
+    .. math:: R_s = s \odot J_s^\top \frac{R}{z}, \qquad R_g = 0
 
-    The default rule of ``"gate"`` layers (LSTM and GRU cells, gated linear units);
-    :class:`Uniform` gives the half split instead. Also the default of
-    ``"normalize"`` layers (LayerNorm, RMSNorm: the normaliser is a constant, so the
-    relevance goes to the centred input, as in AttnLRP and LXT) and, in
-    :class:`~jaxlrp.composites.CPLRP`, of ``"attention"`` products (all relevance to
-    the values, none through the attention weights; Ali et al. 2022).
+    the gate held constant; for an elementwise product (``mul``, ``div`` with
+    :math:`s` of the output's shape) this is :math:`R_s = R`, computed without the
+    division. The default rule of ``"gate"`` layers (LSTM and GRU cells, gated
+    linear units); :class:`Uniform` gives the half split instead. Also the default
+    of ``"normalize"`` layers (LayerNorm, RMSNorm: the normaliser is a constant, so
+    the relevance goes to the centred input, as in AttnLRP and LXT) and, in
+    :class:`~jaxlrp.composites.CPLRP`, of ``"attention"`` products (Ali et al.
+    2022): for :math:`z = P v` with probabilities :math:`P` held constant,
+    :math:`R_v = v \odot P^\top (R / z)`, so relevance moves across positions
+    (reading out one token reaches the values of every position it attends to);
+    with the stabiliser at 0 this is gradient x input of the function with
+    ``stop_gradient`` on :math:`P`.
 
     Parameters
     ----------
     stabilizer:
-        ``>= 0`` (matters only where the gate broadcasts over the signal).
+        ``>= 0`` (matters only where the gate broadcasts over the signal, or the
+        product contracts, as attention does).
     """
 
     stabilizer: float = 1e-6
@@ -1060,7 +1075,8 @@ class SignalTakesAll(Rule):
 
     def __call__(self, node, relevance):
         signal, gate = node.inputs
-        if signal.shape == relevance.shape:
+        elementwise = not node.primitive or node.primitive in PRODUCTS | QUOTIENTS
+        if elementwise and signal.shape == relevance.shape:
             return relevance, jnp.zeros_like(gate)
         _, pull = jax.vjp(lambda s: node.apply((s, gate), None), signal)
         (g,) = pull(divide(relevance, stabilize(node.output, self.stabilizer)))
@@ -1075,7 +1091,9 @@ class Softmax(Rule):
 
     (a first-order Taylor expansion at :math:`x` with the softmax's bias). The
     Jacobian is that of the recognised equations, so temperatures and shifts inside
-    the softmax are taken into account.
+    the softmax are taken into account. Entries masked with :math:`x = -\infty`
+    (``jnp.where(mask, x, -jnp.inf)``) have :math:`s = 0` and no effect on the
+    output: their relevance is 0 (the limit of :math:`x \cdot 0`), not NaN.
 
     Parameters
     ----------
@@ -1088,7 +1106,8 @@ class Softmax(Rule):
 
     def __call__(self, node, relevance):
         term = Term([Branch(node.inputs, None)], denominator=node.output)
-        return propagate(node, relevance, [term], self.stabilizer)
+        (r,) = propagate(node, relevance, [term], self.stabilizer)
+        return (jnp.where(jnp.isneginf(node.inputs[0]), 0, r),)
 
 
 @dataclasses.dataclass(frozen=True)

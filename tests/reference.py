@@ -1155,3 +1155,31 @@ def composite_rules(name, epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=-3.0, h
 
     ns = stabilizer if norm_stabilizer is None else norm_stabilizer
     return rules, {"pool_stabilizer": ns, "add_stabilizer": ns}
+
+
+def cp_lrp_attention(x, wq, wk, wv, bv, wo, bo, position, target):
+    """CP-LRP (Ali et al. 2022) of one single-head self-attention block, float64.
+
+    The block is ``h = x + P v`` with ``P = softmax(q k^T / sqrt(d_k))``,
+    ``q = x wq``, ``k = x wk``, ``v = x wv + bv``, and ``y = h wo + bo``; ``x`` is
+    ``(L, D)``. The explained output is ``y[position, target]`` (its value is the
+    initial relevance). Every rule is exact (no stabiliser): LRP-0 on the dense
+    layers (the bias absorbs its share), the proportional split at the residual
+    add, and the attention probabilities held constant, so that
+    ``R_v = v * P^T (R_o / o)``. Nothing reaches ``q`` or ``k``.
+    """
+    q, k = x @ wq, x @ wk
+    v = x @ wv + bv
+    s = q @ k.T / np.sqrt(k.shape[-1])
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    o = p @ v
+    h = x + o
+    y = h @ wo + bo
+    r_y = np.zeros_like(y)
+    r_y[position, target] = y[position, target]
+    r_h = h * (safe_divide(r_y, y) @ wo.T)
+    share = safe_divide(r_h, h)
+    r_res, r_o = x * share, o * share
+    r_v = v * (p.T @ safe_divide(r_o, o))
+    return r_res + x * (safe_divide(r_v, v) @ wv.T)
