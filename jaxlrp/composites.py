@@ -46,8 +46,10 @@ A matcher is a callable ``Layer -> bool`` or a string:
   weight in the parameter pytree (e.g. ``"params/Dense_2/*"``).
 
 A plain lowercase word close to a kind (``"dence"``, ``"avg_pool"``) is taken for a
-typo and raises ``ValueError`` at construction (see :func:`as_matcher`). A name or
-parameter pattern that matches no layer of the traced function warns
+typo and raises ``ValueError`` at construction (see :func:`as_matcher`); any other
+bare word (no ``*``, ``?``, ``[`` or ``/``, e.g. ``"convolution"``) that matches no
+layer of the traced function raises ``ValueError`` naming the closest kind when the
+function is traced. A name or parameter pattern that matches no layer of the traced function warns
 (:class:`UnmatchedPatternWarning`, naming the closest layer names), or raises
 :class:`UnmatchedPatternError` with ``Composite(..., strict=True)``; kind matchers
 (such as a preset's ``"conv"`` entry on an MLP) are never reported.
@@ -105,6 +107,7 @@ Matcher = Union[str, Callable[[Layer], bool]]
 #: Strings that are matchers by themselves (not globs).
 _WORDS = KINDS + ("linear", "first", "last")
 _PLAIN_WORD = re.compile(r"[a-z_]+")
+_GLOB_CHARS = re.compile(r"[*?\[/]")
 
 
 class UnmatchedPatternWarning(UserWarning):
@@ -267,6 +270,10 @@ def check_matches(matchers: Sequence[Matcher], layers: Sequence[Layer], *, stric
     ------
     UnmatchedPatternError
         Instead of the warning, when ``strict``.
+    ValueError
+        For a bare word (no ``*``, ``?``, ``[`` or ``/``) that is no kind and matches
+        no layer, in any mode: a misspelt kind (``"convolution"``), named with the
+        closest kind.
 
     Warns
     -----
@@ -277,11 +284,27 @@ def check_matches(matchers: Sequence[Matcher], layers: Sequence[Layer], *, stric
         for g in _globs(as_matcher(m)):
             if any(g(layer) for layer in layers):
                 continue
+            if g.on == "any" and not _GLOB_CHARS.search(g.pattern):
+                raise _not_a_kind(g.pattern, where)
             msg = f"{where} {g!r} matches no layer of the traced function; {_closest(g.pattern, layers)}"
             if strict:
                 raise UnmatchedPatternError(msg)
             warnings.warn(msg + " (Composite(..., strict=True) makes this an error)", UnmatchedPatternWarning,
                           stacklevel=3)
+
+
+def _not_a_kind(word: str, where: str) -> ValueError:
+    """A bare word (no glob character, no ``/``) that is no kind and names no layer:
+    most likely a kind misspelt (``"convolution"``), so an error, not a warning."""
+    low = word.lower()
+    close = [w for w in _WORDS if low.startswith(w) or w.startswith(low)][:1]
+    close = close or difflib.get_close_matches(low, _WORDS, n=1, cutoff=0.3)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ValueError(
+        f"{where} {word!r} is neither a layer kind nor a glob (no '*', '?', '[' or '/') and matches no layer; "
+        f"{hint}known kinds: {', '.join(KINDS + ('linear',))}, and 'first', 'last'. To match a layer by its "
+        f"name, give its full name (e.g. 'Model/{word}') or a glob (e.g. '*/{word}')"
+    )
 
 
 def _closest(pattern: str, layers: Sequence[Layer]) -> str:
@@ -446,6 +469,18 @@ class EpsilonPlusFlat(Composite):
         )
 
 
+def _require_bounds(cls: str, preset: str, low: Any, high: Any) -> None:
+    """Refuse a z^B composite built without its input bounds (never guess them)."""
+    missing = [n for n, v in (("low", low), ("high", high)) if v is None]
+    if missing:
+        raise TypeError(
+            f"{cls} needs the bounds of the input for the ZBox rule on the first layer; {' and '.join(missing)} "
+            f"missing. Pass the range the first layer sees, e.g. {cls}(low=0.0, high=1.0) for pixels in [0, 1], "
+            f"{cls}(low=0.0, high=255.0) for 0-255 pixels, or per-channel arrays (0 - mean) / std and "
+            f"(1 - mean) / std after normalisation (by name: composites.get({preset!r}, low=..., high=...))"
+        )
+
+
 class EpsilonGammaBox(Composite):
     """:class:`~jaxlrp.rules.ZBox` on the first layer, :class:`~jaxlrp.rules.Gamma` on conv
     layers, :class:`~jaxlrp.rules.Epsilon` on dense layers (Zennit's ``EpsilonGammaBox``).
@@ -458,19 +493,23 @@ class EpsilonGammaBox(Composite):
     ----------
     low, high:
         Bounds of the input (in the space the first layer sees), scalars or arrays
-        broadcastable against it.
+        broadcastable against it. Required, as in Zennit: z^B with other bounds is
+        a different rule, so there is no default (``low=0.0, high=1.0`` for pixels
+        in [0, 1]; ``(0 - mean) / std`` and ``(1 - mean) / std`` per channel after
+        normalisation). Omitting them raises ``TypeError`` naming the fix.
     """
 
     def __init__(
         self,
-        low: Any = -3.0,
-        high: Any = 3.0,
+        low: Any = None,
+        high: Any = None,
         epsilon: float = 1e-6,
         gamma: float = 0.25,
         stabilizer: float = 1e-6,
         rules: Sequence[tuple] = (),
         strict: bool = False,
     ):
+        _require_bounds(type(self).__name__, "epsilon_gamma_box", low, high)
         super().__init__(
             list(rules)
             + [
@@ -511,7 +550,8 @@ class Overview(Composite):
     Parameters
     ----------
     low, high:
-        Bounds of the input for z^B (in the space the first layer sees).
+        Bounds of the input for z^B (in the space the first layer sees). Required,
+        as for :class:`EpsilonGammaBox`.
     gamma:
         Of the lower tier (0.25 in the tutorial for VGG-16).
     factor:
@@ -530,9 +570,10 @@ class Overview(Composite):
         ``(matcher, rule)`` pairs tried first.
     """
 
-    def __init__(self, low: Any = -3.0, high: Any = 3.0, gamma: float = 0.25, factor: float = 0.25,
+    def __init__(self, low: Any = None, high: Any = None, gamma: float = 0.25, factor: float = 0.25,
                  lower: Union[float, Matcher] = 0.5, upper: Matcher = "dense", maxpool: str = "proportional",
                  stabilizer: float = 1e-9, rules: Sequence[tuple] = (), strict: bool = False):
+        _require_bounds(type(self).__name__, "overview", low, high)
         if maxpool not in ("proportional", "winner"):
             raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
         fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
@@ -650,7 +691,9 @@ def names() -> tuple:
 def get(preset: str, **kwargs: Any) -> Composite:
     """A preset composite by its snake-case name, e.g. ``get("epsilon_plus_flat")``.
 
-    Keyword arguments go to the preset's constructor.
+    Keyword arguments go to the preset's constructor; ``"epsilon_gamma_box"`` and
+    ``"overview"`` need the input bounds, e.g. ``get("epsilon_gamma_box", low=0.0,
+    high=1.0)`` (without them: ``TypeError``).
     """
     try:
         cls = _PRESETS[preset]

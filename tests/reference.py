@@ -1110,6 +1110,16 @@ def network_grad(layers, x, target):
 # ---------------------------------------------------------------------------
 # Part 6: preset composites, restated (Zennit's definitions)
 # ---------------------------------------------------------------------------
+#: The keyword arguments a preset needs beyond its defaults: the z^B presets have no
+#: default input bounds (jaxlrp refuses to guess them); the tests use [-3, 3].
+PRESET_BOUNDS = {"epsilon_gamma_box": {"low": -3.0, "high": 3.0}, "overview": {"low": -3.0, "high": 3.0}}
+
+
+def preset_kwargs(name):
+    """``composites.get(name, **preset_kwargs(name))`` builds any preset."""
+    return dict(PRESET_BOUNDS.get(name, {}))
+
+
 def composite_rules(name, epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=-3.0, high=3.0,
                     norm_stabilizer=None):
     """The rule of every dense/conv layer under a preset composite.

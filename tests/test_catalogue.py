@@ -49,7 +49,7 @@ ZERO_NORM_STABILIZER = 0.0
 REFERENCE_PRESETS = ("epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
                      "epsilon_alpha2_beta1_flat", "attn_lrp", "cp_lrp")
 # (label, jaxlrp lrp keyword arguments, reference preset)
-COMPOSITES = [(name, {"composite": composites.get(name)}, name) for name in composites.names()
+COMPOSITES = [(name, {"composite": composites.get(name, **ref.preset_kwargs(name))}, name) for name in composites.names()
               if name in REFERENCE_PRESETS] + [
     ("zero", {"rule": rules.Zero()}, "zero"),
     ("default", {}, "epsilon"),
@@ -663,7 +663,7 @@ def test_preset_stabilizer_reaches_sums():
         return n._step(lambda P, x: jnp.sum(x, axis=(1, 2)), ("pool", A, (3,))).dense(3).build()
 
     fn, params, x, layers = build()
-    comps = [(name, {"composite": composites.get(name, stabilizer=1e-2)}, name) for name in STABILISED]
+    comps = [(name, {"composite": composites.get(name, stabilizer=1e-2, **ref.preset_kwargs(name))}, name) for name in STABILISED]
     target = jnp.asarray(TARGET)
     out = jax.jit(lambda p, x: [jaxlrp.lrp(fn, **kw)(p, x, target=target) for _, kw, _ in comps],
                   compiler_options=FAST)(params, x)
@@ -679,7 +679,8 @@ def test_preset_stabilizer_reaches_avgpool_rule():
     (independent of how the pool's Norm rule itself is computed)."""
     fn, params, x, _ = head(net((4, 4, 2)).conv(3, 3).relu().avgpool(2)).build()
     norms = [("avgpool", rules.Norm(1e-2)), ("sum", rules.Norm(1e-2))]
-    pairs = [(composites.get(name, stabilizer=1e-2), composites.get(name, stabilizer=1e-2, rules=norms))
+    kw = {name: ref.preset_kwargs(name) for name in STABILISED}
+    pairs = [(composites.get(name, stabilizer=1e-2, **kw[name]), composites.get(name, stabilizer=1e-2, rules=norms, **kw[name]))
              for name in STABILISED]
     target = jnp.asarray(TARGET)
     out = jax.jit(lambda p, x: [jaxlrp.lrp(fn, c)(p, x, target=target) for pair in pairs for c in pair],

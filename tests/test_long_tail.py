@@ -140,7 +140,7 @@ def test_attention_over_tokens_is_not_training_mode():
 def test_traced_out_of_range_target_is_nan_for_that_example_only():
     w1, w2 = _dense_params()
     f = lambda p, x: jax.nn.relu(x @ p[0]) @ p[1]
-    for comp in (None, composites.EpsilonGammaBox(), composites.EpsilonPlus()):
+    for comp in (None, composites.EpsilonGammaBox(-3.0, 3.0), composites.EpsilonPlus()):
         explain = jax.jit(jaxlrp.lrp(f, comp))
         for bad in (0, 1):
             target = jnp.array([7, 1]) if bad == 0 else jnp.array([1, -1])

@@ -12,6 +12,8 @@ import pytest
 import jaxlrp
 from jaxlrp import composites, rules, variants
 
+import reference as ref
+
 
 class M(nn.Module):
     @nn.compact
@@ -66,8 +68,9 @@ def test_matching_patterns_kinds_and_preset_defaults_do_not_warn(model):
     mlp = lambda p, x: jnp.maximum(x @ p[0], 0) @ p[1]  # no conv, no name: presets' "conv" entries match nothing
     params = (jnp.ones((5, 4)), jnp.ones((4, 2)))
     for name in composites.names():
-        _no_warnings(jaxlrp.lrp(mlp, name), params, jnp.ones((2, 5)))
-    _no_warnings(jaxlrp.lrp(mlp, variants.pruned("epsilon_gamma_box", 0.3, mode="m")), params, jnp.ones((2, 5)))
+        _no_warnings(jaxlrp.lrp(mlp, composites.get(name, **ref.preset_kwargs(name))), params, jnp.ones((2, 5)))
+    _no_warnings(jaxlrp.lrp(mlp, variants.pruned(composites.EpsilonGammaBox(-3.0, 3.0), 0.3, mode="m")), params,
+                 jnp.ones((2, 5)))
     _no_warnings(jaxlrp.lrp(mlp), params, jnp.ones((2, 5)), layers="conv")  # a kind: not a pattern
 
 
@@ -111,7 +114,8 @@ def test_layers_patterns_that_match_nothing_warn(model):
 
 def test_presets_take_strict():
     for name in composites.names():
-        assert composites.get(name, strict=True).strict and not composites.get(name).strict
+        kw = ref.preset_kwargs(name)
+        assert composites.get(name, strict=True, **kw).strict and not composites.get(name, **kw).strict
     assert variants.pruned(composites.EpsilonPlus(strict=True), 0.3).strict
 
 

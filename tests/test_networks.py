@@ -167,8 +167,12 @@ def test_presets_by_name():
     }
     _, fn, params, x = _net("cnn", seed=5)
     for name in composites.names():
-        a = jaxlrp.lrp(fn, composites.get(name))(params, x)
-        b = jaxlrp.lrp(fn, name)(params, x)
+        if name in ref.PRESET_BOUNDS:  # no default bounds: refused by name alone
+            with pytest.raises(TypeError, match="low=0.0, high=1.0"):
+                jaxlrp.lrp(fn, name)
+        a = jaxlrp.lrp(fn, composites.get(name, **ref.preset_kwargs(name)))(params, x)
+        b = jaxlrp.lrp(fn, composites.get(name, **ref.preset_kwargs(name)) if name in ref.PRESET_BOUNDS else name)(
+            params, x)
         np.testing.assert_array_equal(a, b)
         assert np.all(np.isfinite(a))
     with pytest.raises(ValueError, match="unknown composite"):

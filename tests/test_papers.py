@@ -342,17 +342,17 @@ def _assigned(comp, x):
 
 def test_overview_tiers():
     x = RNG.normal(size=(1, 4, 4, 1))
-    got = _assigned(composites.Overview(), x)
+    got = _assigned(composites.Overview(-3.0, 3.0), x)
     m = _Tiers()
     v = m.init(jax.random.PRNGKey(0), x)
-    R = jaxlrp.lrp(m.apply, composites.Overview())(v, x, target=0)
+    R = jaxlrp.lrp(m.apply, composites.Overview(-3.0, 3.0))(v, x, target=0)
     assert np.all(np.isfinite(R)) and np.any(R != 0)
     assert got == {"conv0": "ZBox", "conv1": "Gamma", "conv2": "EpsilonStd", "conv3": "EpsilonStd",
                    "_Tiers": "MaxPoolProportional", "fc0": "Epsilon", "fc1": "Epsilon"}
-    got = _assigned(composites.get("overview", lower="*conv[12]", maxpool="winner"), x)
+    got = _assigned(composites.get("overview", low=-3.0, high=3.0, lower="*conv[12]", maxpool="winner"), x)
     assert got["conv2"] == "Gamma" and got["conv3"] == "EpsilonStd" and got["_Tiers"] == "WinnerTakesAll"
-    assert _assigned(composites.Overview(lower=1.0), x)["conv3"] == "Gamma"
+    assert _assigned(composites.Overview(-3.0, 3.0, lower=1.0), x)["conv3"] == "Gamma"
     with pytest.raises(ValueError, match="assign"):
-        composites.Overview().rule_for(composites.Layer(0, "conv", "conv_general_dilated", "c"))
+        composites.Overview(-3.0, 3.0).rule_for(composites.Layer(0, "conv", "conv_general_dilated", "c"))
     with pytest.raises(ValueError):
-        composites.Overview(lower=1.5)
+        composites.Overview(-3.0, 3.0, lower=1.5)

@@ -18,6 +18,8 @@ from jaxlrp import composites, rules
 from jaxlrp._analysis import relu_gated
 from jaxlrp.explain import _run, _trace
 
+import reference as ref
+
 
 @pytest.fixture(autouse=True)
 def _x64():
@@ -92,7 +94,7 @@ def _explain(fn, comp, params, x, gate=True):
 def test_presets_gated_equal_ungated(name):
     model = VGGish()
     params, x = _setup(model)
-    comp = composites.get(name)
+    comp = composites.get(name, **ref.preset_kwargs(name))
     gated, _ = _gated(model.apply, comp, params, x)
     if name == "epsilon_gamma_box":
         assert {"VGGish/Conv_1", "VGGish/Conv_2"} <= set(gated)
