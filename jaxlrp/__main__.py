@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from ._version import __version__
 
+__all__ = ["main"]
+
 _DEMO_HELP = "train a small CNN on synthetic shapes, explain it, write heatmaps and metrics"
 
 

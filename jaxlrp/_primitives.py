@@ -111,6 +111,14 @@ COPYING: frozenset[str] = frozenset(
     concatenate pad rev reduce_max reduce_window_max sharding_constraint stack unstack
     split optimization_barrier""".split()
 )
+# Routing whose plain VJP is exact for LRP: each entry's relevance moves unchanged
+# (copies, reshapes, index selections, layout and device placement). Other routing
+# (``reduce_max``, ``sort``, ``scatter``, ``cummax``, ...) chooses among entries:
+# ``jaxlrp.inspect`` reports it as a fallback.
+EXACT_ROUTING: frozenset[str] = (COPYING - {"reduce_max", "reduce_window_max"}) | frozenset(
+    """gather dynamic_update_slice device_put mesh_cast reshard pvary pcast all_gather
+    ppermute""".split()
+)
 # The primitive of ReLU: ``max(x, 0)``.
 RECTIFIERS: frozenset[str] = frozenset({"max"})
 

@@ -99,6 +99,9 @@ __all__ = [
     "CPLRP",
     "get",
     "names",
+    "as_matcher",
+    "from_rule",
+    "resolve",
     "KINDS",
 ]
 

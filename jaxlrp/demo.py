@@ -35,6 +35,8 @@ from . import composites, data, metrics, rules, variants, viz
 from .explain import lrp
 from .models import fit
 
+__all__ = ["DemoCNN", "Config", "methods", "train", "evaluate", "run", "markdown", "add_arguments", "main_demo"]
+
 
 class DemoCNN(nn.Module):
     """conv(16)-relu-pool, conv(32)-relu-pool, dense(64)-relu, dense(classes)."""

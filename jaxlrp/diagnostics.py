@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from . import _primitives as P
 from . import composites as _composites
 from .composites import Composite
 from .explain import Target, _initial_relevance, _run, _top_level_nodes, _trace
@@ -102,14 +103,22 @@ class Report:
         One :class:`LayerRow` per dense/conv/sum/avgpool/maxpool/product layer, in program
         order (layers inside ``scan``/``cond`` bodies have no relevance sums).
     fallbacks:
-        ``(key, primitive, treatment)`` of every other operation on the relevance
-        path: activations (their rule, normally Pass) and routing operations
-        (plain VJP).
+        ``(key, primitive, treatment)`` of the operations on the relevance path
+        that have no rule of their own and fall back to the plain VJP where it
+        *chooses* among entries (``reduce_max``, ``sort``, ``scatter``, ``max`` of
+        two input-dependent values: the winner takes the relevance) or maps by a
+        constant built inside the function. Exact routing (reshapes, slices,
+        broadcasts, gathers) is not listed: it moves each entry's relevance
+        unchanged.
     output_relevance, input_relevance:
         Total relevance at the output and at the explained input.
     notes:
         Warnings about the treatment, e.g. layers whose weight is an array the
         function closes over (the jaxpr cannot tell a parameter from a constant).
+    activations:
+        ``(key, primitive, rule)`` of the elementwise functions (ReLU, GELU, the
+        internals of a normaliser): treated by their rule, normally
+        :class:`~jaxlrp.rules.Pass`.
 
     Notes
     -----
@@ -126,6 +135,13 @@ class Report:
     output_relevance: float
     input_relevance: float
     notes: tuple[str, ...] = ()
+    activations: tuple[tuple[str, str, str], ...] = ()
+
+    def __repr__(self) -> str:  # a REPL or notebook shows the table once, as print() does
+        return str(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
+        p.text(str(self))
 
     @property
     def absorbed_by_layers(self) -> float:
@@ -165,10 +181,23 @@ class Report:
         out.append(f"relevance: output {_fmt(self.output_relevance)}, input {_fmt(self.input_relevance)}")
         out += self._absorption_lines()
         out += [f"note: {n}" for n in self.notes]
+        out += _activation_lines(self.activations)
         if self.fallbacks:
-            out.append("handled by a fallback:")
+            out.append("handled by a fallback (no rule of their own; the plain VJP chooses among entries):")
             out += [f"  {k}: {p} ({t})" for k, p, t in self.fallbacks]
         return "\n".join(out)
+
+
+def _activation_lines(activations: Sequence[tuple]) -> list:
+    """One line per activation rule: how many elementwise functions it treats, and which."""
+    by_rule: dict = {}
+    for key, prim, rule in activations:
+        by_rule.setdefault(rule, []).append(f"{key} ({prim})")
+    lines = []
+    for rule, where in by_rule.items():
+        shown = ", ".join(where[:6]) + (f", and {len(where) - 6} more" if len(where) > 6 else "")
+        lines.append(f"activations, rule {rule}: {len(where)} ({shown})")
+    return lines
 
 
 def _fmt(v) -> str:
@@ -183,15 +212,17 @@ def inspect(
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
-    verbose: bool = True,
+    verbose: bool = False,
 ) -> Callable[..., Report]:
     """Explain once and report, per layer, the rule and the relevance in and out.
 
     ``jaxlrp.inspect(fn, composite)(*args, target=..., output_relevance=...)`` returns
-    a :class:`Report` (and prints it as a table if ``verbose``). The per-layer sums
-    show where relevance is absorbed (biases, stabilisers) or created, and the list of
-    fallbacks shows every operation that got no explicit rule. Runs eagerly; not for
-    use under ``jit``.
+    a :class:`Report`. Its ``repr`` is the table, so a REPL or notebook shows it once
+    (``print(report)`` in a script); ``verbose=True`` also prints it here. The
+    per-layer sums show where relevance is absorbed (biases, stabilisers) or
+    created; the activations are listed with their rule, and the fallbacks are the
+    operations whose plain VJP chooses among entries (see :attr:`Report.fallbacks`).
+    Runs eagerly; not for use under ``jit``.
     """
     comp = _composites.resolve(composite, rule)
 
@@ -213,15 +244,16 @@ def inspect(
                 relevance_in=None if tap is None else float(sum(jnp.sum(r) for r in tap[0])),
                 relevance_out=None if tap is None else float(jnp.sum(tap[1])),
             ))
-        fallbacks = [(l.key, l.primitive, f"activation: {t.rules[l.index]!r}") for l in t.layers if l.kind == "activation"]
-        fallbacks += _routed(t.analysis)
+        activations = tuple((l.key, l.primitive, repr(t.rules[l.index])) for l in t.layers if l.kind == "activation")
+        fallbacks = _routed(t.analysis)
         notes = tuple(
             f"layer '{l.key}' multiplies by an array the function closes over: treated as a weighted "
             "layer; if it is a constant (a mask, an interpolation matrix), pass it as an argument or "
             "give the layer rules.Pass() in the composite"
             for l in t.layers if l.constant_weight
         )
-        rep = Report(tuple(rows), tuple(fallbacks), seed_total, float(sum(jnp.sum(r) for r in rel)), notes)
+        rep = Report(tuple(rows), tuple(fallbacks), seed_total, float(sum(jnp.sum(r) for r in rel)), notes,
+                     activations)
         if verbose:
             print(rep)
         return rep
@@ -230,10 +262,15 @@ def inspect(
 
 
 def _routed(an) -> list:
+    """The routed equations whose plain VJP is a choice, not an exact move (see
+    :attr:`Report.fallbacks`), in the analysis and its bodies."""
     found = []
     for i in an.routed:
         e = an.program.eqns[i]
-        found.append((e.name or "<top level>", e.prim.name, "routing: plain VJP"))
+        if e.prim.name in P.EXACT_ROUTING:
+            continue
+        how = "a map by a constant: plain VJP" if e.prim.name in P.LINEAR else "plain VJP: the winner takes the relevance"
+        found.append((e.name or "<top level>", e.prim.name, how))
     for subs in an.subs.values():
         for sub in subs:
             found += _routed(sub)

@@ -96,6 +96,47 @@ def _check_explained_leaf(leaf, path, i: int) -> None:
         )
 
 
+#: Path components that mark a pytree of model parameters (linen variables, nnx
+#: state, Equinox and Haiku modules, PyTorch-style state dicts).
+_PARAMETER_WORDS = frozenset({"params", "kernel", "bias", "weight", "weights", "scale", "embedding", "batch_stats"})
+
+
+def _parameter_path(arg) -> Optional[str]:
+    """The path of a leaf showing that ``arg`` holds model parameters rather than an
+    input (a parameter name on its path, or integer leaves beside float ones), else ``None``."""
+    leaves = jax.tree_util.tree_flatten_with_path(arg)[0]
+    if len(leaves) == 1 and not leaves[0][0]:
+        return None  # a bare array
+    kinds = set()
+    for path, leaf in leaves:
+        s = _path_str(path, 0)
+        if _PARAMETER_WORDS.intersection(s.lower().split("/")):
+            return s
+        if _is_array(leaf):
+            kinds.add(bool(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)))
+    return _path_str(leaves[0][0], 0) if kinds == {True, False} else None
+
+
+def _check_not_parameters(args: Sequence, nums: tuple) -> None:
+    """Refuse explaining the parameters when another argument is the input: the
+    ``jax.grad`` habit ``argnums=0`` on ``model.apply(variables, x)``, which would
+    otherwise explain the weights or fail with a false diagnosis."""
+    inputs = [j for j, a in enumerate(args) if j not in nums and _is_array(a)
+              and jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    if not inputs:
+        return
+    for i in nums:
+        path = _parameter_path(args[i])
+        if path is not None:
+            j = inputs[-1]
+            default = " or leave the default (the last argument)" if j == len(args) - 1 else ""
+            raise ValueError(
+                f"you are explaining argument {i} (the variables: it holds parameters, e.g. '{path}'); the "
+                f"input is argument {j}: pass argnums={j}{default}. jaxlrp explains the input, and its "
+                "default argnums is the last argument (jax.grad's is the first)"
+            )
+
+
 def _flatten_args(args: Sequence, nums: tuple):
     """Split ``args`` into traced leaves and static ones; ``(flat, taint, prov, explained,
     slots)`` where ``slots`` rebuilds the arguments from the traced leaves."""
@@ -128,6 +169,7 @@ def _trace(
         if argnums is not None:
             raise ValueError("pass either start= (explain from a layer's output) or argnums=, not both")
         nums = ()
+    _check_not_parameters(args, nums)
     flat, taint, prov, explained, slots = _flatten_args(args, nums)
 
     def flat_fn(*leaves):
@@ -137,9 +179,11 @@ def _trace(
         ]
         return fn(*rebuilt)
 
-    closed = jax.make_jaxpr(flat_fn)(*flat)
-    if len(closed.out_avals) != 1 or closed.out_avals[0].shape is None:
-        raise TypeError(f"the explained function must return one array, got {len(closed.out_avals)} outputs")
+    closed, out_tree = jax.make_jaxpr(flat_fn, return_shape=True)(*flat)
+    if len(closed.out_avals) != 1 or closed.out_avals[0].shape is None or not hasattr(out_tree, "shape"):
+        raise TypeError(f"the explained function must return one array, got {_describe_outputs(out_tree)}; "
+                        "return the scores to explain only, e.g. lambda v, x: fn(v, x)[0] for a linen "
+                        "apply(..., mutable=[...]) that returns (output, updated variables)")
     if not jnp.issubdtype(closed.out_avals[0].dtype, jnp.inexact):
         raise TypeError(f"the explained function must return a floating-point array, got {closed.out_avals[0]}")
     out_shape = tuple(closed.out_avals[0].shape)
@@ -153,6 +197,17 @@ def _trace(
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
     return _Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
+
+
+def _describe_outputs(tree) -> str:
+    """What a function returned, counted as the user wrote it (a 2-tuple is 2
+    outputs, however many arrays its second entry holds)."""
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of {len(tree)} outputs"
+    if isinstance(tree, dict):
+        return f"a dict of {len(tree)} outputs ({', '.join(map(str, list(tree)[:5]))})"
+    n = len(jax.tree_util.tree_leaves(tree))
+    return f"a {type(tree).__name__} of {n} arrays" if n != 1 else f"{type(tree).__name__}"
 
 
 def _example_ndim(example_axes: Optional[int], out_shape: tuple, program, explained: list) -> int:

@@ -454,7 +454,7 @@ def inspect(
     *,
     rule: Optional[Rule] = None,
     method: Method = None,
-    verbose: bool = True,
+    verbose: bool = False,
 ) -> Callable[..., Report]:
     """:func:`jaxlrp.inspect` of a Flax model: which rule each layer got and the
     relevance in and out of it.
@@ -462,7 +462,8 @@ def inspect(
     A transformation like :func:`lrp`, with the same arguments: the returned function
     takes ``(variables, x)`` (linen) or ``(state, x)`` (nnx) and the keywords
     ``target=`` and ``output_relevance=``, and returns a
-    :class:`jaxlrp.diagnostics.Report` (printed as a table if ``verbose``). nnx
+    :class:`jaxlrp.diagnostics.Report` (its ``repr`` is the table; printed here too
+    if ``verbose``). nnx
     layers are listed under the keys jaxlrp gives layers without a name stack,
     their module paths (``"blocks/0/conv1"``, see :func:`module_path`).
 

@@ -120,12 +120,15 @@ def test_per_layer_relevance_under_jit(mlp):
 def test_inspect_report(mlp, capsys):
     fn, v, x = mlp
     rep = jaxlrp.inspect(fn, composites.EpsilonPlusFlat())(v, x, target=0)
-    printed = capsys.readouterr().out
-    assert "MLP/fc1" in printed and "Flat" in printed and "handled by a fallback" in printed
+    assert capsys.readouterr().out == ""  # printed once, where the user prints it (issue 28)
+    printed = repr(rep)
+    assert printed == str(rep)
+    assert "MLP/fc1" in printed and "Flat" in printed and "activations, rule Pass()" in printed
+    assert "fallback" not in printed  # ReLU has a rule; reshapes are exact: nothing falls back
     assert [r.key for r in rep.rows] == ["MLP/fc1", "MLP/fc2", "MLP/head"]
     assert rep.rows[0].rule.startswith("Flat") and rep.rows[2].rule.startswith("Epsilon")
     assert rep.rows[2].param_paths == ("params/head/kernel",)
-    assert any("max" == p for _, p, _ in rep.fallbacks)  # relu -> activation
+    assert any("max" == p for _, p, _ in rep.activations) and rep.fallbacks == ()  # relu -> activation
     # the table's sums are the real ones: output relevance is the sum of the logits
     np.testing.assert_allclose(rep.output_relevance, float(fn(v, x)[:, 0].sum()), rtol=1e-10)
     np.testing.assert_allclose(rep.rows[2].relevance_out, rep.output_relevance, rtol=1e-10)

@@ -95,3 +95,13 @@ def test_input_independent_parts_are_not_checked():
 
     rel = jaxlrp.lrp(fn)(jnp.ones((3, 4)), jnp.ones((2, 3)))
     assert np.all(np.isfinite(rel))
+
+
+def test_probabilities_refused_naming_the_layer():
+    """Explaining a softmax output (probabilities) is refused: LRP explains the logit."""
+    m = Softmaxed()
+    x = jnp.ones((2, 4))
+    v = m.init(jax.random.PRNGKey(0), x)
+    with pytest.raises(UnsupportedOperationError, match=r"in layer 'Softmaxed'.*returns probabilities") as info:
+        jaxlrp.lrp(m.apply)(v, x)
+    assert "explain the logits" in str(info.value)

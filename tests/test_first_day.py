@@ -103,3 +103,110 @@ def test_globs_and_matching_words_still_warn_or_work():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a bare word that names a layer (its parameter path) is fine
         jaxlrp.lrp(_logits, composites.Composite([("w1", rules.ZPlus())]))(_mlp_params(), X)
+
+
+# -------------------------------------------------------- 2. argnums=0 habit
+
+
+def _linen_dense(features=2, n=3):
+    import flax.linen as nn
+
+    m = nn.Dense(features)
+    x = jnp.asarray(RNG.normal(size=(n, 3)))
+    return m, m.init(jax.random.PRNGKey(0), x), x
+
+
+@pytest.mark.parametrize("features,n", [(3, 3), (2, 3)])  # (3, 3): was a false TrainingModeError
+def test_argnums_0_on_the_variables_says_so(features, n):
+    m, v, x = _linen_dense(features, n)
+    with pytest.raises(ValueError, match=r"explaining argument 0 \(the variables.*'params/(bias|kernel)'\); "
+                                         r"the input is argument 1: pass argnums=1 or leave the default"):
+        jaxlrp.lrp(m.apply, argnums=0)(v, x)
+    assert jaxlrp.lrp(m.apply, argnums=1)(v, x).shape == x.shape
+
+
+def test_argnums_0_on_a_plain_parameter_tuple_with_integer_leaves():
+    f = lambda p, x: x @ p[0] * p[1]  # noqa: E731
+    with pytest.raises(ValueError, match="explaining argument 0"):
+        jaxlrp.lrp(f, argnums=0)((jnp.ones((3, 2)), jnp.asarray(2)), jnp.ones((4, 3)))
+
+
+def test_explaining_a_dict_input_is_still_allowed():
+    f = lambda x, w: (x["a"] + x["b"]) @ w  # noqa: E731
+    R = jaxlrp.lrp(f, argnums=0)({"a": jnp.ones((2, 3)), "b": jnp.ones((2, 3))}, jnp.ones((3, 2)))
+    assert set(R) == {"a", "b"}
+
+
+# ------------------------------------------------------------- 8. smaller
+
+
+def _relu_norm_model():
+    import flax.linen as nn
+
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(6, name="fc")(x))
+            x = nn.LayerNorm(name="norm")(x)
+            return nn.Dense(2, name="head")(x.reshape(x.shape[0], 2, 3).max(-1))
+
+    m = M()
+    x = jnp.asarray(RNG.normal(size=(2, 4)))
+    return m, m.init(jax.random.PRNGKey(0), x), x
+
+
+def test_inspect_prints_once(capsys):
+    m, v, x = _relu_norm_model()
+    rep = jaxlrp.inspect(m.apply)(v, x)
+    assert capsys.readouterr().out == ""
+    print(rep)
+    assert capsys.readouterr().out.count("layer     kind") == 1
+    assert repr(rep) == str(rep)  # a notebook shows the table, not a dataclass dump
+    jaxlrp.inspect(m.apply, verbose=True)(v, x)
+    assert capsys.readouterr().out.count("layer     kind") == 1
+
+
+def test_inspect_reports_only_real_fallbacks():
+    m, v, x = _relu_norm_model()
+    rep = jaxlrp.inspect(m.apply)(v, x)
+    assert [p for _, p, _ in rep.fallbacks] == ["reduce_max"]  # the global max chooses a winner
+    assert {p for _, p, _ in rep.activations} >= {"max", "rsqrt"}  # ReLU, LayerNorm internals: a rule
+    text = str(rep)
+    assert "activations, rule Pass()" in text
+    fallback_part = text.split("handled by a fallback")[1]
+    assert "rsqrt" not in fallback_part and "reshape" not in fallback_part and "broadcast" not in fallback_part
+
+
+def test_public_modules_have_complete_all():
+    import importlib
+    import inspect as pyinspect
+    import pkgutil
+
+    names = ["jaxlrp"] + [f"jaxlrp.{m.name}" for m in pkgutil.iter_modules(jaxlrp.__path__)
+                          if not m.name.startswith("_")] + ["jaxlrp.__main__"]
+    for name in names:
+        mod = importlib.import_module(name)
+        assert hasattr(mod, "__all__"), name
+        assert not {"np", "jnp", "Any", "jax"} & set(mod.__all__), name
+        assert all(hasattr(mod, n) for n in mod.__all__), name
+        own = [n for n, v in vars(mod).items() if not n.startswith("_") and
+               (pyinspect.isfunction(v) or pyinspect.isclass(v)) and v.__module__ == name]
+        assert set(own) <= set(mod.__all__), (name, set(own) - set(mod.__all__))
+
+
+def test_mutable_apply_counts_outputs_not_leaves():
+    import flax.linen as nn
+
+    class Sow(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(3, name="fc")(x)
+            self.sow("intermediates", "h", h)
+            return h
+
+    m = Sow()
+    x = jnp.ones((2, 4))
+    v = m.init(jax.random.PRNGKey(0), x)
+    f = lambda v, x: m.apply(v, x, mutable=["intermediates"])  # noqa: E731  (out, {"intermediates": ...})
+    with pytest.raises(TypeError, match=r"got a tuple of 2 outputs; .*\[0\]"):
+        jaxlrp.lrp(f)(v, x)
