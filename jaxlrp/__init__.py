@@ -4,24 +4,52 @@
 >>> from jaxlrp import composites, rules
 >>> explain = jaxlrp.lrp(model.apply, composites.EpsilonPlusFlat())
 >>> relevance = jax.jit(explain)(variables, x, target=3)
+
+The submodules and the functions below are imported on first use (PEP 562), so
+``import jaxlrp`` and the ``jaxlrp`` command's ``--help`` do not import JAX.
 """
 
-from . import attribution, composites, concepts, data, dataset, diagnostics, metrics, rules, variants, viz
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import TrainingModeError, UnsupportedOperationError
-from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
-from .dataset import DatasetLockedError, explain_dataset
-from .diagnostics import inspect
 from ._version import __version__
-from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
+
+#: Submodules, imported on first attribute access.
+_SUBMODULES = frozenset({
+    "attribution", "canonize", "composites", "concepts", "data", "dataset", "diagnostics", "explain", "metrics",
+    "rules", "variants", "viz", "flax", "models", "keras", "demo",
+})
+#: Public names defined in a submodule: name -> submodule.
+_ATTRIBUTES = {
+    "lrp": "explain", "value_and_lrp": "explain", "AmbiguousOutputWarning": "explain",
+    "Composite": "composites", "UnmatchedPatternError": "composites", "UnmatchedPatternWarning": "composites",
+    "DatasetLockedError": "dataset", "explain_dataset": "dataset", "inspect": "diagnostics",
+}
+
+if TYPE_CHECKING:  # what the lazy attributes are, for type checkers
+    from . import attribution, composites, concepts, data, dataset, diagnostics, metrics, rules, variants, viz
+    from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
+    from .dataset import DatasetLockedError, explain_dataset
+    from .diagnostics import inspect
+    from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
 
 
-def __getattr__(name: str):
-    """``jaxlrp.flax``, ``jaxlrp.models`` and ``jaxlrp.keras`` are imported on first use."""
-    if name in ("flax", "models", "keras"):
-        import importlib
-
+def __getattr__(name: str) -> Any:
+    """Import a submodule, or the submodule defining a public name, on first use."""
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(f".{_ATTRIBUTES[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'jaxlrp' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | _SUBMODULES | set(_ATTRIBUTES))
 
 
 __all__ = [

@@ -17,7 +17,6 @@ Everything is deterministic for a given ``--seed``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -32,10 +31,12 @@ import numpy as np
 import optax  # noqa: F401  (used by models.fit; imported here so that `jaxlrp demo` names the missing extra before any work)
 
 from . import composites, data, metrics, rules, variants, viz
+from ._demo_cli import Config, add_arguments, config
 from .explain import lrp
 from .models import fit
 
-__all__ = ["DemoCNN", "Config", "methods", "train", "evaluate", "run", "markdown", "add_arguments", "main_demo"]
+__all__ = ["DemoCNN", "Config", "methods", "train", "evaluate", "run", "markdown", "add_arguments", "config",
+           "run_and_report"]
 
 
 class DemoCNN(nn.Module):
@@ -50,19 +51,6 @@ class DemoCNN(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(64, name="fc1")(x))
         return nn.Dense(self.classes, name="head")(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Settings of one demo run (the command-line options)."""
-
-    out: pathlib.Path = pathlib.Path("out")
-    seed: int = 0
-    train: int = 3000
-    steps: int = 400
-    explain: int = 128
-    show: int = 6
-    quiet: bool = False
 
 
 def methods(low: float, high: float) -> dict:
@@ -178,62 +166,10 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _integer_at_least(low: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer ``>= low``."""
-
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {value!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {value}")
-        return n
-
-    return parse
-
-
-_positive = _integer_at_least(1, "positive")
-_non_negative = _integer_at_least(0, "non-negative")
-
-
-def _directory(value: str) -> pathlib.Path:
-    path = pathlib.Path(value)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} exists and is not a directory")
-    for parent in path.absolute().parents:  # the first existing ancestor must be a writable folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"cannot create {value}: {parent} is not a directory")
-            break
-    return path
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--out", type=_directory, default=pathlib.Path("out"),
-                    help="output directory, created if absent (default: out)")
-    ap.add_argument("--seed", type=_non_negative, default=0, help="random seed, >= 0 (default: 0)")
-    ap.add_argument("--train", type=_positive, default=Config.train,
-                    help="training images, >= 64 (default: %(default)s)")
-    ap.add_argument("--steps", type=_positive, default=Config.steps, help="training steps (default: %(default)s)")
-    ap.add_argument("--explain", type=_positive, default=Config.explain,
-                    help="held-out images explained and scored (default: %(default)s)")
-    ap.add_argument("--show", type=_positive, default=Config.show, help="images in the heatmap grid (default: %(default)s)")
-    ap.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def main_demo(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments; 2 on an invalid combination, 0 when done."""
-    if args.train < 64:
-        print("jaxlrp demo: error: --train must be at least 64 (one batch)", file=sys.stderr)
-        return 2
-    cfg = Config(args.out, args.seed, args.train, args.steps, args.explain, args.show, args.quiet)
-    try:
-        cfg.out.mkdir(parents=True, exist_ok=True)  # fail here, not after the run
-    except OSError as e:
-        print(f"jaxlrp demo: error: --out {cfg.out}: {e.strerror}", file=sys.stderr)
-        return 2
+def run_and_report(cfg: Config) -> int:
+    """Run the demo with a validated :class:`Config`, print the metrics table; 0 when done."""
     out = run(cfg)
     print(markdown(out), end="")
     print(f"wrote {out['png']}, {out['md']} and {out['json']} in {out['seconds']:.1f} s")
     return 0
+

@@ -210,3 +210,45 @@ def test_mutable_apply_counts_outputs_not_leaves():
     f = lambda v, x: m.apply(v, x, mutable=["intermediates"])  # noqa: E731  (out, {"intermediates": ...})
     with pytest.raises(TypeError, match=r"got a tuple of 2 outputs; .*\[0\]"):
         jaxlrp.lrp(f)(v, x)
+
+
+# ------------------------------------------------------------------ 7. the CLI
+
+
+@pytest.fixture
+def no_demo_run(monkeypatch):
+    monkeypatch.setattr("jaxlrp.demo.run", lambda cfg: pytest.fail("the demo ran before its arguments were checked"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--explain", "8", "--show", "20"], "--show (20) must not exceed --explain (8)"),
+    (["demo", "--train", "10"], "--train: must be at least 64"),
+    (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_validates_first_with_the_demo_usage(args, message, capsys, no_demo_run):
+    from jaxlrp.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("usage: jaxlrp demo [-h]")  # the demo's usage line, not the top level's
+
+
+def test_cli_help_imports_no_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport jaxlrp.__main__ as m\ntry:\n    m.main(['demo', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted({k.split('.')[0] for k in sys.modules} & {'jax', 'jaxlib', 'flax', 'numpy', 'optax'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--show SHOW" in proc.stdout and proc.stdout.strip().endswith("[]")
+
+
+def test_lazy_package_attributes():
+    assert jaxlrp.lrp is jaxlrp.explain.lrp and jaxlrp.inspect is jaxlrp.diagnostics.inspect
+    assert set(jaxlrp.__all__) <= set(dir(jaxlrp))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        jaxlrp.nope  # noqa: B018
