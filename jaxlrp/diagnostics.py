@@ -38,7 +38,7 @@ from jax.typing import ArrayLike
 from . import _primitives as P
 from . import composites as _composites
 from .composites import Composite
-from .explain import Target, _initial_relevance, _run, _top_level_nodes, _trace
+from .explain import Target, _for_nnx, _initial_relevance, _nnx_module, _run, _top_level_nodes, _trace
 from .rules import Rule
 
 __all__ = [
@@ -224,6 +224,9 @@ def inspect(
     operations whose plain VJP chooses among entries (see :attr:`Report.fallbacks`).
     Runs eagerly; not for use under ``jit``.
     """
+    if _nnx_module(fn):
+        return _for_nnx(inspect, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes,
+                        verbose=verbose)
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)

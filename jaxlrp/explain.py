@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -410,6 +411,20 @@ def _selected(t: _Traced, matcher) -> list:
     return [i for i in _top_level_nodes(t) if matcher(t.layers[i])]
 
 
+def _nnx_module(fn: Any) -> bool:
+    """Whether ``fn`` is a Flax nnx module (``flax.nnx`` is then already imported)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(fn, nnx.Module)
+
+
+def _for_nnx(transform: Callable, model: Any, composite, rule, **options: Any) -> Callable:
+    """``transform`` of an nnx module, by :mod:`jaxlrp.flax` (one API for nnx: the same
+    layer names, training mode refused, ``(x)`` or ``(state, x)``)."""
+    from . import flax as _flax
+
+    return _flax._transform(transform, model, composite, rule, None, **options)
+
+
 def value_and_lrp(
     fn: Callable[..., Array],
     composite: Union[Composite, str, None] = None,
@@ -423,6 +438,8 @@ def value_and_lrp(
 
     With ``layers=``, it gives ``(output, (relevance, per_layer))``.
     """
+    if _nnx_module(fn):
+        return _for_nnx(value_and_lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
@@ -464,7 +481,9 @@ def lrp(
     ----------
     fn:
         A JAX function, e.g. ``model.apply`` of a Flax module, or an Equinox
-        module's call (``lambda m, x: jax.vmap(m)(x)``). It must return one
+        module's call (``lambda m, x: jax.vmap(m)(x)``), or a Flax nnx module
+        itself (then the explainer takes ``(x)`` or ``(state, x)`` and names
+        layers by module path, as :func:`jaxlrp.flax.lrp` does). It must return one
         floating-point array whose last axis indexes the outputs to explain (the
         leading axes index examples), or a scalar. Leaves of the arguments that
         are not arrays (activation functions, strings, ``None``) are static, as
@@ -528,6 +547,8 @@ def lrp(
     >>> explain = jaxlrp.lrp(model.apply, composites.EpsilonPlusFlat())
     >>> R = jax.jit(explain)(variables, x, target=3)
     """
+    if _nnx_module(fn):
+        return _for_nnx(lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
     vl = value_and_lrp(fn, composite, rule=rule, argnums=argnums, start=start, example_axes=example_axes)
 
     @functools.wraps(fn)

@@ -3,13 +3,19 @@
 :func:`jaxlrp.lrp` works on any JAX function, so Flax models need no wrapper::
 
     jaxlrp.lrp(module.apply, composite)(variables, x)                        # linen
-    graphdef, state = nnx.split(model)
-    jaxlrp.lrp(lambda s, x: nnx.merge(graphdef, s)(x), composite)(state, x)  # nnx
+    jaxlrp.lrp(nnx_model, composite)(x)                                      # nnx
+
+An nnx module given to :func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` or
+:func:`jaxlrp.inspect` is handed to this module's functions of the same name, so
+every entry point treats it alike: the same layer names (``layers="blocks/*"``),
+training mode refused with :class:`TrainingModeError`, and the explainer takes
+``(x)`` (the model's current weights) or ``(state, x)`` (``state`` from
+``nnx.split(model)``, for ``jax.jit``/``jax.vmap`` over weights).
 
 This module adds conveniences on top: :func:`lrp`, :func:`value_and_lrp` and
 :func:`inspect` are :func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` and
 :func:`jaxlrp.inspect` of the model itself, each returning a function of
-``(variables or state, x)`` (for ``jax.jit``/``jax.vmap``); :func:`explain` explains
+``(variables, x)`` (linen) or ``(x)`` / ``(state, x)`` (nnx); :func:`explain` explains
 in one call (``explain(module, variables, x)``, ``explain(nnx_model, x)``); models in
 training mode are refused with :class:`TrainingModeError`; and nnx layers can be
 selected by their attribute path.
@@ -306,22 +312,39 @@ def _check_model(model: Any) -> None:
 def _transform(transform: Callable, model: Model, composite, rule, method, **options: Any) -> Callable:
     """``transform`` (:func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` or
     :func:`jaxlrp.inspect`) of a model: a function of ``(variables, x)`` (linen) or
-    ``(state, x)`` (nnx) taking the keywords of the transformed function."""
+    ``(state, x)`` or ``(x)`` (nnx) taking the keywords of the transformed function."""
     _check_model(model)
     if isinstance(model, nnx.Module):
+        return _nnx_transform(transform, model, composite, rule, method, options)
+    return transform(_linen_apply(model, method), composite, rule=rule, **options)
+
+
+def _nnx_transform(transform: Callable, model: nnx.Module, composite, rule, method, options: dict) -> Callable:
+    """The nnx case of :func:`_transform`. Called with ``(x)``, the model is split
+    again at each call, so that its current weights and mode are used (and checked)."""
+    root = type(model).__name__
+    comp = nnx_composite(composite, model, rule=rule)
+
+    def build() -> Callable:
         check_inference_mode(model)
         graphdef, _ = nnx.split(model)
-        root = type(model).__name__
-        inner = transform(_nnx_call(graphdef, method), nnx_composite(composite, model, rule=rule), **options)
+        return transform(_nnx_call(graphdef, method), comp, **options)
 
-        @functools.wraps(inner)
-        def explain_nnx(state, x, **kwargs):
-            if "layers" in kwargs:
-                kwargs["layers"] = _nnx_layers(kwargs["layers"], root)
-            return inner(state, x, **kwargs)
+    inner = build()  # training mode is refused here already
 
-        return explain_nnx
-    return transform(_linen_apply(model, method), composite, rule=rule, **options)
+    @functools.wraps(inner)
+    def explain_nnx(*args: Any, **kwargs: Any) -> Any:
+        if "layers" in kwargs:
+            kwargs["layers"] = _nnx_layers(kwargs["layers"], root)
+        if len(args) == 1:
+            return build()(nnx.state(model), args[0], **kwargs)
+        if len(args) == 2:
+            return inner(*args, **kwargs)
+        raise TypeError(
+            f"an explainer of an nnx model takes (x) or (state, x), got {len(args)} positional arguments"
+        )
+
+    return explain_nnx
 
 
 def lrp(
@@ -348,9 +371,10 @@ def lrp(
     -------
     callable
         ``explain(variables, x, *, target=None, output_relevance=None, layers=None)``
-        for linen, ``explain(state, x, ...)`` for nnx (with ``state`` from
-        ``nnx.split(model)`` or ``nnx.state(model)``); see :func:`jaxlrp.lrp` for
-        the keyword arguments.
+        for linen; for nnx ``explain(x, ...)`` (the model's current weights and
+        mode, checked at each call) or ``explain(state, x, ...)`` (with ``state``
+        from ``nnx.split(model)`` or ``nnx.state(model)``); see :func:`jaxlrp.lrp`
+        for the keyword arguments.
 
     Raises
     ------
@@ -460,12 +484,12 @@ def inspect(
     relevance in and out of it.
 
     A transformation like :func:`lrp`, with the same arguments: the returned function
-    takes ``(variables, x)`` (linen) or ``(state, x)`` (nnx) and the keywords
-    ``target=`` and ``output_relevance=``, and returns a
+    takes ``(variables, x)`` (linen) or ``(x)`` / ``(state, x)`` (nnx) and the
+    keywords ``target=`` and ``output_relevance=``, and returns a
     :class:`jaxlrp.diagnostics.Report` (its ``repr`` is the table; printed here too
-    if ``verbose``). nnx
-    layers are listed under the keys jaxlrp gives layers without a name stack,
-    their module paths (``"blocks/0/conv1"``, see :func:`module_path`).
+    if ``verbose``). nnx layers are listed under the keys jaxlrp gives layers
+    without a name stack, their module paths (``"blocks/0/conv1"``, see
+    :func:`module_path`).
 
     Raises
     ------
@@ -475,7 +499,7 @@ def inspect(
     Examples
     --------
     >>> report = jaxlrp.flax.inspect(model, composites.EpsilonPlusFlat(), verbose=False)(variables, x)
-    >>> report = jaxlrp.flax.inspect(nnx_model, verbose=False)(nnx.state(nnx_model), x)
+    >>> report = jaxlrp.flax.inspect(nnx_model)(x)
     """
     return _transform(_jaxlrp_inspect, model, composite, rule, method, verbose=verbose)
 

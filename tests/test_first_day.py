@@ -252,3 +252,115 @@ def test_lazy_package_attributes():
     assert set(jaxlrp.__all__) <= set(dir(jaxlrp))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         jaxlrp.nope  # noqa: B018
+
+
+# ------------------------------------------------------------- 3. one nnx API
+
+
+def _nnx_net(train: bool = False):
+    from flax import nnx
+
+    class Block(nnx.Module):
+        def __init__(self, c, rngs):
+            self.conv1 = nnx.Conv(c, c, (3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            return nnx.relu(self.conv1(x))
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.blocks = nnx.List([Block(2, rngs), Block(2, rngs)])
+            self.norm = nnx.BatchNorm(2, rngs=rngs)
+            self.head = nnx.Linear(2, 3, rngs=rngs)
+
+        def __call__(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.head(self.norm(x).mean((1, 2)))
+
+    model = Net(nnx.Rngs(0))
+    # every parameter random (biases, norm scales, statistics)
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        var.set_value(jnp.asarray(RNG.normal(size=var.get_value().shape), var.get_value().dtype)
+                      if "var" not in str(path[-1]) else jnp.asarray(RNG.uniform(0.5, 2, var.get_value().shape)))
+    model.train() if train else model.eval()
+    return model, jnp.asarray(RNG.normal(size=(2, 5, 5, 2)))
+
+
+def _entry_points(model):
+    """Every public way to explain an nnx model, as functions of ``x`` (and keywords)."""
+    import jaxlrp.flax as jf
+    from flax import nnx
+
+    comp = composites.EpsilonPlusFlat()
+    return {
+        "jaxlrp.lrp(model)(x)": lambda x, **k: jaxlrp.lrp(model, comp)(x, **k),
+        "jaxlrp.lrp(model)(state, x)": lambda x, **k: jaxlrp.lrp(model, comp)(nnx.state(model), x, **k),
+        "jaxlrp.value_and_lrp(model)(x)[1]": lambda x, **k: jaxlrp.value_and_lrp(model, comp)(x, **k)[1],
+        "flax.lrp(model)(x)": lambda x, **k: jf.lrp(model, comp)(x, **k),
+        "flax.lrp(model)(state, x)": lambda x, **k: jf.lrp(model, comp)(nnx.state(model), x, **k),
+        "flax.explain(model, x)": lambda x, **k: jf.explain(model, x, composite=comp, **k),
+    }
+
+
+def test_nnx_entry_points_agree():
+    model, x = _nnx_net()
+    results = {name: f(x, target=1) for name, f in _entry_points(model).items()}
+    first = next(iter(results.values()))
+    assert first.shape == x.shape and np.all(np.isfinite(first))
+    for name, R in results.items():
+        np.testing.assert_allclose(R, first, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_nnx_layer_names_through_every_entry_point():
+    model, x = _nnx_net()
+    for name, f in _entry_points(model).items():
+        if "value_and_lrp" in name:
+            continue
+        _, per_layer = f(x, target=0, layers="blocks/*")
+        assert set(per_layer) == {"blocks/0/conv1", "blocks/1/conv1"}, name
+
+
+def test_nnx_training_mode_is_the_same_error_everywhere():
+    import jaxlrp.flax as jf
+
+    model, x = _nnx_net(train=True)
+    for name, f in _entry_points(model).items():
+        with pytest.raises(jaxlrp.TrainingModeError, match="norm"):
+            f(x)
+    with pytest.raises(jaxlrp.TrainingModeError):
+        jaxlrp.inspect(model)(x)
+    with pytest.raises(jaxlrp.TrainingModeError):
+        jf.inspect(model)(x)
+
+
+def test_nnx_mode_checked_at_each_call():
+    model, x = _nnx_net()
+    explain = jaxlrp.lrp(model)
+    explain(x)
+    model.train()
+    with pytest.raises(jaxlrp.TrainingModeError):
+        explain(x)
+
+
+def test_nnx_inspect_takes_x_alone():
+    import jaxlrp.flax as jf
+    from flax import nnx
+
+    model, x = _nnx_net()
+    comp = composites.EpsilonPlusFlat()
+    a = jf.inspect(model, comp)(x, target=0)
+    b = jaxlrp.inspect(model, comp)(x, target=0)
+    c = jf.inspect(model, comp)(nnx.state(model), x, target=0)
+    assert a == b == c
+    assert {r.key for r in a.rows} >= {"blocks/0/conv1", "blocks/1/conv1", "head"}
+
+
+def test_nnx_explainer_under_jit():
+    from flax import nnx
+
+    model, x = _nnx_net()
+    graphdef, state = nnx.split(model)
+    explain = jax.jit(jaxlrp.lrp(model, composites.EpsilonPlusFlat()))
+    np.testing.assert_allclose(explain(state, x, target=2), jaxlrp.lrp(model, composites.EpsilonPlusFlat())(x, target=2),
+                               rtol=1e-5, atol=1e-8)
