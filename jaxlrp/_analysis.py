@@ -144,6 +144,7 @@ class Analysis:
     subs: dict  # equation index -> list of sub-Analysis (scan body, cond branches)
     routed: list  # (eqn index) of tainted routing equations: plain VJP fallbacks
     depth: dict  # tainted variable -> number of dense/conv layers on its path from the input
+    output_softmax: tuple = ()  # layer indices of softmaxes whose output is the function's (probabilities)
 
 
 class _Context:
@@ -476,7 +477,7 @@ def analyze(
     an.activations = _activations(st)
     _mark_last(an, st.ctx, never_last)
     if not never_last:
-        _refuse_output_softmax(an)
+        an.output_softmax = _output_softmaxes(an)
     return an
 
 
@@ -539,32 +540,21 @@ def _mark_last(an: Analysis, ctx: _Context, never_last: bool) -> None:
             free.update(a for a in e.invars if isinstance(a, Var))
 
 
-def _refuse_output_softmax(an: Analysis) -> None:
-    """Raise where the function returns probabilities: a softmax whose output reaches
-    the function's output through routing and elementwise operations only (no layer
-    after it).
-
-    The softmax rule (AttnLRP) is for the softmax inside attention, whose output a
-    product with the values reads; at the output it sends most of the relevance to
-    the softmax's bias, and the input's relevance no longer sums to the probability.
-    As Zennit's and LXT's users are told, the logit is what LRP explains.
-    """
+def _output_softmaxes(an: Analysis) -> tuple:
+    """Layer indices of the softmaxes whose output reaches the function's output
+    through routing and elementwise operations only (no layer after them): the
+    function returns probabilities (see :func:`jaxlrp.explain._check_probabilities`)."""
     free = {v for v in an.program.outvars if isinstance(v, Var)}
+    found = []
     for i in reversed(range(len(an.program.eqns))):
         e, step = an.program.eqns[i], an.plan[i]
         if step == "node":
             spec = an.nodes[i]
             if spec.layer.kind == "softmax" and spec.out in free:
-                raise UnsupportedOperationError(
-                    e.prim.name, e.name,
-                    "the function returns probabilities (a softmax with no layer after it); LRP explains "
-                    "the logit, and the softmax rule at the output would absorb most of the relevance",
-                    "explain the logits: pass the function without its final softmax, e.g. "
-                    "lambda v, x: model.apply(v, x) returning the scores before jax.nn.softmax "
-                    "(the relevance of class c then sums to its logit)",
-                )
+                found.append(spec.layer.index)
         elif step in ("bind", "region") and any(v in free for v in e.outvars):
             free.update(a for a in e.invars if isinstance(a, Var))
+    return tuple(sorted(found))
 
 
 # ------------------------------------------------------------------ ReLU gating

@@ -256,6 +256,9 @@ def _globs(f: Any) -> list:
     """The name/parameter globs inside a matcher (through all_of, any_of, not_)."""
     if isinstance(f, _Glob):
         return [f]
+    hook = getattr(f, "jaxlrp_globs", None)  # matchers that wrap globs (jaxlrp.flax's nnx matchers)
+    if callable(hook):
+        return list(hook())
     if isinstance(f, _Combined):
         return [g for part in f.parts for g in _globs(part)]
     return []
@@ -404,6 +407,11 @@ class Composite:
                 "logits rather than probabilities",
             )
         raise AssertionError(f"no default rule for kind {layer.kind!r}")  # _BASE covers KINDS
+
+    def chosen(self, layer: Layer) -> bool:
+        """Whether one of the user's pairs (not the shared defaults) gives ``layer``
+        its rule: a matcher that accepts it with a rule for its kind."""
+        return any(layer.kind in r.kinds and f(layer) for _, f, r in self._pairs[: len(self._pairs) - len(_BASE)])
 
     def assign(self, layers: Sequence[Layer]) -> tuple:
         """The rule of each layer (see :meth:`rule_for`).

@@ -23,7 +23,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import composites as _composites
-from ._errors import TrainingModeError
+from ._errors import TrainingModeError, UnsupportedOperationError
 from ._example_axes import find_mixing, output_axes
 from ._analysis import Analysis, _Context, analyze, start_values
 from ._interpreter import evaluate
@@ -197,6 +197,7 @@ def _trace(
     _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
+    _check_probabilities(an, layers, composite)
     return _Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
 
 
@@ -267,6 +268,27 @@ def _check_per_example(an: Analysis, explained: list, starts: list, example_ndim
     if found is not None:
         e, reason = found
         raise TrainingModeError([f"'{e.name or '<top level>'}': {e.prim.name} {reason}"])
+
+
+def _check_probabilities(an: Analysis, layers: tuple, composite: Composite) -> None:
+    """Refuse explaining probabilities: a softmax at the function's output whose rule
+    is the default one (the softmax rule of AttnLRP is meant for attention; at the
+    output it sends most of the relevance to the softmax's bias, and the input's
+    relevance no longer sums to the probability). As Zennit's and LXT's users are
+    told, the logit is what LRP explains. A rule given to the softmax explicitly in
+    the composite (``("softmax", rules.Softmax())``) is an informed choice and used."""
+    for i in an.output_softmax:
+        layer = layers[i]
+        if not composite.chosen(layer):
+            raise UnsupportedOperationError(
+                layer.primitive, layer.name,
+                "the function returns probabilities (a softmax with no layer after it); LRP explains the "
+                "logit, and the default softmax rule (meant for attention) would absorb most of the relevance",
+                "explain the logits: pass the function without its final softmax, e.g. "
+                "lambda v, x: model.apply(v, x) returning the scores before jax.nn.softmax (the relevance of "
+                "class c then sums to its logit); to explain the probability anyway, give the softmax a rule "
+                "in the composite, e.g. Composite([('softmax', rules.Softmax())])",
+            )
 
 
 def _with_keys(layers: list) -> tuple:

@@ -246,6 +246,20 @@ class _NnxMatcher:
     def __repr__(self) -> str:  # error messages name the user's matcher
         return repr(self.matcher)
 
+    @property
+    def pattern(self) -> str:
+        return str(self.matcher)
+
+    @property
+    def on(self) -> str:
+        return "any"
+
+    def jaxlrp_globs(self) -> list:
+        """This matcher, if it is a string glob: checked for matching no layer (and
+        for bare words that are no kind) as :func:`jaxlrp.composites.check_matches`
+        checks globs, under the nnx names."""
+        return [self] if _is_glob(self.matcher) else []
+
 
 def _rooted(root: str, path: str) -> str:
     return f"{root}/{path}" if root else path

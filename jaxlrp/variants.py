@@ -682,6 +682,10 @@ class PrunedComposite(Composite):
         """The wrapped composite."""
         return self._base
 
+    def chosen(self, layer: Layer) -> bool:
+        """As the base composite (see :meth:`jaxlrp.composites.Composite.chosen`)."""
+        return self._base.chosen(layer)
+
     @property
     def p(self) -> PerLayer:
         """Proportion of the positive relevance mass pruned per layer and example

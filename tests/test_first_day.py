@@ -364,3 +364,26 @@ def test_nnx_explainer_under_jit():
     explain = jax.jit(jaxlrp.lrp(model, composites.EpsilonPlusFlat()))
     np.testing.assert_allclose(explain(state, x, target=2), jaxlrp.lrp(model, composites.EpsilonPlusFlat())(x, target=2),
                                rtol=1e-5, atol=1e-8)
+
+
+def test_nnx_patterns_checked_like_any_other():
+    model, x = _nnx_net()
+    with pytest.raises(ValueError, match="did you mean 'conv'"):
+        jaxlrp.lrp(model, composites.Composite([("convolution", rules.ZPlus())]))(x)
+    with pytest.warns(composites.UnmatchedPatternWarning, match="conv9"):
+        jaxlrp.lrp(model, composites.Composite([("*/conv9", rules.ZPlus())]))(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # module paths with and without the root match
+        jaxlrp.lrp(model, composites.Composite([("blocks/0/conv1", rules.ZPlus()), ("Net/head", rules.Epsilon())]))(x)
+
+
+def test_probabilities_explained_when_the_softmax_rule_is_chosen():
+    probs = lambda p, x: jax.nn.softmax(_logits(p, x), axis=-1)  # noqa: E731
+    comp = composites.Composite([("softmax", rules.Softmax())])
+    R = jaxlrp.lrp(probs, comp)(_mlp_params(), X, target=0)
+    assert R.shape == X.shape and np.all(np.isfinite(R))
+    from jaxlrp import variants
+
+    assert jaxlrp.lrp(probs, variants.pruned(comp, 0.3))(_mlp_params(), X, target=0).shape == X.shape
+    with pytest.raises(jaxlrp.UnsupportedOperationError, match="returns probabilities"):
+        jaxlrp.lrp(probs, variants.pruned(composites.EpsilonPlus(), 0.3))(_mlp_params(), X)
