@@ -340,14 +340,14 @@ def value_and_lrp(model: Any, composite: Union[Composite, str, None] = None, *, 
 
 
 def inspect(model: Any, composite: Union[Composite, str, None] = None, *, rule: Optional[Rule] = None,
-            full_precision: bool = True, verbose: bool = True) -> Callable[..., Report]:
+            full_precision: bool = True, verbose: bool = False) -> Callable[..., Report]:
     """:func:`jaxlrp.inspect` of a Keras model: a function of ``(state, x)`` returning
-    a :class:`jaxlrp.diagnostics.Report` (printed if ``verbose``), its layers keyed by
-    their Keras names.
+    a :class:`jaxlrp.diagnostics.Report` (its ``repr`` is the table; printed here too
+    if ``verbose``), its layers keyed by their Keras names.
 
     Examples
     --------
-    >>> report = jaxlrp.keras.inspect(keras_model, verbose=False)(jaxlrp.keras.variables(keras_model), keras_x)
+    >>> report = jaxlrp.keras.inspect(keras_model)(jaxlrp.keras.variables(keras_model), keras_x)
     """
     return _transform(_jaxlrp_inspect, model, composite, rule, full_precision, verbose=verbose)
 
