@@ -188,6 +188,8 @@ class _State:
         self.origin: dict = {}  # region variable -> its origin
         self.tags: dict = {}  # tainted variable -> set of _patterns.Tag
         self.sums: dict = {}  # tainted variable -> origins summed into it
+        self.ranges: dict = {}  # variable -> its bounded range (_patterns.value_range)
+        self.normalized: set = set()  # outputs of normalisers (LayerNorm before its affine map)
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
@@ -206,9 +208,28 @@ class _State:
     def is_parameter(self, a) -> bool:
         return _is_parameter(a, self.from_params)
 
+    def range_of(self, a) -> _patterns.Interval:
+        """The bound on operand ``a``'s values known from literals (else unbounded)."""
+        return self.ranges.get(a, _patterns.UNBOUNDED) if isinstance(a, Var) else _patterns.literal_range(a)
+
     def has(self, site: _Site) -> _patterns.Has:
-        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._patterns`)."""
-        return lambda k, tag: tag in self.tags.get(site.eqn.invars[k], ())
+        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._patterns`):
+        ``"gate"`` is decided by the operand's range, and a gate is no ``"inverse"``."""
+
+        def has(k: int, tag: _patterns.Tag) -> bool:
+            a = site.eqn.invars[k]
+            if tag in ("gate", "inverse") and _patterns.is_gate(self.range_of(a)):
+                return tag == "gate"
+            return tag in self.tags.get(a, ())
+
+        return has
+
+    def track_range(self, e: Eqn) -> None:
+        """Record the bounded ranges of ``e``'s outputs (see :func:`_patterns.value_range`)."""
+        r = _patterns.value_range(e, [self.range_of(a) for a in e.invars])
+        if r != _patterns.UNBOUNDED:
+            for v in e.outvars:
+                self.ranges[v] = r
 
     def param_paths(self, a) -> tuple:
         return tuple(sorted(self.prov.get(a, ()))) if isinstance(a, Var) else ()
@@ -460,6 +481,7 @@ def analyze(
             continue
         tpos = tuple(k for k, a in enumerate(e.invars) if st.is_tainted(a))
         outs = [v for v in e.outvars if _inexact(v)]
+        st.track_range(e)
         if not tpos or not outs or e.prim.name in P.STOP:
             _pass_provenance(st, e, outs)
             continue
