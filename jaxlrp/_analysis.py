@@ -182,6 +182,9 @@ class _State:
         # Which variables will depend on the input, known before the main pass
         # (which looks ahead when it folds BatchNorm chains): an over-approximation.
         self.will_taint = _reachable(program, self.tainted | starts)
+        # ... and which depend on it at all, through stop_gradient too (a softmax's
+        # detached maximum is computed from the input: it is no constant summand)
+        self.from_input = _reachable(program, self.tainted | starts, through_stop=True)
         self.prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
         self.from_params = _parameter_prepass(program, set(self.prov))
         self.depth: dict = dict(zip(program.invars, in_depth))
@@ -190,6 +193,7 @@ class _State:
         self.sums: dict = {}  # tainted variable -> origins summed into it
         self.ranges: dict = {}  # variable -> its bounded range (_patterns.value_range)
         self.normalized: set = set()  # outputs of normalisers (LayerNorm before its affine map)
+        self.summands: dict = {}  # output of a constant summand -> its relevance-carrying operand
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
@@ -314,7 +318,7 @@ def _linear(st: _State, site: _Site) -> None:
         wpos = 1 - site.tainted[0]
         chain = canonize.affine_chain(
             st.program, site.i, canonize.output_axis_map(e, wpos), st.will_taint.__contains__,
-            st.readers, st.is_parameter,
+            st.readers, st.is_parameter, st.producer,
         )
         folded = list(chain.post + chain.members)
         for j in [site.i] + folded[:-1]:
@@ -336,6 +340,8 @@ def _product(st: _State, site: _Site, reason: str, hint: str = "") -> None:
     if kind is None:
         st.fail(site, reason, hint)
     st.node(site, kind[0], site.eqn.outvars[0], order=kind[1])
+    if kind[0] == "normalize":
+        st.normalized.add(site.eqn.outvars[0])
 
 
 def _region(st: _State, site: _Site) -> bool:
@@ -373,9 +379,90 @@ def _select(st: _State, site: _Site) -> None:
 
 
 def _elementwise_sum(st: _State, site: _Site) -> None:
-    """``add``, ``sub``: a region, or a sum node (residual connections)."""
-    if not _region(st, site):
+    """``add``, ``sub``: a constant summand or a residual connection (a sum node whose
+    constant operands absorb their share), or a step of an activation region."""
+    if _constant_summand(st, site):
         _scaling(st, site, affine=True)
+        st.summands[site.eqn.outvars[0]] = site.eqn.invars[site.tainted[0]]
+    elif not _region(st, site):
+        _scaling(st, site, affine=True)
+
+
+def _constant_summand(st: _State, site: _Site) -> bool:
+    """Whether ``site`` adds a tensor computed from parameters to one relevance-carrying
+    value outside a dense/conv layer's folded chain::
+
+        y = add t pos          # position embeddings, LayerNorm's beta,
+        y = add s b            # a bias after the sum of two layers (LSTM cells),
+                               # or added to a slice of a layer's output (GRU cells)
+
+    Such a summand absorbs its proportional share, as a folded bias does
+    (:class:`~jaxlrp.rules.Norm` with the summand as the bias). Literals are
+    part of the activation (``hard_sigmoid``'s ``+ 3``), and so is the shift of an
+    unfolded normalisation (:func:`_unfolded_normalization`).
+    """
+    e = site.eqn
+    consts = [a for k, a in enumerate(e.invars) if k not in site.tainted and _inexact(a)]
+    return (
+        len(site.tainted) == 1
+        and any(st.is_parameter(a) and a not in st.from_input for a in consts)
+        and not _unfolded_normalization(st, site.i)
+    )
+
+
+# Elementwise steps affine in one value with constant coefficients: a chain of
+# them with a parameter scale is an unfolded normalisation.
+_AFFINE_STEPS = frozenset({"add", "sub", "mul", "div"})
+_CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
+
+
+def _affine_operand(st: _State, e: Eqn) -> Optional[int]:
+    """The position of the value that ``e`` shifts, scales or casts by constants
+    (``x + c``, ``c - x``, ``x * a``, ``x / a``), or ``None``."""
+    if e.prim.name in _CASTS:
+        return 0
+    if e.prim.name not in _AFFINE_STEPS or len(e.invars) != 2:
+        return None
+    t = [k for k, a in enumerate(e.invars) if isinstance(a, Var) and a in st.will_taint]
+    if len(t) != 1 or (e.prim.name == "div" and t[0] != 0):
+        return None
+    return t[0]
+
+
+def _unfolded_normalization(st: _State, i: int) -> bool:
+    """Whether equation ``i`` (a shift by constants) belongs to a per-channel affine
+    map with a parameter scale that follows no layer and no normaliser::
+
+        y = sub x mean; y = mul y a; y = add y c    # inference BatchNorm, unfolded
+        y = mul x a; y = add y c                    # Keras' spelling of it
+
+    Its shift is part of the elementwise map, which passes relevance unchanged
+    (Zennit's rule for a BatchNorm it cannot merge into a layer). After a
+    normaliser (LayerNorm's ``n * gamma + beta``) the shift is a constant summand.
+    """
+    eqns, chain = st.program.eqns, [i]
+    while True:  # back to the start of the chain
+        e = eqns[chain[0]]
+        v = e.invars[_affine_operand(st, e)]
+        k = st.producer.get(v)
+        if k is None or st.readers.get(v) != [chain[0]] or _affine_operand(st, eqns[k]) is None:
+            break
+        chain.insert(0, k)
+    start = v
+    while True:  # on to its end
+        out = eqns[chain[-1]].outvars[0]
+        users = st.readers.get(out, [])
+        if len(users) != 1 or users[0] < 0:
+            break
+        pos = _affine_operand(st, eqns[users[0]])
+        if pos is None or eqns[users[0]].invars[pos] is not out:
+            break
+        chain.append(users[0])
+    scales = any(
+        eqns[k].prim.name in ("mul", "div") and st.is_parameter(eqns[k].invars[1 - _affine_operand(st, eqns[k])])
+        for k in chain
+    )
+    return scales and start not in st.normalized
 
 
 def _multiply(st: _State, site: _Site) -> None:
@@ -396,12 +483,15 @@ def _quotient(st: _State, site: _Site) -> None:
     if site.tainted == (0,):
         return _scaling(st, site)
     source = _patterns.softmax(e, has, st.origin_of, st.sums.get)
+    while source in st.summands:  # scores + mask: the softmax's input is the scores
+        source = st.origin_of(st.summands[source])
     if source is not None:
         st.node(site, "softmax", out, order=(0,), origin=source,
                 replay=_patterns.replayed(st.program, st.producer, out, source, st.is_tainted))
         st.tags[out] = {"probs"}
     elif _patterns.root_normalization(site.tainted, has):
         st.node(site, "normalize", out, order=(0, 1))
+        st.normalized.add(out)
     elif _patterns.quotient(site.tainted, has):
         st.node(site, "divide", out, order=(0, 1))
     else:
@@ -678,11 +768,12 @@ def _inexact(a) -> bool:
     return jnp.issubdtype(a.dtype, jnp.inexact)
 
 
-def _reachable(program: Program, tainted: set) -> set:
-    """Variables reachable from ``tainted`` (control flow: every float output)."""
+def _reachable(program: Program, tainted: set, through_stop: bool = False) -> set:
+    """Variables reachable from ``tainted`` (control flow: every float output), across
+    ``stop_gradient`` only if ``through_stop``."""
     reach = set(tainted)
     for e in program.eqns:
-        if e.prim.name not in P.STOP and any(isinstance(a, Var) and a in reach for a in e.invars):
+        if (through_stop or e.prim.name not in P.STOP) and any(isinstance(a, Var) and a in reach for a in e.invars):
             reach.update(v for v in e.outvars if _inexact(v))
     return reach
 
