@@ -287,7 +287,7 @@ _ARITHMETIC: dict[str, Callable[[Eqn, Sequence[Interval]], Interval]] = {
     "add": lambda e, r: (r[0][0] + r[1][0], r[0][1] + r[1][1]),
     "add_any": lambda e, r: (r[0][0] + r[1][0], r[0][1] + r[1][1]),
     "sub": lambda e, r: (r[0][0] - r[1][1], r[0][1] - r[1][0]),
-    "mul": lambda e, r: _mul(r[0], r[1]),
+    "mul": lambda e, r: _pow(r[0], 2) if e.invars[0] is e.invars[1] else _mul(r[0], r[1]),  # x * x >= 0
     "div": lambda e, r: _div(r[0], r[1]),
     "max": lambda e, r: (max(r[0][0], r[1][0]), max(r[0][1], r[1][1])),
     "min": lambda e, r: (min(r[0][0], r[1][0]), min(r[0][1], r[1][1])),

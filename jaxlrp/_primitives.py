@@ -214,12 +214,16 @@ def output_nonnegative(eqn: Any, tainted: tuple, inputs_nonnegative: bool) -> bo
 
 def inverts(eqn: Any, tainted: tuple) -> bool:
     """Whether ``eqn`` computes an inverse of one of its tainted operands
-    (``div`` by one, a power with a negative exponent, ``rsqrt``)."""
+    (``div`` of a constant by one, a power with a negative exponent, ``rsqrt``).
+
+    ``x / f(x)`` is no inverse: with one origin it is an activation
+    (``silu(x) = x / (1 + exp(-x))``); with two it is a quotient node.
+    """
     name = eqn.prim.name
     if name not in INVERSE:
         return False
     if name == "div":
-        return 1 in tainted
+        return tuple(tainted) == (1,)
     if name == "integer_pow":
         return eqn.params["y"] < 0
     if name == "pow":
