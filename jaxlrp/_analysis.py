@@ -440,39 +440,64 @@ def _unfolded_normalization(st: _State, i: int) -> bool:
     (Zennit's rule for a BatchNorm it cannot merge into a layer). After a
     normaliser (LayerNorm's ``n * gamma + beta``) the shift is a constant summand.
     """
-    eqns, chain = st.program.eqns, [i]
+    eqns = st.program.eqns
+    chain = {i: _affine_operand(st, eqns[i])}  # member -> position of the value it transforms
+    first = i
     while True:  # back to the start of the chain
-        e = eqns[chain[0]]
-        v = e.invars[_affine_operand(st, e)]
-        k = st.producer.get(v)
-        if k is None or st.readers.get(v) != [chain[0]] or _affine_operand(st, eqns[k]) is None:
+        start = eqns[first].invars[chain[first] or 0]
+        k = st.producer.get(start)
+        if k is None:
             break
-        chain.insert(0, k)
-    start = v
+        pos = _affine_operand(st, eqns[k])
+        if pos is None or st.readers.get(start) != [first]:
+            break
+        chain[k], first = pos, k
+    last = i
     while True:  # on to its end
-        out = eqns[chain[-1]].outvars[0]
+        out = eqns[last].outvars[0]
         users = st.readers.get(out, [])
-        if len(users) != 1 or users[0] < 0:
-            break
-        pos = _affine_operand(st, eqns[users[0]])
+        pos = _affine_operand(st, eqns[users[0]]) if len(users) == 1 and users[0] >= 0 else None
         if pos is None or eqns[users[0]].invars[pos] is not out:
             break
-        chain.append(users[0])
+        chain[users[0]], last = pos, users[0]
     scales = any(
-        eqns[k].prim.name in ("mul", "div") and st.is_parameter(eqns[k].invars[1 - _affine_operand(st, eqns[k])])
-        for k in chain
+        eqns[k].prim.name in ("mul", "div") and st.is_parameter(eqns[k].invars[1 - pos])
+        for k, pos in chain.items() if pos is not None
     )
     return scales and start not in st.normalized
 
 
 def _multiply(st: _State, site: _Site) -> None:
-    """``mul``: a region, a scaling, or a product (see :func:`_patterns.product`)."""
-    if _region(st, site):
+    """``mul``: a gated constant, a region, a scaling, or a product (see
+    :func:`_patterns.product`)."""
+    if _gated_constant(st, site) or _region(st, site):
         return
     if len(site.tainted) == 1:
         return _scaling(st, site)
     _product(st, site, "product of inverses of input-dependent values",
              "wrap the normalisers in jax.lax.stop_gradient to treat them as constants")
+
+
+def _gated_constant(st: _State, site: _Site) -> bool:
+    """A gate times a tensor computed from parameters is a ``gate`` node whose
+    signal is that constant (it absorbs what the signal takes)::
+
+        r = logistic a; y = mul r c      # GRU's r * (W_hn h + b_hn) at the first
+                                         # step of an unrolled loop (h = 0), z * h0
+
+    In a scan the same product has the carry as its signal, so this makes an
+    unrolled loop give the map of the scan: under SignalTakesAll the gate gets
+    nothing, under Uniform half. (The constant's own relevance goes nowhere.)
+    """
+    e = site.eqn
+    if e.prim.name not in P.PRODUCTS or len(site.tainted) != 1 or len(e.invars) != 2:
+        return False
+    (k,) = site.tainted
+    c = e.invars[1 - k]
+    if not (_inexact(c) and st.is_parameter(c) and c not in st.from_input and st.has(site)(k, "gate")):
+        return False
+    st.node(site, "gate", e.outvars[0], order=(1 - k, k))
+    return True
 
 
 def _quotient(st: _State, site: _Site) -> None:
@@ -523,9 +548,9 @@ def _control(st: _State, site: _Site) -> None:
     prov = [st.prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars]
     depth = [st.depth.get(a, 0) for a in e.invars]
     st.subs[site.i] = _CONTROL[e.prim.name](e, taint, prov, depth, st.ctx)
-    for v, t in zip(e.outvars, _control_out_taint(e, st.subs[site.i])):
+    for v, t, d in zip(e.outvars, _control_out_taint(e, st.subs[site.i]), _control_out_depth(e, st.subs[site.i])):
         if t and _inexact(v):
-            st.mark(v, site.depth)
+            st.mark(v, d)  # after the body's layers: a layer reading a scan's output is not "first"
 
 
 def _unsupported(st: _State, site: _Site) -> None:
@@ -751,6 +776,16 @@ def _analyze_scan(e: Eqn, taint, prov, depth, ctx) -> list:
 
 _CONTROL = {"scan": _analyze_scan, "cond": _analyze_cond, "shard_map": _analyze_shard_map}
 assert set(_CONTROL) == set(P.CONTROL)
+
+
+def _control_out_depth(e: Eqn, subs: list) -> list:
+    """The layer depth of each output of a control-flow equation: the deepest over
+    its bodies (a scan's carry after its last step, a cond's branches)."""
+    out = [0] * len(e.outvars)
+    for sub in subs:
+        for k, v in enumerate(sub.program.outvars):
+            out[k] = max(out[k], sub.depth.get(v, 0) if isinstance(v, Var) else 0)
+    return out
 
 
 def _control_out_taint(e: Eqn, subs: list) -> list:
