@@ -183,12 +183,18 @@ class _State:
         # Which variables will depend on the input, known before the main pass
         # (which looks ahead when it folds BatchNorm chains): an over-approximation.
         self.will_taint = _reachable(program, self.tainted | starts)
+        # ... and which depend on it at all, through stop_gradient too (a softmax's
+        # detached maximum is computed from the input: it is no constant summand)
+        self.from_input = _reachable(program, self.tainted | starts, through_stop=True)
         self.prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
         self.from_params = _parameter_prepass(program, set(self.prov))
         self.depth: dict = dict(zip(program.invars, in_depth))
         self.origin: dict = {}  # region variable -> its origin
         self.tags: dict = {}  # tainted variable -> set of _patterns.Tag
         self.sums: dict = {}  # tainted variable -> origins summed into it
+        self.ranges: dict = {}  # variable -> its bounded range (_patterns.value_range)
+        self.normalized: set = set()  # outputs of normalisers (LayerNorm before its affine map)
+        self.summands: dict = {}  # output of a constant summand -> its relevance-carrying operand
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
@@ -207,9 +213,28 @@ class _State:
     def is_parameter(self, a) -> bool:
         return _is_parameter(a, self.from_params)
 
+    def range_of(self, a) -> _patterns.Interval:
+        """The bound on operand ``a``'s values known from literals (else unbounded)."""
+        return self.ranges.get(a, _patterns.UNBOUNDED) if isinstance(a, Var) else _patterns.literal_range(a)
+
     def has(self, site: _Site) -> _patterns.Has:
-        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._patterns`)."""
-        return lambda k, tag: tag in self.tags.get(site.eqn.invars[k], ())
+        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._patterns`):
+        ``"gate"`` is decided by the operand's range, and a gate is no ``"inverse"``."""
+
+        def has(k: int, tag: _patterns.Tag) -> bool:
+            a = site.eqn.invars[k]
+            if tag in ("gate", "inverse") and _patterns.is_gate(self.range_of(a)):
+                return tag == "gate"
+            return tag in self.tags.get(a, ())
+
+        return has
+
+    def track_range(self, e: Eqn) -> None:
+        """Record the bounded ranges of ``e``'s outputs (see :func:`_patterns.value_range`)."""
+        r = _patterns.value_range(e, [self.range_of(a) for a in e.invars])
+        if r != _patterns.UNBOUNDED:
+            for v in e.outvars:
+                self.ranges[v] = r
 
     def param_paths(self, a) -> tuple:
         return tuple(sorted(self.prov.get(a, ()))) if isinstance(a, Var) else ()
@@ -294,7 +319,7 @@ def _linear(st: _State, site: _Site) -> None:
         wpos = 1 - site.tainted[0]
         chain = canonize.affine_chain(
             st.program, site.i, canonize.output_axis_map(e, wpos), st.will_taint.__contains__,
-            st.readers, st.is_parameter,
+            st.readers, st.is_parameter, st.producer,
         )
         folded = list(chain.post + chain.members)
         for j in [site.i] + folded[:-1]:
@@ -316,6 +341,8 @@ def _product(st: _State, site: _Site, reason: str, hint: str = "") -> None:
     if kind is None:
         st.fail(site, reason, hint)
     st.node(site, kind[0], site.eqn.outvars[0], order=kind[1])
+    if kind[0] == "normalize":
+        st.normalized.add(site.eqn.outvars[0])
 
 
 def _region(st: _State, site: _Site) -> bool:
@@ -353,19 +380,125 @@ def _select(st: _State, site: _Site) -> None:
 
 
 def _elementwise_sum(st: _State, site: _Site) -> None:
-    """``add``, ``sub``: a region, or a sum node (residual connections)."""
-    if not _region(st, site):
+    """``add``, ``sub``: a constant summand or a residual connection (a sum node whose
+    constant operands absorb their share), or a step of an activation region."""
+    if _constant_summand(st, site):
+        _scaling(st, site, affine=True)
+        st.summands[site.eqn.outvars[0]] = site.eqn.invars[site.tainted[0]]
+    elif not _region(st, site):
         _scaling(st, site, affine=True)
 
 
+def _constant_summand(st: _State, site: _Site) -> bool:
+    """Whether ``site`` adds a tensor computed from parameters to one relevance-carrying
+    value outside a dense/conv layer's folded chain::
+
+        y = add t pos          # position embeddings, LayerNorm's beta,
+        y = add s b            # a bias after the sum of two layers (LSTM cells),
+                               # or added to a slice of a layer's output (GRU cells)
+
+    Such a summand absorbs its proportional share, as a folded bias does
+    (:class:`~jaxlrp.rules.Norm` with the summand as the bias). Literals are
+    part of the activation (``hard_sigmoid``'s ``+ 3``), and so is the shift of an
+    unfolded normalisation (:func:`_unfolded_normalization`).
+    """
+    e = site.eqn
+    consts = [a for k, a in enumerate(e.invars) if k not in site.tainted and _inexact(a)]
+    return (
+        len(site.tainted) == 1
+        and any(st.is_parameter(a) and a not in st.from_input for a in consts)
+        and not _unfolded_normalization(st, site.i)
+    )
+
+
+# Elementwise steps affine in one value with constant coefficients: a chain of
+# them with a parameter scale is an unfolded normalisation.
+_AFFINE_STEPS = frozenset({"add", "sub", "mul", "div"})
+_CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
+
+
+def _affine_operand(st: _State, e: Eqn) -> Optional[int]:
+    """The position of the value that ``e`` shifts, scales or casts by constants
+    (``x + c``, ``c - x``, ``x * a``, ``x / a``), or ``None``."""
+    if e.prim.name in _CASTS:
+        return 0
+    if e.prim.name not in _AFFINE_STEPS or len(e.invars) != 2:
+        return None
+    t = [k for k, a in enumerate(e.invars) if isinstance(a, Var) and a in st.will_taint]
+    if len(t) != 1 or (e.prim.name == "div" and t[0] != 0):
+        return None
+    return t[0]
+
+
+def _unfolded_normalization(st: _State, i: int) -> bool:
+    """Whether equation ``i`` (a shift by constants) belongs to a per-channel affine
+    map with a parameter scale that follows no layer and no normaliser::
+
+        y = sub x mean; y = mul y a; y = add y c    # inference BatchNorm, unfolded
+        y = mul x a; y = add y c                    # Keras' spelling of it
+
+    Its shift is part of the elementwise map, which passes relevance unchanged
+    (Zennit's rule for a BatchNorm it cannot merge into a layer). After a
+    normaliser (LayerNorm's ``n * gamma + beta``) the shift is a constant summand.
+    """
+    eqns = st.program.eqns
+    chain = {i: _affine_operand(st, eqns[i])}  # member -> position of the value it transforms
+    first = i
+    while True:  # back to the start of the chain
+        start = eqns[first].invars[chain[first] or 0]
+        k = st.producer.get(start)
+        if k is None:
+            break
+        pos = _affine_operand(st, eqns[k])
+        if pos is None or st.readers.get(start) != [first]:
+            break
+        chain[k], first = pos, k
+    last = i
+    while True:  # on to its end
+        out = eqns[last].outvars[0]
+        users = st.readers.get(out, [])
+        pos = _affine_operand(st, eqns[users[0]]) if len(users) == 1 and users[0] >= 0 else None
+        if pos is None or eqns[users[0]].invars[pos] is not out:
+            break
+        chain[users[0]], last = pos, users[0]
+    scales = any(
+        eqns[k].prim.name in ("mul", "div") and st.is_parameter(eqns[k].invars[1 - pos])
+        for k, pos in chain.items() if pos is not None
+    )
+    return scales and start not in st.normalized
+
+
 def _multiply(st: _State, site: _Site) -> None:
-    """``mul``: a region, a scaling, or a product (see :func:`_patterns.product`)."""
-    if _region(st, site):
+    """``mul``: a gated constant, a region, a scaling, or a product (see
+    :func:`_patterns.product`)."""
+    if _gated_constant(st, site) or _region(st, site):
         return
     if len(site.tainted) == 1:
         return _scaling(st, site)
     _product(st, site, "product of inverses of input-dependent values",
              "wrap the normalisers in jax.lax.stop_gradient to treat them as constants")
+
+
+def _gated_constant(st: _State, site: _Site) -> bool:
+    """A gate times a tensor computed from parameters is a ``gate`` node whose
+    signal is that constant (it absorbs what the signal takes)::
+
+        r = logistic a; y = mul r c      # GRU's r * (W_hn h + b_hn) at the first
+                                         # step of an unrolled loop (h = 0), z * h0
+
+    In a scan the same product has the carry as its signal, so this makes an
+    unrolled loop give the map of the scan: under SignalTakesAll the gate gets
+    nothing, under Uniform half. (The constant's own relevance goes nowhere.)
+    """
+    e = site.eqn
+    if e.prim.name not in P.PRODUCTS or len(site.tainted) != 1 or len(e.invars) != 2:
+        return False
+    (k,) = site.tainted
+    c = e.invars[1 - k]
+    if not (_inexact(c) and st.is_parameter(c) and c not in st.from_input and st.has(site)(k, "gate")):
+        return False
+    st.node(site, "gate", e.outvars[0], order=(1 - k, k))
+    return True
 
 
 def _quotient(st: _State, site: _Site) -> None:
@@ -376,12 +509,15 @@ def _quotient(st: _State, site: _Site) -> None:
     if site.tainted == (0,):
         return _scaling(st, site)
     source = _patterns.softmax(e, has, st.origin_of, st.sums.get)
+    while source in st.summands:  # scores + mask: the softmax's input is the scores
+        source = st.origin_of(st.summands[source])
     if source is not None:
         st.node(site, "softmax", out, order=(0,), origin=source,
                 replay=_patterns.replayed(st.program, st.producer, out, source, st.is_tainted))
         st.tags[out] = {"probs"}
     elif _patterns.root_normalization(site.tainted, has):
         st.node(site, "normalize", out, order=(0, 1))
+        st.normalized.add(out)
     elif _patterns.quotient(site.tainted, has):
         st.node(site, "divide", out, order=(0, 1))
     else:
@@ -413,9 +549,9 @@ def _control(st: _State, site: _Site) -> None:
     prov = [st.prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars]
     depth = [st.depth.get(a, 0) for a in e.invars]
     st.subs[site.i] = _CONTROL[e.prim.name](e, taint, prov, depth, st.ctx)
-    for v, t in zip(e.outvars, _control_out_taint(e, st.subs[site.i])):
+    for v, t, d in zip(e.outvars, _control_out_taint(e, st.subs[site.i]), _control_out_depth(e, st.subs[site.i])):
         if t and _inexact(v):
-            st.mark(v, site.depth)
+            st.mark(v, d)  # after the body's layers: a layer reading a scan's output is not "first"
 
 
 def _unsupported(st: _State, site: _Site) -> None:
@@ -461,6 +597,7 @@ def analyze(
             continue
         tpos = tuple(k for k, a in enumerate(e.invars) if st.is_tainted(a))
         outs = [v for v in e.outvars if _inexact(v)]
+        st.track_range(e)
         if not tpos or not outs or e.prim.name in P.STOP:
             _pass_provenance(st, e, outs)
             continue
@@ -661,6 +798,16 @@ _CONTROL = {"scan": _analyze_scan, "cond": _analyze_cond, "shard_map": _analyze_
 assert set(_CONTROL) == set(P.CONTROL)
 
 
+def _control_out_depth(e: Eqn, subs: list) -> list:
+    """The layer depth of each output of a control-flow equation: the deepest over
+    its bodies (a scan's carry after its last step, a cond's branches)."""
+    out = [0] * len(e.outvars)
+    for sub in subs:
+        for k, v in enumerate(sub.program.outvars):
+            out[k] = max(out[k], sub.depth.get(v, 0) if isinstance(v, Var) else 0)
+    return out
+
+
 def _control_out_taint(e: Eqn, subs: list) -> list:
     out = [False] * len(e.outvars)
     for sub in subs:
@@ -676,11 +823,12 @@ def _inexact(a) -> bool:
     return jnp.issubdtype(a.dtype, jnp.inexact)
 
 
-def _reachable(program: Program, tainted: set) -> set:
-    """Variables reachable from ``tainted`` (control flow: every float output)."""
+def _reachable(program: Program, tainted: set, through_stop: bool = False) -> set:
+    """Variables reachable from ``tainted`` (control flow: every float output), across
+    ``stop_gradient`` only if ``through_stop``."""
     reach = set(tainted)
     for e in program.eqns:
-        if e.prim.name not in P.STOP and any(isinstance(a, Var) and a in reach for a in e.invars):
+        if (through_stop or e.prim.name not in P.STOP) and any(isinstance(a, Var) and a in reach for a in e.invars):
             reach.update(v for v in e.outvars if _inexact(v))
     return reach
 

@@ -250,11 +250,17 @@ def _affine_map(spec: NodeSpec, e: Eqn, ops: list) -> tuple:
     """``(apply, bias)`` of a sum node whose untainted float operands are a bias:
     ``apply`` sees them as zeros, ``bias`` is the equation with zero inputs."""
     constant = [k not in spec.tainted and _inexact(a) for k, a in enumerate(e.invars)]
-    frozen = [jnp.zeros_like(x) if c else x for x, c in zip(ops, constant)]
     bias = None
     if any(constant):
         bias = e.bind(*[jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
-    return _rebind(e, frozen, spec.tainted), bias
+
+    def apply(xs, w):
+        # the zeros are made when ``apply`` runs (in the backward pass, under the
+        # rule's trace): zeros made here would leak out of a scan body's trace
+        args = [jnp.zeros(a.shape, a.dtype) if c else x for a, x, c in zip(e.invars, ops, constant)]
+        return _rebind(e, args, spec.tainted)(xs, w)
+
+    return apply, bias
 
 
 def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int) -> list:

@@ -14,7 +14,8 @@ remat is ``remat2`` or ``checkpoint``).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,10 +72,35 @@ INVERSE: frozenset[str] = frozenset({"rsqrt", "div", "pow", "integer_pow"})
 # with sources of different origin, a sum node (residual connections).
 AFFINE: frozenset[str] = frozenset({"add", "sub", "add_any", "scatter-add", "scatter_add"})
 # Elementwise primitives whose outputs patterns look for (see jaxlrp._patterns):
-# "gate": values in (0, 1), a product with one is a gate (LSTM/GRU cells, gated
-# units); "root": a square root, a division by one is a normalisation (LayerNorm);
-# "exp": part of a softmax.
-TAGS: dict[str, str] = {"logistic": "gate", "sqrt": "root", "rsqrt": "root", "exp": "exp", "exp2": "exp"}
+# "root": a square root, a division by one is a normalisation (LayerNorm);
+# "exp": part of a softmax. (Gates are not tagged: they are decided by the range
+# of the value, whatever the primitives that compute it; see below.)
+TAGS: dict[str, str] = {"sqrt": "root", "rsqrt": "root", "exp": "exp", "exp2": "exp"}
+
+# Value ranges: the interval analysis that decides gates (jaxlrp._patterns.value_range).
+# Elementwise functions that never decrease, as a function of one float (the bounds
+# of the output are the function of the bounds of the input) ...
+INCREASING: dict[str, Callable[[Any], Any]] = {
+    "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1, "log": np.log, "log1p": np.log1p,
+    "sqrt": np.sqrt, "cbrt": np.cbrt, "tanh": np.tanh, "logistic": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
+    "erf": math.erf, "atan": np.arctan, "asinh": np.arcsinh, "sinh": np.sinh,
+    "floor": np.floor, "ceil": np.ceil, "round": np.round,
+    "convert_element_type": float, "copy": float, "copy_p": float, "reduce_precision": float,
+}
+# ... those that never increase ...
+DECREASING: dict[str, Callable[[Any], Any]] = {
+    "neg": lambda v: -v, "erfc": math.erfc, "rsqrt": lambda v: 1.0 / np.sqrt(v),
+}
+# ... and those with a fixed range whatever their input.
+BOUNDED: dict[str, tuple[float, float]] = {"sin": (-1.0, 1.0), "cos": (-1.0, 1.0), "sign": (-1.0, 1.0)}
+# Operations whose every output entry is one of their (floating-point) input
+# entries or a constant operand: the output range is the union of the inputs'.
+RANGE_COPYING: frozenset[str] = frozenset(
+    """reshape transpose broadcast_in_dim squeeze expand_dims slice dynamic_slice
+    dynamic_update_slice concatenate pad rev gather reduce_max reduce_min
+    reduce_window_max reduce_window_min cummax cummin sort sharding_constraint stack
+    unstack split optimization_barrier select_n""".split()
+)
 
 # Linear, parameter-free aggregations: proportional split (the Norm rule).
 # name -> layer kind.
@@ -196,12 +222,16 @@ def output_nonnegative(eqn: Any, tainted: tuple, inputs_nonnegative: bool) -> bo
 
 def inverts(eqn: Any, tainted: tuple) -> bool:
     """Whether ``eqn`` computes an inverse of one of its tainted operands
-    (``div`` by one, a power with a negative exponent, ``rsqrt``)."""
+    (``div`` of a constant by one, a power with a negative exponent, ``rsqrt``).
+
+    ``x / f(x)`` is no inverse: with one origin it is an activation
+    (``silu(x) = x / (1 + exp(-x))``); with two it is a quotient node.
+    """
     name = eqn.prim.name
     if name not in INVERSE:
         return False
     if name == "div":
-        return 1 in tainted
+        return tuple(tainted) == (1,)
     if name == "integer_pow":
         return eqn.params["y"] < 0
     if name == "pow":

@@ -100,6 +100,7 @@ def affine_chain(
     is_tainted: Callable,
     consumers: dict,
     is_parameter: Callable,
+    producer: Optional[dict] = None,
 ) -> Chain:
     """Find the operations after equation ``head`` that belong to the layer.
 
@@ -112,7 +113,9 @@ def affine_chain(
       (``is_parameter``), and reshapes that only add or remove size-1 axes (Flax's
       ``Conv`` wraps an unbatched input in a batch of one, then drops it again
       after the bias); the chain ends at the first other operation, or where its
-      value is used more than once.
+      value is used more than once. A per-channel operand may also be broadcast
+      to the full output shape (Haiku's ``out + jnp.broadcast_to(b, out.shape)``):
+      ``producer`` (variable -> index of its equation) lets the chain see that.
     """
     post, v, axis_map = _post(program, head, axis_map, consumers)
     start_axes = axis_map
@@ -128,7 +131,7 @@ def affine_chain(
         if _is_size1_reshape(e, v, axis_map):
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
             reshapes.add(j)
-        elif _folds(e, v, axis_map, is_tainted, is_parameter):
+        elif _folds(e, v, axis_map, is_tainted, is_parameter, _broadcast_source(program, producer or {})):
             scales |= e.prim.name in _SCALING
         else:
             break
@@ -172,7 +175,7 @@ def _post(program: Program, head: int, axis_map: Optional[tuple], consumers: dic
     return post, v, axis_map
 
 
-def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: Callable) -> bool:
+def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: Callable, source: Callable) -> bool:
     """Whether ``e``, the only reader of the layer's value ``v``, is an affine step
     of the layer: a shift or scale of ``v`` by per-channel parameters, or a cast."""
     name = e.prim.name
@@ -188,7 +191,8 @@ def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: 
         return False
     if name in _FOLDABLE and not any(is_parameter(a) for a in others):
         return False  # a literal: part of the activation (hard_sigmoid's + 3)
-    return all(_per_channel(a, axis_map, len(v.shape)) for a in others)
+    return all(_per_channel(a, axis_map, len(v.shape)) or _broadcast_per_channel(source(a), axis_map)
+               for a in others)
 
 
 def _is_size1_reshape(e: Eqn, v: Var, axis_map: Optional[tuple]) -> bool:
@@ -221,6 +225,34 @@ def _per_channel(a, axis_map: tuple, rank: int) -> bool:
     return all(n == 1 for n, w in zip(shape, axis_map) if w is None)
 
 
+def _broadcast_source(program: Program, producer: dict) -> Callable:
+    """``source(a)``: the ``broadcast_in_dim`` equation that computes ``a``, or ``None``."""
+
+    def source(a) -> Optional[Eqn]:
+        j = producer.get(a) if isinstance(a, Var) else None
+        e = program.eqns[j] if j is not None else None
+        return e if e is not None and e.prim.name == "broadcast_in_dim" else None
+
+    return source
+
+
+def _broadcast_per_channel(e: Optional[Eqn], axis_map: tuple) -> bool:
+    """Whether the broadcast ``e`` makes a value that is constant along the axes of
+    the layer's output that do not come from the weight: every such axis is either
+    new or of size 1 in the broadcast operand (``jnp.broadcast_to(b, out.shape)``)."""
+    if e is None or len(e.outvars[0].shape) != len(axis_map):
+        return False
+    dims, shape = e.params["broadcast_dimensions"], e.invars[0].shape
+    return all(shape[k] == 1 for k, d in enumerate(dims) if axis_map[d] is None)
+
+
+def _channel_slice(x, axes: tuple):
+    """``x`` at index 0 along the axes that do not come from the weight (where a
+    per-channel operand broadcast to the full shape is constant)."""
+    index = tuple(slice(0, 1) if w is None and n != 1 else slice(None) for n, w in zip(x.shape, axes))
+    return x[index]
+
+
 def reduced_shape(out_shape: Sequence[int], axis_map: tuple) -> tuple:
     """The output shape with the axes that do not come from the weight set to 1."""
     return tuple(n if w is not None else 1 for n, w in zip(out_shape, axis_map))
@@ -242,7 +274,11 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read) 
                 axes = _reshape_axis_map(var.shape, e.outvars[0].shape, axes)
                 t = jnp.reshape(t, reduced_shape(e.outvars[0].shape, axes))
             else:
-                t = replay(program, [j], {var: t}, read)[e.outvars[0]]
+                env = {var: t}
+                for a in e.invars:
+                    if isinstance(a, Var) and a is not var and len(a.shape) == len(axes):  # broadcast?
+                        env[a] = _channel_slice(read(a), axes)
+                t = replay(program, [j], env, read)[e.outvars[0]]
             var = e.outvars[0]
         return t
 

@@ -11,11 +11,16 @@ kind            what it is in the jaxpr                     default rule
 ``conv``        ``conv_general_dilated`` with a weight      ``Epsilon()``
 ``sum``         ``reduce_sum`` / ``cumsum`` / the add of     ``Norm()``
                 two input-dependent tensors (residuals)
+                or of a constant summand (a position
+                embedding, LayerNorm's beta, a bias after
+                a sum of layers: it absorbs its share)
 ``avgpool``     ``reduce_window_sum`` (average/sum pool)    ``Norm()``
 ``maxpool``     ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
 ``product``     product of two input-dependent tensors      ``Uniform()``
-``gate``        product of a signal and a sigmoid gate      ``SignalTakesAll()``
-                (LSTM/GRU cells, gated units)
+``gate``        product of a signal and a gate, a factor    ``SignalTakesAll()``
+                bounded in ``[0, 1]`` by what it computes
+                (sigmoid in any spelling, hard_sigmoid:
+                LSTM/GRU cells, GLU, squeeze-excitation)
 ``attention``   values times softmax probabilities          ``Uniform()``
 ``normalize``   a signal times or divided by a normaliser   ``SignalTakesAll()``
                 (LayerNorm, RMSNorm: normaliser constant)
