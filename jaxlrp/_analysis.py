@@ -99,6 +99,12 @@ class Layer:
         relevance follows the plain VJP.)
     key:
         A unique name for the layer, used in reports and per-layer relevance.
+    function:
+        Activations only: ``"relu"`` when the activation is exactly
+        ``max(origin, 0)`` (``jax.nn.relu``, ``jnp.maximum(z, 0)``);
+        ``"rectified"`` when it contains such a step among other operations
+        (an unfolded BatchNorm before a ReLU); otherwise ``""``. Read by the
+        ReLU rules of :mod:`jaxlrp.rules` (``ReLUGuidedBackprop``, ...).
     """
 
     index: int
@@ -114,6 +120,7 @@ class Layer:
     nonnegative: bool = False
     constant_weight: bool = False
     key: str = ""
+    function: str = ""
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,7 +135,7 @@ class NodeSpec:
     affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
     out: Optional[Var] = None
     origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
-    replay: tuple = ()  # softmax: the equations computing the output from ``origin``
+    replay: tuple = ()  # softmax, activations: the equations computing the output from ``origin``
     nonnegative: bool = False  # the inputs are known to be >= 0
 
 
@@ -636,11 +643,13 @@ def _activations(st: _State) -> dict:
     def visit(a):
         if isinstance(a, Var) and a in st.origin and a not in found:
             src = program.eqns[producer[a]]
+            steps = _patterns.replayed(program, producer, a, st.origin[a], st.is_tainted)
             layer = st.ctx.new_layer(
                 kind="activation", primitive=src.prim.name, name=src.name,
                 input_shapes=(st.origin[a].shape,), output_shape=a.shape,
+                function=_activation_function(program, steps, st.origin[a]),
             )
-            found[a] = NodeSpec(layer=layer, eqn=-1, origin=st.origin[a], out=a)
+            found[a] = NodeSpec(layer=layer, eqn=-1, origin=st.origin[a], out=a, replay=steps)
 
     for i, e in enumerate(program.eqns):
         if st.plan[i] == "node":
@@ -653,6 +662,17 @@ def _activations(st: _State) -> dict:
     for a in program.outvars:
         visit(a)
     return found
+
+
+def _activation_function(program: Program, steps: tuple, origin: Var) -> str:
+    """``Layer.function`` of an activation computed by equations ``steps`` from ``origin``."""
+    if len(steps) == 1 and _patterns.relu(program.eqns[steps[0]], origin):
+        return "relu"
+    for j in steps:
+        e = program.eqns[j]
+        if any(isinstance(a, Var) and _patterns.relu(e, a) for a in e.invars):
+            return "rectified"
+    return ""
 
 
 def _mark_last(an: Analysis, ctx: _Context, never_last: bool) -> None:

@@ -67,8 +67,8 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
 
 def _passthrough(kind: str, rule, example_ndim: int, apply=None):
     """``(source, value) -> value`` sending the relevance of ``value`` to ``source``
-    through ``rule`` (activations: Pass; softmax: its rule, with ``apply`` recomputing
-    ``value`` from ``source``)."""
+    through ``rule`` (activations: Pass by default; softmax: its rule; ``apply``
+    recomputes ``value`` from ``source``)."""
 
     @jax.custom_vjp
     def call(source, value):
@@ -118,7 +118,8 @@ def evaluate(
         if isinstance(a, Var) and a in an.activations:
             if a not in passed:
                 spec = an.activations[a]
-                passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim)(env[spec.origin], env[a])
+                passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim,
+                                         _region_map(an, spec, raw))(env[spec.origin], env[a])
             return passed[a]
         return raw(a)
 
@@ -165,6 +166,16 @@ def _condition_bwd(res, relevance):
 
 
 _condition.defvjp(_condition_fwd, _condition_bwd)
+
+
+def _region_map(an: Analysis, spec: NodeSpec, raw):
+    """``apply(xs, _)`` recomputing an activation's value from its origin ``xs[0]``
+    (evaluated only by rules that call it, e.g. :class:`~jaxlrp.rules.Gradient`)."""
+
+    def apply(xs, w):
+        return replay(an.program, spec.replay, {spec.origin: xs[0]}, raw)[spec.out]
+
+    return apply
 
 
 def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:

@@ -102,6 +102,11 @@ __all__ = [
     "EpsilonAlpha2Beta1Flat",
     "AttnLRP",
     "CPLRP",
+    "ExcitationBackprop",
+    "GuidedBackprop",
+    "DeconvNet",
+    "BetaSmooth",
+    "relu",
     "get",
     "names",
     "as_matcher",
@@ -212,6 +217,14 @@ def first(layer: Layer) -> bool:
 def last(layer: Layer) -> bool:
     """Match dense/conv layers whose output reaches the output without another layer."""
     return layer.last
+
+
+def relu(layer: Layer) -> bool:
+    """Match ReLU activations: ``max(z, 0)`` alone (``Layer.function == "relu"``), and
+    also ReLUs that share an elementwise region with other operations
+    (``"rectified"``), so that the ReLU rules refuse those rather than leave them
+    to another rule."""
+    return layer.kind == "activation" and layer.function in ("relu", "rectified")
 
 
 def all_of(*matchers: Matcher) -> Callable[[Layer], bool]:
@@ -687,6 +700,98 @@ class CPLRP(Composite):
         )
 
 
+class ExcitationBackprop(Composite):
+    r"""Excitation backprop (Zhang et al. 2016) as Zennit's ``ExcitationBackprop``:
+    :class:`~jaxlrp.rules.ZPlus` on every dense and conv layer,
+    :class:`~jaxlrp.rules.Norm` on sums and average pools, the defaults of every
+    composite elsewhere (max pooling: winner takes all, which is the gradient).
+
+    Zennit leaves the layers it does not name to the gradient, activations
+    included; on ReLUs that is what jaxlrp's ``Pass`` does here (z+ gives no
+    relevance to zero activations), and ``Pass`` also keeps an average pool's
+    ``1/n`` (a scaling by a constant, an activation in the program) inside the
+    pool's Norm rule, as Zennit's pooling module does. Where the two differ (other
+    activations, products, softmax), add ``("activation", rules.Gradient())`` or
+    the like through ``rules=``.
+
+    Parameters
+    ----------
+    stabilizer:
+        Of z+ and Norm (Zennit's ``1e-6``).
+    rules:
+        ``(matcher, rule)`` pairs tried first.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(
+            list(rules) + [("linear", _rules.ZPlus(stabilizer))] + _aggregates(stabilizer),
+            strict=strict,
+        )
+
+
+def _gradient_elsewhere() -> list:
+    """The plain gradient on every layer (Zennit's treatment of the layers a
+    composite does not name)."""
+    return [(kind(*KINDS), _rules.Gradient())]
+
+
+class _ModifiedGradient(Composite):
+    """The gradient everywhere but on ReLUs, which get ``relu_rule``.
+
+    The result is the modified gradient of the output seed. Zennit's attributors
+    seed with a one-hot vector; jaxlrp's ``target=c`` seeds with the logit
+    :math:`f_c(x)`, which scales each example's map by it: pass
+    ``output_relevance=jax.nn.one_hot(c, n)`` for Zennit's maps.
+    """
+
+    def __init__(self, relu_rule: Rule, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(list(rules) + [(relu, relu_rule)] + _gradient_elsewhere(), strict=strict)
+
+
+class GuidedBackprop(_ModifiedGradient):
+    r"""Guided backpropagation (Springenberg et al. 2015), Zennit's
+    ``GuidedBackprop``: :class:`~jaxlrp.rules.ReLUGuidedBackprop` on every ReLU,
+    the gradient elsewhere,
+
+    .. math:: g_{\text{in}} = g\,[z > 0]\,[g > 0] \text{ at each ReLU}.
+
+    The map is the modified gradient itself (not times the input); seed it with
+    ``output_relevance=jax.nn.one_hot(c, n)`` to match Zennit (``target=c`` scales
+    it by the logit). A ReLU that is not a dense/conv layer's direct successor
+    (``Layer.function == "rectified"``) is refused.
+    """
+
+    def __init__(self, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(_rules.ReLUGuidedBackprop(), rules, strict)
+
+
+class DeconvNet(_ModifiedGradient):
+    r"""DeconvNet (Zeiler & Fergus 2014), Zennit's ``DeconvNet``:
+    :class:`~jaxlrp.rules.ReLUDeconvNet` (:math:`\max(g, 0)`, whatever the ReLU's
+    input) on every ReLU, the gradient elsewhere. Seeding as for
+    :class:`GuidedBackprop`.
+    """
+
+    def __init__(self, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(_rules.ReLUDeconvNet(), rules, strict)
+
+
+class BetaSmooth(_ModifiedGradient):
+    r"""The ReLUs' gradient replaced by that of a softplus of sharpness ``beta_smooth``
+    (Dombrowski et al. 2019), Zennit's ``BetaSmooth``:
+    :class:`~jaxlrp.rules.ReLUBetaSmooth` (:math:`\sigma(\beta z)\, g`) on every
+    ReLU, the gradient elsewhere. Seeding as for :class:`GuidedBackprop`.
+
+    Parameters
+    ----------
+    beta_smooth:
+        ``> 0`` (Zennit's default 10).
+    """
+
+    def __init__(self, beta_smooth: float = 10.0, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(_rules.ReLUBetaSmooth(beta_smooth), rules, strict)
+
+
 _PRESETS = {
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -696,6 +801,10 @@ _PRESETS = {
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "attn_lrp": AttnLRP,
     "cp_lrp": CPLRP,
+    "excitation_backprop": ExcitationBackprop,
+    "guided_backprop": GuidedBackprop,
+    "deconvnet": DeconvNet,
+    "beta_smooth": BetaSmooth,
 }
 
 

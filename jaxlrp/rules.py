@@ -49,7 +49,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from ._kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
+from ._kinds import AGGREGATE_KINDS, KINDS, WEIGHTED_KINDS
 from ._primitives import PRODUCTS, QUOTIENTS
 
 Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
@@ -67,6 +67,9 @@ __all__ = [
     "WSquare",
     "Pass",
     "Gradient",
+    "ReLUGuidedBackprop",
+    "ReLUDeconvNet",
+    "ReLUBetaSmooth",
     "Norm",
     "Uniform",
     "SignalTakesAll",
@@ -1145,13 +1148,102 @@ class Gradient(Rule):
     ``"normalize"`` layer), chosen per layer in the composite. It does not conserve
     relevance in general; :class:`SignalTakesAll` (the denominator as a constant)
     does, where the shapes agree.
+
+    It applies to every kind: on dense and conv layers it is the transposed weight
+    (the bias plays no part), on activations the derivative of the activation (the
+    equations of the activation are re-evaluated from its input). It is the rule of
+    every layer but the ReLUs in the modified-gradient composites
+    (:class:`~jaxlrp.composites.GuidedBackprop`, ...), as Zennit leaves the layers
+    its composites do not name to the gradient.
     """
 
-    kinds = frozenset({"divide", "normalize"})
+    kinds = frozenset(KINDS)
 
     def __call__(self, node, relevance):
+        if node.apply is None:  # pragma: no cover - every node kind has an apply
+            raise ValueError(f"Gradient needs the layer's function; none for a {node.kind!r} layer")
         _, pull = jax.vjp(lambda *xs: node.apply(xs, node.weight), *node.inputs)
         return tuple(pull(relevance.astype(node.output.dtype)))
+
+
+class _ReLURule(Rule):
+    """Base of the rules of ReLU activations ``max(z, 0)`` (Zennit's ``ReLU*`` hooks).
+
+    Applies to activations that are exactly a ReLU of their input
+    (:attr:`~jaxlrp.composites.Layer.function` ``== "relu"``); refused, when rules
+    are assigned, on any other activation, including a ReLU that shares its
+    elementwise region with other operations (an unfolded BatchNorm in front of it),
+    where the rule would also have to undo those operations.
+    """
+
+    kinds = frozenset({"activation"})
+
+    def check(self, layer):
+        function = getattr(layer, "function", "")
+        if function == "relu":
+            return None
+        if function == "rectified":
+            return ("the ReLU follows other elementwise operations in the same activation (e.g. a BatchNorm "
+                    "that is not folded into a preceding dense/conv layer), which the rule would skip; "
+                    "explain a model whose ReLUs follow a dense/conv layer directly, or give this layer "
+                    "the plain gradient (rules.Gradient())")
+        return (f"{type(self).__name__} applies to ReLU activations (max(z, 0)) only; this activation "
+                f"ends in {layer.primitive!r}; match only ReLUs (composites.relu)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUGuidedBackprop(_ReLURule):
+    r"""Guided backpropagation through a ReLU (Springenberg et al. 2015; Zennit's
+    ``ReLUGuidedBackprop``): the ReLU's gradient, and only where the signal coming
+    from above is positive,
+
+    .. math:: R_{\text{in}} = R \,[z > 0]\,[R > 0].
+    """
+
+    def __call__(self, node, relevance):
+        (x,) = node.inputs
+        keep = (x > 0) & (relevance > 0)
+        return (jnp.where(keep, relevance, jnp.zeros_like(relevance)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUDeconvNet(_ReLURule):
+    r"""DeconvNet through a ReLU (Zeiler & Fergus 2014; Zennit's ``ReLUDeconvNet``):
+    the ReLU applied to the signal coming from above, whatever the input,
+
+    .. math:: R_{\text{in}} = \max(R, 0).
+    """
+
+    def __call__(self, node, relevance):
+        return (jnp.maximum(relevance, jnp.zeros_like(relevance)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUBetaSmooth(_ReLURule):
+    r"""The ReLU's gradient replaced by that of a softplus of sharpness
+    :math:`\beta` (Dombrowski et al. 2019; Zennit's ``ReLUBetaSmooth``):
+
+    .. math:: R_{\text{in}} = \sigma(\beta z)\, R,
+
+    with :math:`\sigma` the logistic function and :math:`z` the ReLU's input.
+
+    Parameters
+    ----------
+    beta_smooth:
+        ``> 0``; large values approach the ReLU's own gradient (Zennit's default 10).
+    """
+
+    beta_smooth: float = 10.0
+
+    def __post_init__(self):
+        beta = float(self.beta_smooth)
+        if not beta > 0 or beta == float("inf"):
+            raise ValueError(f"beta_smooth must be positive and finite, got {self.beta_smooth!r}")
+
+    def __call__(self, node, relevance):
+        (x,) = node.inputs
+        gate = jax.nn.sigmoid(jnp.asarray(self.beta_smooth, x.dtype) * x)
+        return ((gate * relevance).astype(relevance.dtype),)
 
 
 # ------------------------------------------------------- rules of the seed papers (issue 16)
