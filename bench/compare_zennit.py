@@ -33,7 +33,14 @@ gamma 0.25): ``epsilon`` (Epsilon on every conv/linear layer: jaxlrp's default
 ``Composite()``; in Zennit a ``LayerMapComposite`` over ``layer_map_base()``),
 ``epsilon_plus``, ``epsilon_plus_flat``, ``epsilon_gamma_box`` (the box is the
 ImageNet-normalised pixel range, per channel, on both sides),
-``epsilon_alpha2_beta1`` and ``epsilon_alpha2_beta1_flat``. BatchNorm: jaxlrp folds
+``epsilon_alpha2_beta1`` and ``epsilon_alpha2_beta1_flat``; and Zennit's other
+presets, ``excitation_backprop`` (z+ on every conv/linear layer) and the modified
+gradients ``guided_backprop``, ``deconvnet`` and ``beta_smooth`` (the gradient
+everywhere but on the ReLUs; their maps are gradients, not times the input).
+Zennit 0.5.1's ``ReLUBetaSmooth`` keeps the ReLU's input from the module's last
+forward call, so on ResNet, whose blocks call one ReLU module two or three times,
+its first ReLUs of each block use the wrong input: the ``beta_smooth`` rows of
+ResNets do not agree, by Zennit's error (VGG's ReLUs are separate modules). BatchNorm: jaxlrp folds
 it itself; Zennit gets its canonizers (``SequentialMergeBatchNorm`` for VGG,
 ``ResNetCanonizer`` for ResNet, which also turns the residual adds into ``Sum``
 modules for the Norm rule).
@@ -92,7 +99,9 @@ import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
 MODELS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
           "resnet18", "resnet34", "resnet50")
 COMPOSITES = ("epsilon", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box",
-              "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat")
+              "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat", "excitation_backprop", "guided_backprop",
+              "deconvnet", "beta_smooth")
+GRADIENT_COMPOSITES = ("guided_backprop", "deconvnet", "beta_smooth")  # the gradient but on ReLUs: no Norm
 DEFAULT_COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 zennit"
 EXIT_MISSING = 0  # exit status when the optional dependencies are missing
@@ -211,7 +220,10 @@ def zennit_composite(comp: str, model_name: str, aligned: bool = False, pool_hw:
     if comp == "epsilon_gamma_box":
         low, high = (torch.from_numpy(b).reshape(1, 3, 1, 1) for b in bounds())
         return zc.EpsilonGammaBox(low=low, high=high, layer_map=first, canonizers=canonizers)
+    if comp in GRADIENT_COMPOSITES:
+        return zc.COMPOSITES[comp](canonizers=canonizers)
     cls = {
+        "excitation_backprop": zc.ExcitationBackprop,
         "epsilon_plus": zc.EpsilonPlus,
         "epsilon_plus_flat": zc.EpsilonPlusFlat,
         "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,

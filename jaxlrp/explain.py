@@ -35,7 +35,8 @@ __all__ = ["lrp", "value_and_lrp", "AmbiguousOutputWarning"]
 
 Array = jax.Array
 #: ``target=`` of an explainer: an output index, an int array over the output's example
-#: axes, or ``None`` (each example's argmax).
+#: axes, a boolean or float mask over the output (dense outputs), or ``None`` (each
+#: example's argmax).
 Target = Union[int, ArrayLike, None]
 #: ``layers=`` of an explainer: a matcher or a sequence of matchers (:mod:`jaxlrp.composites`).
 LayerSelection = Union[None, Matcher, Sequence[Matcher]]
@@ -386,6 +387,8 @@ def _initial_relevance(
                 f"output_relevance has shape {r.shape}, but the function's output has shape {out.shape}"
             )
         return r.astype(out.dtype)
+    if _is_mask(target):
+        return _masked(out, target)
     if out.ndim == 0 or example_ndim == out.ndim:
         if target is not None:
             raise ValueError("each example's output is a scalar, so target must be None")
@@ -409,6 +412,30 @@ def _initial_relevance(
     onehot = jax.nn.one_hot(index, classes, dtype=out.dtype)
     bad = (index < 0) | (index >= classes)  # traced targets only: NaN marks the example
     return jnp.where(bad[..., None], jnp.nan, out * onehot)
+
+
+def _is_mask(target: Target) -> bool:
+    """Whether ``target`` is a mask over the output: an array (not a scalar) of
+    boolean or floating dtype. Integer arrays are class indices."""
+    dtype = getattr(target, "dtype", None)
+    if dtype is None and isinstance(target, (list, tuple)):
+        dtype = np.asarray(target).dtype
+    return dtype is not None and np.ndim(target) > 0 and (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.bool_))
+
+
+def _masked(out: Array, target: ArrayLike) -> Array:
+    r"""The initial relevance of a mask target: :math:`m \odot f(x)`, the output
+    where the mask is set (weighted by a float mask), zero elsewhere."""
+    mask = jnp.asarray(target)
+    try:
+        shape = jnp.broadcast_shapes(mask.shape, out.shape)
+    except ValueError:
+        shape = None
+    if shape != out.shape:
+        raise ValueError(f"a mask target must broadcast to the function's output shape {out.shape}, got "
+                         f"shape {mask.shape}")
+    return out * mask.astype(out.dtype)
 
 
 def _layer_matcher(layers: LayerSelection) -> Optional[Matcher]:
@@ -545,7 +572,11 @@ def lrp(
           relevance is the selected output's value (so with conservative rules the
           relevance of one example sums to ``f_c(x)``). A target out of range
           raises ``ValueError`` when it is concrete; under ``jit`` or ``vmap``,
-          where it is traced, that example's relevance is NaN.
+          where it is traced, that example's relevance is NaN. For dense outputs
+          (segmentation maps, regression fields), ``target`` may also be a
+          boolean or float *mask* broadcastable to the output's shape: the
+          initial relevance is ``mask * f(x)``, the output on a region of
+          pixels and channels (docs: "Dense outputs").
         * ``output_relevance``: the initial relevance itself (shape of the output);
           a one-hot gives Zennit's convention.
         * ``layers``: a matcher (or list of matchers, see

@@ -47,9 +47,7 @@ def net(p: dict, x):
 
 @pytest.fixture(scope="module")
 def data():
-    d = np.load(DATA)
-    params = {k[len("param/"):]: jnp.asarray(v) for k, v in d.items() if k.startswith("param/")}
-    return params, jnp.asarray(d["x"]), jnp.asarray(d["seed"]), d
+    return _data()
 
 
 def _composite(name: str):
@@ -73,3 +71,63 @@ def test_matches_zennit(data, name):
     assert R.dtype == np.float64
     rel = np.max(np.abs(R - ref)) / np.max(np.abs(ref))
     assert rel < 1e-6, f"{name}: max rel diff {rel:.2e}"
+
+
+# ------------------------------------------------- the modified-gradient presets, by hand
+
+
+def _mlp(p, x):
+    h = jax.nn.relu(x @ p[0] + p[1])
+    h = jnp.tanh(h @ p[2])
+    return jax.nn.relu(h @ p[3]) @ p[4]
+
+
+def _mlp_by_hand(p, x, seed, relu):
+    """The backward pass of :func:`_mlp` with ``relu(g, z)`` at each ReLU."""
+    a1 = x @ p[0] + p[1]
+    h2 = jnp.tanh(jax.nn.relu(a1) @ p[2])
+    a3 = h2 @ p[3]
+    g = relu(seed @ p[4].T, a3) @ p[3].T
+    g = (g * (1 - h2**2)) @ p[2].T
+    return relu(g, a1) @ p[0].T
+
+
+@pytest.mark.parametrize("name,relu", [
+    ("guided_backprop", lambda g, z: g * (z > 0) * (g > 0)),
+    ("deconvnet", lambda g, z: jnp.maximum(g, 0)),
+    ("beta_smooth", lambda g, z: jax.nn.sigmoid(10.0 * z) * g),
+])
+def test_modified_gradients_by_hand(name, relu):
+    k = jax.random.split(jax.random.key(0), 6)
+    shapes = [(5, 7), (7,), (7, 6), (6, 6), (6, 3)]
+    p = [jax.random.normal(kk, s, jnp.float64) for kk, s in zip(k, shapes)]
+    x = jax.random.normal(k[5], (4, 5), jnp.float64)
+    seed = jax.nn.one_hot(jnp.array([0, 1, 2, 0]), 3, dtype=jnp.float64)
+    R = jaxlrp.lrp(_mlp, name)(p, x, output_relevance=seed)  # tanh: its derivative
+    np.testing.assert_allclose(R, _mlp_by_hand(p, x, seed, relu), rtol=1e-12, atol=1e-12)
+
+
+def test_relu_rules_refuse_other_activations():
+    p, x = jnp.ones((3, 4)), jnp.ones((2, 3))
+    tanh = lambda p, x: jnp.tanh(x @ p)
+    with pytest.raises(ValueError, match="applies to ReLU activations.*'tanh'"):
+        jaxlrp.lrp(tanh, composites.Composite([("activation", jaxlrp.rules.ReLUDeconvNet())]))(p, x, target=0)
+    rectified = lambda p, x: jax.nn.relu(jax.nn.relu(x @ p) * 2.0 + 1.0)  # one region: scaling, then ReLU
+    with pytest.raises(ValueError, match="follows other elementwise operations"):
+        jaxlrp.lrp(rectified, "guided_backprop")(p, x, target=0)
+    with pytest.raises(ValueError, match="beta_smooth"):
+        jaxlrp.rules.ReLUBetaSmooth(0.0)
+
+
+def test_gradient_rule_everywhere_is_the_gradient():
+    params, x, seed, _ = _data()
+    every = composites.Composite([(composites.kind(*composites.KINDS), jaxlrp.rules.Gradient())])
+    R = jaxlrp.lrp(net, every)(params, x, output_relevance=seed)
+    g = jax.vjp(lambda x: net(params, x), x)[1](seed)[0]
+    np.testing.assert_allclose(R, g, rtol=1e-12, atol=1e-14)
+
+
+def _data():
+    d = np.load(DATA)
+    params = {k[len("param/"):]: jnp.asarray(v) for k, v in d.items() if k.startswith("param/")}
+    return params, jnp.asarray(d["x"]), jnp.asarray(d["seed"]), d
