@@ -37,10 +37,13 @@ ImageNet-normalised pixel range, per channel, on both sides),
 presets, ``excitation_backprop`` (z+ on every conv/linear layer) and the modified
 gradients ``guided_backprop``, ``deconvnet`` and ``beta_smooth`` (the gradient
 everywhere but on the ReLUs; their maps are gradients, not times the input).
-Zennit 0.5.1's ``ReLUBetaSmooth`` keeps the ReLU's input from the module's last
-forward call, so on ResNet, whose blocks call one ReLU module two or three times,
-its first ReLUs of each block use the wrong input: the ``beta_smooth`` rows of
-ResNets do not agree, by Zennit's error (VGG's ReLUs are separate modules). BatchNorm: jaxlrp folds
+Zennit 0.5.1's ``ReLUBetaSmooth`` keeps the tensor of the ReLU's input from the
+module's last forward call: torchvision's in-place ReLUs overwrite it with the
+output (``sigmoid(beta relu(z))``, 0.5 where ``z < 0``), so stock Zennit's
+``beta_smooth`` disagrees on every torchvision model; the *aligned* Zennit runs
+the ReLUs out of place. On ResNet, whose blocks call one ReLU module two or three
+times, the stored input is also the last call's, so even aligned ``beta_smooth``
+rows of ResNets do not agree, by Zennit's error. BatchNorm: jaxlrp folds
 it itself; Zennit gets its canonizers (``SequentialMergeBatchNorm`` for VGG,
 ``ResNetCanonizer`` for ResNet, which also turns the residual adds into ``Sum``
 modules for the Norm rule).
@@ -246,6 +249,30 @@ def jaxlrp_composite(comp: str):
 # -------------------------------------------------------------------------- helpers
 
 
+class _relus_not_inplace:
+    """Within the block, the model's ``ReLU(inplace=True)`` modules compute out of place.
+
+    Zennit 0.5.1's ``ReLUBetaSmooth`` keeps the ReLU's input tensor for the backward
+    pass; an in-place ReLU (torchvision's VGG and ResNet) overwrites it with the
+    output, so the rule sees ``sigmoid(beta relu(z))`` (0.5 where ``z < 0``)
+    instead of ``sigmoid(beta z)``. The aligned Zennit runs out of place.
+    """
+
+    def __init__(self, model):
+        import torch
+
+        self.relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and m.inplace]
+
+    def __enter__(self):
+        for m in self.relus:
+            m.inplace = False
+
+    def __exit__(self, *exc):
+        for m in self.relus:
+            m.inplace = True
+
+
+
 def _stats(a: np.ndarray, b: np.ndarray) -> dict:
     """Agreement of ``a`` (jaxlrp) with the reference ``b`` (Zennit)."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
@@ -341,7 +368,8 @@ def bench_model(name: str, batch: int, size: int, comps: list, repeats: int, rou
         with zcomp.context(model_t) as modified:
             floor = max(_stats(torch_grad_of(modified, xp)().numpy(), r_zennit)["max_rel_diff"]
                         for xp in x_perturbed)
-        with zennit_composite(comp, name, aligned=True, pool_hw=tuple(pool_hw)).context(model_t) as modified:
+        with _relus_not_inplace(model_t), \
+                zennit_composite(comp, name, aligned=True, pool_hw=tuple(pool_hw)).context(model_t) as modified:
             r_aligned = torch_grad_of(modified)().numpy()
         r_jax = np.asarray(jax_lrp()).transpose(0, 3, 1, 2)
         stats = _stats(r_jax, r_zennit)

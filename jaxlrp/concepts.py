@@ -48,7 +48,7 @@ from .dataset import Batch, PathLike
 from .explain import Target, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
-__all__ = ["conditional", "relevance_scores", "maximization", "Maximization", "references", "crop", "atlas"]
+__all__ = ["conditional", "relevance_scores", "channel_relevance", "maximization", "Maximization", "references", "crop", "atlas"]
 
 Array = jax.Array
 PyTree = Any  # model variables: a pytree of arrays
@@ -297,6 +297,63 @@ def relevance_scores(
         _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
         s = _scores(taps[i], t.example_ndim, reduce, normalize)
         return s[0] if single else s
+
+    return scores
+
+
+def channel_relevance(
+    fn: Callable[..., Array],
+    composite: Union[Composite, str, None] = None,
+    layers: Matcher = "linear",
+    *,
+    rule: Optional[Rule] = None,
+    argnums: Union[int, Sequence[int], None] = None,
+) -> Callable[..., Any]:
+    r"""The relevance of every channel (filter, neuron) of every matched layer,
+    summed over the examples of a batch: the pruning criterion of Yeom et al. 2021
+    ("Pruning by explaining").
+
+    .. math:: R_c^{(\ell)} = \sum_{n} \sum_{p} R_\ell[n, p, c]
+
+    over the examples :math:`n` and positions :math:`p` of the relevance
+    :math:`R_\ell` arriving at the output of layer :math:`\ell` (channels on the
+    last axis). One backward pass taps all the layers at once; summing the result
+    over batches gives the criterion over a data set (with ``jax.lax.scan`` or a
+    Python loop over a jitted call). With conservative rules the scores of one
+    layer sum to the relevance that reaches it, so they compare across layers
+    once divided by that (Yeom et al. normalise per layer).
+
+    Parameters
+    ----------
+    fn, composite, rule, argnums:
+        As for :func:`jaxlrp.lrp`.
+    layers:
+        Matcher of the layers to score (default: every dense and conv layer
+        outside ``scan``/``cond`` bodies).
+
+    Returns
+    -------
+    callable
+        ``scores(*args, target=None, output_relevance=None)`` -> a dict from each
+        matched layer's key (see :func:`jaxlrp.inspect`) to an array ``(C,)``.
+
+    Examples
+    --------
+    >>> scores = jax.jit(concepts.channel_relevance(model.apply, composites.EpsilonPlus()))(variables, x, target=y)
+    >>> scores["CNN/conv1"].shape
+    (4,)
+    """
+    comp = _composites.resolve(composite, rule)
+    match = _composites.as_matcher(layers)
+
+    @functools.wraps(fn)
+    def scores(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> dict:
+        t = _trace(fn, comp, argnums, args)
+        chosen = tuple(i for i in sorted(_top_level_nodes(t)) if match(t.layers[i]))
+        if not chosen:
+            raise ValueError(f"layers={layers!r} matches no layer outside control flow")
+        _, _, taps = _run(t, target, output_relevance, chosen)
+        return {t.layers[i].key: jnp.sum(taps[i][1].reshape(-1, taps[i][1].shape[-1]), axis=0) for i in chosen}
 
     return scores
 
