@@ -106,6 +106,7 @@ __all__ = [
     "GuidedBackprop",
     "DeconvNet",
     "BetaSmooth",
+    "MambaLRP",
     "relu",
     "get",
     "names",
@@ -792,6 +793,39 @@ class BetaSmooth(_ModifiedGradient):
         super().__init__(_rules.ReLUBetaSmooth(beta_smooth), rules, strict)
 
 
+class MambaLRP(Composite):
+    r"""Selective state-space models (Mamba) as MambaLRP explains them (Jafari et al.
+    2024): epsilon on dense and conv layers, relevance passed through the SiLU
+    activations (``Pass``), RMSNorm's normaliser a constant (``SignalTakesAll``),
+    and the multiplicative gate :math:`y \odot \mathrm{silu}(z)` split in halves
+    (:class:`~jaxlrp.rules.Uniform` on products and gates: MambaLRP's "half
+    propagation").
+
+    MambaLRP's third rule is in the model, not in the composite: the scan's
+    input-dependent parameters :math:`\exp(\Delta A)`, :math:`\Delta B` and
+    :math:`C` are constants for the relevance, so the scan is linear in its input
+    and state (its sums then get the Norm rule). Wrap them in
+    ``jax.lax.stop_gradient`` (the forward values do not change), as MambaLRP's
+    reference code detaches them; otherwise their products with the state are
+    ``"product"`` layers and get half of the relevance, which is what MambaLRP
+    shows to be unfaithful (``examples/mamba.py``).
+
+    Parameters
+    ----------
+    epsilon:
+        Of the dense and conv layers.
+    rules:
+        ``(matcher, rule)`` pairs tried first.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (), strict: bool = False):
+        super().__init__(
+            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("activation", _rules.Pass()),
+                           ("normalize", _rules.SignalTakesAll()), (kind("product", "gate"), _rules.Uniform())],
+            strict=strict,
+        )
+
+
 _PRESETS = {
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -805,6 +839,7 @@ _PRESETS = {
     "guided_backprop": GuidedBackprop,
     "deconvnet": DeconvNet,
     "beta_smooth": BetaSmooth,
+    "mamba_lrp": MambaLRP,
 }
 
 

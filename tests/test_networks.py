@@ -164,6 +164,7 @@ def test_presets_by_name():
     assert set(composites.names()) == {
         "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
         "attn_lrp", "cp_lrp", "overview", "excitation_backprop", "guided_backprop", "deconvnet", "beta_smooth",
+        "mamba_lrp",
     }
     _, fn, params, x = _net("cnn", seed=5)
     for name in composites.names():
