@@ -326,8 +326,21 @@ def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, t
         outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim)
         return outs[:nk], outs[nk:]
 
+    remat = _remat_params(e)
+    if remat is not None:  # a scan over jax.checkpoint-ed blocks (MaxText's layers): keep it so
+        step = jax.checkpoint(step, prevent_cse=remat["prevent_cse"], policy=remat["policy"])
     carry, ys = jax.lax.scan(step, init, (xs, inner), length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
     return [*carry, *ys]
+
+
+def _remat_params(e: Eqn) -> Optional[dict]:
+    """The ``checkpoint`` parameters of a scan whose body is one ``jax.checkpoint``
+    call (``lax.scan`` over ``jax.checkpoint(block)``, ``nn.scan(nn.remat(...))``),
+    else ``None``. The flattened body has the call inlined; rematerialising the
+    evaluated step keeps the model's memory trade-off: each iteration saves its
+    carry, not the rules' residuals."""
+    calls = [q for q in e.params["jaxpr"].jaxpr.eqns if q.primitive.name in ("checkpoint", "remat2")]
+    return calls[0].params if len(calls) == 1 else None
 
 
 def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
