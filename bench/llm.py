@@ -35,7 +35,6 @@ if __name__ == "__main__" and "--cell" in sys.argv:  # a child: devices before J
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_devices}"
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
