@@ -334,7 +334,7 @@ def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, t
 
 
 def _remat_params(e: Eqn) -> Optional[dict]:
-    """The ``checkpoint`` parameters of a scan whose body is one ``jax.checkpoint``
+    """The ``checkpoint`` parameters of a scan whose body holds one ``jax.checkpoint``
     call (``lax.scan`` over ``jax.checkpoint(block)``, ``nn.scan(nn.remat(...))``),
     else ``None``. The flattened body has the call inlined; rematerialising the
     evaluated step keeps the model's memory trade-off: each iteration saves its
