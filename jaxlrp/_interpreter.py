@@ -30,57 +30,74 @@ from .rules import Node, after
 
 
 def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False):
-    """A function ``(inputs, weight, scale, bias) -> z`` whose VJP is ``rule``.
+    """A function ``(inputs, weight, scale, bias, context) -> z`` whose VJP is ``rule``.
 
-    ``scale`` (or ``None``) is a folded per-channel scale (BatchNorm's): the forward
-    pass applies it to the output, as the model did, and the rule sees the folded
-    weight ``fold(weight, scale)``, built only in the backward pass so that no
-    folded copy of the weights is kept alive between the two passes.
+    ``apply(inputs, weight, context)`` is the layer's map; ``context`` holds the
+    other traced operands it reads. They are operands of the custom VJP, so that the
+    backward pass reads them from its residuals: a closure over forward values
+    would leak tracers of a trace that is gone when a ``lax.scan`` body is
+    transposed. ``scale`` (or ``None``) is a folded per-channel scale (BatchNorm's):
+    the forward pass applies it to the output, as the model did, and the rule sees
+    the folded weight ``fold(weight, scale)``, built only in the backward pass so
+    that no folded copy of the weights is kept alive between the two passes.
     """
     kind = spec.layer.kind
 
-    def forward(inputs, weight, scale, bias):
-        z = apply(inputs, weight)
+    def forward(inputs, weight, scale, bias, context):
+        z = apply(inputs, weight, context)
         if scale is not None:
             z = z * scale.astype(z.dtype)
         return z if bias is None else z + bias
 
     @jax.custom_vjp
-    def call(inputs, weight, scale, bias):
-        return forward(inputs, weight, scale, bias)
+    def call(inputs, weight, scale, bias, context):
+        return forward(inputs, weight, scale, bias, context)
 
-    def fwd(inputs, weight, scale, bias):
-        z = forward(inputs, weight, scale, bias)
-        return z, (inputs, weight, scale, bias, z)
+    def fwd(inputs, weight, scale, bias, context):
+        z = forward(inputs, weight, scale, bias, context)
+        return z, (inputs, weight, scale, bias, context, z)
 
     def bwd(res, relevance):
-        inputs, weight, scale, bias, z = res
+        inputs, weight, scale, bias, context, z = res
         if scale is not None:
             weight = fold(after(weight, relevance), scale)
-        rel = rule(Node(kind, inputs, weight, bias, z, apply, example_ndim, spec.nonnegative, gated,
+        bound = _bound(apply, context)
+        rel = rule(Node(kind, inputs, weight, bias, z, bound, example_ndim, spec.nonnegative, gated,
                         spec.layer.primitive), relevance)
-        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None
+        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None, _no_cotangent(context)
 
     call.defvjp(fwd, bwd)
     return call
 
 
+def _bound(apply, context):
+    """``apply(xs, w, context)`` as the rules see it: ``(xs, w) -> z``."""
+    return lambda xs, w: apply(xs, w, context)
+
+
+def _no_cotangent(context: tuple) -> tuple:
+    return tuple(None for _ in context)
+
+
 def _passthrough(kind: str, rule, example_ndim: int, apply=None):
-    """``(source, value) -> value`` sending the relevance of ``value`` to ``source``
-    through ``rule`` (activations: Pass by default; softmax: its rule; ``apply``
-    recomputes ``value`` from ``source``)."""
+    """``(source, value, context) -> value`` sending the relevance of ``value`` to
+    ``source`` through ``rule`` (activations: Pass by default; softmax: its rule).
+    ``apply(xs, w, context)`` recomputes ``value`` from ``source`` and the traced
+    values ``context`` (residuals, as in :func:`_node_call`), for rules that call it.
+    """
 
     @jax.custom_vjp
-    def call(source, value):
+    def call(source, value, context):
         return value
 
-    def fwd(source, value):
-        return value, (source, value)
+    def fwd(source, value, context):
+        return value, (source, value, context)
 
     def bwd(res, relevance):
-        source, value = res
-        (r,) = rule(Node(kind, (source,), None, None, value, apply, example_ndim), relevance)
-        return r.astype(source.dtype), None
+        source, value, context = res
+        bound = None if apply is None else _bound(apply, context)
+        (r,) = rule(Node(kind, (source,), None, None, value, bound, example_ndim), relevance)
+        return r.astype(source.dtype), None, _no_cotangent(context)
 
     call.defvjp(fwd, bwd)
     return call
@@ -118,8 +135,9 @@ def evaluate(
         if isinstance(a, Var) and a in an.activations:
             if a not in passed:
                 spec = an.activations[a]
-                passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim,
-                                         _region_map(an, spec, raw))(env[spec.origin], env[a])
+                apply, outer = _region_map(an, spec)
+                passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim, apply)(
+                    env[spec.origin], env[a], tuple(raw(v) for v in outer))
             return passed[a]
         return raw(a)
 
@@ -141,7 +159,7 @@ def evaluate(
                 env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
             continue
         elif kind == "control":
-            outs = _CONTROL[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim)
+            outs = _CONTROL[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps)
         else:
             outs = e.bind(*[read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
@@ -168,28 +186,50 @@ def _condition_bwd(res, relevance):
 _condition.defvjp(_condition_fwd, _condition_bwd)
 
 
-def _region_map(an: Analysis, spec: NodeSpec, raw):
-    """``apply(xs, _)`` recomputing an activation's value from its origin ``xs[0]``
-    (evaluated only by rules that call it, e.g. :class:`~jaxlrp.rules.Gradient`)."""
+def _region_map(an: Analysis, spec: NodeSpec) -> tuple:
+    """``(apply, outer)``: ``apply(xs, _, context)`` recomputes an activation's value
+    from its origin ``xs[0]`` and the values of ``outer`` (the other variables its
+    equations read) given as ``context``; evaluated only by rules that call it, e.g.
+    :class:`~jaxlrp.rules.Gradient`."""
+    outer = _replay_inputs(an, spec)
 
-    def apply(xs, w):
-        return replay(an.program, spec.replay, {spec.origin: xs[0]}, raw)[spec.out]
+    def apply(xs, w, context):
+        return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal)[spec.out]
 
-    return apply
+    return apply, outer
 
 
 def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
-    """A recognised softmax: its value as computed, relevance to its source."""
+    """A recognised softmax: its value as computed, relevance to its source.
+
+    The replay that recomputes the softmax from its source reads other values of
+    the program (the max it subtracts, masks): they travel as the context.
+    """
     source = read(spec.origin)
     if tap is not None:
         source = source + tap[0][0]
+    outer = _replay_inputs(an, spec)
 
-    def apply(xs, w):
-        return replay(an.program, spec.replay, {spec.origin: xs[0]}, raw)[spec.out]
+    def apply(xs, w, context):
+        return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal)[spec.out]
 
     value = an.program.eqns[spec.eqn].bind(*[raw(a) for a in an.program.eqns[spec.eqn].invars])[0]
-    z = _passthrough("softmax", rule, example_ndim, apply)(source, value)
+    z = _passthrough("softmax", rule, example_ndim, apply)(source, value, tuple(raw(v) for v in outer))
     return z if tap is None else z + tap[1]
+
+
+def _replay_inputs(an: Analysis, spec: NodeSpec) -> tuple:
+    """The variables a replay (softmax, activation) reads besides its source, in order."""
+    made, outer = {spec.origin}, []
+    for j in spec.replay:
+        e = an.program.eqns[j]
+        outer += [a for a in e.invars if isinstance(a, Var) and a not in made and a not in outer]
+        made.update(e.outvars)
+    return tuple(outer)
+
+
+def _literal(a: Lit) -> Any:
+    return a.val
 
 
 def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False) -> Any:
@@ -203,38 +243,47 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     weight = bias = scale = fold = None
     if spec.weight is not None:
         weight = ops[spec.weight]
-        apply, scale, bias, fold = _layer_map(an, spec, ops, raw)
+        apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw)
     elif spec.affine:
-        apply, bias = _affine_map(spec, e, ops)
+        apply, context, bias = _affine_map(spec, e, ops)
     else:
-        apply = _rebind(e, ops, spec.tainted)
-    z = _node_call(spec, rule, apply, example_ndim, fold, gated)(inputs, weight, scale, bias)
+        apply, context = _rebind(e, ops, spec.tainted)
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated)(inputs, weight, scale, bias, context)
     if tap is not None:
         z = z + tap[1]
     return z
 
 
-def _rebind(e: Eqn, ops: list, positions: tuple, weight_pos: Optional[int] = None, then: tuple = ()):
-    """``apply(xs, w)``: ``e`` re-bound with ``xs`` at ``positions`` (and ``w`` at
-    ``weight_pos``), the other operands as in ``ops``, followed by the one-operand
-    equations ``then``."""
+def _rebind(
+    e: Eqn, ops: list, positions: tuple, weight_pos: Optional[int] = None, then: tuple = (), zeroed: tuple = (),
+) -> tuple:
+    """``(apply, context)``: ``apply(xs, w, context)`` is ``e`` re-bound with ``xs``
+    at ``positions`` (and ``w`` at ``weight_pos``), zeros at ``zeroed``, the other
+    operands from ``context`` (their values in ``ops``) or the literals, followed by
+    the one-operand equations ``then``."""
+    free = tuple(k for k, a in enumerate(e.invars) if isinstance(a, Var) and k not in positions and k != weight_pos)
+    fixed = [a.val if isinstance(a, Lit) else None for a in e.invars]
 
-    def apply(xs, w):
-        args = list(ops)
+    def apply(xs, w, context):
+        args = list(fixed)
+        for k, x in zip(free, context):
+            args[k] = x
         for k, x in zip(positions, xs):
             args[k] = x
         if weight_pos is not None:
             args[weight_pos] = w
+        for k in zeroed:
+            args[k] = jnp.zeros_like(args[k])
         z = e.bind(*args)[0]
         for s_eqn in then:
             (z,) = s_eqn.bind(z)
         return z
 
-    return apply
+    return apply, tuple(ops[k] for k in free)
 
 
 def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
-    """``(apply, scale, bias, fold)`` of a dense/conv node and its folded chain.
+    """``(apply, context, scale, bias, fold)`` of a dense/conv node and its folded chain.
 
     ``apply`` is the layer's own map (the primitive, then psum and size-1
     reshapes); the chain's shifts and scales become ``bias`` and ``scale`` (or
@@ -243,7 +292,7 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
     e, chain = an.program.eqns[spec.eqn], spec.chain
     assert chain is not None  # every dense/conv node has one
     shaping = tuple(an.program.eqns[j] for j in chain.post + tuple(j for j in chain.members if j in chain.reshapes))
-    apply = _rebind(e, ops, spec.tainted, spec.weight, shaping)
+    apply, context = _rebind(e, ops, spec.tainted, spec.weight, shaping)
     scale = bias = fold = None
     if any(j not in chain.reshapes for j in chain.members):
         start = (an.program.eqns[chain.post[-1]] if chain.post else e).outvars[0]
@@ -254,49 +303,69 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
             def fold(w, a):
                 return canonize.fold_scale(w, a, chain.out_axes)
 
-    return apply, scale, bias, fold
+    return apply, context, scale, bias, fold
 
 
 def _affine_map(spec: NodeSpec, e: Eqn, ops: list) -> tuple:
-    """``(apply, bias)`` of a sum node whose untainted float operands are a bias:
-    ``apply`` sees them as zeros, ``bias`` is the equation with zero inputs."""
-    constant = [k not in spec.tainted and _inexact(a) for k, a in enumerate(e.invars)]
+    """``(apply, context, bias)`` of a sum node whose untainted float operands are a
+    bias: ``apply`` sees them as zeros, ``bias`` is the equation with zero inputs."""
+    constant = tuple(k for k, a in enumerate(e.invars) if k not in spec.tainted and _inexact(a))
     bias = None
-    if any(constant):
+    if constant:
         bias = e.bind(*[jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
-
-    def apply(xs, w):
-        # the zeros are made when ``apply`` runs (in the backward pass, under the
-        # rule's trace): zeros made here would leak out of a scan body's trace
-        args = [jnp.zeros(a.shape, a.dtype) if c else x for a, x, c in zip(e.invars, ops, constant)]
-        return _rebind(e, args, spec.tainted)(xs, w)
-
-    return apply, bias
+    apply, context = _rebind(e, ops, spec.tainted, zeroed=constant)
+    return apply, context, bias
 
 
-def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int) -> list:
+def layers_within(an: Analysis) -> set:
+    """The layer indices of the nodes of ``an`` and of its control-flow bodies."""
+    out = {spec.layer.index for spec in an.nodes.values()}
+    for subs in an.subs.values():
+        for sub in subs:
+            out |= layers_within(sub)
+    return out
+
+
+def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
+    """``lax.scan`` re-built around the evaluated body. Taps of body layers are
+    stacked over the iterations (leading axis ``length``) and scanned with ``xs``."""
     (sub,) = subs
     p = e.params
     nc, nk = p["num_consts"], p["num_carry"]
     consts, init, xs = vals[:nc], vals[nc:nc + nk], vals[nc + nk:]
     # A carry that becomes tainted inside the body must have the body's dtype.
     init = [jnp.asarray(x, v.dtype) for x, v in zip(init, sub.program.invars[nc:nc + nk])]
+    inner = {i: tap for i, tap in taps.items() if i in layers_within(sub)}
 
     def step(carry, x):
-        outs = evaluate(sub, rules, [*consts, *carry, *x], example_ndim=example_ndim)
+        x, tap = x
+        outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim)
         return outs[:nk], outs[nk:]
 
-    carry, ys = jax.lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
+    remat = _remat_params(e)
+    if remat is not None:  # a scan over jax.checkpoint-ed blocks (MaxText's layers): keep it so
+        step = jax.checkpoint(step, prevent_cse=remat["prevent_cse"], policy=remat["policy"])
+    carry, ys = jax.lax.scan(step, init, (xs, inner), length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
     return [*carry, *ys]
 
 
-def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int) -> list:
+def _remat_params(e: Eqn) -> Optional[dict]:
+    """The ``checkpoint`` parameters of a scan whose body holds one ``jax.checkpoint``
+    call (``lax.scan`` over ``jax.checkpoint(block)``, ``nn.scan(nn.remat(...))``),
+    else ``None``. The flattened body has the call inlined; rematerialising the
+    evaluated step keeps the model's memory trade-off: each iteration saves its
+    carry, not the rules' residuals."""
+    calls = [q for q in e.params["jaxpr"].jaxpr.eqns if q.primitive.name in ("checkpoint", "remat2")]
+    return calls[0].params if len(calls) == 1 else None
+
+
+def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
     index, ops = vals[0], vals[1:]
     branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim) for s in subs]
     return list(jax.lax.switch(index, branches, *ops))
 
 
-def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int) -> list:
+def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
     (sub,) = subs
     p = e.params
     inner = jax.shard_map(

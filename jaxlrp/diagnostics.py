@@ -15,6 +15,8 @@ artifacts of the model rather than of the data.
   :func:`valid_points`, :func:`mask_invalid`, :func:`mask_relevance`,
   :func:`select_valid` / :func:`scatter_valid` -- their handling of invalid grid
   points (land, NaN): out of the inputs and out of the relevance.
+* :func:`collectives` -- the collectives (all-gathers, all-reduces, ...) of a
+  compiled sharded program, to compare an explainer with ``jax.grad``.
 * :func:`stripe_ratio` -- stripes across the lines of an image fed line by line
   (the artifact of row-wise feeding the same authors report).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -58,6 +61,7 @@ __all__ = [
     "select_valid",
     "scatter_valid",
     "stripe_ratio",
+    "collectives",
 ]
 
 
@@ -234,7 +238,7 @@ def inspect(
         t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         nodes = _top_level_nodes(t)
         out, rel, taps = _run(t, target, output_relevance, list(nodes))
-        seed_total = float(np.sum(np.asarray(_initial_relevance(out, target, output_relevance, t.example_ndim))))
+        seed_total = _total(_initial_relevance(out, target, output_relevance, t.example_ndim))
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":
@@ -244,8 +248,8 @@ def inspect(
                 key=layer.key, kind=layer.kind, primitive=layer.primitive, param_paths=layer.param_paths,
                 input_shapes=layer.input_shapes, output_shape=layer.output_shape, folded=layer.folded,
                 rule=repr(t.rules[layer.index]),
-                relevance_in=None if tap is None else float(sum(jnp.sum(r) for r in tap[0])),
-                relevance_out=None if tap is None else float(jnp.sum(tap[1])),
+                relevance_in=None if tap is None else sum(_total(r) for r in tap[0]),
+                relevance_out=None if tap is None else _total(tap[1]),
             ))
         activations = tuple((l.key, l.primitive, repr(t.rules[l.index])) for l in t.layers if l.kind == "activation")
         fallbacks = _routed(t.analysis)
@@ -255,13 +259,36 @@ def inspect(
             "give the layer rules.Pass() in the composite"
             for l in t.layers if l.constant_weight
         )
-        rep = Report(tuple(rows), tuple(fallbacks), seed_total, float(sum(jnp.sum(r) for r in rel)), notes,
-                     activations)
+        rep = Report(tuple(rows), tuple(fallbacks), seed_total, sum(_total(r) for r in rel), notes, activations)
         if verbose:
             print(rep)
         return rep
 
     return report
+
+
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def collectives(compiled: Any) -> dict:
+    """How many of each collective a compiled program runs, from its HLO text.
+
+    ``compiled`` is ``jax.jit(f).lower(*args).compile()`` (or its ``as_text()``).
+    Counts instructions (an asynchronous ``-start``/``-done`` pair is one), not
+    executions: a collective inside a ``while`` loop (``lax.scan``) counts once.
+
+    >>> f = jax.jit(lambda x: x.sum())
+    >>> collectives(f.lower(jnp.ones(4)).compile())["all-reduce"]
+    0
+    """
+    text = compiled if isinstance(compiled, str) else compiled.as_text()
+    found = re.findall(r"\s(" + "|".join(_COLLECTIVES) + r")(?:-start)?\(", text)
+    return {name: found.count(name) for name in _COLLECTIVES}
+
+
+def _total(x: Any) -> float:
+    """The sum of ``x`` in float64 (a bfloat16 sum keeps only ~3 digits)."""
+    return float(np.sum(np.asarray(x, np.float64)))
 
 
 def _routed(an) -> list:

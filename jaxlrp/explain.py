@@ -26,7 +26,7 @@ from . import composites as _composites
 from ._errors import TrainingModeError, UnsupportedOperationError
 from ._example_axes import find_mixing, output_axes
 from ._analysis import Analysis, _Context, analyze, start_values
-from ._interpreter import evaluate
+from ._interpreter import evaluate, layers_within
 from ._program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule
@@ -308,19 +308,32 @@ def _top_level_nodes(t: _Traced) -> dict:
     return {spec.layer.index: spec for spec in t.analysis.nodes.values()}
 
 
+def _tappable(an: Analysis, stack: tuple = ()) -> dict:
+    """Layer index -> ``(NodeSpec, Analysis, stack)`` for the nodes that can be
+    tapped: those outside control flow (``stack == ()``) and those in ``lax.scan``
+    bodies, whose taps (and per-layer relevance) are stacked over the iterations
+    (``stack == (length, ...)``, outer scan first). Nodes in ``cond`` branches and
+    ``shard_map`` bodies are left out."""
+    out = {spec.layer.index: (spec, an, stack) for spec in an.nodes.values()}
+    for i, subs in an.subs.items():
+        e = an.program.eqns[i]
+        if e.prim.name == "scan":
+            out.update(_tappable(subs[0], stack + (e.params["length"],)))
+    return out
+
+
 def _run(t: _Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
     """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
 
     ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
-    nodes = _top_level_nodes(t)
-    eqns = t.analysis.program.eqns
+    nodes = _tappable(t.analysis)
     taps = {}
     for i in tapped:
-        spec = nodes[i]
-        e = eqns[spec.eqn]
+        spec, an, stack = nodes[i]
+        e = an.program.eqns[spec.eqn]
         taps[i] = (
-            tuple(jnp.zeros(e.invars[k].shape, e.invars[k].dtype) for k in spec.tainted),
-            jnp.zeros(spec.out.shape, spec.out.dtype),
+            tuple(jnp.zeros(stack + e.invars[k].shape, e.invars[k].dtype) for k in spec.tainted),
+            jnp.zeros(stack + spec.out.shape, spec.out.dtype),
         )
 
     def f(x_leaves, taps, start_taps):
@@ -455,9 +468,19 @@ def _per_layer(t: _Traced, tap_rel) -> dict:
 
 
 def _selected(t: _Traced, matcher) -> list:
+    """The matched layers' indices; layers in a ``lax.scan`` body are tapped in
+    every iteration, those in ``cond`` branches or ``shard_map`` bodies refused."""
     if matcher is None:
         return []
-    return [i for i in _top_level_nodes(t) if matcher(t.layers[i])]
+    nodes = _tappable(t.analysis)
+    chosen = [layer.index for layer in t.layers if layer.index in layers_within(t.analysis) and matcher(layer)]
+    for i in chosen:
+        if i not in nodes:
+            raise UnsupportedOperationError(
+                "layers=", t.layers[i].name, "per-layer relevance of a layer inside a cond branch or a "
+                "shard_map body is not available", "select layers outside it (layers in lax.scan bodies "
+                "are available, stacked over the iterations)")
+    return chosen
 
 
 def _nnx_module(fn: Any) -> bool:
@@ -583,7 +606,10 @@ def lrp(
           :mod:`jaxlrp.composites`); then ``(relevance, per_layer)`` is returned,
           ``per_layer`` mapping each matched layer's key to the relevance arriving at
           its input (a tuple for layers with several inputs, such as residual adds).
-          Layers inside ``scan``/``cond`` bodies are not reported.
+          A layer in a ``lax.scan`` body (scanned layers, ``nn.scan``) is reported
+          once, stacked over the iterations (leading axis: the scan's length); one
+          in a ``cond`` branch or ``shard_map`` body raises
+          ``UnsupportedOperationError``.
 
         The relevance has the shape and dtype of the explained argument.
 

@@ -218,9 +218,17 @@ def stabilize(d: Array, epsilon: Any) -> Array:
 
 
 def divide(r: Array, d: Array) -> Array:
-    """``r / d``, with ``0`` (never NaN or infinity) where ``d`` is exactly zero."""
+    """``r / d``, with ``0`` (never NaN or infinity) where ``d`` is exactly zero.
+
+    In a low-precision dtype (bfloat16, float16) the quotient is computed in
+    float32 and rounded once to the operands' dtype (rounding ``r`` and ``d``
+    separately first would cost up to two more bits; LXT#27).
+    """
+    dtype = jnp.result_type(r, d)
+    wide = jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.floating) else dtype
+    r, d = jnp.asarray(r, wide), jnp.asarray(d, wide)
     zero = d == 0
-    return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
+    return jnp.where(zero, 0, r / jnp.where(zero, 1, d)).astype(dtype)
 
 
 @jax.custom_jvp

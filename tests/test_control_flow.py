@@ -128,3 +128,52 @@ def test_flax_scan_of_remat_blocks():
     v = Net().init(jax.random.PRNGKey(0), x)
     rel = jaxlrp.lrp(Net().apply, rule=rules.Zero())(v, x, target=0)
     np.testing.assert_allclose(rel.sum(1), Net().apply(v, x)[:, 0], rtol=1e-7)
+
+
+def _softmax_body(h, w):
+    return h + jax.nn.softmax(h @ w) * h, None
+
+
+def _softmax_scanned(w, x):
+    return jax.lax.scan(_softmax_body, x, w)[0]
+
+
+def _softmax_unrolled(w, x):
+    for i in range(w.shape[0]):
+        x = _softmax_body(x, w[i])[0]
+    return x
+
+
+@pytest.mark.parametrize("comp", [composites.AttnLRP(), composites.CPLRP()], ids=["attnlrp", "cplrp"])
+def test_scan_with_softmax_in_its_body_equals_unrolled(comp):
+    """The softmax's replay reads body values: they must reach the backward pass as
+    residuals, not as tracers of the forward trace (used to raise ``No constant
+    handler for type: DynamicJaxprTracer``)."""
+    rng = np.random.default_rng(5)
+    w, x = rng.normal(size=(3, 4, 4)), rng.normal(size=(2, 4))
+    a = jaxlrp.lrp(_softmax_scanned, comp)(w, x, target=1)
+    np.testing.assert_allclose(a, jaxlrp.lrp(_softmax_unrolled, comp)(w, x, target=1), rtol=1e-10, atol=1e-14)
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(jax.jit(jaxlrp.lrp(_softmax_scanned, comp))(w, x, target=1), a, rtol=1e-10)
+
+
+def test_scan_with_a_constant_factor_in_its_body_equals_unrolled():
+    """A product node whose other operand is computed in the body (not a relevance
+    path) is re-bound in the backward pass from residuals too."""
+    def body(h, w):
+        c = jnp.cos(w[0])
+        return jnp.tanh(h @ w) * c + h, None
+
+    def scanned_(w, x):
+        return jax.lax.scan(body, x, w)[0]
+
+    def unrolled_(w, x):
+        for i in range(w.shape[0]):
+            x = body(x, w[i])[0]
+        return x
+
+    rng = np.random.default_rng(6)
+    w, x = rng.normal(size=(3, 4, 4)), rng.normal(size=(2, 4))
+    for comp in (None, composites.AttnLRP()):
+        a = jaxlrp.lrp(scanned_, comp)(w, x, target=1)
+        np.testing.assert_allclose(a, jaxlrp.lrp(unrolled_, comp)(w, x, target=1), rtol=1e-10, atol=1e-14)

@@ -8,6 +8,7 @@ small CNN          ``CNN`` (28x28 and 32x32 inputs)                        :func
 VGG                ``VGG(depth=11|13|16|19, batch_norm=...)``              :func:`vgg_composite`
 ResNet             ``ResNet(depth=18|34|50)`` (basic / bottleneck, BN)     :func:`resnet_composite`
 sequences          ``SequenceCNN`` (1-D, one-hot DNA: 4 channels)          :func:`sequence_composite`
+decoder LM         :mod:`~jaxlrp.models.llama` (plain JAX, stacked layers)  ``AttnLRP``
 =================  ======================================================  ==========================
 
 The linen models are exported here (``jaxlrp.models.VGG`` is
@@ -27,7 +28,7 @@ try:
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
     raise ImportError("jaxlrp.models needs Flax: pip install 'jaxlrp[flax]'") from e
 
-from . import linen, nnx, presets, recurrent, transformer  # noqa: E402
+from . import linen, llama, nnx, presets, recurrent, transformer  # noqa: E402
 from ._training import fit
 from .linen import CNN, MLP, VGG, ResNet, SequenceCNN
 from .recurrent import (
@@ -64,6 +65,7 @@ __all__ = [
     "fit_readout",
     "image_to_sequence",
     "transformer",
+    "llama",
     "TextEncoder",
     "ViT",
     "token_relevance",
