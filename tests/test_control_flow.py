@@ -177,3 +177,21 @@ def test_scan_with_a_constant_factor_in_its_body_equals_unrolled():
     for comp in (None, composites.AttnLRP()):
         a = jaxlrp.lrp(scanned_, comp)(w, x, target=1)
         np.testing.assert_allclose(a, jaxlrp.lrp(unrolled_, comp)(w, x, target=1), rtol=1e-10, atol=1e-14)
+
+
+def test_gradient_rule_on_every_layer_of_a_scan_body_is_the_gradient():
+    """rules.Gradient recomputes activations from their origin inside a scan body
+    (its recompute map reads the body's other values as residuals, not closures)."""
+    k = jax.random.split(jax.random.key(0), 3)
+    w, b = jax.random.normal(k[0], (6, 6)) * 0.5, jax.random.normal(k[1], (6,))
+
+    def f(p, x):
+        def body(h, _):
+            return jax.nn.gelu(h @ p[0] + p[1]) * 1.3 + jnp.tanh(h), None
+
+        return jax.lax.scan(body, x, None, length=3)[0]
+
+    x = jax.random.normal(k[2], (2, 6))
+    R = jaxlrp.lrp(f, composites.Composite([("*", rules.Gradient())]))((w, b), x, output_relevance=jnp.ones((2, 6)))
+    g = jax.grad(lambda x: f((w, b), x).sum())(x)
+    np.testing.assert_allclose(R, g, rtol=1e-5, atol=1e-6)
