@@ -163,9 +163,10 @@ def _flatten_args(args: Sequence, nums: tuple):
 
 def _trace(
     fn: Callable, composite: Composite, argnums, args: Sequence, start: Optional[str] = None,
-    example_axes: Optional[int] = None,
+    example_axes: Optional[int] = None, data_argnum: int = -1,
 ) -> _Traced:
-    """Trace ``fn`` on ``args``, analyse it and assign rules."""
+    """Trace ``fn`` on ``args``, analyse it and assign rules. With ``start=``, the
+    argument ``data_argnum`` holds the token ids (see :func:`_starts`)."""
     nums, single = _argnums(argnums, len(args))
     if start is not None:
         if argnums is not None:
@@ -191,7 +192,7 @@ def _trace(
     out_shape = tuple(closed.out_avals[0].shape)
     program = flatten(closed.jaxpr, closed.consts)
     example_ndim = _example_ndim(example_axes, out_shape, program, explained)
-    data = [program.invars[j] for traced, j in slots[-1][1] if traced] if start is not None else []
+    data = [program.invars[j] for traced, j in slots[data_argnum][1] if traced] if start is not None else []
     starts = _starts(program, start, prov, data)
     ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))

@@ -157,7 +157,7 @@ def explain_generation(
     comp = _composites.resolve(composite, rule)
 
     def explain(*args: Any, generated: Generated, joint: bool = False) -> Array:
-        t = _trace(fn, comp, None, args, start=start)
+        t = _trace(fn, comp, None, args, start=start, data_argnum=ids_argnum)
         ids = jnp.asarray(args[ids_argnum])
         out, back = _linearized(t)
         _check_shapes(out, ids, t.starts)
