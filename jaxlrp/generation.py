@@ -151,8 +151,16 @@ def explain_generation(
 
     Examples
     --------
-    >>> explain = jaxlrp.generation.explain_generation(model, composites.AttnLRP(), start="embed")
-    >>> M = jax.jit(explain, static_argnames="generated")(params, ids, mask, generated=8)  # (N, 8, L)
+    A toy causal language model (each position's logits from the running sum of the
+    embeddings so far), its last two tokens explained:
+
+    >>> def lm(params, ids):
+    ...     return jnp.cumsum(params["embed"][ids], axis=1) @ params["head"]
+    >>> params = {"embed": jax.random.normal(jax.random.key(0), (5, 3)), "head": jnp.ones((3, 5))}
+    >>> explain = jaxlrp.generation.explain_generation(lm, composites.AttnLRP(), start="embed")
+    >>> M = jax.jit(explain, static_argnames="generated")(params, jnp.array([[1, 2, 3, 4]]), generated=2)
+    >>> M.shape  # (N, T, L); M[0, 1, 3] == 0: token 3 is explained by positions 0-2
+    (1, 2, 4)
     """
     comp = _composites.resolve(composite, rule)
 
