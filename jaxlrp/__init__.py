@@ -19,8 +19,8 @@ from ._version import __version__
 
 #: Submodules, imported on first attribute access.
 _SUBMODULES = frozenset({
-    "attribution", "canonize", "composites", "concepts", "data", "dataset", "diagnostics", "explain", "metrics",
-    "rules", "variants", "viz", "flax", "models", "keras", "demo",
+    "attribution", "canonize", "composites", "concepts", "data", "dataset", "diagnostics", "explain", "generation",
+    "metrics", "rules", "variants", "viz", "flax", "models", "keras", "demo",
 })
 #: Public names defined in a submodule: name -> submodule.
 _ATTRIBUTES = {
@@ -30,7 +30,9 @@ _ATTRIBUTES = {
 }
 
 if TYPE_CHECKING:  # what the lazy attributes are, for type checkers
-    from . import attribution, composites, concepts, data, dataset, diagnostics, metrics, rules, variants, viz
+    from . import (
+        attribution, composites, concepts, data, dataset, diagnostics, generation, metrics, rules, variants, viz,
+    )
     from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
     from .dataset import DatasetLockedError, explain_dataset
     from .diagnostics import inspect
@@ -61,6 +63,7 @@ __all__ = [
     "inspect",
     "attribution",
     "concepts",
+    "generation",
     "rules",
     "composites",
     "data",

@@ -163,9 +163,10 @@ def _flatten_args(args: Sequence, nums: tuple):
 
 def _trace(
     fn: Callable, composite: Composite, argnums, args: Sequence, start: Optional[str] = None,
-    example_axes: Optional[int] = None,
+    example_axes: Optional[int] = None, data_argnum: int = -1,
 ) -> _Traced:
-    """Trace ``fn`` on ``args``, analyse it and assign rules."""
+    """Trace ``fn`` on ``args``, analyse it and assign rules. With ``start=``, the
+    argument ``data_argnum`` holds the token ids (see :func:`_starts`)."""
     nums, single = _argnums(argnums, len(args))
     if start is not None:
         if argnums is not None:
@@ -191,7 +192,7 @@ def _trace(
     out_shape = tuple(closed.out_avals[0].shape)
     program = flatten(closed.jaxpr, closed.consts)
     example_ndim = _example_ndim(example_axes, out_shape, program, explained)
-    data = [program.invars[j] for traced, j in slots[-1][1] if traced] if start is not None else []
+    data = [program.invars[j] for traced, j in slots[data_argnum][1] if traced] if start is not None else []
     starts = _starts(program, start, prov, data)
     ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
@@ -326,6 +327,15 @@ def _run(t: _Traced, target, output_relevance, tapped: Sequence[int] = (), masks
     """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
 
     ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
+    out, back = _linearized(t, tapped, masks)
+    rel, tap_rel = back(_initial_relevance(out, target, output_relevance, t.example_ndim))
+    return out, rel, tap_rel
+
+
+def _linearized(t: _Traced, tapped: Sequence[int] = (), masks: Optional[dict] = None):
+    """One forward pass under ``jax.vjp``: ``(out, back)``, where ``back(seed)`` gives
+    ``(relevance leaves, tap relevances)`` for an output relevance ``seed``. ``back``
+    is linear in ``seed``, so many seeds share the forward pass (``jax.vmap(back)``)."""
     nodes = _tappable(t.analysis)
     taps = {}
     for i in tapped:
@@ -349,9 +359,12 @@ def _run(t: _Traced, target, output_relevance, tapped: Sequence[int] = (), masks
     x_leaves = [t.flat_args[j] for j in t.explained]
     start_taps = [jnp.zeros(v.shape, v.dtype) for v in t.starts]
     out, pull = jax.vjp(f, x_leaves, taps, start_taps)
-    seed = _initial_relevance(out, target, output_relevance, t.example_ndim)
-    rel, tap_rel, start_rel = pull(seed)
-    return out, (start_rel if t.starts else rel), tap_rel
+
+    def back(seed):
+        rel, tap_rel, start_rel = pull(seed)
+        return (start_rel if t.starts else rel), tap_rel
+
+    return out, back
 
 
 def _unflatten_relevance(t: _Traced, leaves: list):
