@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import functools
 import sys
 import warnings
@@ -163,10 +164,11 @@ def _flatten_args(args: Sequence, nums: tuple):
 
 def _trace(
     fn: Callable, composite: Composite, argnums, args: Sequence, start: Optional[str] = None,
-    example_axes: Optional[int] = None, data_argnum: int = -1,
+    example_axes: Optional[int] = None, data_argnum: Optional[int] = None,
 ) -> _Traced:
     """Trace ``fn`` on ``args``, analyse it and assign rules. With ``start=``, the
-    argument ``data_argnum`` holds the token ids (see :func:`_starts`)."""
+    argument ``data_argnum`` holds the token ids; by default every argument that
+    holds none of the parameters ``start`` matches (see :func:`_start_data`)."""
     nums, single = _argnums(argnums, len(args))
     if start is not None:
         if argnums is not None:
@@ -192,8 +194,7 @@ def _trace(
     out_shape = tuple(closed.out_avals[0].shape)
     program = flatten(closed.jaxpr, closed.consts)
     example_ndim = _example_ndim(example_axes, out_shape, program, explained)
-    data = [program.invars[j] for traced, j in slots[data_argnum][1] if traced] if start is not None else []
-    starts = _starts(program, start, prov, data)
+    starts = _starts(program, start, prov, _start_data(program, slots, prov, start, data_argnum))
     ctx = _Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
     _check_per_example(an, explained, starts, example_ndim, out_shape)
@@ -240,6 +241,23 @@ def _example_ndim(example_axes: Optional[int], out_shape: tuple, program, explai
 
 class AmbiguousOutputWarning(UserWarning):
     """A 1-D output could index examples or outputs; see ``example_axes`` of :func:`lrp`."""
+
+
+def _start_data(program, slots: list, prov: list, start: Optional[str], data_argnum: Optional[int]) -> list:
+    """The variables of the data a start parameter is read with (the token ids):
+    argument ``data_argnum``, or every argument holding none of the parameters that
+    ``start`` matches (ids and masks alike: the first value that depends on the table
+    and on them is the lookup, whatever reads the mask later)."""
+    if start is None:
+        return []
+    if data_argnum is not None:
+        chosen = [slots[data_argnum]]
+    else:
+        def holds_match(slot) -> bool:
+            return any(traced and any(fnmatch.fnmatchcase(q, start) for q in prov[j]) for traced, j in slot)
+
+        chosen = [(treedef, slot) for treedef, slot in slots if not holds_match(slot)]
+    return [program.invars[j] for _, slot in chosen for traced, j in slot if traced]
 
 
 def _starts(program, start: Optional[str], prov: list, data: list) -> list:

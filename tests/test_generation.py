@@ -225,13 +225,10 @@ def test_tied_embeddings_explained_from_the_embedding_output():
     np.testing.assert_allclose(M, ref, rtol=1e-10, atol=1e-12 * float(jnp.abs(ref).max()))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "start= on a parameter takes the token ids to be the LAST argument (explain._trace, since the merge "
-    "of branch `attention`): with fn(params, ids, mask) it looks for the first values that depend on "
-    "both the embedding table and the mask, and returns the 8 RoPE products (N, L, H, DH/2) of the two "
-    "layers as a tuple instead of the embedding output. explain_generation names the ids (ids_argnum); "
-    "lrp has no way to yet (e.g. argnums= together with start=)"))
 def test_lrp_start_with_the_mask_after_the_ids():
+    """start= on a parameter reads the data from every argument without the table
+    (ids and mask), so fn(params, ids, mask) starts at the lookup, not at the RoPE
+    products that first meet the mask."""
     params = llama_params(jax.random.PRNGKey(2))
     ids = jax.random.randint(jax.random.PRNGKey(3), (2, 6), 0, V)
     mask = jnp.ones(ids.shape, jnp.int32)
