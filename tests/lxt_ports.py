@@ -37,11 +37,18 @@ def load(arch: str) -> dict:
             "params": _nest(flat),
             "inputs": {k[2:]: z[k] for k in z.files if k.startswith("x/")},
             "R": {k[2:]: z[k] for k in z.files if k.startswith("R/")},
-            "cfg": json.loads(str(z["cfg"])),
+            "cfg": dict(json.loads(str(z["cfg"])), _tied=_tied(flat)),
             "logits": z["logits"],
             "target": z["target"],
         }
     return out
+
+
+def _tied(flat: dict) -> bool:
+    """Whether the head is the embedding table (the exported config omits defaults,
+    so tying is read from the weights: a tied ``lm_head.weight`` is the same array)."""
+    head, emb = flat.get("lm_head.weight"), flat.get("model.embed_tokens.weight")
+    return head is not None and emb is not None and np.array_equal(head, emb)
 
 
 def _nest(flat: dict) -> dict:
@@ -193,7 +200,7 @@ def decoder(params, ids, *, c, arch, untie=False):
             y = norm(y, lp["post_feedforward_layernorm"])
         h = h + y
     h = norm(h, m["norm"])[:, -1]
-    W = E if c.get("tie_word_embeddings") and not untie else params["lm_head"]["weight"]
+    W = E if c["_tied"] and not untie else params["lm_head"]["weight"]
     logits = h @ W.T
     cap = c.get("final_logit_softcapping")
     return logits if cap is None else jnp.tanh(logits / cap) * cap

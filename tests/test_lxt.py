@@ -49,7 +49,7 @@ KNOWN = {
     ("qwen2", "attnlrp"): (1,), ("qwen2", "cplrp"): (2,),
     ("qwen3", "attnlrp"): (1, 4), ("qwen3", "cplrp"): (2, 4),
     ("qwen3_moe", "attnlrp"): (1,),
-    ("gemma3", "attnlrp"): (), ("gemma3", "cplrp"): (1, 2, 4),
+    ("gemma3", "attnlrp"): (4,), ("gemma3", "cplrp"): (1, 2, 4),
     ("gemma2", "attnlrp"): (4, "softcap"), ("gemma2", "cplrp"): (1, 2, 4),
     ("gpt2", "attnlrp"): (3, 4), ("gpt2", "cplrp"): (2, 3, 4),
     ("bert", "attnlrp"): (3,),
@@ -106,6 +106,7 @@ def test_equals_lxt(arch, comp):
     assert max_rel < 1e-6, f"max-rel {max_rel:.3g}, cosine {cos:.6f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, comp", [(a, c) for a, c in CASES if "softcap" not in KNOWN.get((a, c), ())])
 def test_agrees_once_the_causes_are_emulated(arch, comp):
     causes = KNOWN.get((arch, comp), ())
