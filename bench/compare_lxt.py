@@ -440,7 +440,7 @@ def _diagnose(lxt_ports, arch: str, comp: str):
     row agree: all four emulated, then each dropped in turn to keep the necessary
     ones; ``None`` if even all four leave a difference."""
     ok = lambda em: lxt_ports.compare(arch, comp, em)["max_rel"] < 1e-6  # noqa: E731
-    causes = [1, 2, 3, 4]
+    causes: list = [1, 2, 3, 4, "start_ids"]
     if not ok(tuple(causes)):
         return None
     for c in list(causes):
@@ -476,7 +476,8 @@ def _fmt(r: dict) -> str:
     if "error" in r:
         return f"| {r['architecture']} | {r['composite']} | {m} | - | - | - | - | {r['error']} |"
     c = r["causes"]
-    why = "agrees" if c == [] else "not explained by causes 1-4" if c is None else ", ".join(map(str, c))
+    other = "soft-capping inside the softmax" if r["architecture"] == "gemma2" else "unexplained"
+    why = "agrees" if c == [] else other if c is None else ", ".join(map(str, c))
     return (f"| {r['architecture']} | {r['composite']} | {m} | {r['max_rel']:.2e} | {r['cosine']:.6f} "
             f"| {r['logits_diff']:.1e} | {why} | {r['note']} |")
 
@@ -496,7 +497,8 @@ def _write(rows: list, out: Path) -> None:
         "(under CP-LRP: LXT holds the gate constant, jaxlrp splits a GELU-gated product uniformly); "
         "2 CP-LRP keeps each position's relevance at `probs @ v`; 3 constant summands (LayerNorm bias, "
         "position and token-type embeddings) absorb nothing; 4 tied embeddings: `start=` also selects "
-        "the head's `E.T`. gemma2 attnlrp: soft-capping inside the softmax (the softmax rule is applied "
+        "the head's `E.T`; start_ids: `start=` on a parameter takes the LAST argument for the token "
+        "ids (BERT's `fn(params, ids, token_type, mask)` starts at the masked scores). gemma2 attnlrp: soft-capping inside the softmax (the softmax rule is applied "
         "to the uncapped scores); `attnlrp_gradtanh` is LXT with the plain gradient through the "
         "soft-caps, the size of that convention.\n\n"
         + head + "\n" + body + "\n"

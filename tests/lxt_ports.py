@@ -277,18 +277,20 @@ def vit(params, pixels, *, c):
 # ------------------------------------------------------------------ comparison
 
 
-def port(arch: str, data: dict, untie: bool = False, dense_affine: bool = False) -> tuple:
+def port(arch: str, data: dict, untie: bool = False, dense_affine: bool = False, ids_last: bool = False) -> tuple:
     """``(fn, args, start)``: the port as ``fn(params, *inputs)``, its arguments, and
     the ``start=`` glob of the embedding (``None``: explain the last argument).
-    ``untie`` and ``dense_affine``: the spellings that emulate the fixes of causes 4
-    and 3 (LayerNorm biases)."""
+    ``untie``, ``dense_affine`` and ``ids_last``: the spellings that emulate the fixes
+    of causes 4, 3 (LayerNorm biases) and ``"start_ids"`` (BERT's ids as the last
+    argument)."""
     c, x, P = dict(data["cfg"], _dense_affine=dense_affine), data["inputs"], data["params"]
     if arch == "gpt2":
         return lambda p, ids: gpt2(p, ids, c=c, untie=untie), (P, jnp.asarray(x["ids"])), "*wte*"
     if arch == "bert":
-        fn = lambda p, ids, tt, m: bert(p, ids, tt, m, c=c)  # noqa: E731
-        args = (P, jnp.asarray(x["ids"]), jnp.asarray(x["token_type"]), jnp.asarray(x["mask"]))
-        return fn, args, "*word_embeddings*"
+        ids, tt, mask = jnp.asarray(x["ids"]), jnp.asarray(x["token_type"]), jnp.asarray(x["mask"])
+        if ids_last:
+            return (lambda p, tt, m, ids: bert(p, ids, tt, m, c=c)), (P, tt, mask, ids), "*word_embeddings*"
+        return (lambda p, ids, tt, m: bert(p, ids, tt, m, c=c)), (P, ids, tt, mask), "*word_embeddings*"
     if arch == "vit":
         return lambda p, px: vit(p, px, c=c), (P, jnp.asarray(x["pixels"])), None
     family = "gemma2" if arch.startswith("gemma2") else arch
@@ -398,14 +400,16 @@ def relevance(arch: str, comp: str, data: dict | None = None, emulate=()) -> tup
     """jaxlrp's relevance of ``arch`` at the embedding lookup (the pixels for the
     ViT) and a note (e.g. when ``start=`` selects several values)."""
     data = data or load(arch)
-    fn, args, start = port(arch, data, untie=4 in emulate, dense_affine=3 in emulate)
+    fn, args, start = port(arch, data, untie=4 in emulate, dense_affine=3 in emulate,
+                           ids_last="start_ids" in emulate)
     explain = jaxlrp.lrp(fn, composite_for(arch, comp, emulate), start=start)
     R: Any = explain(*args, target=jnp.asarray(data["target"]))
-    note = ""
+    note, shape = "", data["R"][comp].shape
     if isinstance(R, tuple):
-        shape = data["R"][comp].shape
         note = f"start= gave {len(R)} values; compared the lookup's"
         R = next(r for r in R if r.shape == shape)
+    if R.shape != shape:
+        note = f"start= began at a value of shape {tuple(R.shape)}, not the lookup's {shape}"
     return np.asarray(R), note
 
 
@@ -425,7 +429,7 @@ def compare(arch: str, comp: str, emulate=()) -> dict:
     logits = np.asarray(jax.jit(fn)(*args))
     R, note = relevance(arch, comp, data, emulate)
     ref = data["R"][comp]
-    max_rel, cos = agreement(R, ref)
+    max_rel, cos = agreement(R, ref) if R.shape == ref.shape else (float("inf"), float("nan"))
     return {
         "max_rel": max_rel, "cosine": cos,
         "logits_diff": float(np.max(np.abs(logits - data["logits"]))),
