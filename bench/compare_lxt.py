@@ -504,7 +504,7 @@ def _write(rows: list, out: Path) -> None:
         + head + "\n" + body + "\n"
     )
     (out / "lxt.md").write_text(md)
-    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]
+    clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
     (out / "lxt.json").write_text(json.dumps(clean, indent=1) + "\n")
     print(f"wrote {out / 'lxt.md'} and {out / 'lxt.json'}")
 
