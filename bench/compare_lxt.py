@@ -494,7 +494,7 @@ def _write(rows: list, out: Path) -> None:
         "environment) then `bench/compare_lxt.py compare`. 'pieces': LXT has no map; its rule "
         "pieces are applied as its maps apply them (see the script's docstring). Causes (issue 22; "
         "emulated in `tests/lxt_ports.py`): 1 the SwiGLU/GeGLU product taken for a sigmoid gate "
-        "(under CP-LRP: LXT holds the gate constant, jaxlrp splits a GELU-gated product uniformly); "
+        "(under CP-LRP: LXT holds the gate constant, jaxlrp splits the gated product uniformly); "
         "2 CP-LRP keeps each position's relevance at `probs @ v`; 3 constant summands (LayerNorm bias, "
         "position and token-type embeddings) absorb nothing; 4 tied embeddings: `start=` also selects "
         "the head's `E.T`; start_ids: `start=` on a parameter takes the LAST argument for the token "

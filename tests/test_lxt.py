@@ -37,7 +37,7 @@ CAUSE = {
     4: "cause 4: tied embeddings: start= also selects the head's E.T and the lookup's relevance is halved",
 }
 CP_GATE = ("CP-LRP's gated MLP: LXT's cp_gated_mlp_forward holds the gate constant (all relevance to "
-           "up_proj); jaxlrp's CPLRP splits a GELU-gated product uniformly")
+           "up_proj); jaxlrp's CPLRP splits the SwiGLU/GeGLU product uniformly")
 START_IDS = ("start= on a parameter starts at the first values that depend on it and on the explained "
              "argument, the LAST one by default: BERT's fn(params, ids, token_type, mask) starts at the "
              "mask-added scores (N, H, L, L); start= cannot be combined with argnums=")
@@ -47,12 +47,10 @@ SOFTCAP = ("soft-capping inside the softmax: jaxlrp's softmax rule linearises so
 #: (arch, composite) -> the causes that separate jaxlrp from LXT today (found with
 #: ``bench/compare_lxt.py compare --diagnose``); for CP-LRP, 1 is ``CP_GATE``.
 KNOWN = {
-    ("llama", "attnlrp"): (1,), ("mistral", "attnlrp"): (1,), ("qwen2", "attnlrp"): (1,),
-    ("qwen3", "attnlrp"): (1,), ("qwen3_moe", "attnlrp"): (1,),
-    ("gemma3", "cplrp"): (1,), ("gemma2", "cplrp"): (1,), ("gemma2", "attnlrp"): ("softcap",),
-    ("gpt2", "attnlrp"): (3,), ("gpt2", "cplrp"): (3,),
-    ("bert", "attnlrp"): ("start_ids", 3),
-    ("vit", "cplrp"): (3,),
+    ("llama", "cplrp"): (1,), ("mistral", "cplrp"): (1,), ("qwen2", "cplrp"): (1,), ("qwen3", "cplrp"): (1,),
+    ("gemma3", "cplrp"): (1,), ("gemma2", "cplrp"): (1,),
+    ("gemma2", "attnlrp"): ("softcap",),
+    ("bert", "attnlrp"): ("start_ids",),
 }
 
 
