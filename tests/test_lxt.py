@@ -50,7 +50,6 @@ KNOWN = {
     ("llama", "cplrp"): (1,), ("mistral", "cplrp"): (1,), ("qwen2", "cplrp"): (1,), ("qwen3", "cplrp"): (1,),
     ("gemma3", "cplrp"): (1,), ("gemma2", "cplrp"): (1,),
     ("gemma2", "attnlrp"): ("softcap",),
-    ("bert", "attnlrp"): ("start_ids",),
 }
 
 
