@@ -451,6 +451,9 @@ def _diagnose(lxt_ports, arch: str, comp: str):
 
 
 def compare(archs, out: Path) -> list:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # the references are float64
     rows = []
     for arch in archs:
         if not (DATA / f"{arch}.npz").exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Kind = Literal[
-    "dense", "conv", "sum", "avgpool", "maxpool", "product", "gate", "attention", "normalize", "divide",
+    "dense", "conv", "sum", "avgpool", "maxpool", "product", "glu", "gate", "attention", "normalize", "divide",
     "softmax", "activation",
 ]
 #: Every kind, in the order of the table in :mod:`jaxlrp.composites`.

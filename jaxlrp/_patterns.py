@@ -28,7 +28,11 @@ Tags (:data:`Tag`):
 ``"probs"``
     a softmax output;
 ``"exp"``
-    an activation region that contains ``exp``.
+    an activation region that contains ``exp``;
+``"activated"``
+    a value of an activation region that is not linear in its origin (a step
+    other than adding, negating or scaling by a constant: ``silu``, GELU, ReLU,
+    ``tanh``), and routed copies of it.
 
 Which tags an operation passes on: :data:`KEPT_BY_ROUTING` (reshapes, slices,
 pools and activations), :data:`KEPT_BY_REGIONS` (elementwise steps of one
@@ -56,10 +60,10 @@ from . import _primitives as P
 from ._kinds import Kind
 from ._program import Eqn, Lit, Program, Var
 
-Tag = Literal["inverse", "root", "gate", "probs", "exp"]
+Tag = Literal["inverse", "root", "gate", "probs", "exp", "activated"]
 Has = Callable[[int, Tag], bool]
 
-KEPT_BY_ROUTING: frozenset = frozenset({"root", "probs", "inverse"})
+KEPT_BY_ROUTING: frozenset = frozenset({"root", "probs", "inverse", "activated"})
 KEPT_BY_REGIONS: frozenset = KEPT_BY_ROUTING | {"exp"}
 KEPT_BY_SUMS: frozenset = frozenset({"inverse"})
 
@@ -67,7 +71,19 @@ KEPT_BY_SUMS: frozenset = frozenset({"inverse"})
 def made_by(eqn: Eqn, tainted: tuple) -> set:
     """The tags an elementwise equation of one origin adds to its output."""
     made = {P.TAGS[eqn.prim.name]} if eqn.prim.name in P.TAGS else set()
+    if not _linear_step(eqn, tainted):
+        made.add("activated")
     return made | ({"inverse"} if P.inverts(eqn, tainted) else set())
+
+
+def _linear_step(eqn: Eqn, tainted: tuple) -> bool:
+    """Whether an elementwise step of one origin is linear in it: a sum, a negation,
+    a copy or cast, or a product or quotient with one relevance-carrying operand in
+    the numerator (``x * c``, ``x / c``)."""
+    name = eqn.prim.name
+    if name in P.LINEAR_STEPS:
+        return True
+    return (name == "mul" and len(tainted) == 1) or (name == "div" and tainted == (0,))
 
 
 def constant_map(eqn: Eqn, tainted: tuple, is_parameter: Callable[[object], bool]) -> bool:
@@ -99,6 +115,8 @@ def product(tainted: tuple, has: Has) -> Optional[tuple[Kind, tuple]]:
         p = div e s (a softmax); y = dot_general p v  # attention -> "attention"
         g = logistic a; y = mul h g       # LSTM / GRU / GLU     -> "gate"
                                           # (any factor in [0, 1], see is_gate)
+        s = silu a; y = mul s b           # SwiGLU, GeGLU        -> "glu"
+                                          # (one factor "activated", the other not)
         y = mul a b                       # anything else        -> "product"
 
     ``None`` for a product of two inverses (a normaliser of a normaliser) or of
@@ -113,6 +131,10 @@ def product(tainted: tuple, has: Has) -> Optional[tuple[Kind, tuple]]:
             return kind, (other, special[0])
         if special and tag == "inverse":
             return None
+    activated = [k for k in tainted if has(k, "activated")]
+    if len(tainted) == 2 and len(activated) == 1:
+        (other,) = [k for k in tainted if k != activated[0]]
+        return "glu", (other, activated[0])
     return "product", tainted
 
 

@@ -61,6 +61,11 @@ ACTIVATIONS: frozenset[str] = frozenset(
     rem lgamma digamma is_finite reduce_precision""".split()
 )
 ELEMENTWISE: frozenset[str] = ELEMENTWISE_SUMS | PRODUCTS | QUOTIENTS | SELECTING | ACTIVATIONS
+# Elementwise steps that are linear in their one origin inside an activation region
+# (with ``mul`` and ``div`` by constants, see jaxlrp._patterns.made_by): a region
+# made of them only is no activation, so its value is not "activated" (a GLU factor).
+LINEAR_STEPS: frozenset[str] = ELEMENTWISE_SUMS | frozenset(
+    {"neg", "convert_element_type", "copy", "copy_p", "reduce_precision"})
 
 # These compute an inverse of a tainted value (``div`` only with a tainted
 # denominator, the powers only with a negative exponent). A product of a tainted

@@ -17,6 +17,10 @@ kind            what it is in the jaxpr                     default rule
 ``avgpool``     ``reduce_window_sum`` (average/sum pool)    ``Norm()``
 ``maxpool``     ``reduce_window_max`` (max pooling)          ``WinnerTakesAll()``
 ``product``     product of two input-dependent tensors      ``Uniform()``
+``glu``         product of an activated factor (silu,       ``Uniform()``
+                GELU, ReLU of a layer) and a factor that    (``CPLRP``: the
+                is not activated: SwiGLU, GeGLU, ReGLU      linear factor
+                                                            takes all)
 ``gate``        product of a signal and a gate, a factor    ``SignalTakesAll()``
                 bounded in ``[0, 1]`` by what it computes
                 (sigmoid in any spelling, hard_sigmoid:
@@ -348,6 +352,7 @@ _BASE: tuple = (
     ("avgpool", _rules.Norm()),
     ("maxpool", _rules.WinnerTakesAll()),
     ("product", _rules.Uniform()),
+    ("glu", _rules.Uniform()),
     ("gate", _rules.SignalTakesAll()),
     ("attention", _rules.Uniform()),
     ("normalize", _rules.SignalTakesAll()),
@@ -691,12 +696,18 @@ class CPLRP(Composite):
     :math:`o = P v` the values get :math:`R_v = v \odot P^\top (R_o / o)`: reading
     out one token reaches the values of every position it attends to. With the
     stabilisers at 0 this is gradient x input of the attention with
-    ``stop_gradient`` on :math:`P` (LXT's CP-LRP)."""
+    ``stop_gradient`` on :math:`P` (LXT's CP-LRP).
+
+    Gated MLPs (``"glu"`` layers: SwiGLU's :math:`\operatorname{silu}(x W_1) \odot
+    x W_3`, GeGLU) hold the activated factor constant too, as LXT's CP-LRP does:
+    all relevance goes to the linear factor (:class:`~jaxlrp.rules.SignalTakesAll`),
+    where AttnLRP splits it in half."""
 
     def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (),
                  strict: bool = False):
         super().__init__(
-            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.SignalTakesAll())],
+            list(rules) + [("linear", _rules.Epsilon(epsilon)), ("attention", _rules.SignalTakesAll()),
+                           ("glu", _rules.SignalTakesAll())],
             strict=strict,
         )
 
@@ -821,7 +832,7 @@ class MambaLRP(Composite):
     def __init__(self, epsilon: float = 1e-6, rules: Sequence[tuple] = (), strict: bool = False):
         super().__init__(
             list(rules) + [("linear", _rules.Epsilon(epsilon)), ("activation", _rules.Pass()),
-                           ("normalize", _rules.SignalTakesAll()), (kind("product", "gate"), _rules.Uniform())],
+                           ("normalize", _rules.SignalTakesAll()), (kind("product", "glu", "gate"), _rules.Uniform())],
             strict=strict,
         )
 

@@ -106,9 +106,10 @@ class Node(NamedTuple):
     ----------
     kind:
         ``"dense"``, ``"conv"``, ``"sum"``, ``"avgpool"``, ``"maxpool"``, ``"product"``,
-        ``"gate"`` (a signal times a sigmoid gate), ``"normalize"`` (a signal times
+        ``"gate"`` (a signal times a sigmoid gate), ``"glu"`` (a signal times an
+        activated factor: SwiGLU), ``"normalize"`` (a signal times
         or divided by a normaliser such as LayerNorm's), ``"attention"`` (a signal
-        times softmax probabilities) -- for these three ``inputs`` is
+        times softmax probabilities) -- for these four ``inputs`` is
         ``(signal, special factor)`` --, ``"softmax"`` (``inputs`` is the softmax's
         source) or ``"activation"``.
     inputs:
@@ -1045,7 +1046,7 @@ class Uniform(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"product", "gate", "attention"})
+    kinds = frozenset({"product", "glu", "gate", "attention"})
 
     def __call__(self, node, relevance):
         n = len(node.inputs)
@@ -1082,7 +1083,7 @@ class SignalTakesAll(Rule):
     """
 
     stabilizer: float = 1e-6
-    kinds = frozenset({"gate", "normalize", "attention", "divide"})
+    kinds = frozenset({"gate", "glu", "normalize", "attention", "divide"})
 
     def __call__(self, node, relevance):
         signal, gate = node.inputs

@@ -25,7 +25,7 @@ EXACT_CP = composites.CPLRP(epsilon=0.0, rules=[
     ("sum", rules.Norm(0.0)), ("attention", rules.SignalTakesAll(0.0)), ("normalize", rules.SignalTakesAll(0.0)),
 ])
 EXACT_ATTN = composites.AttnLRP(epsilon=0.0, rules=[
-    ("sum", rules.Norm(0.0)), ("attention", rules.Uniform(0.0)), ("product", rules.Uniform(0.0)),
+    ("sum", rules.Norm(0.0)), ("attention", rules.Uniform(0.0)), (composites.kind("product", "glu"), rules.Uniform(0.0)),
     ("softmax", rules.Softmax(0.0)), ("normalize", rules.SignalTakesAll(0.0)),
 ])
 

@@ -18,7 +18,7 @@ import pytest
 import jaxlrp
 from jaxlrp import _patterns, composites, rules
 
-EXACT = composites.Composite([("linear", rules.Zero()), ("sum", rules.Norm(0.0)), ("product", rules.Uniform(0.0))])
+EXACT = composites.Composite([("linear", rules.Zero()), ("sum", rules.Norm(0.0)), (composites.kind("product", "glu"), rules.Uniform(0.0))])
 
 # the same function in different spellings
 SIGMOIDS = {
@@ -99,15 +99,15 @@ def _swiglu_reference(p, x, target):
     return x * ((R_a / a) @ p["w1"].T) + x * ((R_u / u) @ p["w3"].T)
 
 
-def test_swiglu_is_a_product_in_every_silu_spelling():
+def test_swiglu_is_a_glu_product_in_every_silu_spelling():
     rng = np.random.default_rng(1)
     p = {"w1": rng.normal(size=(4, 6)), "w3": rng.normal(size=(4, 6)), "w2": rng.normal(size=(6, 2))}
     x = rng.normal(size=(3, 4))
     ref = _swiglu_reference(p, x, 0)
     for name, act in SILUS.items():
         fn = lambda p, x, act=act: _swiglu(p, x, act)  # noqa: E731
-        assert _kinds(fn, p, x) == ["product"], name
-        for comp in (EXACT, composites.AttnLRP(epsilon=0.0, rules=[("product", rules.Uniform(0.0))])):
+        assert _kinds(fn, p, x) == ["glu"], name  # an activated factor times a linear one, no gate
+        for comp in (EXACT, composites.AttnLRP(epsilon=0.0, rules=[(composites.kind("product", "glu"), rules.Uniform(0.0))])):
             R = jaxlrp.lrp(fn, comp)(p, x, target=0)
             np.testing.assert_allclose(R, ref, rtol=1e-10, atol=1e-12, err_msg=name)
 
@@ -121,15 +121,16 @@ def test_swiglu_is_a_product_in_every_silu_spelling():
         (lambda z: jnp.minimum(jax.nn.relu(z), 1.0), "gate"),
         (lambda z: 1.0 / (1.0 + z * z), "gate"),  # (0, 1]
         (lambda z: 0.5 * jax.nn.sigmoid(z) + 0.25, "gate"),
-        (lambda z: 2.0 * jax.nn.sigmoid(z), "product"),  # (0, 2)
-        (jnp.tanh, "product"),
-        (jax.nn.relu, "product"),
-        (jax.nn.silu, "product"),
-        (jax.nn.gelu, "product"),
-        (jax.nn.softplus, "product"),
+        (lambda z: 2.0 * jax.nn.sigmoid(z), "glu"),  # (0, 2)
+        (jnp.tanh, "glu"),
+        (jax.nn.relu, "glu"),
+        (jax.nn.silu, "glu"),
+        (jax.nn.gelu, "glu"),
+        (jax.nn.softplus, "glu"),
     ],
 )
 def test_a_gate_is_a_factor_bounded_in_zero_one(factor, kind):
+    """A bounded factor is a gate; an unbounded activated one makes a GLU product."""
     rng = np.random.default_rng(2)
     p = {"u": rng.normal(size=(3, 4)), "v": rng.normal(size=(3, 4)), "w": rng.normal(size=(4, 2))}
     x = rng.normal(size=(2, 3))

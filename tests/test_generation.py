@@ -245,7 +245,7 @@ def exact(preset: str) -> composites.Composite:
     """``preset`` with every stabiliser 0. Two spellings of one model (the query scaled
     before or after ``q . k``) differ by the stabiliser's share (1.3e-6 of the map with
     the default 1e-6 on the attention product); with 0 they agree to rounding."""
-    zero = [("product", rules.Uniform(0.0)), ("gate", rules.SignalTakesAll(0.0)),
+    zero = [(composites.kind("product", "glu"), rules.Uniform(0.0)), ("gate", rules.SignalTakesAll(0.0)),
             ("normalize", rules.SignalTakesAll(0.0)), ("sum", rules.Norm(0.0)), ("softmax", rules.Softmax(0.0))]
     if preset == "attn_lrp":
         return composites.AttnLRP(epsilon=0.0, rules=[("attention", rules.Uniform(0.0))] + zero)

@@ -36,8 +36,6 @@ CAUSE = {
     3: "cause 3: constant summands (LayerNorm bias, position and token-type embeddings) absorb no share",
     4: "cause 4: tied embeddings: start= also selects the head's E.T and the lookup's relevance is halved",
 }
-CP_GATE = ("CP-LRP's gated MLP: LXT's cp_gated_mlp_forward holds the gate constant (all relevance to "
-           "up_proj); jaxlrp's CPLRP splits the SwiGLU/GeGLU product uniformly")
 START_IDS = ("start= on a parameter starts at the first values that depend on it and on the explained "
              "argument, the LAST one by default: BERT's fn(params, ids, token_type, mask) starts at the "
              "mask-added scores (N, H, L, L); start= cannot be combined with argnums=")
@@ -45,10 +43,10 @@ SOFTCAP = ("soft-capping inside the softmax: jaxlrp's softmax rule linearises so
            "LXT applies it at the capped scores, then the identity rule through tanh")
 
 #: (arch, composite) -> the causes that separate jaxlrp from LXT today (found with
-#: ``bench/compare_lxt.py compare --diagnose``); for CP-LRP, 1 is ``CP_GATE``.
+#: ``bench/compare_lxt.py compare --diagnose``). CP-LRP's gated MLPs agree since
+#: ``CPLRP`` holds the activated factor of a ``"glu"`` product constant, as LXT's
+#: ``cp_gated_mlp_forward`` does.
 KNOWN = {
-    ("llama", "cplrp"): (1,), ("mistral", "cplrp"): (1,), ("qwen2", "cplrp"): (1,), ("qwen3", "cplrp"): (1,),
-    ("gemma3", "cplrp"): (1,), ("gemma2", "cplrp"): (1,),
     ("gemma2", "attnlrp"): ("softcap",),
 }
 
@@ -67,7 +65,7 @@ CASES = _cases()
 
 def _reason(comp: str, causes: tuple) -> str:
     named = {"softcap": SOFTCAP, "start_ids": START_IDS}
-    texts = [named.get(c) or (CP_GATE if (c == 1 and comp == "cplrp") else CAUSE[c]) for c in causes]
+    texts = [named.get(c) or CAUSE[c] for c in causes]
     return "; ".join(texts)
 
 

@@ -70,7 +70,7 @@ def block(p, x, mamba_lrp_graph: bool = False):
 
 
 EXACT = composites.MambaLRP(epsilon=0.0, rules=[
-    ("sum", rules.Norm(0.0)), (composites.kind("product", "gate"), rules.Uniform(0.0)),
+    ("sum", rules.Norm(0.0)), (composites.kind("product", "glu", "gate"), rules.Uniform(0.0)),
     ("normalize", rules.SignalTakesAll(0.0)),
 ])
 

@@ -41,7 +41,7 @@ INVARIANT = {
 EXACT = {
     "zero": composites.Composite([("linear", rules.Zero()), ("sum", rules.Norm(0.0))]),
     "zero_uniform": composites.Composite(
-        [("linear", rules.Zero()), ("sum", rules.Norm(0.0)), ("product", rules.Uniform(0.0)),
+        [("linear", rules.Zero()), ("sum", rules.Norm(0.0)), (composites.kind("product", "glu"), rules.Uniform(0.0)),
          ("gate", rules.Uniform(0.0))]
     ),
 }
