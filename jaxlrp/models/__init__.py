@@ -8,7 +8,7 @@ small CNN          ``CNN`` (28x28 and 32x32 inputs)                        :func
 VGG                ``VGG(depth=11|13|16|19, batch_norm=...)``              :func:`vgg_composite`
 ResNet             ``ResNet(depth=18|34|50)`` (basic / bottleneck, BN)     :func:`resnet_composite`
 sequences          ``SequenceCNN`` (1-D, one-hot DNA: 4 channels)          :func:`sequence_composite`
-decoder LM         :mod:`~jaxlrp.models.llama` (plain JAX, stacked layers)  ``AttnLRP``
+decoder LM         :mod:`~jaxlrp.models.llama` (plain JAX, stacked)        ``AttnLRP``
 =================  ======================================================  ==========================
 
 The linen models are exported here (``jaxlrp.models.VGG`` is
