@@ -69,7 +69,7 @@ Run::
 
 The LXT environment (its ``transformers`` pin conflicts with newer stacks)::
 
-    python -m venv lxt-venv && lxt-venv/bin/pip install torch torchvision lxt==2.1 transformers==4.52.4
+    python -m venv lxt-venv && lxt-venv/bin/pip install torch torchvision lxt==2.1 transformers==4.52.4 zennit==0.5.1
 """
 
 from __future__ import annotations
