@@ -36,7 +36,14 @@ layer and a global one), ``gpt2`` (tied, learned positions) and ``bert``
 (sequence classification, padded batch with attention mask and token types,
 pooler ``tanh``): AttnLRP with LXT's own map; CP-LRP with LXT's ``cp_LRP`` maps
 (LXT has them for the decoders, not for BERT); torchvision's ``vit`` with LXT's
-``cp_LRP`` map, explained at the pixels (no AttnLRP map exists for it).
+``cp_LRP`` map, explained at the pixels (no AttnLRP map exists for it), and with
+LXT's ViT recipe (``examples/vit_torch.py``): that map, then Zennit's ``Gamma`` on
+every ``Conv2d`` and ``Linear`` through ``lxt.efficient.monkey_patch_zennit``
+(``VIT_GAMMAS``: ``vitgamma`` one gamma per type as the example sets them,
+``vitgamma_layers`` per-module gammas first, by Zennit's ``NameMapComposite``),
+against ``composites.ViTGamma`` (``lxt_ports.vit_gamma``; the Gamma rules keep
+Zennit's stabiliser ``1e-6``, every other stabiliser 0). The npz records each
+recipe and the modules whose hooks ran.
 
 Architectures LXT 2.1 has no map for, patched with LXT's own pieces exactly as its
 maps apply them (said again in ``_maps``): ``mistral`` (Llama's map on Mistral's
@@ -62,7 +69,7 @@ Run::
 
 The LXT environment (its ``transformers`` pin conflicts with newer stacks)::
 
-    python -m venv lxt-venv && lxt-venv/bin/pip install torch torchvision lxt==2.1 transformers==4.52.4
+    python -m venv lxt-venv && lxt-venv/bin/pip install torch torchvision lxt==2.1 transformers==4.52.4 zennit==0.5.1
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ ARCHS = {
     "gemma3": ("attnlrp", "cplrp"),
     "gpt2": ("attnlrp", "cplrp"),
     "bert": ("attnlrp",),
-    "vit": ("cplrp",),
+    "vit": ("cplrp", "vitgamma", "vitgamma_layers"),
     "mistral": ("attnlrp", "cplrp"),
     "gemma2": ("attnlrp", "cplrp", "attnlrp_gradtanh"),
     "qwen3_moe": ("attnlrp",),
@@ -96,6 +103,19 @@ ARCHS = {
 
 #: whether LXT 2.1 ships a map for it (else: LXT's pieces, applied as its maps do).
 HAS_MAP = {a: a not in ("mistral", "gemma2", "qwen3_moe") for a in ARCHS}
+
+#: LXT's ViT recipe (``examples/vit_torch.py``): CP-LRP, then Zennit's ``Gamma`` on
+#: every ``Conv2d`` and ``Linear`` module (``conv``/``linear``), through LXT's
+#: ``monkey_patch_zennit``; ``names``: per-module gammas first (Zennit's
+#: ``NameMapComposite`` before the ``LayerMapComposite``), torch module names.
+#: Zennit's default stabiliser 1e-6 (the example's). Saved in the npz, so the tests
+#: build jaxlrp's side from the same numbers.
+VIT_GAMMAS = {
+    "vitgamma": {"conv": 0.25, "linear": 0.05, "names": {}},
+    "vitgamma_layers": {"conv": 0.1, "linear": 0.05,
+                        "names": {"encoder.layers.encoder_layer_0.mlp.0": 1.0,
+                                  "encoder.layers.encoder_layer_1.mlp.3": 0.5, "heads.head": 0.0}},
+}
 
 SEED = 0
 VOCAB, HIDDEN, INTER, HEADS, KV_HEADS, LAYERS = 32, 16, 24, 4, 2, 2
@@ -381,6 +401,7 @@ def _lxt_relevance(arch: str, comp: str, out: str) -> None:
     model, cfg = _model(arch)
     _randomise(model, gemma=arch.startswith("gemma"))
     x = _inputs(arch)
+    reached = _zennit_gamma(model, VIT_GAMMAS[comp]) if comp in VIT_GAMMAS else None
     if arch == "vit":
         emb = torch.tensor(x["pixels"]).requires_grad_()
         logits = model(emb)
@@ -395,10 +416,33 @@ def _lxt_relevance(arch: str, comp: str, out: str) -> None:
     target = logits.argmax(-1)
     logits.gather(1, target[:, None]).sum().backward()
     R = (emb * emb.grad).detach().numpy()
+    extra = {} if reached is None else {"reached": json.dumps(sorted(reached)), "gammas": json.dumps(VIT_GAMMAS[comp])}
     params = {f"p/{k}": v.detach().numpy() for k, v in model.state_dict().items()
               if v.dtype.is_floating_point and not k.endswith(("inv_freq", "embed_scale", "masked_bias"))}
     np.savez(out, R=R, logits=logits.detach().numpy(), target=target.numpy(), cfg=json.dumps(cfg),
-             **params, **{f"x/{k}": v for k, v in x.items()})
+             **params, **{f"x/{k}": v for k, v in x.items()}, **extra)
+
+
+def _zennit_gamma(model, recipe: dict) -> set:
+    """Register LXT's ViT recipe on ``model`` (Zennit's ``Gamma`` per module name,
+    then per type, after ``lxt.efficient.monkey_patch_zennit``); returns the set of
+    the hooked modules that the forward pass actually calls (recorded by a forward
+    hook on each): the modules whose backward the Gamma rule replaces."""
+    import torch
+    from lxt.efficient import monkey_patch_zennit
+    from zennit import rules as zr
+    from zennit.composites import LayerMapComposite, MixedComposite, NameMapComposite
+
+    monkey_patch_zennit()
+    by_name = NameMapComposite([((n,), zr.Gamma(g)) for n, g in recipe["names"].items()])
+    by_type = LayerMapComposite([(torch.nn.Conv2d, zr.Gamma(recipe["conv"])),
+                                 (torch.nn.Linear, zr.Gamma(recipe["linear"]))])
+    MixedComposite([by_name, by_type]).register(model)
+    reached: set = set()
+    for n, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(lambda *_, n=n: reached.add(n))
+    return reached
 
 
 def export(archs) -> None:
@@ -411,8 +455,8 @@ def export(archs) -> None:
                 subprocess.run([sys.executable, __file__, "_worker", arch, comp, f], check=True)
                 with np.load(f) as z:
                     for k in z.files:
-                        if k == "R":
-                            merged[f"R/{comp}"] = z[k]
+                        if k in ("R", "reached", "gammas"):
+                            merged[f"{k}/{comp}"] = z[k]
                         elif k in merged and k != "cfg" and not np.array_equal(merged[k], z[k]):
                             raise AssertionError(f"{arch}: {k} differs between composites")
                         else:
@@ -503,7 +547,9 @@ def _write(rows: list, out: Path) -> None:
         "the head's `E.T`; start_ids: `start=` on a parameter takes the LAST argument for the token "
         "ids (BERT's `fn(params, ids, token_type, mask)` starts at the masked scores). gemma2 attnlrp: soft-capping inside the softmax (the softmax rule is applied "
         "to the uncapped scores); `attnlrp_gradtanh` is LXT with the plain gradient through the "
-        "soft-caps, the size of that convention.\n\n"
+        "soft-caps, the size of that convention. vit vitgamma / vitgamma_layers: LXT's ViT recipe "
+        "(CP-LRP and Zennit's Gamma on the patch conv, MLP and head linears; one gamma per type / "
+        "per-module gammas) against `composites.ViTGamma`, the Gamma rules with Zennit's stabiliser 1e-6.\n\n"
         + head + "\n" + body + "\n"
     )
     (out / "lxt.md").write_text(md)

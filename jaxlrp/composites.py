@@ -75,7 +75,7 @@ import fnmatch
 import math
 import re
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from . import rules as _rules
 from ._analysis import Layer
@@ -106,6 +106,7 @@ __all__ = [
     "EpsilonAlpha2Beta1Flat",
     "AttnLRP",
     "CPLRP",
+    "ViTGamma",
     "ExcitationBackprop",
     "GuidedBackprop",
     "DeconvNet",
@@ -712,6 +713,90 @@ class CPLRP(Composite):
         )
 
 
+class ViTGamma(CPLRP):
+    r"""Vision transformers as LXT recommends them (``examples/vit_torch.py`` of
+    LXT 2.1): :class:`CPLRP` with :class:`~jaxlrp.rules.Gamma` on the conv (patch
+    embedding) and dense layers, one gamma per layer type or per layer.
+
+    ViT heatmaps under LRP-0/epsilon are noisy (gradient shattering); the Gamma
+    rule favours positive contributions. For a layer :math:`z = x W + b` with
+    :math:`P = W + \gamma W^+`, :math:`N = W + \gamma W^-` (Zennit's generalised
+    Gamma, both signs of :math:`x`):
+
+    .. math::
+
+        R_i = x_i^+ \sum_k \Big( P_{ik} \frac{[z_k > 0]\, R_k}{s(d^+_k)}
+              + N_{ik} \frac{[z_k < 0]\, R_k}{s(d^-_k)} \Big)
+            + x_i^- \sum_k \Big( N_{ik} \frac{[z_k > 0]\, R_k}{s(d^+_k)}
+              + P_{ik} \frac{[z_k < 0]\, R_k}{s(d^-_k)} \Big),
+
+    .. math::
+
+        d^+ = x^+ P + x^- N + b + \gamma b^+, \qquad
+        d^- = x^+ N + x^- P + b + \gamma b^-,
+
+    :math:`s(d) = d + \text{stabilizer}\,\operatorname{sign}(d)`; outputs with
+    :math:`z_k = 0` pass nothing. ``gamma=0`` is LRP-0; large ``gamma`` tends to
+    :math:`z^+`. The bias takes its share (not conservative, as in Zennit). Inside
+    the attention, CP-LRP: the probabilities are constants (LXT's ViT map is its
+    ``cp_LRP``: "easier to tune for gamma"); LayerNorm and GELU as in
+    :class:`CPLRP`.
+
+    LXT's example sets two gammas through Zennit, ``Gamma(conv_gamma)`` on every
+    ``Conv2d`` and ``Gamma(linear_gamma)`` on every ``Linear`` (the MLPs and the
+    classification head), and sweeps ``conv_gamma`` over 0.1, 0.25, 100 and
+    ``linear_gamma`` over 0, 0.01, 0.05, 0.1, 1 by eye; it names no default. The
+    defaults here are the middle of that sweep. In torchvision's ViT the attention's
+    projections are not reached: ``nn.MultiheadAttention`` uses its
+    ``in_proj_weight`` and ``out_proj.weight`` functionally, so Zennit's hooks on
+    ``out_proj`` never run and those layers keep LRP-0. To reproduce that, pass
+    ``gammas={"*self_attention*": None}`` (``bench/compare_lxt.py``: max-rel
+    below ``1e-9`` against LXT with Zennit on a random-weight torchvision ViT).
+
+    Parameters
+    ----------
+    conv_gamma:
+        Gamma of the conv layers (the patch embedding), ``>= 0``.
+    linear_gamma:
+        Gamma of the dense layers (q/k/v, output and MLP projections, the head),
+        ``>= 0``.
+    gammas:
+        Per-layer gammas, tried first and in order: a mapping (or sequence of
+        pairs) from a matcher to a gamma, or to ``None`` for the CP-LRP epsilon
+        rule (no gamma) on those layers. Matchers as in :class:`Composite`: a
+        name or parameter glob (``"*encoder_layer_0/mlp/*"``; by depth,
+        ``"*encoder_layer_[0-3]/*"``), a kind, or a callable on :class:`Layer`.
+        Only dense and conv layers are affected.
+    epsilon:
+        Of the dense layers given ``None`` and of :class:`CPLRP`'s other entries.
+    stabilizer:
+        Of the Gamma rules (Zennit's default ``1e-6``).
+    rules:
+        ``(matcher, rule)`` pairs tried before everything else.
+
+    Examples
+    --------
+    >>> from jaxlrp import composites
+    >>> c = composites.ViTGamma(conv_gamma=0.25, linear_gamma=0.05,
+    ...                         gammas={"*heads*": 0.0, "*self_attention*": None})
+    """
+
+    def __init__(self, conv_gamma: float = 0.25, linear_gamma: float = 0.05,
+                 gammas: Union[Mapping[Any, Optional[float]], Sequence[tuple]] = (), epsilon: float = 1e-6,
+                 stabilizer: float = 1e-6, rules: Sequence[tuple] = (), strict: bool = False):
+        pairs = list(gammas.items()) if isinstance(gammas, Mapping) else list(gammas)
+        per_layer = []
+        for pair in pairs:
+            try:
+                m, g = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"gammas entries are (matcher, gamma) pairs, got {pair!r}") from None
+            rule = _rules.Epsilon(epsilon) if g is None else _rules.Gamma(g, stabilizer)
+            per_layer.append((all_of(m, "linear"), rule))
+        typed = [("conv", _rules.Gamma(conv_gamma, stabilizer)), ("dense", _rules.Gamma(linear_gamma, stabilizer))]
+        super().__init__(epsilon, list(rules) + per_layer + typed, strict=strict)
+
+
 class ExcitationBackprop(Composite):
     r"""Excitation backprop (Zhang et al. 2016) as Zennit's ``ExcitationBackprop``:
     :class:`~jaxlrp.rules.ZPlus` on every dense and conv layer,
@@ -846,6 +931,7 @@ _PRESETS = {
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "attn_lrp": AttnLRP,
     "cp_lrp": CPLRP,
+    "vit_gamma": ViTGamma,
     "excitation_backprop": ExcitationBackprop,
     "guided_backprop": GuidedBackprop,
     "deconvnet": DeconvNet,

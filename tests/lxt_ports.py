@@ -37,6 +37,8 @@ def load(arch: str) -> dict:
             "params": _nest(flat),
             "inputs": {k[2:]: z[k] for k in z.files if k.startswith("x/")},
             "R": {k[2:]: z[k] for k in z.files if k.startswith("R/")},
+            "gammas": {k[7:]: json.loads(str(z[k])) for k in z.files if k.startswith("gammas/")},
+            "reached": {k[8:]: json.loads(str(z[k])) for k in z.files if k.startswith("reached/")},
             "cfg": dict(json.loads(str(z["cfg"])), _tied=_tied(flat)),
             "logits": z["logits"],
             "target": z["target"],
@@ -374,19 +376,38 @@ CP_EMULATIONS = {
 }
 
 
-def zero_stabilisers(composite: composites.Composite, extra=()) -> composites.Composite:
+def zero_stabilisers(composite: composites.Composite, extra=(), keep=()) -> composites.Composite:
     """``composite`` with every rule's ``epsilon``/``stabilizer`` set to 0 (LXT's
-    gradient x input has none), ``extra`` pairs first."""
+    gradient x input has none), ``extra`` pairs first; rules of the types in ``keep``
+    keep theirs (Zennit's Gamma has its ``1e-6``)."""
     pairs = []
     for m, r in composite.rules:
-        zero = {f.name: 0.0 for f in dataclasses.fields(r) if f.name in ("epsilon", "stabilizer")}
+        names = () if isinstance(r, keep) else ("epsilon", "stabilizer")
+        zero = {f.name: 0.0 for f in dataclasses.fields(r) if f.name in names}
         pairs.append((m, dataclasses.replace(r, **zero)))
     return composites.Composite(list(extra) + pairs)
 
 
-def composite_for(arch: str, comp: str, emulate=()) -> composites.Composite:
+def vit_gamma(recipe: dict) -> composites.Composite:
+    """:class:`~jaxlrp.composites.ViTGamma` for LXT's ViT recipe as exported
+    (``bench/compare_lxt.py``'s ``VIT_GAMMAS``): the per-module gammas by the
+    torch module name turned into a parameter glob (``encoder.layers.encoder_layer_0.mlp.0``
+    -> ``encoder/layers/encoder_layer_0/mlp/0/*``), the attention's projections
+    without gamma (torch's ``MultiheadAttention`` never calls a hooked module:
+    ``reached`` in the npz lists the modules Zennit's hooks ran on), every
+    stabiliser 0 but the Gamma rules' (Zennit's ``1e-6``)."""
+    gammas: dict = {name.replace(".", "/") + "/*": g for name, g in recipe["names"].items()}
+    gammas["*self_attention*"] = None
+    preset = composites.ViTGamma(recipe["conv"], recipe["linear"], gammas=gammas, epsilon=0.0)
+    return zero_stabilisers(preset, keep=(rules.Gamma,))
+
+
+def composite_for(arch: str, comp: str, emulate=(), data: dict | None = None) -> composites.Composite:
     """AttnLRP or CP-LRP with zero stabilisers, and the emulated fixes of the causes
-    in ``emulate`` (cause 1 only for AttnLRP: CP-LRP keeps the gate constant)."""
+    in ``emulate`` (cause 1 only for AttnLRP: CP-LRP keeps the gate constant); LXT's
+    ViT recipe (Gamma, :func:`vit_gamma`) for the ``gammas`` of ``data``."""
+    if data is not None and comp in data["gammas"]:
+        return vit_gamma(data["gammas"][comp])
     cp = comp == "cplrp"
     base = composites.CPLRP() if cp else composites.AttnLRP()
     table = CP_EMULATIONS if cp else EMULATIONS
@@ -402,7 +423,7 @@ def relevance(arch: str, comp: str, data: dict | None = None, emulate=()) -> tup
     data = data or load(arch)
     fn, args, start = port(arch, data, untie=4 in emulate, dense_affine=3 in emulate,
                            ids_last="start_ids" in emulate)
-    explain = jaxlrp.lrp(fn, composite_for(arch, comp, emulate), start=start)
+    explain = jaxlrp.lrp(fn, composite_for(arch, comp, emulate, data), start=start)
     R: Any = explain(*args, target=jnp.asarray(data["target"]))
     note, shape = "", data["R"][comp].shape
     if isinstance(R, tuple):

@@ -70,7 +70,7 @@ def _reason(comp: str, causes: tuple) -> str:
 
 
 #: in the quick run (one of each kind of verdict); the rest are marked slow.
-QUICK = {("llama", "cplrp"), ("gemma3", "attnlrp"), ("llama", "attnlrp"), ("gpt2", "attnlrp")}
+QUICK = {("llama", "cplrp"), ("gemma3", "attnlrp"), ("llama", "attnlrp"), ("gpt2", "attnlrp"), ("vit", "vitgamma_layers")}
 
 
 def _marked(arch: str, comp: str):
@@ -113,6 +113,33 @@ def test_agrees_once_the_causes_are_emulated(arch, comp):
     R, _ = lxt_ports.relevance(arch, comp, emulate=causes)
     max_rel, cos = lxt_ports.agreement(R, lxt_ports.load(arch)["R"][comp])
     assert max_rel < 1e-6, f"max-rel {max_rel:.3g}, cosine {cos:.6f} with causes {causes} emulated"
+
+
+def test_lxt_vit_recipe_reaches_the_convs_the_mlps_and_the_head_only():
+    """LXT's ViT recipe (Zennit's Gamma on every Conv2d and Linear of torchvision's
+    ViT): the export records the modules whose hooks ran. torch's MultiheadAttention
+    uses ``in_proj_weight`` and ``out_proj.weight`` functionally, so its projections
+    keep LRP-0: ``lxt_ports.vit_gamma`` gives them ``None`` (no gamma) on that ground."""
+    data = lxt_ports.load("vit")
+    assert set(data["gammas"]) == {"vitgamma", "vitgamma_layers"}
+    blocks = [f"encoder.layers.encoder_layer_{i}.mlp.{j}" for i in range(2) for j in (0, 3)]
+    for comp, reached in data["reached"].items():
+        assert sorted(reached) == sorted(["conv_proj", "heads.head"] + blocks), comp
+
+
+def test_lxt_vit_recipe_needs_gamma_where_lxt_puts_it():
+    """The ViT Gamma references are not CP-LRP's (the rule matters), and gamma on
+    the attention projections, which LXT's recipe does not reach, is off."""
+    data = lxt_ports.load("vit")
+    ref = data["R"]["vitgamma"]
+    assert lxt_ports.agreement(data["R"]["cplrp"], ref)[0] > 0.1
+    fn, args, _ = lxt_ports.port("vit", data)
+    import jaxlrp
+    from jaxlrp import composites, rules
+
+    everywhere = lxt_ports.zero_stabilisers(composites.ViTGamma(0.25, 0.05, epsilon=0.0), keep=(rules.Gamma,))
+    R = jaxlrp.lrp(fn, everywhere)(*args, target=jax.numpy.asarray(data["target"]))
+    assert lxt_ports.agreement(np.asarray(R), ref)[0] > 0.1
 
 
 def _capped_attention(p, x, lxt=False, cap=2.0):

@@ -130,6 +130,33 @@ def test_layerwise_composite_matches_reference(recipe):
         np.testing.assert_allclose(rel[n], expected, rtol=1e-6, atol=1e-10 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_vit_gamma_matches_reference(kind):
+    """ViTGamma: conv_gamma on convs, linear_gamma on dense layers, per-layer gammas
+    first (a name glob and a depth callable), None keeps the epsilon rule."""
+    layers, fn, params, x = _net(kind, seed=4)
+    idx = [i for i, l in enumerate(layers) if l[0] in ("dense", "conv")]
+    gammas = {f"layer{idx[-1]}": None, (lambda layer: layer.name == f"layer{idx[1]}"): 1.5}
+    comp = composites.ViTGamma(conv_gamma=0.3, linear_gamma=0.05, gammas=gammas, epsilon=0.1)
+    want = []
+    for j, i in enumerate(idx):
+        g = 1.5 if j == 1 else 0.3 if layers[i][0] == "conv" else 0.05
+        want.append(("epsilon", {"epsilon": 0.1}) if j == len(idx) - 1 else ("gamma", {"gamma": g}))
+    rel = jaxlrp.lrp(fn, comp)(params, x, target=2)
+    for n in range(3):
+        expected, _ = ref.network_lrp(layers, x[n], 2, want, pool_stabilizer=1e-6 / 4)
+        np.testing.assert_allclose(rel[n], expected, rtol=1e-6, atol=1e-10 * np.abs(expected).max())
+
+
+def test_vit_gamma_refuses_malformed_gammas():
+    with pytest.raises(TypeError, match="gammas entries are"):
+        composites.ViTGamma(gammas=["*head*"])
+    with pytest.raises(ValueError):
+        composites.ViTGamma(linear_gamma=-0.1)
+    with pytest.raises(ValueError, match="did you mean 'dense'"):
+        composites.ViTGamma(gammas={"dence": 0.1})
+
+
 def test_matching_by_name_and_by_parameter_path_agree():
     layers, fn, params, x = _net("cnn", seed=3)
     by_name = composites.Composite([("layer0", rules.Flat()), ("layer3", rules.Gamma(0.5)), ("dense", rules.Epsilon(0.1))])
@@ -164,7 +191,7 @@ def test_presets_by_name():
     assert set(composites.names()) == {
         "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
         "attn_lrp", "cp_lrp", "overview", "excitation_backprop", "guided_backprop", "deconvnet", "beta_smooth",
-        "mamba_lrp",
+        "mamba_lrp", "vit_gamma",
     }
     _, fn, params, x = _net("cnn", seed=5)
     for name in composites.names():
