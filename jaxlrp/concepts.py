@@ -48,7 +48,7 @@ from ._errors import UnsupportedOperationError
 from ._kinds import WEIGHTED_KINDS
 from .composites import Composite, Matcher
 from .dataset import Batch, PathLike
-from .explain import Target, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
+from .explain import Target, _nnx_module, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
 __all__ = ["conditional", "relevance_scores", "channel_relevance", "parameter_relevance", "maximization", "Maximization", "references", "crop", "atlas"]
@@ -426,6 +426,10 @@ def parameter_relevance(
     >>> rel["params"]["conv1"]["kernel"].shape == variables["params"]["conv1"]["kernel"].shape
     True
     """
+    if _nnx_module(fn):
+        raise TypeError("parameter_relevance takes a function of the parameters, not an nnx module: pass "
+                        "graphdef, state = nnx.split(model) and lambda state, x: nnx.merge(graphdef, state)(x), "
+                        "then call it with (state, x)")
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)

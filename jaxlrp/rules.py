@@ -723,7 +723,8 @@ def _parameter_relevance(products: _Products, terms: Sequence[Term], quotients: 
     :math:`\sum R(W) = \sum_{n,j} R_{\text{in}}` exactly, for every rule.
     """
     node = products.node
-    w_rel = jnp.zeros(node.weight.shape, node.weight.dtype)
+    weight: Array = node.weight
+    w_rel = jnp.zeros(weight.shape, weight.dtype)
     for p in products.table.values():
         point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
         _, pull = jax.vjp(lambda w, point=point: node.apply(point, w), p.weight)

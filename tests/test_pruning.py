@@ -205,3 +205,34 @@ def test_parameter_relevance_leaves_other_parameters_none():
     scale = jnp.ones(5)
     rel = concepts.parameter_relevance(lambda p, x: _mlp(p, x * p["scale"]), rule=rules.Epsilon())({**p, "scale": scale}, x)
     assert rel["scale"] is None and rel["w1"] is not None
+
+
+def test_head_relevance_by_output_projection_equals_the_heads_output_relevance():
+    """The two routes to an attention head's relevance agree: its slice of the
+    output projection's weight relevance, and the relevance at its output."""
+    from jaxlrp.models import transformer as T
+
+    model = T.ViT(image_size=(16, 16), patch_size=8, dim=8, depth=1, heads=2, mlp_dim=8, num_classes=4, pool="mean")
+    x = data.shapes(0, 4, 16).x
+    variables = model.init(jax.random.key(0), x[:1])
+    comp = composites.AttnLRP()
+    rel = concepts.parameter_relevance(model.apply, comp)(variables, x, target=0)
+    _, per_layer = lrp(model.apply, comp)(variables, x, target=0, layers="*attn/out")
+    (at_output,) = per_layer.values()  # (N, L, heads, head_dim)
+    attn = rel["params"]["block0"]["attn"]
+    np.testing.assert_allclose(attn["out"]["kernel"].sum((1, 2)), at_output.sum((0, 1, 3)), rtol=1e-4, atol=1e-6)
+    assert attn["query"]["kernel"].shape == (8, 2, 4) and rel["params"]["block0"]["ln1"]["scale"] is None
+
+
+@pytest.mark.slow
+def test_pruning_example_runs_for_the_transformer(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "pruning.py"
+    spec = importlib.util.spec_from_file_location("pruning_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", "transformer", "--steps", "30", "--reference", "16", "--random", "1",
+                        "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "pruning_transformer.png").exists() and (tmp_path / "pruning_transformer.md").exists()
