@@ -236,3 +236,25 @@ def test_pruning_example_runs_for_the_transformer(tmp_path):
     assert module.main(["--model", "transformer", "--steps", "30", "--reference", "16", "--random", "1",
                         "--out", str(tmp_path)]) == 0
     assert (tmp_path / "pruning_transformer.png").exists() and (tmp_path / "pruning_transformer.md").exists()
+
+
+def test_a_bias_folded_with_batchnorm_gets_no_share():
+    """Conv + BatchNorm: the kernel still gets its relevance (summing to the conv's
+    input relevance); the conv bias and the norm's parameters are None."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(4, (3, 3))(x)))
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    model, x = Net(), jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
+    variables = model.init(jax.random.key(1), x)
+    variables = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), variables)
+    rel = concepts.parameter_relevance(model.apply, rule=rules.Epsilon(0.01))(variables, x, target=0)
+    _, per_layer = lrp(model.apply, rule=rules.Epsilon(0.01))(variables, x, target=0, layers="linear")
+    np.testing.assert_allclose(rel["params"]["Conv_0"]["kernel"].sum(), per_layer["Net/Conv_0"].sum(), rtol=1e-4)
+    assert rel["params"]["Conv_0"]["bias"] is None and rel["params"]["BatchNorm_0"] == {"bias": None, "scale": None}
+    assert rel["batch_stats"]["BatchNorm_0"] == {"mean": None, "var": None}
+    assert rel["params"]["Dense_0"]["bias"] is not None
