@@ -29,7 +29,8 @@ from .rules import Node, after
 # -------------------------------------------------------------------------- evaluation
 
 
-def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False):
+def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False,
+               parameters: bool = False):
     """A function ``(inputs, weight, scale, bias, context) -> z`` whose VJP is ``rule``.
 
     ``apply(inputs, weight, context)`` is the layer's map; ``context`` holds the
@@ -40,6 +41,10 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
     the forward pass applies it to the output, as the model did, and the rule sees
     the folded weight ``fold(weight, scale)``, built only in the backward pass so
     that no folded copy of the weights is kept alive between the two passes.
+
+    With ``parameters`` (a dense/conv node, see :func:`evaluate`) the rule also
+    gives the relevance of the weight and the bias share, returned as their
+    cotangents (:func:`_parameter_cotangents`).
     """
     kind = spec.layer.kind
 
@@ -63,11 +68,24 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
             weight = fold(after(weight, relevance), scale)
         bound = _bound(apply, context)
         rel = rule(Node(kind, inputs, weight, bias, z, bound, example_ndim, spec.nonnegative, gated,
-                        spec.layer.primitive), relevance)
-        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), None, None, None, _no_cotangent(context)
+                        spec.layer.primitive, parameters), relevance)
+        w_ct = b_ct = None
+        if parameters:
+            rel, w_ct, b_ct = _parameter_cotangents(spec, rule, rel, len(inputs), res[1], bias)
+        return tuple(r.astype(x.dtype) for r, x in zip(rel, inputs)), w_ct, None, b_ct, _no_cotangent(context)
 
     call.defvjp(fwd, bwd)
     return call
+
+
+def _parameter_cotangents(spec: NodeSpec, rule, rel: tuple, n: int, weight, bias) -> tuple:
+    """Split a rule's result into ``(input relevance, weight relevance, bias share)``."""
+    if len(rel) != n + 2:
+        raise TypeError(f"rule {rule!r} of layer {spec.layer.name!r} has parameter_relevance set but did not "
+                        "return the weight and bias relevance (return propagate's result unchanged)")
+    w_rel, b_rel = rel[n], rel[n + 1]
+    b_ct = None if bias is None or b_rel is None else b_rel.astype(bias.dtype)
+    return tuple(rel[:n]), w_rel.astype(weight.dtype), b_ct
 
 
 def _bound(apply, context):
@@ -105,7 +123,7 @@ def _passthrough(kind: str, rule, example_ndim: int, apply=None):
 
 def evaluate(
     an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0,
-    starts: Optional[dict] = None, masks: Optional[dict] = None,
+    starts: Optional[dict] = None, masks: Optional[dict] = None, parameters: bool = False,
 ) -> list:
     """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
 
@@ -119,7 +137,10 @@ def evaluate(
     at the node's output (after the tap) becomes ``m * R + s * z`` in the backward
     pass (:func:`_condition`). Layers whose output relevance is provably zero where
     their output is ``<= 0`` tell their rules so (:func:`jaxlrp._analysis.relu_gated`;
-    not under ``masks``, whose ``s * z`` term gives relevance there).
+    not under ``masks``, whose ``s * z`` term gives relevance there). With
+    ``parameters``, dense and conv nodes also return the relevance of their weight
+    and bias share as those operands' cotangents (differentiate with respect to
+    the parameters: :mod:`jaxlrp._parameters`).
     """
     taps, masks = taps or {}, masks or {}
     gated = frozenset() if masks else relu_gated(an, rules)
@@ -153,13 +174,14 @@ def evaluate(
             spec = an.nodes[i]
             env[spec.out] = _eval_node(
                 an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim,
-                spec.layer.index in gated,
+                spec.layer.index in gated, parameters,
             )
             if spec.layer.index in masks:
                 env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
             continue
         elif kind == "control":
-            outs = _CONTROL[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps)
+            outs = _CONTROL[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps,
+                                         parameters)
         else:
             outs = e.bind(*[read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
@@ -232,7 +254,8 @@ def _literal(a: Lit) -> Any:
     return a.val
 
 
-def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False) -> Any:
+def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False,
+               parameters: bool = False) -> Any:
     if spec.layer.kind == "softmax":
         return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim)
     e = an.program.eqns[spec.eqn]
@@ -244,14 +267,25 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     if spec.weight is not None:
         weight = ops[spec.weight]
         apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw)
+        if parameters and bias is not None and not _plain_bias(an, spec):
+            bias = jax.lax.stop_gradient(bias)  # a folded norm's shift: no share routed to its parameters
     elif spec.affine:
         apply, context, bias = _affine_map(spec, e, ops)
     else:
         apply, context = _rebind(e, ops, spec.tainted)
-    z = _node_call(spec, rule, apply, example_ndim, fold, gated)(inputs, weight, scale, bias, context)
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and spec.weight is not None)(
+        inputs, weight, scale, bias, context)
     if tap is not None:
         z = z + tap[1]
     return z
+
+
+def _plain_bias(an: Analysis, spec: NodeSpec) -> bool:
+    """Whether a dense/conv node's folded bias is a sum of added parameters (no
+    scale, no subtraction), so that its share routes back to them unchanged."""
+    chain = spec.chain
+    return chain is not None and not chain.scales and all(
+        an.program.eqns[j].prim.name == "add" for j in chain.members if j not in chain.reshapes)
 
 
 def _rebind(
@@ -326,7 +360,8 @@ def layers_within(an: Analysis) -> set:
     return out
 
 
-def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
+def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
+               parameters: bool = False) -> list:
     """``lax.scan`` re-built around the evaluated body. Taps of body layers are
     stacked over the iterations (leading axis ``length``) and scanned with ``xs``."""
     (sub,) = subs
@@ -339,7 +374,7 @@ def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, t
 
     def step(carry, x):
         x, tap = x
-        outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim)
+        outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim, parameters=parameters)
         return outs[:nk], outs[nk:]
 
     remat = _remat_params(e)
@@ -359,17 +394,20 @@ def _remat_params(e: Eqn) -> Optional[dict]:
     return calls[0].params if len(calls) == 1 else None
 
 
-def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
+def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
+               parameters: bool = False) -> list:
     index, ops = vals[0], vals[1:]
-    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim) for s in subs]
+    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim, parameters=parameters)
+                for s in subs]
     return list(jax.lax.switch(index, branches, *ops))
 
 
-def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict) -> list:
+def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
+                    parameters: bool = False) -> list:
     (sub,) = subs
     p = e.params
     inner = jax.shard_map(
-        lambda *xs: tuple(evaluate(sub, rules, list(xs), example_ndim=example_ndim)),
+        lambda *xs: tuple(evaluate(sub, rules, list(xs), example_ndim=example_ndim, parameters=parameters)),
         mesh=p["mesh"], in_specs=p["in_specs"], out_specs=p["out_specs"],
         axis_names=p["newly_manual_axes"], check_vma=p["check_vma"],
     )

@@ -41,14 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from . import _parameters
 from . import composites as _composites
 from . import viz
+from ._errors import UnsupportedOperationError
+from ._kinds import WEIGHTED_KINDS
 from .composites import Composite, Matcher
 from .dataset import Batch, PathLike
-from .explain import Target, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
+from .explain import Target, _nnx_module, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
 from .rules import Rule
 
-__all__ = ["conditional", "relevance_scores", "channel_relevance", "maximization", "Maximization", "references", "crop", "atlas"]
+__all__ = ["conditional", "relevance_scores", "channel_relevance", "parameter_relevance", "maximization", "Maximization", "references", "crop", "atlas"]
 
 Array = jax.Array
 PyTree = Any  # model variables: a pytree of arrays
@@ -356,6 +359,98 @@ def channel_relevance(
         return {t.layers[i].key: jnp.sum(taps[i][1].reshape(-1, taps[i][1].shape[-1]), axis=0) for i in chosen}
 
     return scores
+
+
+def parameter_relevance(
+    fn: Callable[..., Array],
+    composite: Union[Composite, str, None] = None,
+    *,
+    rule: Optional[Rule] = None,
+    argnums: Union[int, Sequence[int], None] = None,
+) -> Callable[..., Any]:
+    r"""The relevance of every weight and bias of every dense and conv layer, summed
+    over the examples of a batch (Yeom et al. 2021, per weight).
+
+    For a rule of the modified-gradient form (:func:`jaxlrp.rules.propagate`), the
+    relevance that flows from output :math:`k` of a layer to its input :math:`j`
+    through the weight :math:`w_{jk}` is the message
+    :math:`\sum_i c_i\, \tilde x_{ij}\, \rho_i(w_{jk})\, s_k` with
+    :math:`s = R / \operatorname{stab}(d)` (several terms: their sum). The relevance
+    of the weight is that message summed over the positions that share it and the
+    examples :math:`n`; for LRP-:math:`\epsilon`
+
+    .. math:: R(w_{jk}) = \sum_{n,p} \frac{x_j w_{jk} R_k}{z_k + \epsilon\,\mathrm{sign}(z_k)},
+              \qquad R(W) = W \odot \partial_W \langle s, z(x, W) \rangle ,
+
+    and the bias's share is :math:`R(b_k) = \sum_{n,p} b_k s_k` (the modified bias
+    :math:`\tilde b` of the rule's terms). Because each layer is bilinear in input
+    and weight, :math:`\sum R(W)` of a layer equals the summed relevance of its input,
+    for every rule; with LRP-0 and no bias it is the relevance at its output.
+
+    One compiled forward and backward pass: the interpreter's dense/conv nodes give
+    these as the cotangents of their weight and bias operands, routed back to the
+    parameter leaves through reshapes, casts, slices and ``lax.scan`` (a scanned
+    stack of layers gets each layer's relevance in its slice; a parameter used
+    twice, such as a tied embedding, gets the sum).
+
+    Parameters
+    ----------
+    fn, composite, rule, argnums:
+        As for :func:`jaxlrp.lrp` (``argnums``: the explained input, by default the
+        last argument; the parameters are the other arguments).
+
+    Returns
+    -------
+    callable
+        ``relevance(*args, target=None, output_relevance=None)`` -> the relevance in
+        the structure of the arguments that are not explained (the tree itself when
+        there is one, e.g. linen's ``variables``; else a tuple of trees). A leaf
+        that a dense or conv layer reads as its weight or (unscaled) bias holds
+        its relevance; every other leaf is ``None``: parameters of other layers
+        (norm scales, embeddings, attention has no weight of its own), integer
+        and static leaves. The bias of a layer followed by a folded BatchNorm (a
+        bias mixed with the norm's statistics) gets no share: those leaves are
+        ``None`` too, and the share stays in :func:`channel_relevance`.
+
+    Raises
+    ------
+    UnsupportedOperationError
+        A dense or conv layer's rule is not on :func:`~jaxlrp.rules.propagate`
+        (:attr:`~jaxlrp.rules.Rule.parameter_relevance` unset: ``Gradient``,
+        ``Pass``, variants), or a weight is computed from parameters by more than
+        a reshape, cast, slice or broadcast.
+
+    Examples
+    --------
+    >>> rel = jax.jit(concepts.parameter_relevance(model.apply, composites.EpsilonPlus()))(variables, x, target=y)
+    >>> rel["params"]["conv1"]["kernel"].shape == variables["params"]["conv1"]["kernel"].shape
+    True
+    """
+    if _nnx_module(fn):
+        raise TypeError("parameter_relevance takes a function of the parameters, not an nnx module: pass "
+                        "graphdef, state = nnx.split(model) and lambda state, x: nnx.merge(graphdef, state)(x), "
+                        "then call it with (state, x)")
+    comp = _composites.resolve(composite, rule)
+
+    @functools.wraps(fn)
+    def relevance(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
+        t = _trace(fn, comp, argnums, args)
+        for layer in t.layers:
+            r = t.rules.get(layer.index)
+            if layer.kind in WEIGHTED_KINDS and r is not None and not getattr(r, "parameter_relevance", False):
+                raise UnsupportedOperationError(
+                    layer.primitive, layer.name, f"the rule {r!r} gives no relevance of the layer's parameters",
+                    "give dense and conv layers a rule on rules.propagate (Epsilon, ZPlus, AlphaBeta, Gamma, "
+                    "ZBox, Flat, WSquare, EpsilonStd)")
+        sources = _parameters.parameter_sources(t.analysis)
+        invars = t.analysis.program.invars
+        leaves = [j for j in range(len(t.flat_args)) if invars[j] in sources and j not in t.explained]
+        rel = dict(zip(leaves, _parameters.run(t, leaves, target, output_relevance)))
+        trees = [jax.tree_util.tree_unflatten(treedef, [rel.get(v) if traced else None for traced, v in slot])
+                 for i, (treedef, slot) in enumerate(t.slots) if i not in t.argnums]
+        return trees[0] if len(trees) == 1 else tuple(trees)
+
+    return relevance
 
 
 # ------------------------------------------------------------------ relevance maximisation

@@ -148,6 +148,11 @@ class Node(NamedTuple):
         product (``mul``, ``div``: each input entry reaches one output entry) from a
         contraction (``dot_general``: attention times values, where an input
         position reaches every output position).
+    parameters:
+        Whether the relevance of the layer's weight and bias is asked for too
+        (:func:`jaxlrp.concepts.parameter_relevance`); set by the interpreter only
+        for dense and conv layers whose rule has :attr:`Rule.parameter_relevance`.
+        :func:`propagate` then returns two more arrays (see there).
     """
 
     kind: str
@@ -160,6 +165,7 @@ class Node(NamedTuple):
     nonnegative: bool = False
     relu_gated: bool = False
     primitive: str = ""
+    parameters: bool = False
 
 
 _NONNEGATIVE_PARAMETERS = frozenset({"epsilon", "stabilizer", "gamma", "alpha", "beta"})
@@ -181,6 +187,11 @@ class Rule:
     #: default). Read by the analysis to set :attr:`Node.relu_gated` for the layer
     #: before (a sufficient condition: a wrong ``"none"`` would drop relevance).
     relevance_to_zeros: str = "any"
+    #: Whether ``__call__`` returns :func:`propagate`'s result unchanged, so that,
+    #: where :attr:`Node.parameters` is set, it also gives the relevance of the
+    #: layer's weight and bias (:func:`jaxlrp.concepts.parameter_relevance`).
+    #: Rules without it are refused there.
+    parameter_relevance: bool = False
 
     def __post_init__(self):
         """Reject negative (or NaN) stabilisers and rule parameters with ``ValueError``."""
@@ -671,7 +682,10 @@ def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any)
     Returns
     -------
     tuple
-        One relevance array per entry of ``node.inputs``, of its shape.
+        One relevance array per entry of ``node.inputs``, of its shape. Where
+        ``node.parameters`` is set (a dense or conv layer), two more: the
+        relevance of the weight (its shape) and the bias share (the shape of
+        ``node.bias``, or ``None``), see :func:`_parameter_relevance`.
 
     Raises
     ------
@@ -686,7 +700,48 @@ def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any)
         for br in term.branches:
             for key, c, w in products.basis(br):
                 products.entry(br, key, w).add(t, term.scale * br.coef * c)
-    return products.pull_back(quotients)
+    relevance_in = products.pull_back(quotients)
+    if node.parameters and node.weight is not None:
+        return (*relevance_in, *_parameter_relevance(products, terms, quotients))
+    return relevance_in
+
+
+def _parameter_relevance(products: _Products, terms: Sequence[Term], quotients: list) -> tuple:
+    r"""``(R(W), R(b))``: the relevance of the weight and the bias share of one layer.
+
+    The message from output :math:`k` to input :math:`j` through weight
+    :math:`w_{jk}` is :math:`\sum_t \text{scale}_t \sum_i c_i \tilde x_{ij}
+    \rho_i(w_{jk}) q_{tk}` with :math:`q_t = m_t \odot R / \operatorname{stab}(d_t)`;
+    summed over positions and examples (every use of the weight) it is
+
+    .. math:: R(W) = \sum_p \rho_p(W) \odot \partial_{w} \langle \text{ct}_p,
+              \operatorname{apply}(\tilde x_p, w) \rangle ,
+
+    one weight-VJP per product :math:`p` (its cotangent ``ct`` sums the quotients
+    that use it). The bias share is :math:`\sum_t \text{scale}_t\, \tilde b_t \odot q_t`
+    summed to the bias's shape. Since ``apply`` is bilinear,
+    :math:`\sum R(W) = \sum_{n,j} R_{\text{in}}` exactly, for every rule.
+    """
+    node = products.node
+    weight: Array = node.weight
+    w_rel = jnp.zeros(weight.shape, weight.dtype)
+    for p in products.table.values():
+        point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
+        _, pull = jax.vjp(lambda w, point=point: node.apply(point, w), p.weight)
+        (g,) = pull(p.cotangent(quotients))
+        w_rel = w_rel + (p.weight * g).astype(w_rel.dtype)
+    b_rel = None
+    if node.bias is not None:
+        shares = [term.scale * term.bias * q for term, q in zip(terms, quotients) if term.bias is not None]
+        b_rel = _sum_to(sum(shares[1:], shares[0]), jnp.shape(node.bias)) if shares else jnp.zeros_like(node.bias)
+    return w_rel, b_rel
+
+
+def _sum_to(a: Array, shape: tuple) -> Array:
+    """``a`` summed over its leading extra axes and the axes where ``shape`` is 1."""
+    a = jnp.sum(a, axis=tuple(range(a.ndim - len(shape))))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
+    return jnp.reshape(jnp.sum(a, axis=axes, keepdims=True), shape)
 
 
 def sign_parts(node: Node) -> tuple:
@@ -773,6 +828,7 @@ class Epsilon(Rule):
     epsilon: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
+    parameter_relevance = True
     relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
@@ -809,6 +865,7 @@ class ZPlus(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
     relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
@@ -851,6 +908,7 @@ class AlphaBeta(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
     relevance_to_zeros = "none"
 
     def __post_init__(self):
@@ -892,6 +950,7 @@ class Gamma(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
     relevance_to_zeros = "none"
 
     def __call__(self, node, relevance):
@@ -935,6 +994,7 @@ class ZBox(Rule):
     high: Any = 1.0
     stabilizer: float = 1e-6
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -971,6 +1031,7 @@ class Flat(Rule):
 
     stabilizer: float = 1e-6
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
 
     def __call__(self, node, relevance):
         term = Term([Branch((constant_input(1.0, node),), jnp.ones_like(node.weight))])
@@ -997,6 +1058,7 @@ class WSquare(Rule):
     stabilizer: float = 1e-6
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
 
     def __call__(self, node, relevance):
         term = Term(
@@ -1301,6 +1363,7 @@ class EpsilonStd(Rule):
     centered: bool = False
     ignore_bias: bool = False
     kinds = WEIGHTED_KINDS
+    parameter_relevance = True
     relevance_to_zeros = "none"
 
     def __post_init__(self):
