@@ -10,7 +10,13 @@ Three tables, written to ``bench/llm.md`` and ``bench/llm.json``:
   run times;
 * **depth**: compile times of LRP and grad with 4 and 32 scanned layers;
 * **length**: XLA's peak memory (temporaries + arguments + outputs) of LRP and grad
-  at long sequences, with and without remat (compiled, not run).
+  at long sequences, with and without remat (compiled, not run);
+* **measured** (``--memory``): at 8k tokens, XLA's peak and the measured one, the
+  resident memory a fresh process gains during one call (its maximum resident set
+  size after the call minus its resident set size before it, compiled ahead);
+* **longest** (``--memory``): the longest sequence (a multiple of 1024) whose
+  relevance fits 24 GB (``24e9`` bytes) by XLA's memory analysis, remat blocks,
+  batch 1 (compiled, not run), and the gradient's for comparison.
 
 The gradient is ``jax.grad`` of the explained logit with respect to the embedded
 sequence, the same function, the same shardings. Each device count runs in its own
@@ -18,6 +24,7 @@ process (``--xla_force_host_platform_device_count`` must be set before JAX start
 
     python bench/llm.py                      # all three tables
     python bench/llm.py --quick              # smaller model, for a smoke run
+    python bench/llm.py --memory             # only the measured and longest tables (kept: the rest)
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import subprocess
 import sys
 
@@ -35,6 +43,7 @@ if __name__ == "__main__" and "--cell" in sys.argv:  # a child: devices before J
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_devices}"
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -105,9 +114,65 @@ def cell(cfg: llama.Config, batch: int, seq: int, devices: int, remat: bool, run
     return row
 
 
+def _resident() -> int:
+    """This process's resident set size now, in bytes."""
+    return int(pathlib.Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_resident() -> int:
+    """This process's maximum resident set size so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(cfg: llama.Config, seq: int, which: str, remat: bool) -> dict:
+    """XLA's peak and the measured one of one call of ``which`` (``"lrp"`` or ``"grad"``).
+
+    The call is compiled ahead, then run once; ``run`` is the maximum resident set
+    size after it minus the resident set size before it (the memory the call
+    needed beyond what the process held), valid where it exceeds the compiler's
+    own high-water mark (``valid``).
+    """
+    params, h, _ = _placed(cfg, 1, seq, 1)
+    f = dict(zip(("lrp", "grad"), _functions(cfg, remat)))[which]
+    c = jax.jit(f).lower(params, h).compile()
+    jax.block_until_ready((params, h))
+    before, high = _resident(), _max_resident()
+    jax.block_until_ready(c(params, h))
+    after = _max_resident()
+    return {"which": which, "dim": cfg.dim, "layers": cfg.layers, "heads": cfg.heads, "hidden": cfg.hidden,
+            "seq": seq, "remat": remat, "xla": _memory(c), "run": after - before, "valid": after > high,
+            "max_rss": after}
+
+
+def longest(cfg: llama.Config, which: str, remat: bool, budget: float = 24e9, step: int = 1024) -> dict:
+    """The longest multiple of ``step`` tokens (batch 1) whose XLA peak fits ``budget`` bytes."""
+    f = dict(zip(("lrp", "grad"), _functions(cfg, remat)))[which]
+    params = llama.init(jax.random.key(0), cfg)
+
+    def peak(n: int) -> int:
+        h = jax.ShapeDtypeStruct((1, n * step, cfg.dim), jnp.float32)
+        return _memory(jax.jit(f).lower(params, h).compile())["peak"]
+
+    lo, hi = 1, 2
+    while peak(hi) <= budget:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
+    return {"which": which, "dim": cfg.dim, "layers": cfg.layers, "heads": cfg.heads, "hidden": cfg.hidden,
+            "vocab": cfg.vocab, "params": llama.param_count(params), "remat": remat, "budget": budget,
+            "seq": lo * step, "peak": peak(lo), "peak_next": peak(lo + 1)}
+
+
 def _child(args) -> None:
     cfg = llama.Config(vocab=args.vocab, dim=args.dim, layers=args.layers, heads=args.heads, hidden=args.hidden)
-    print("ROW " + json.dumps(cell(cfg, args.batch, args.seq, args.devices, args.remat, args.run)), flush=True)
+    if args.measure:
+        row = measure(cfg, args.seq, args.measure, args.remat)
+    elif args.longest:
+        row = longest(cfg, args.longest, args.remat)
+    else:
+        row = cell(cfg, args.batch, args.seq, args.devices, args.remat, args.run)
+    print("ROW " + json.dumps(row), flush=True)
 
 
 def _spawn(**kw) -> dict:
@@ -128,7 +193,8 @@ def _mib(b: float) -> str:
     return f"{b / 2**20:.1f}"
 
 
-def _tables(model: list, depth: list, length: list) -> list:
+def _tables(data: dict) -> list:
+    model, depth, length = data["model"], data["depth"], data["length"]
     lines = ["### Model x devices (AttnLRP, scanned remat blocks; times under load)", "",
              "| width | layers | heads | batch x seq | params | devices | FLOPs LRP/grad | memory LRP/grad "
              "(peak, MiB per device) | collectives LRP / grad | compile LRP / grad (s) | run LRP / grad (s) |",
@@ -154,18 +220,58 @@ def _tables(model: list, depth: list, length: list) -> list:
         lines.append(f"| {r['dim']} x {r['layers']} | {r['seq']} | {'yes' if r['remat'] else 'no'} | "
                      f"{_mib(ml['peak'])} | {_mib(mg['peak'])} | {ml['peak'] / mg['peak']:.2f} | "
                      f"{ml['temp'] / mg['temp']:.2f} |")
+    return lines + _memory_tables(data)
+
+
+def _memory_tables(data: dict) -> list:
+    if "measured" not in data:
+        return []
+    lrp, grad = data["measured"]
+    xl, xg = lrp["xla"]["peak"], grad["xla"]["peak"]
+    lines = ["", f"### Peak memory at 8k tokens, XLA's and measured (`{data['memory_command'].strip()}`)", "",
+             "Batch 1, remat blocks, one CPU device. Measured: the resident memory a fresh process gains during "
+             "one call (maximum resident set size after it minus resident set size before it; the call "
+             "compiled ahead).", "",
+             "| width x layers | heads | seq | XLA LRP / grad (MiB) | XLA LRP/grad | measured LRP / grad (MiB) "
+             "| measured LRP/grad |", "|---|---|---|---|---|---|---|"]
+    flag = "" if lrp["valid"] and grad["valid"] else " (compile peak higher)"
+    lines.append(f"| {lrp['dim']} x {lrp['layers']} | {lrp['heads']} | {lrp['seq']} | {_mib(xl)} / {_mib(xg)} | "
+                 f"{xl / xg:.2f} | {_mib(lrp['run'])} / {_mib(grad['run'])}{flag} | "
+                 f"{lrp['run'] / grad['run']:.2f} |")
+    lines += ["", "### The longest sequence in 24 GB (XLA's memory analysis, compiled, not run)", "",
+              "Batch 1, float32, one device, each block under `jax.checkpoint` (default policy: save nothing "
+              "but the scan's carry), AttnLRP; the gradient of the same logit for comparison.", "",
+              "| width x layers | heads | params | explainer | longest seq (multiple of 1024) | peak there (GB) "
+              "| peak at +1024 (GB) |", "|---|---|---|---|---|---|---|"]
+    for r in data["longest"]:
+        lines.append(f"| {r['dim']} x {r['layers']} | {r['heads']} | {r['params'] / 1e6:.2f} M | "
+                     f"{'AttnLRP' if r['which'] == 'lrp' else 'jax.grad'} | {r['seq']} | {r['peak'] / 1e9:.2f} | "
+                     f"{r['peak_next'] / 1e9:.2f} |")
     return lines
+
+
+def _memory_rows(small: dict, big: dict) -> tuple:
+    """The measured rows (8k tokens, remat, 2 heads: each process under 4 GB) and the longest rows."""
+    cfg = small | {"heads": 2, "layers": 2}
+    cfg.pop("batch")
+    measured = [_spawn(**cfg, seq=8192, remat=True, measure=which) for which in ("lrp", "grad")]
+    spec = {k: v for k, v in big.items() if k != "batch"}
+    longest_rows = [_spawn(**spec, layers=8, remat=True, longest=which) for which in ("lrp", "grad")]
+    return measured, longest_rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--measure", default="", help=argparse.SUPPRESS)
+    p.add_argument("--longest", default="", help=argparse.SUPPRESS)
     for name, default in (("vocab", 1024), ("dim", 256), ("layers", 8), ("heads", 8), ("hidden", 704),
                           ("batch", 8), ("seq", 128), ("devices", 1)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--remat", action="store_true")
     p.add_argument("--run", action="store_true")
     p.add_argument("--quick", action="store_true", help="a small model and short sequences")
+    p.add_argument("--memory", action="store_true", help="only the measured and longest tables")
     p.add_argument("--out", default=str(HERE / "llm"))
     args = p.parse_args(argv)
     if args.cell:
@@ -173,20 +279,26 @@ def main(argv=None) -> int:
         return 0
     big = dict(vocab=args.vocab, dim=args.dim, heads=args.heads, hidden=args.hidden, batch=args.batch)
     small = dict(vocab=256, dim=64, heads=4, hidden=128, batch=1)
-    if args.quick:
-        big, args.seq = small | {"batch": 8}, 32
-    model = [_spawn(**big, layers=args.layers, seq=args.seq, devices=d, remat=True, run=True) for d in (1, 8)]
-    depth = [_spawn(**small, layers=n, seq=64, devices=1, remat=True, run=False) for n in (4, 32)]
-    lengths = (256, 1024) if args.quick else (2048, 8192)
-    length = [_spawn(**small, layers=2, seq=s, devices=1, remat=r, run=False) for s in lengths for r in (False, True)]
-    machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
-    cmd = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"Machine: {machine} (2 shared cores, under load: times are not figures; XLA's ratios are). "
-             f"Command: `{cmd.strip()}`", ""] + _tables(model, depth, length)
     out = pathlib.Path(args.out)
+    cmd = "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    if args.memory:
+        data = old | dict(zip(("measured", "longest"), _memory_rows(small, big)), memory_command=cmd)
+    else:
+        if args.quick:
+            big, args.seq = small | {"batch": 8}, 32
+        model = [_spawn(**big, layers=args.layers, seq=args.seq, devices=d, remat=True, run=True) for d in (1, 8)]
+        depth = [_spawn(**small, layers=n, seq=64, devices=1, remat=True, run=False) for n in (4, 32)]
+        lengths = (256, 1024) if args.quick else (2048, 8192)
+        length = [_spawn(**small, layers=2, seq=s, devices=1, remat=r, run=False)
+                  for s in lengths for r in (False, True)]
+        machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+        data = {k: v for k, v in old.items() if k in ("measured", "longest", "memory_command")}
+        data |= {"machine": machine, "command": cmd, "model": model, "depth": depth, "length": length}
+    lines = [f"Machine: {data['machine']} (2 shared cores, under load: times are not figures; XLA's ratios are). "
+             f"Command: `{data['command'].strip()}`", ""] + _tables(data)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "model": model,
-                                                    "depth": depth, "length": length}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     print("\n".join(lines))
     return 0
 

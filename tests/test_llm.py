@@ -138,8 +138,10 @@ def test_layers_in_a_cond_branch_are_refused_by_name():
 def test_bfloat16_llama_maps_match_float32_and_inspect_reports_conservation():
     """A 12-layer bf16 decoder: maps with cosine >= 0.99 against float32 for AttnLRP
     (>= 0.985 for CP-LRP: one example reaches 0.9898; gradient x input gets 0.9991
-    there, so the rest is the rounding of the bf16 relevance between layers); rules
-    divide in float32; ``inspect`` sums per-layer relevance in float64."""
+    there, and the float32 model with every activation rounded to bf16 but its
+    relevance in float32 0.9998, so the rest is the rounding of the bf16 relevance
+    between layers, which JAX's VJP keeps in the values' dtype); rules divide in
+    float32; ``inspect`` sums per-layer relevance in float64."""
     cfg = llama.Config(vocab=64, dim=32, layers=12, heads=4, hidden=64)
     p32 = llama.init(jax.random.key(0), cfg, jnp.float32)
     h32 = llama.embed(p32, jax.random.randint(jax.random.key(1), (4, 16), 0, cfg.vocab))
@@ -206,8 +208,9 @@ def test_sharded_fsdp_tp_llama_equals_single_device_with_no_more_collectives_tha
 
 def test_scan_over_remat_blocks_keeps_the_memory_of_grad():
     """A scan over ``jax.checkpoint``-ed blocks is explained with the step
-    rematerialised too: XLA's peak memory within 1.25x of ``jax.grad``'s (without
-    it, every iteration kept its rules' residuals: 2.3x at 1k tokens)."""
+    rematerialised too: XLA's peak memory within 1.2x of ``jax.grad``'s (issue 23's
+    bound; 1.04x here, 1.18x at 8k tokens in ``bench/llm.md``; without it, every
+    iteration kept its rules' residuals: 2.3x at 1k tokens)."""
     cfg = llama.Config(vocab=32, dim=16, layers=4, heads=2, hidden=32)
     params, h = _setup(cfg, jnp.float32)
     fn = llama.decoder(cfg, remat=True)
@@ -218,4 +221,4 @@ def test_scan_over_remat_blocks_keeps_the_memory_of_grad():
         return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
 
     ratio = peak(lambda p, h: explain(p, h, target=3)) / peak(jax.grad(lambda p, h: fn(p, h)[:, 3].sum(), 1))
-    assert ratio <= 1.25, ratio
+    assert ratio <= 1.2, ratio
