@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 
 import jaxlrp  # noqa: E402
 from jaxlrp import composites, rules  # noqa: E402
-from jaxlrp._program import Var  # noqa: E402
+from jaxlrp._core.program import Var  # noqa: E402
 from jaxlrp.explain import _trace  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))

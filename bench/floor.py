@@ -35,7 +35,7 @@ The classic rule (every output with :math:`W + \gamma W^+`, Montavon et al. 2019
 needs one transposed product, **3** (1.5x); it equals Zennit's generalised rule,
 which this package implements, only where the relevance vanishes at :math:`z \le 0`.
 That is proven per layer from the program and the rules
-(:func:`jaxlrp._analysis.relu_gated`: a ReLU follows and everything reading it gives
+(:func:`jaxlrp._core.analysis.relu_gated`: a ReLU follows and everything reading it gives
 zeros no relevance); on such *ReLU-gated* layers the :math:`z < 0` term is dropped
 and the floor is **3** (1.5x; signed :math:`x`: **4**). Reached (signed: 5).
 Signed :math:`x`: :math:`x^+W^+ + x^-W^-` as :math:`(z_{\text{nb}} + |x||W|)/2`
@@ -80,7 +80,7 @@ import numpy as np
 
 from jaxlrp import composites, rules, variants
 from jaxlrp import explain as _explain
-from jaxlrp._analysis import relu_gated
+from jaxlrp._core.analysis import relu_gated
 
 
 def units(rule: rules.Rule, nonnegative: bool, batch: int = 1, gated: bool = False) -> float:

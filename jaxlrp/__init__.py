@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import TrainingModeError, UnsupportedOperationError
+from ._core.errors import TrainingModeError, UnsupportedOperationError
 from ._version import __version__
 
 #: Submodules, imported on first attribute access.

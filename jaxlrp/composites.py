@@ -78,9 +78,9 @@ import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from . import rules as _rules
-from ._analysis import Layer
-from ._kinds import KINDS, OPT_IN_KINDS
-from ._errors import UnsupportedOperationError
+from ._core.analysis import Layer
+from ._core.kinds import KINDS, OPT_IN_KINDS
+from ._core.errors import UnsupportedOperationError
 from .rules import Rule
 
 __all__ = [

@@ -41,11 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _parameters
+from ._core import parameters as _parameters
 from . import composites as _composites
 from . import viz
-from ._errors import UnsupportedOperationError
-from ._kinds import WEIGHTED_KINDS
+from ._core.errors import UnsupportedOperationError
+from ._core.kinds import WEIGHTED_KINDS
 from .composites import Composite, Matcher
 from .dataset import Batch, PathLike
 from .explain import Target, _nnx_module, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _primitives as P
+from ._core import primitives as P
 from . import composites as _composites
 from .composites import Composite
 from .explain import Target, _for_nnx, _initial_relevance, _nnx_module, _run, _top_level_nodes, _trace

@@ -3,7 +3,7 @@
 ``jaxlrp.lrp(fn, composite=...)`` returns a function with ``fn``'s signature that
 returns the relevance of one argument (by default the last) for a chosen output, the
 way :func:`jax.grad` returns a gradient. The function is traced to a jaxpr,
-re-evaluated by the LRP interpreter (:mod:`jaxlrp._interpreter`) and differentiated
+re-evaluated by the LRP interpreter (:mod:`jaxlrp._core.interpreter`) and differentiated
 with :func:`jax.vjp`, seeded with the output relevance. The result composes with
 :func:`jax.jit`, :func:`jax.vmap` and sharded inputs like any JAX function.
 """
@@ -24,11 +24,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import composites as _composites
-from ._errors import TrainingModeError, UnsupportedOperationError
-from ._example_axes import find_mixing, output_axes
-from ._analysis import Analysis, _Context, analyze, start_values
-from ._interpreter import evaluate, layers_within
-from ._program import flatten
+from ._core.errors import TrainingModeError, UnsupportedOperationError
+from ._core.example_axes import find_mixing, output_axes
+from ._core.analysis import Analysis, _Context, analyze, start_values
+from ._core.interpreter import evaluate, layers_within
+from ._core.program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule
 
@@ -262,7 +262,7 @@ def _start_data(program, slots: list, prov: list, start: Optional[str], data_arg
 
 def _starts(program, start: Optional[str], prov: list, data: list) -> list:
     """The start values of ``start=``; ``data`` are the variables of the last
-    argument (the token ids), see :func:`jaxlrp._analysis.start_values`."""
+    argument (the token ids), see :func:`jaxlrp._core.analysis.start_values`."""
     if start is None:
         return []
     if not isinstance(start, str):
@@ -344,7 +344,7 @@ def _tappable(an: Analysis, stack: tuple = ()) -> dict:
 def _run(t: _Traced, target, output_relevance, tapped: Sequence[int] = (), masks: Optional[dict] = None):
     """Evaluate under ``jax.vjp``; returns ``(out, relevance leaves, tap relevances)``.
 
-    ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._interpreter.evaluate`."""
+    ``masks``: layer index -> ``(m, s)``, see :func:`jaxlrp._core.interpreter.evaluate`."""
     out, back = _linearized(t, tapped, masks)
     rel, tap_rel = back(_initial_relevance(out, target, output_relevance, t.example_ndim))
     return out, rel, tap_rel

@@ -74,9 +74,9 @@ try:
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
     raise ImportError("jaxlrp.flax needs Flax: pip install 'jaxlrp[flax]'") from e
 
-from . import _paths
+from ._core import paths as _paths
 from . import composites as _composites
-from ._errors import TrainingModeError
+from ._core.errors import TrainingModeError
 from .composites import Composite, Layer, Matcher
 from .diagnostics import Report
 from .diagnostics import inspect as _jaxlrp_inspect

@@ -16,7 +16,7 @@ summed over the embedding axis into a :math:`T \\times L` matrix per example,
 the tokens generated before it.
 
 The LRP backward pass is the vector-Jacobian product of a modified forward pass
-(:mod:`jaxlrp._interpreter`), so for a fixed input it is **linear in the seed**
+(:mod:`jaxlrp._core.interpreter`), so for a fixed input it is **linear in the seed**
 :math:`\\rho`. All T seeds therefore share one forward pass, and their backward passes
 are one :func:`jax.vmap` (or, with ``batch_size``, a :func:`jax.lax.map` over chunks
 of it): one compiled call instead of T. The same linearity makes the explanation of a

@@ -81,9 +81,9 @@ if keras.backend.backend() != "jax":  # pragma: no cover - depends on the enviro
     raise ImportError(f"jaxlrp.keras needs Keras on the JAX backend, but Keras runs on {keras.backend.backend()!r}: "
                       "set KERAS_BACKEND=jax before Keras is imported")
 
-from . import _paths
+from ._core import paths as _paths
 from . import composites as _composites
-from ._errors import TrainingModeError
+from ._core.errors import TrainingModeError
 from .composites import Composite, Layer, Matcher
 from .diagnostics import Report
 from .diagnostics import inspect as _jaxlrp_inspect

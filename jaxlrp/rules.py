@@ -49,8 +49,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from ._kinds import AGGREGATE_KINDS, KINDS, WEIGHTED_KINDS
-from ._primitives import PRODUCTS, QUOTIENTS
+from ._core.kinds import AGGREGATE_KINDS, KINDS, WEIGHTED_KINDS
+from ._core.primitives import PRODUCTS, QUOTIENTS
 
 Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
 

@@ -186,7 +186,7 @@ def test_module_path():
     assert jf.module_path(layer) == "blocks/0/conv1"
     assert jf.module_path(dataclasses.replace(layer, param_paths=("params/Dense_0/kernel",))) == "params/Dense_0"
     assert jf.module_path(dataclasses.replace(layer, param_paths=())) == ""
-    # the core's rule for layers without a name stack (jaxlrp._paths): a parameter of the
+    # the core's rule for layers without a name stack (jaxlrp._core.paths): a parameter of the
     # root module has the root's empty path, a plain pytree leaf names itself
     assert jf.module_path(dataclasses.replace(layer, param_paths=("kernel/value",))) == ""
     assert jf.module_path(dataclasses.replace(layer, param_paths=("w1",))) == "w1"

@@ -1,6 +1,6 @@
 """Gates are decided by what a factor computes (its range), not by how it is spelled.
 
-A factor is a gate when the interval analysis of :mod:`jaxlrp._patterns` bounds it
+A factor is a gate when the interval analysis of :mod:`jaxlrp._core.patterns` bounds it
 within ``[0, 1]`` from the literal constants of the program: ``sigmoid`` in any
 spelling, ``hard_sigmoid``, ``1 - sigmoid``, a clip to ``[0, 1]``. ``silu``, GELU and
 swish are unbounded, so a SwiGLU product is a plain product (``Uniform``: half to
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import jaxlrp
-from jaxlrp import _patterns, composites, rules
+from jaxlrp._core import patterns as _patterns
+from jaxlrp import composites, rules
 
 EXACT = composites.Composite([("linear", rules.Zero()), ("sum", rules.Norm(0.0)), (composites.kind("product", "glu"), rules.Uniform(0.0))])
 
@@ -163,7 +164,7 @@ def test_value_range_arithmetic():
         jaxpr = jax.make_jaxpr(f)(*[jnp.ones(s) for s in shapes])
         ranges = {v: _patterns.UNBOUNDED for v in jaxpr.jaxpr.invars}
         for e in jaxpr.jaxpr.eqns:
-            from jaxlrp._program import Lit
+            from jaxlrp._core.program import Lit
 
             ops = [ranges.get(a, _patterns.UNBOUNDED) if not hasattr(a, "val")
                    else _patterns.literal_range(Lit(a.val, a.aval)) for a in e.invars]
@@ -183,7 +184,7 @@ def test_value_range_arithmetic():
 
 
 class _Eqn:
-    """A jaxpr equation seen as a :class:`jaxlrp._program.Eqn` (primitive and params)."""
+    """A jaxpr equation seen as a :class:`jaxlrp._core.program.Eqn` (primitive and params)."""
 
     def __init__(self, e):
         self.prim, self.params, self.invars, self.outvars = e.primitive, e.params, e.invars, e.outvars

@@ -15,7 +15,7 @@ import pytest
 
 import jaxlrp
 from jaxlrp import composites, rules
-from jaxlrp._analysis import relu_gated
+from jaxlrp._core.analysis import relu_gated
 from jaxlrp.explain import _run, _trace
 
 import reference as ref

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _common as C
 from . import linen as L
-from .._paths import lookup
+from .._core.paths import lookup
 
 __all__ = ["load_torchvision", "torchvision_keys", "NAMES"]
 

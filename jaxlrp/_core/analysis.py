@@ -1,6 +1,6 @@
 """The static analysis of the LRP interpreter: which equations carry relevance, and how.
 
-:func:`analyze` walks a flattened program (:mod:`jaxlrp._program`) once, in
+:func:`analyze` walks a flattened program (:mod:`jaxlrp._core.program`) once, in
 order, keeping what it knows in one :class:`_State`:
 
 * **taint**: which floating-point variables depend on the explained input.
@@ -8,7 +8,7 @@ order, keeping what it knows in one :class:`_State`:
   index arithmetic) run unchanged and carry no relevance;
 * **treatments**: every tainted equation is handed to the treatment registered
   for its primitive in :data:`TREATMENTS` (filled from the tables of
-  :mod:`jaxlrp._primitives` by :func:`_define`, the way ``jax.interpreters.ad``
+  :mod:`jaxlrp._core.primitives` by :func:`_define`, the way ``jax.interpreters.ad``
   registers one rule per primitive):
 
   - *routing* (reshape, slicing, gathers, ...; also linear maps whose other
@@ -21,7 +21,7 @@ order, keeping what it knows in one :class:`_State`:
     outside its region, relevance goes to the origin through the activation rule;
   - *nodes*: the rule-bearing operations (:class:`Layer`): dense/conv layers
     (fused with the affine chain after them, :mod:`jaxlrp.canonize`), sums,
-    average and max pools, products, and the patterns of :mod:`jaxlrp._patterns`
+    average and max pools, products, and the patterns of :mod:`jaxlrp._core.patterns`
     (softmax, normalisers, gates, attention);
   - *control flow* (scan, cond, shard_map): the bodies are analysed in turn;
   - anything else raises :class:`~jaxlrp.UnsupportedOperationError` naming the
@@ -31,7 +31,7 @@ order, keeping what it knows in one :class:`_State`:
   (from data flow), sign knowledge and first/last flags.
 
 Adding a primitive to an existing treatment is one word in
-:mod:`jaxlrp._primitives`; adding a treatment is one function here and one
+:mod:`jaxlrp._core.primitives`; adding a treatment is one function here and one
 :func:`_define` line.
 """
 
@@ -44,13 +44,13 @@ from typing import Callable, Literal, NamedTuple, NoReturn, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from . import _patterns
-from . import _primitives as P
+from . import patterns as _patterns
+from . import primitives as P
 from . import canonize
-from ._errors import UnsupportedOperationError
-from ._kinds import WEIGHTED_KINDS, Kind
-from ._paths import layer_name
-from ._program import Eqn, Lit, Program, Var, body, flatten, producers, readers
+from .errors import UnsupportedOperationError
+from .kinds import WEIGHTED_KINDS, Kind
+from .paths import layer_name
+from .program import Eqn, Lit, Program, Var, body, flatten, producers, readers
 
 # ------------------------------------------------------------------- layers
 
@@ -141,7 +141,7 @@ class NodeSpec:
 
 @dataclasses.dataclass(eq=False)
 class Analysis:
-    """The result of :func:`analyze`, read by :func:`jaxlrp._interpreter.evaluate`."""
+    """The result of :func:`analyze`, read by :func:`jaxlrp._core.interpreter.evaluate`."""
 
     program: Program
     tainted: set
@@ -225,7 +225,7 @@ class _State:
         return self.ranges.get(a, _patterns.UNBOUNDED) if isinstance(a, Var) else _patterns.literal_range(a)
 
     def has(self, site: _Site) -> _patterns.Has:
-        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._patterns`):
+        """``has(k, tag)`` for the operands of ``site`` (see :mod:`jaxlrp._core.patterns`):
         ``"gate"`` is decided by the operand's range, and a gate is no ``"inverse"``."""
 
         def has(k: int, tag: _patterns.Tag) -> bool:

@@ -1,7 +1,7 @@
 """A flat program representation of a jaxpr, the input of the LRP interpreter.
 
 Call-like primitives (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, remat, ...;
-see :data:`jaxlrp._primitives.CALLS`) are inlined, composing name stacks, so that
+see :data:`jaxlrp._core.primitives.CALLS`) are inlined, composing name stacks, so that
 layer detection and fusion see one straight-line program: ``jax.nn.relu`` is a
 ``custom_jvp_call`` around a ``jit`` around ``max``, and becomes just ``max``.
 Control flow (``scan``, ``cond``) stays one equation; its bodies are flattened on
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from . import _primitives as P
+from . import primitives as P
 
 
 class Var:

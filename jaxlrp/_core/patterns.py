@@ -3,7 +3,7 @@
 A single equation rarely says what a model computes: a softmax is ``exp``,
 ``reduce_sum`` and ``div``; LayerNorm is a product with ``rsqrt`` of a variance;
 a gated unit is a product with a factor bounded in ``[0, 1]``. The analysis
-(:mod:`jaxlrp._analysis`) attaches *tags* to relevance-carrying values as it
+(:mod:`jaxlrp._core.analysis`) attaches *tags* to relevance-carrying values as it
 walks the program, tracks the *range* of values computed from literals (an
 interval analysis, :func:`value_range`), and the recognisers below read them at
 the equation that completes a pattern. Each recogniser is a pure function of the
@@ -56,9 +56,9 @@ from typing import Callable, Literal, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from . import _primitives as P
-from ._kinds import Kind
-from ._program import Eqn, Lit, Program, Var
+from . import primitives as P
+from .kinds import Kind
+from .program import Eqn, Lit, Program, Var
 
 Tag = Literal["inverse", "root", "gate", "probs", "exp", "activated"]
 Has = Callable[[int, Tag], bool]
@@ -244,7 +244,7 @@ def value_range(eqn: Eqn, ranges: Sequence[Interval]) -> Interval:
     """A bound on the values of ``eqn``'s floating-point outputs, given a bound
     for each operand (``ranges``, one per operand; integer operands unused).
 
-    Sound for every primitive it knows (:data:`jaxlrp._primitives.INCREASING`,
+    Sound for every primitive it knows (:data:`jaxlrp._core.primitives.INCREASING`,
     ``DECREASING``, ``BOUNDED``, ``RANGE_COPYING`` and the arithmetic below), and
     :data:`UNBOUNDED` for every other one::
 

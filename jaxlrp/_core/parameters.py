@@ -20,10 +20,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from ._analysis import Analysis, _inexact
-from ._errors import UnsupportedOperationError
-from ._interpreter import _plain_bias, evaluate
-from ._program import Var
+from .analysis import Analysis, _inexact
+from .errors import UnsupportedOperationError
+from .interpreter import _plain_bias, evaluate
+from .program import Var
 
 #: Primitives that move parameter entries without changing them: their transpose
 #: routes each entry's relevance back to the entry it came from (broadcasts and
@@ -37,7 +37,7 @@ _BODY_OFFSET = {"scan": 0, "cond": 1, "shard_map": 0}
 
 
 def parameter_sources(an: Analysis) -> set:
-    """The program inputs (:class:`~jaxlrp._program.Var`) that the weights and biases
+    """The program inputs (:class:`~jaxlrp._core.program.Var`) that the weights and biases
     of the dense and conv layers of ``an`` (and of its control-flow bodies) read.
 
     Raises

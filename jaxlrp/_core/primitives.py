@@ -1,12 +1,12 @@
 """Primitive tables: what jaxlrp knows about each JAX primitive.
 
-The analysis (:mod:`jaxlrp._analysis`) never tests for a primitive by name: it
+The analysis (:mod:`jaxlrp._core.analysis`) never tests for a primitive by name: it
 looks the name up in its registry of treatments, which is filled from the tables
 below (one table per treatment, so adding a primitive to an existing treatment is
 one word here), and asks the per-primitive facts at the end of this module (signs,
 inverses). A primitive that is in no table, and is reached by relevance, raises
 :class:`jaxlrp.UnsupportedOperationError`. The tables of one treatment are
-disjoint from those of another; :mod:`jaxlrp._analysis` checks it at import.
+disjoint from those of another; :mod:`jaxlrp._core.analysis` checks it at import.
 
 Names cover jax 0.10 and 0.11 (``closed_call`` becomes ``eval_jaxpr`` at jax head;
 remat is ``remat2`` or ``checkpoint``).
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ._kinds import Kind
+from .kinds import Kind
 
 # Call-like primitives that are inlined: name -> parameter holding the body.
 CALLS: dict[str, str] = {
@@ -62,7 +62,7 @@ ACTIVATIONS: frozenset[str] = frozenset(
 )
 ELEMENTWISE: frozenset[str] = ELEMENTWISE_SUMS | PRODUCTS | QUOTIENTS | SELECTING | ACTIVATIONS
 # Elementwise steps that are linear in their one origin inside an activation region
-# (with ``mul`` and ``div`` by constants, see jaxlrp._patterns.made_by): a region
+# (with ``mul`` and ``div`` by constants, see jaxlrp._core.patterns.made_by): a region
 # made of them only is no activation, so its value is not "activated" (a GLU factor).
 LINEAR_STEPS: frozenset[str] = ELEMENTWISE_SUMS | frozenset(
     {"neg", "convert_element_type", "copy", "copy_p", "reduce_precision"})
@@ -76,13 +76,13 @@ INVERSE: frozenset[str] = frozenset({"rsqrt", "div", "pow", "integer_pow"})
 # Affine in their tainted operands, with the untainted float operands as a bias:
 # with sources of different origin, a sum node (residual connections).
 AFFINE: frozenset[str] = frozenset({"add", "sub", "add_any", "scatter-add", "scatter_add"})
-# Elementwise primitives whose outputs patterns look for (see jaxlrp._patterns):
+# Elementwise primitives whose outputs patterns look for (see jaxlrp._core.patterns):
 # "root": a square root, a division by one is a normalisation (LayerNorm);
 # "exp": part of a softmax. (Gates are not tagged: they are decided by the range
 # of the value, whatever the primitives that compute it; see below.)
 TAGS: dict[str, str] = {"sqrt": "root", "rsqrt": "root", "exp": "exp", "exp2": "exp"}
 
-# Value ranges: the interval analysis that decides gates (jaxlrp._patterns.value_range).
+# Value ranges: the interval analysis that decides gates (jaxlrp._core.patterns.value_range).
 # Elementwise functions that never decrease, as a function of one float (the bounds
 # of the output are the function of the bounds of the input) ...
 INCREASING: dict[str, Callable[[Any], Any]] = {
@@ -136,7 +136,7 @@ ROUTING: frozenset[str] = frozenset(
 
 # Routing primitives whose every output entry is a copy of an input entry (or a
 # constant), so a zero input is copied only to zeros (see
-# jaxlrp._analysis.relu_gated).
+# jaxlrp._core.analysis.relu_gated).
 COPYING: frozenset[str] = frozenset(
     """reshape transpose broadcast_in_dim squeeze expand_dims slice dynamic_slice
     concatenate pad rev reduce_max reduce_window_max sharding_constraint stack unstack

@@ -1,7 +1,7 @@
 """The kinds of rule-bearing operations, defined once.
 
 :mod:`jaxlrp.composites` says what each kind is in the jaxpr and gives its default
-rule; the analysis (:mod:`jaxlrp._analysis`) assigns them; rules declare the kinds
+rule; the analysis (:mod:`jaxlrp._core.analysis`) assigns them; rules declare the kinds
 they apply to.
 """
 

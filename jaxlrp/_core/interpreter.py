@@ -2,7 +2,7 @@
 
 Two stages, modelled on ``jax._src.core.eval_jaxpr``:
 
-1. :func:`jaxlrp._analysis.analyze` walks the flattened program once, statically:
+1. :func:`jaxlrp._core.analysis.analyze` walks the flattened program once, statically:
    which values carry relevance, and which equations are rule-bearing nodes
    (layers), activation regions, routing or control flow;
 2. :func:`evaluate` runs the program. Each node becomes a ``jax.custom_vjp`` whose
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from . import canonize
-from ._analysis import Analysis, NodeSpec, _inexact, relu_gated
-from ._program import Eqn, Lit, Var, replay
-from .rules import Node, after
+from .analysis import Analysis, NodeSpec, _inexact, relu_gated
+from .program import Eqn, Lit, Var, replay
+from ..rules import Node, after
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -136,11 +136,11 @@ def evaluate(
     broadcastable to the node's output, ``s`` may be ``None``): the relevance ``R``
     at the node's output (after the tap) becomes ``m * R + s * z`` in the backward
     pass (:func:`_condition`). Layers whose output relevance is provably zero where
-    their output is ``<= 0`` tell their rules so (:func:`jaxlrp._analysis.relu_gated`;
+    their output is ``<= 0`` tell their rules so (:func:`jaxlrp._core.analysis.relu_gated`;
     not under ``masks``, whose ``s * z`` term gives relevance there). With
     ``parameters``, dense and conv nodes also return the relevance of their weight
     and bias share as those operands' cotangents (differentiate with respect to
-    the parameters: :mod:`jaxlrp._parameters`).
+    the parameters: :mod:`jaxlrp._core.parameters`).
     """
     taps, masks = taps or {}, masks or {}
     gated = frozenset() if masks else relu_gated(an, rules)

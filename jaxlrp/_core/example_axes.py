@@ -19,8 +19,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _primitives as P
-from ._program import Eqn, Program, Var
+from . import primitives as P
+from .program import Eqn, Program, Var
 
 Axes = Optional[frozenset]  # example axes of a value; None: not tracked
 
