@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 import jaxlrp  # noqa: E402
 from jaxlrp import composites, rules  # noqa: E402
 from jaxlrp._core.program import Var  # noqa: E402
-from jaxlrp.explain import _trace  # noqa: E402
+from jaxlrp._core.trace import trace as _trace  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from coverage_models import CASES, Case  # noqa: E402  (bench/coverage_models.py)

@@ -79,7 +79,6 @@ import jax
 import numpy as np
 
 from jaxlrp import composites, rules, variants
-from jaxlrp import explain as _explain
 from jaxlrp._core.analysis import relu_gated
 
 
@@ -147,7 +146,8 @@ def _products(jaxpr, mult: int = 1) -> list:
 def layer_costs(fn: Callable, params: Any, x: Any, composite: Union[composites.Composite, str, None] = None,
                 argnums: Optional[Union[int, Sequence[int]]] = None) -> list:
     """``[(layer key, rule, nonnegative, F, units)]`` of the dense and conv layers of ``fn(params, x)``."""
-    trace = _explain._trace
+    from jaxlrp._core.trace import trace
+
     comp, box = composites.resolve(composite, None), []
 
     def traced(p, x_):  # under eval_shape: abstract values, nothing computed or allocated

@@ -24,7 +24,7 @@ _SUBMODULES = frozenset({
 })
 #: Public names defined in a submodule: name -> submodule.
 _ATTRIBUTES = {
-    "lrp": "explain", "value_and_lrp": "explain", "AmbiguousOutputWarning": "explain",
+    "lrp": "explain", "value_and_lrp": "explain", "Explainer": "explain", "AmbiguousOutputWarning": "explain",
     "Composite": "composites", "UnmatchedPatternError": "composites", "UnmatchedPatternWarning": "composites",
     "DatasetLockedError": "dataset", "explain_dataset": "dataset", "inspect": "diagnostics",
 }
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers
     from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
     from .dataset import DatasetLockedError, explain_dataset
     from .diagnostics import inspect
-    from .explain import AmbiguousOutputWarning, lrp, value_and_lrp
+    from .explain import AmbiguousOutputWarning, Explainer, lrp, value_and_lrp
 
 
 def __getattr__(name: str) -> Any:
@@ -58,6 +58,7 @@ __all__ = [
     "__version__",
     "lrp",
     "value_and_lrp",
+    "Explainer",
     "explain_dataset",
     "dataset",
     "inspect",

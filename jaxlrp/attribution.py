@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from .explain import Target, _argnums, _initial_relevance
+from ._core.run import initial_relevance
+from ._core.trace import argnums_tuple
+from ._core.types import Target
 
 __all__ = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion", "smooth"]
 
@@ -47,15 +49,15 @@ _METHODS = ("midpoint", "trapezoid", "left", "right")
 def _weights(out: Array, target, output_relevance) -> Array:
     """The output weights ``w``: a one-hot of ``target`` (argmax if ``None``) or ``output_relevance``."""
     if output_relevance is not None:
-        return _initial_relevance(out, target, output_relevance)
+        return initial_relevance(out, target, output_relevance)
     if out.ndim == 0:
-        return _initial_relevance(jnp.ones_like(out), target, None)
+        return initial_relevance(jnp.ones_like(out), target, None)
     index = jnp.argmax(jax.lax.stop_gradient(out), axis=-1) if target is None else target
-    return _initial_relevance(jnp.ones_like(out), index, None)
+    return initial_relevance(jnp.ones_like(out), index, None)
 
 
 def _split_args(args: tuple, argnums) -> tuple:
-    nums, single = _argnums(argnums, len(args))
+    nums, single = argnums_tuple(argnums, len(args))
     for n in nums:
         for leaf in jax.tree_util.tree_leaves(args[n]):
             if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):

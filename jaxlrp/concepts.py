@@ -48,7 +48,10 @@ from ._core.errors import UnsupportedOperationError
 from ._core.kinds import WEIGHTED_KINDS
 from .composites import Composite, Matcher
 from .dataset import Batch, PathLike
-from .explain import Target, _nnx_module, _Traced, _run, _top_level_nodes, _trace, _unflatten_relevance
+from ._core.checks import concrete, is_nnx_module
+from ._core.run import run, top_level_nodes, unflatten_relevance
+from ._core.trace import Traced, trace
+from ._core.types import Target
 from .rules import Rule
 
 __all__ = ["conditional", "relevance_scores", "channel_relevance", "parameter_relevance", "maximization", "Maximization", "references", "crop", "atlas"]
@@ -66,9 +69,9 @@ _REDUCE = ("sum", "max")
 # ------------------------------------------------------------------ layers and masks
 
 
-def _layer_index(t: _Traced, matcher: Matcher) -> int:
+def _layer_index(t: Traced, matcher: Matcher) -> int:
     """The one top-level layer that ``matcher`` names (its key, or a matcher)."""
-    nodes = _top_level_nodes(t)
+    nodes = top_level_nodes(t)
     if isinstance(matcher, str):
         exact = [i for i in nodes if t.layers[i].key == matcher]
         if exact:
@@ -85,16 +88,16 @@ def _layer_index(t: _Traced, matcher: Matcher) -> int:
     return found[0]
 
 
-def _mask(t: _Traced, index: int, value: Any) -> Array:
+def _mask(t: Traced, index: int, value: Any) -> Array:
     """The mask of one condition at one layer, broadcastable to the layer's output."""
     layer = t.layers[index]
     shape, channels = tuple(layer.output_shape), layer.output_shape[-1]
-    dtype = t.analysis.program.eqns[_top_level_nodes(t)[index].eqn].outvars[0].dtype
+    dtype = t.analysis.program.eqns[top_level_nodes(t)[index].eqn].outvars[0].dtype
     v = jnp.asarray(value)
     if jnp.issubdtype(v.dtype, jnp.integer):
         if v.ndim > 1:
             raise ValueError(f"channel ids for layer {layer.key!r} must be an int or a 1-D sequence, got shape {v.shape}")
-        ids = _concrete(v)
+        ids = concrete(v)
         if ids is not None and (np.any(ids < 0) or np.any(ids >= channels)):
             raise ValueError(f"channel ids {ids.tolist()} out of range for layer {layer.key!r} with {channels} channels")
         return jnp.zeros((channels,), dtype).at[v.reshape(-1)].set(1)
@@ -110,19 +113,12 @@ def _mask(t: _Traced, index: int, value: Any) -> Array:
     return v.astype(dtype)
 
 
-def _concrete(a) -> Optional[np.ndarray]:
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
 def _check_batch_size(batch_size) -> None:
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
-def _stack(t: _Traced, conds: list) -> dict:
+def _stack(t: Traced, conds: list) -> dict:
     """Layer index -> the K masks of ``conds`` stacked on a leading axis."""
     per: list = [{_layer_index(t, m): v for m, v in c.items()} for c in conds]
     for c, resolved in zip(conds, per):
@@ -149,14 +145,14 @@ def _as_list(conditions: Conditions) -> tuple:
 # ------------------------------------------------------------------ the conditional backward pass
 
 
-def _conditional_run(t: _Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
+def _conditional_run(t: Traced, conds: list, target, output_relevance, start, tapped: tuple, batch_size):
     """Relevance leaves and output-tap relevance of every condition, with a leading K axis."""
     stacked = _stack(t, conds)
     start_index = None if start is None else _layer_index(t, start)
     if start_index is not None:
         if target is not None or output_relevance is not None:
             raise ValueError("with start=, the relevance starts at that layer: pass neither target= nor output_relevance=")
-        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
         output_relevance = jnp.zeros(out_aval.shape, out_aval.dtype)
 
     def one(masks):
@@ -164,7 +160,7 @@ def _conditional_run(t: _Traced, conds: list, target, output_relevance, start, t
         if start_index is not None:  # R_l <- m_l * z_l: the layer's own output, masked
             m = masks.get(start_index, jnp.ones((), output_relevance.dtype))
             hooks[start_index] = (jnp.zeros_like(m), m)
-        _, rel, tap_rel = _run(t, target, output_relevance, tapped, hooks)
+        _, rel, tap_rel = run(t, target, output_relevance, tapped, hooks)
         return rel, {i: tap_rel[i][1] for i in tapped}
 
     if not stacked:  # no mask at all: K copies of plain LRP
@@ -232,10 +228,10 @@ def conditional(
         output_relevance: Optional[ArrayLike] = None,
         start: Optional[Matcher] = None,
     ) -> Any:
-        t = _trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args)
         conds, single = _as_list(conditions)
         rel, _ = _conditional_run(t, conds, target, output_relevance, start, (), batch_size)
-        out = _unflatten_relevance(t, rel)
+        out = unflatten_relevance(t, rel)
         return jax.tree_util.tree_map(lambda r: r[0], out) if single else out
 
     return explain
@@ -294,7 +290,7 @@ def relevance_scores(
         target: Target = None,
         output_relevance: Optional[ArrayLike] = None,
     ) -> Array:
-        t = _trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args)
         conds, single = _as_list({} if conditions is None else conditions)
         i = _layer_index(t, matcher)
         _, taps = _conditional_run(t, conds, target, output_relevance, None, (i,), batch_size)
@@ -351,11 +347,11 @@ def channel_relevance(
 
     @functools.wraps(fn)
     def scores(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> dict:
-        t = _trace(fn, comp, argnums, args)
-        chosen = tuple(i for i in sorted(_top_level_nodes(t)) if match(t.layers[i]))
+        t = trace(fn, comp, argnums, args)
+        chosen = tuple(i for i in sorted(top_level_nodes(t)) if match(t.layers[i]))
         if not chosen:
             raise ValueError(f"layers={layers!r} matches no layer outside control flow")
-        _, _, taps = _run(t, target, output_relevance, chosen)
+        _, _, taps = run(t, target, output_relevance, chosen)
         return {t.layers[i].key: jnp.sum(taps[i][1].reshape(-1, taps[i][1].shape[-1]), axis=0) for i in chosen}
 
     return scores
@@ -426,7 +422,7 @@ def parameter_relevance(
     >>> rel["params"]["conv1"]["kernel"].shape == variables["params"]["conv1"]["kernel"].shape
     True
     """
-    if _nnx_module(fn):
+    if is_nnx_module(fn):
         raise TypeError("parameter_relevance takes a function of the parameters, not an nnx module: pass "
                         "graphdef, state = nnx.split(model) and lambda state, x: nnx.merge(graphdef, state)(x), "
                         "then call it with (state, x)")
@@ -434,7 +430,7 @@ def parameter_relevance(
 
     @functools.wraps(fn)
     def relevance(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
-        t = _trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args)
         for layer in t.layers:
             r = t.rules.get(layer.index)
             if layer.kind in WEIGHTED_KINDS and r is not None and not getattr(r, "parameter_relevance", False):
@@ -483,17 +479,17 @@ def _statistics(fn, comp, argnums, layer, relevance_reduce, activation_reduce, n
     """
 
     def stats(*args, target=None):
-        t = _trace(fn, comp, argnums, args)
+        t = trace(fn, comp, argnums, args)
         i = _layer_index(t, layer)
         if t.example_ndim != 1:
             raise ValueError(f"maximization needs a batched function with output (N, classes); "
                              f"the output has {t.example_ndim} example axes")
-        out_aval = jax.eval_shape(lambda: _run(t, None, None)[0])
+        out_aval = jax.eval_shape(lambda: run(t, None, None)[0])
 
         def one(is_act):
             m = jnp.ones((), out_aval.dtype)
             hook = (1 - is_act) * m, is_act * m  # relevance as is / the activation itself
-            _, _, taps = _run(t, target, None, (i,), {i: hook})
+            _, _, taps = run(t, target, None, (i,), {i: hook})
             return taps[i][1]
 
         rel, act = jax.vmap(one)(jnp.arange(2, dtype=out_aval.dtype))

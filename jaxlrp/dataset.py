@@ -232,11 +232,23 @@ def _check_targets(target: np.ndarray, classes: Optional[int], index: int, start
     )
 
 
+def _explainer_of(explain: Callable) -> Optional[Any]:
+    """The :class:`jaxlrp.explain.Explainer` behind ``explain`` (itself, or the one a
+    wrapper such as :func:`jaxlrp.flax.lrp`'s names as ``__wrapped__``), else ``None``."""
+    from .explain import Explainer
+
+    for candidate in (explain, getattr(explain, "__wrapped__", None)):
+        if isinstance(candidate, Explainer):
+            return candidate
+    return None
+
+
 def _classes(explain: Callable, arrays: list, rebuild: Callable, x) -> Optional[int]:
     """The size of the explained output's last axis, for an explainer from :func:`jaxlrp.lrp`."""
-    fn = (getattr(explain, "jaxlrp_config", None) or {}).get("fn")
-    if fn is None:
+    explainer = _explainer_of(explain)
+    if explainer is None:
         return None
+    fn = explainer.fn
     try:
         out = jax.eval_shape(lambda a, x: fn(rebuild(a), x), arrays, x)
     except Exception:  # the explainer takes other arguments: no check rather than a wrong one
@@ -248,10 +260,10 @@ def _split(params) -> tuple[list, Callable[[list], PyTree]]:
     """The array leaves of ``params`` and the function that puts (placed or traced) arrays
     back among the static leaves: the split :func:`jaxlrp.lrp` makes, so that an Equinox
     module's activation functions, strings and Python numbers stay Python objects."""
-    from .explain import _is_array
+    from ._core.trace import is_array
 
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    where = [j for j, leaf in enumerate(leaves) if _is_array(leaf)]
+    where = [j for j, leaf in enumerate(leaves) if is_array(leaf)]
 
     def rebuild(arrays: list) -> PyTree:
         full = list(leaves)
@@ -296,13 +308,13 @@ def _text(obj: Any, limit: int = 2000) -> str:
 def _fingerprint(params) -> dict:
     """SHA-256 of the tree structure and of every leaf's shape, dtype and bytes (a static,
     non-array leaf such as an Equinox module's activation function: its description)."""
-    from .explain import _is_array
+    from ._core.trace import is_array
 
     leaves, treedef = jax.tree_util.tree_flatten(params)
     h = hashlib.sha256(_text(treedef, limit=10**9).encode())
     whole = True
     for leaf in leaves:
-        if not _is_array(leaf):
+        if not is_array(leaf):
             h.update(f"static {_text(leaf)}".encode())
             continue
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
@@ -316,7 +328,11 @@ def _fingerprint(params) -> dict:
 
 
 def _explainer(explain: Callable) -> dict:
-    cfg = getattr(explain, "jaxlrp_config", None) or {}
+    explainer = _explainer_of(explain)
+    cfg = {} if explainer is None else {
+        "composite": explainer.composite, "argnums": explainer.argnums, "start": explainer.start,
+        "example_axes": explainer.example_axes,
+    }
     name = getattr(explain, "__qualname__", type(explain).__qualname__)
     desc = {"function": f"{getattr(explain, '__module__', None)}.{name}"}
     desc.update({k: _text(v) for k, v in sorted(cfg.items()) if k != "fn"})
@@ -1079,12 +1095,12 @@ def _place_params(params, arrays: list, mesh: Mesh, spec) -> list:
 
     if isinstance(spec, (PartitionSpec, jax.sharding.Sharding)):
         return [jax.device_put(a, sharding(spec)) for a in arrays]
-    from .explain import _is_array
+    from ._core.trace import is_array
 
     is_spec = lambda s: isinstance(s, (PartitionSpec, jax.sharding.Sharding))  # noqa: E731
     specs = jax.tree_util.tree_structure(params).flatten_up_to(spec)  # type: ignore[attr-defined]
     leaves = jax.tree_util.tree_leaves(params)
-    chosen = [s for leaf, s in zip(leaves, specs) if _is_array(leaf)]
+    chosen = [s for leaf, s in zip(leaves, specs) if is_array(leaf)]
     bad = [s for s in chosen if not is_spec(s)]
     if bad:
         raise ValueError(f"param_sharding holds {bad[0]!r} for an array of the parameters; give a PartitionSpec")

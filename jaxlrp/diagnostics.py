@@ -41,7 +41,10 @@ from jax.typing import ArrayLike
 from ._core import primitives as P
 from . import composites as _composites
 from .composites import Composite
-from .explain import Target, _for_nnx, _initial_relevance, _nnx_module, _run, _top_level_nodes, _trace
+from ._core.checks import is_nnx_module
+from ._core.run import initial_relevance, run, top_level_nodes
+from ._core.trace import trace
+from ._core.types import Target
 from .rules import Rule
 
 __all__ = [
@@ -228,17 +231,19 @@ def inspect(
     operations whose plain VJP chooses among entries (see :attr:`Report.fallbacks`).
     Runs eagerly; not for use under ``jit``.
     """
-    if _nnx_module(fn):
-        return _for_nnx(inspect, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes,
-                        verbose=verbose)
+    if is_nnx_module(fn):
+        from . import flax as _flax
+
+        return _flax.transform(inspect, fn, composite, rule=rule, argnums=argnums, start=start,
+                               example_axes=example_axes, verbose=verbose)
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
     def report(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Report:
-        t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
-        nodes = _top_level_nodes(t)
-        out, rel, taps = _run(t, target, output_relevance, list(nodes))
-        seed_total = _total(_initial_relevance(out, target, output_relevance, t.example_ndim))
+        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+        nodes = top_level_nodes(t)
+        out, rel, taps = run(t, target, output_relevance, list(nodes))
+        seed_total = _total(initial_relevance(out, target, output_relevance, t.example_ndim))
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":

@@ -91,6 +91,7 @@ __all__ = [
     "value_and_lrp",
     "explain",
     "inspect",
+    "transform",
     "check_inference_mode",
     "module_path",
     "nnx_composite",
@@ -323,18 +324,27 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"expected a Flax linen or nnx module, got {type(model).__name__}")
 
 
-def _transform(transform: Callable, model: Model, composite, rule, method, **options: Any) -> Callable:
-    """``transform`` (:func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` or
-    :func:`jaxlrp.inspect`) of a model: a function of ``(variables, x)`` (linen) or
-    ``(state, x)`` or ``(x)`` (nnx) taking the keywords of the transformed function."""
+def transform(
+    transformation: Callable, model: Model, composite: Union[Composite, str, None] = None, *,
+    rule: Optional[Rule] = None, method: Method = None, **options: Any,
+) -> Callable:
+    """``transformation`` (:func:`jaxlrp.lrp`, :func:`jaxlrp.value_and_lrp` or
+    :func:`jaxlrp.inspect`) of a Flax model: a function of ``(variables, x)`` (linen) or
+    ``(state, x)`` or ``(x)`` (nnx) taking the keywords of the transformed function.
+
+    :func:`lrp`, :func:`value_and_lrp` and :func:`inspect` of this module are this
+    function with their transformation; ``options`` (``argnums=``, ``start=``,
+    ``example_axes=``, ``verbose=``) go to the transformation. :func:`jaxlrp.lrp` of
+    an nnx module calls it.
+    """
     _check_model(model)
     if isinstance(model, nnx.Module):
-        return _nnx_transform(transform, model, composite, rule, method, options)
-    return transform(_linen_apply(model, method), composite, rule=rule, **options)
+        return _nnx_transform(transformation, model, composite, rule, method, options)
+    return transformation(_linen_apply(model, method), composite, rule=rule, **options)
 
 
 def _nnx_transform(transform: Callable, model: nnx.Module, composite, rule, method, options: dict) -> Callable:
-    """The nnx case of :func:`_transform`. Called with ``(x)``, the model is split
+    """The nnx case of :func:`transform`. Called with ``(x)``, the model is split
     again at each call, so that its current weights and mode are used (and checked)."""
     root = type(model).__name__
     comp = nnx_composite(composite, model, rule=rule)
@@ -401,7 +411,7 @@ def lrp(
     >>> explain = jax.jit(jaxlrp.flax.lrp(model, composites.EpsilonPlusFlat()))
     >>> R = explain(variables, x, target=3)
     """
-    return _transform(_jaxlrp_lrp, model, composite, rule, method)
+    return transform(_jaxlrp_lrp, model, composite, rule=rule, method=method)
 
 
 def value_and_lrp(
@@ -413,7 +423,7 @@ def value_and_lrp(
 ) -> Callable:
     """Like :func:`lrp`, but the returned function gives ``(output, relevance)``
     (see :func:`jaxlrp.value_and_lrp`)."""
-    return _transform(_jaxlrp_value_and_lrp, model, composite, rule, method)
+    return transform(_jaxlrp_value_and_lrp, model, composite, rule=rule, method=method)
 
 
 def _linen_args(model, args, fname) -> tuple:
@@ -515,7 +525,7 @@ def inspect(
     >>> report = jaxlrp.flax.inspect(model, composites.EpsilonPlusFlat(), verbose=False)(variables, x)
     >>> report = jaxlrp.flax.inspect(nnx_model)(x)
     """
-    return _transform(_jaxlrp_inspect, model, composite, rule, method, verbose=verbose)
+    return transform(_jaxlrp_inspect, model, composite, rule=rule, method=method, verbose=verbose)
 
 
 # ----------------------------------------------------------------- linen -> nnx

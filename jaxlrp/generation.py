@@ -38,7 +38,9 @@ from jax.typing import ArrayLike
 
 from . import composites as _composites
 from .composites import Composite
-from .explain import _concrete, _linearized, _trace
+from ._core.checks import concrete
+from ._core.run import linearized
+from ._core.trace import trace
 from .rules import Rule
 
 __all__ = ["explain_generation"]
@@ -60,7 +62,7 @@ def _positions(generated: Generated, length: int) -> Array:
     pos = jnp.asarray(generated)
     if pos.ndim != 1 or not jnp.issubdtype(pos.dtype, jnp.integer):
         raise ValueError(f"generated must be an int or a 1-D sequence of int positions, got {generated!r}")
-    value = _concrete(pos)
+    value = concrete(pos)
     if value is not None and (np.any(value < 1) or np.any(value >= length)):
         raise ValueError(f"positions {value.tolist()} out of range [1, {length - 1}] for sequences of length {length}")
     return pos
@@ -165,9 +167,9 @@ def explain_generation(
     comp = _composites.resolve(composite, rule)
 
     def explain(*args: Any, generated: Generated, joint: bool = False) -> Array:
-        t = _trace(fn, comp, None, args, start=start, data_argnum=ids_argnum)
+        t = trace(fn, comp, None, args, start=start, data_argnum=ids_argnum)
         ids = jnp.asarray(args[ids_argnum])
-        out, back = _linearized(t)
+        out, back = linearized(t)
         _check_shapes(out, ids, t.starts)
         positions = _positions(generated, ids.shape[1])
 

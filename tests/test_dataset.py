@@ -171,7 +171,7 @@ def test_resume_with_changed_settings_is_refused_and_says_what_differs(tmp_path)
         jaxlrp.explain_dataset(explain, params, _crashing(_batches(x, y, 4), 5), out, progress=False)
     before = _files(out)
     other_params = jax.tree_util.tree_map(lambda a: a * 1.01, params)
-    gamma = jaxlrp.lrp(explain.jaxlrp_config["fn"], composites.EpsilonGammaBox(-3.0, 3.0, gamma=0.5))
+    gamma = jaxlrp.lrp(explain.fn, composites.EpsilonGammaBox(-3.0, 3.0, gamma=0.5))
     cases = [
         (dict(batches=_batches(x, y, 8)), "batch_size: 4 on disk, 8 now"),
         (dict(batches=_batches(x, y, 4), explain=gamma), "explainer.composite"),

@@ -220,7 +220,7 @@ def test_sign_inference_marks_relu_inputs_and_changes_nothing():
     """Inputs known to be >= 0 (after ReLU and max pooling) let z+, gamma and
     alpha-beta skip the negative-input terms; the relevance is the same."""
     layers, fn, params, x = _net("cnn", seed=7)
-    from jaxlrp.explain import _trace
+    from jaxlrp._core.trace import trace as _trace
 
     t = _trace(fn, composites.Composite(), None, (params, x))
     flags = {l.key: l.nonnegative for l in t.layers if l.kind in ("conv", "dense")}

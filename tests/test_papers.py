@@ -20,7 +20,7 @@ import pytest
 
 import jaxlrp
 from jaxlrp import composites, diagnostics, rules, variants
-from jaxlrp.explain import _trace
+from jaxlrp._core.trace import trace as _trace
 from jaxlrp.models import recurrent
 
 RNG = np.random.default_rng(0)

@@ -16,7 +16,8 @@ import pytest
 import jaxlrp
 from jaxlrp import composites, rules
 from jaxlrp._core.analysis import relu_gated
-from jaxlrp.explain import _run, _trace
+from jaxlrp._core.run import run as _run
+from jaxlrp._core.trace import trace as _trace
 
 import reference as ref
 

@@ -49,3 +49,7 @@ class TrainingModeError(ValueError):
             "build BatchNorm with use_running_average=True and Dropout with deterministic=True; for "
             "Hugging Face Flax models pass train=False (deterministic=True)."
         )
+
+
+class AmbiguousOutputWarning(UserWarning):
+    """A 1-D output could index examples or outputs; see ``example_axes`` of :func:`jaxlrp.lrp`."""

@@ -24,6 +24,9 @@ from .analysis import Analysis, _inexact
 from .errors import UnsupportedOperationError
 from .interpreter import _plain_bias, evaluate
 from .program import Var
+from .run import initial_relevance
+from .trace import Traced
+from .types import Target
 
 #: Primitives that move parameter entries without changing them: their transpose
 #: routes each entry's relevance back to the entry it came from (broadcasts and
@@ -97,12 +100,10 @@ def _walk(var: Any, producers: dict, invars: set, layer: str) -> set:
     return found
 
 
-def run(t: Any, leaves: list, target: Any, output_relevance: Optional[Any]) -> list:
+def run(t: Traced, leaves: list, target: Target, output_relevance: Optional[Any]) -> list:
     """The relevance of the flat argument leaves ``leaves`` (indices into
     ``t.flat_args``), summed over the examples: one forward pass under
     :func:`jax.vjp` in parameter mode, seeded with the output relevance."""
-    from .explain import _initial_relevance
-
     def f(params):
         vals = list(t.flat_args)
         for j, p in zip(leaves, params):
@@ -111,5 +112,5 @@ def run(t: Any, leaves: list, target: Any, output_relevance: Optional[Any]) -> l
         return out
 
     out, pull = jax.vjp(f, [jnp.asarray(t.flat_args[j]) for j in leaves])
-    (rel,) = pull(_initial_relevance(out, target, output_relevance, t.example_ndim))
+    (rel,) = pull(initial_relevance(out, target, output_relevance, t.example_ndim))
     return rel
