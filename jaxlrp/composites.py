@@ -119,12 +119,13 @@ __all__ = [
     "from_rule",
     "resolve",
     "KINDS",
+    "MATCHER_WORDS",
 ]
 
 Matcher = Union[str, Callable[[Layer], bool]]
 
 #: Strings that are matchers by themselves (not globs).
-_WORDS = KINDS + ("linear", "first", "last")
+MATCHER_WORDS = KINDS + ("linear", "first", "last")
 _PLAIN_WORD = re.compile(r"[a-z_]+")
 _GLOB_CHARS = re.compile(r"[*?\[/]")
 
@@ -270,7 +271,7 @@ def as_matcher(m: Matcher) -> Callable[[Layer], bool]:
     if m == "last":
         return last
     if _PLAIN_WORD.fullmatch(m):
-        close = difflib.get_close_matches(m, _WORDS, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(m, MATCHER_WORDS, n=1, cutoff=0.75)
         if close:
             raise _unknown_kind(m, close)
     return _Glob(m)
@@ -327,8 +328,8 @@ def _not_a_kind(word: str, where: str) -> ValueError:
     """A bare word (no glob character, no ``/``) that is no kind and names no layer:
     most likely a kind misspelt (``"convolution"``), so an error, not a warning."""
     low = word.lower()
-    close = [w for w in _WORDS if low.startswith(w) or w.startswith(low)][:1]
-    close = close or difflib.get_close_matches(low, _WORDS, n=1, cutoff=0.3)
+    close = [w for w in MATCHER_WORDS if low.startswith(w) or w.startswith(low)][:1]
+    close = close or difflib.get_close_matches(low, MATCHER_WORDS, n=1, cutoff=0.3)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return ValueError(
         f"{where} {word!r} is neither a layer kind nor a glob (no '*', '?', '[' or '/') and matches no layer; "

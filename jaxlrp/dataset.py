@@ -831,14 +831,14 @@ def explain_dataset(
             failure = e
         _agree(0, "starting", failure, {})
         step = jax.jit(_step_fn(explain, rebuild, metrics, save_relevance, dtype))
-        ctx = _Context(
+        ctx = Context(
             out, process, explain, placed_arrays, rebuild, params, metrics, step, data_sharding, n_local_shards
         )
         with _progress(progress and process == 0, total) as bar:
             return _Loop(ctx, batches, bar).run()
 
 
-class _Context(NamedTuple):
+class Context(NamedTuple):
     out: str
     process: int
     explain: Callable
@@ -885,7 +885,7 @@ def _step_fn(explain: Callable, rebuild: Callable, metrics: dict, save_relevance
     return step
 
 
-def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
+def _start(ctx: Context, batch: dict, placed: dict, size: int) -> tuple:
     """The run's identity and the number of classes, from the first batch (``size``: the
     largest number of examples of the processes' first batches)."""
     stored = _stored_identity(ctx.out)
@@ -911,7 +911,7 @@ def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
     return identity, _classes(ctx.explain, ctx.arrays, ctx.rebuild, placed["x"])
 
 
-def _place(ctx: _Context, batch: dict, rows: int) -> dict:
+def _place(ctx: Context, batch: dict, rows: int) -> dict:
     return {k: jax.make_array_from_process_local_data(ctx.data_sharding, _pad(v, rows)) for k, v in batch.items()}
 
 
@@ -965,7 +965,7 @@ class _Loop:
     its last batch again (or zeros) as a masked share and writes nothing, so that no
     process waits for a collective the others never enter."""
 
-    def __init__(self, ctx: _Context, batches: Iterable, bar):
+    def __init__(self, ctx: Context, batches: Iterable, bar):
         self.ctx, self.it, self.bar, self.t0 = ctx, iter(batches), bar, time.perf_counter()
         self.identity: Optional[dict] = None
         self.classes: Optional[int] = None

@@ -222,7 +222,7 @@ def module_path(layer: Layer) -> str:
 
 
 def _is_glob(m: Matcher) -> bool:
-    return isinstance(m, str) and m not in _composites._WORDS
+    return isinstance(m, str) and m not in _composites.MATCHER_WORDS
 
 
 @dataclasses.dataclass(frozen=True)

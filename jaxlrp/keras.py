@@ -217,7 +217,7 @@ def call(model: Any, *, full_precision: bool = True) -> Callable[[State, Array],
 
 
 def _is_glob(m: Matcher) -> bool:
-    return isinstance(m, str) and m not in _composites._WORDS
+    return isinstance(m, str) and m not in _composites.MATCHER_WORDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -154,7 +154,7 @@ class Analysis:
     output_softmax: tuple = ()  # layer indices of softmaxes whose output is the function's (probabilities)
 
 
-class _Context:
+class Context:
     """State shared across nested analyses: the layers, numbered in program order."""
 
     def __init__(self):
@@ -184,9 +184,9 @@ class _Site(NamedTuple):
 class _State:
     """What the analysis knows while it walks one program."""
 
-    def __init__(self, program: Program, in_taint, in_prov, in_depth, ctx: _Context, starts: frozenset):
+    def __init__(self, program: Program, in_taint, in_prov, in_depth, ctx: Context, starts: frozenset):
         self.program, self.ctx, self.starts = program, ctx, starts
-        self.tainted: set = {v for v, t in zip(program.invars, in_taint) if t and _inexact(v)}
+        self.tainted: set = {v for v, t in zip(program.invars, in_taint) if t and inexact(v)}
         # Which variables will depend on the input, known before the main pass
         # (which looks ahead when it folds BatchNorm chains): an over-approximation.
         self.will_taint = _reachable(program, self.tainted | starts)
@@ -410,7 +410,7 @@ def _constant_summand(st: _State, site: _Site) -> bool:
     unfolded normalisation (:func:`_unfolded_normalization`).
     """
     e = site.eqn
-    consts = [a for k, a in enumerate(e.invars) if k not in site.tainted and _inexact(a)]
+    consts = [a for k, a in enumerate(e.invars) if k not in site.tainted and inexact(a)]
     return (
         len(site.tainted) == 1
         and any(st.is_parameter(a) and a not in st.from_input for a in consts)
@@ -502,7 +502,7 @@ def _gated_constant(st: _State, site: _Site) -> bool:
         return False
     (k,) = site.tainted
     c = e.invars[1 - k]
-    if not (_inexact(c) and st.is_parameter(c) and c not in st.from_input and st.has(site)(k, "gate")):
+    if not (inexact(c) and st.is_parameter(c) and c not in st.from_input and st.has(site)(k, "gate")):
         return False
     st.node(site, "gate", e.outvars[0], order=(1 - k, k))
     return True
@@ -557,7 +557,7 @@ def _control(st: _State, site: _Site) -> None:
     depth = [st.depth.get(a, 0) for a in e.invars]
     st.subs[site.i] = _CONTROL[e.prim.name](e, taint, prov, depth, st.ctx)
     for v, t, d in zip(e.outvars, _control_out_taint(e, st.subs[site.i]), _control_out_depth(e, st.subs[site.i])):
-        if t and _inexact(v):
+        if t and inexact(v):
             st.mark(v, d)  # after the body's layers: a layer reading a scan's output is not "first"
 
 
@@ -588,7 +588,7 @@ _define(P.UNSUPPORTED_HINTS, _unsupported)
 
 
 def analyze(
-    program: Program, in_taint, in_prov, in_depth, ctx: _Context, never_last: bool = False,
+    program: Program, in_taint, in_prov, in_depth, ctx: Context, never_last: bool = False,
     starts: frozenset = frozenset(),
 ) -> Analysis:
     """Static analysis of ``program`` given which inputs carry relevance.
@@ -603,7 +603,7 @@ def analyze(
         if st.plan[i] != "bind":  # folded into an earlier layer
             continue
         tpos = tuple(k for k, a in enumerate(e.invars) if st.is_tainted(a))
-        outs = [v for v in e.outvars if _inexact(v)]
+        outs = [v for v in e.outvars if inexact(v)]
         st.track_range(e)
         if not tpos or not outs or e.prim.name in P.STOP:
             _pass_provenance(st, e, outs)
@@ -675,7 +675,7 @@ def _activation_function(program: Program, steps: tuple, origin: Var) -> str:
     return ""
 
 
-def _mark_last(an: Analysis, ctx: _Context, never_last: bool) -> None:
+def _mark_last(an: Analysis, ctx: Context, never_last: bool) -> None:
     """``last``: dense/conv nodes whose output reaches the program output without
     crossing another dense/conv node."""
     free = set() if never_last else {v for v in an.program.outvars if isinstance(v, Var)}
@@ -761,7 +761,7 @@ def relu_gated(an: Analysis, rules: dict) -> frozenset:
         if an.plan[j] == "bind" and e.prim.name in P.STOP:
             return True
         if an.plan[j] == "bind" and j in routed and e.prim.name in P.COPYING:
-            return all(none_to_zeros(u) for u in e.outvars if _inexact(u))
+            return all(none_to_zeros(u) for u in e.outvars if inexact(u))
         return False
 
     def gated(spec: NodeSpec) -> bool:
@@ -801,7 +801,7 @@ def _analyze_scan(e: Eqn, taint, prov, depth, ctx) -> list:
     taint, depth = list(taint), list(depth)
     while True:  # probe without registering layers until the carry is stable
         prog = flatten(jaxpr, consts, e.name)
-        probe = analyze(prog, taint, prov, depth, _Context(), never_last=True)
+        probe = analyze(prog, taint, prov, depth, Context(), never_last=True)
         carry_out = prog.outvars[:nk]
         out_t = [isinstance(v, Var) and v in probe.tainted for v in carry_out]
         out_d = [probe.depth.get(v, 0) if isinstance(v, Var) else 0 for v in carry_out]
@@ -839,7 +839,7 @@ def _control_out_taint(e: Eqn, subs: list) -> list:
 # --------------------------------------------------------------------- helpers
 
 
-def _inexact(a) -> bool:
+def inexact(a) -> bool:
     return jnp.issubdtype(a.dtype, jnp.inexact)
 
 
@@ -849,7 +849,7 @@ def _reachable(program: Program, tainted: set, through_stop: bool = False) -> se
     reach = set(tainted)
     for e in program.eqns:
         if (through_stop or e.prim.name not in P.STOP) and any(isinstance(a, Var) and a in reach for a in e.invars):
-            reach.update(v for v in e.outvars if _inexact(v))
+            reach.update(v for v in e.outvars if inexact(v))
     return reach
 
 
@@ -911,7 +911,7 @@ def start_values(program: Program, pattern: str, in_prov, data=()) -> list:
             continue
         for v in e.outvars:
             leaves = v in outputs or any(scope.get(j, 0) != scope[i] for j in users.get(v, ()))
-            if _inexact(v) and (scope[i] is None or leaves):
+            if inexact(v) and (scope[i] is None or leaves):
                 starts.append(v)
                 downstream.add(v)
     return [_unit_reshaped(program, v, users, outputs) for v in starts]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from . import canonize
-from .analysis import Analysis, NodeSpec, _inexact, relu_gated
+from .analysis import Analysis, NodeSpec, inexact, relu_gated
 from .program import Eqn, Lit, Var, replay
 from ..rules import Node, after
 
@@ -267,7 +267,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     if spec.weight is not None:
         weight = ops[spec.weight]
         apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw)
-        if parameters and bias is not None and not _plain_bias(an, spec):
+        if parameters and bias is not None and not plain_bias(an, spec):
             bias = jax.lax.stop_gradient(bias)  # a folded norm's shift: no share routed to its parameters
     elif spec.affine:
         apply, context, bias = _affine_map(spec, e, ops)
@@ -280,7 +280,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     return z
 
 
-def _plain_bias(an: Analysis, spec: NodeSpec) -> bool:
+def plain_bias(an: Analysis, spec: NodeSpec) -> bool:
     """Whether a dense/conv node's folded bias is a sum of added parameters (no
     scale, no subtraction), so that its share routes back to them unchanged."""
     chain = spec.chain
@@ -343,7 +343,7 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
 def _affine_map(spec: NodeSpec, e: Eqn, ops: list) -> tuple:
     """``(apply, context, bias)`` of a sum node whose untainted float operands are a
     bias: ``apply`` sees them as zeros, ``bias`` is the equation with zero inputs."""
-    constant = tuple(k for k, a in enumerate(e.invars) if k not in spec.tainted and _inexact(a))
+    constant = tuple(k for k, a in enumerate(e.invars) if k not in spec.tainted and inexact(a))
     bias = None
     if constant:
         bias = e.bind(*[jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]

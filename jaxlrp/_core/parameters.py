@@ -20,9 +20,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from .analysis import Analysis, _inexact
+from .analysis import Analysis, inexact
 from .errors import UnsupportedOperationError
-from .interpreter import _plain_bias, evaluate
+from .interpreter import plain_bias, evaluate
 from .program import Var
 from .run import initial_relevance
 from .trace import Traced
@@ -57,7 +57,7 @@ def parameter_sources(an: Analysis) -> set:
             continue
         e = an.program.eqns[spec.eqn]
         starts = [e.invars[spec.weight]]
-        if spec.chain is not None and _plain_bias(an, spec):
+        if spec.chain is not None and plain_bias(an, spec):
             chain = (spec.eqn, *spec.chain.post, *spec.chain.members)
             flowing = {v for j in chain for v in an.program.eqns[j].outvars}
             starts += [a for j in spec.chain.members if j not in spec.chain.reshapes
@@ -83,7 +83,7 @@ def _walk(var: Any, producers: dict, invars: set, layer: str) -> set:
     found, stack, seen = set(), [var], set()
     while stack:
         v = stack.pop()
-        if not isinstance(v, Var) or not _inexact(v) or id(v) in seen:
+        if not isinstance(v, Var) or not inexact(v) or id(v) in seen:
             continue
         seen.add(id(v))
         if v in invars:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .analysis import Analysis, _Context, analyze, start_values
+from .analysis import Analysis, Context, analyze, start_values
 from .errors import AmbiguousOutputWarning, TrainingModeError, UnsupportedOperationError
 from .example_axes import find_mixing, output_axes
 from .program import flatten
@@ -184,7 +184,7 @@ def trace(
     program = flatten(closed.jaxpr, closed.consts)
     example_ndim = _example_ndim(example_axes, out_shape, program, explained)
     starts = _starts(program, start, prov, _start_data(program, slots, prov, start, data_argnum))
-    ctx = _Context()
+    ctx = Context()
     an = analyze(program, taint, prov, [0] * len(flat), ctx, starts=frozenset(starts))
     _check_per_example(an, explained, starts, example_ndim, out_shape)
     layers = _with_keys(ctx.layers)
