@@ -114,3 +114,10 @@ from ._store import PathLike as PathLike
 from ._store import PyTree as PyTree
 
 __all__ = ["explain_dataset", "load", "DatasetRun", "DatasetLockedError", "LazyRows"]
+
+# The public classes keep the module they had before the split: the same repr and tracebacks
+# (jaxlrp.dataset.DatasetLockedError), pickles of DatasetRun that still load, and one name
+# per class in the documentation (jaxlrp.DatasetLockedError is documented as an alias of it).
+for _cls in (DatasetRun, DatasetLockedError, LazyRows):
+    _cls.__module__ = __name__
+del _cls
