@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlrp import metrics
+from jaxlrp.metrics import _complexity
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import _timing  # noqa: E402  (bench/_timing.py, the scripts' shared timing)
@@ -29,7 +30,7 @@ def float_sort(a):
 
 
 def bits_sort(a):
-    return metrics._sort_magnitudes(jnp.abs(a))
+    return _complexity._sort_magnitudes(jnp.abs(a))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import pytest
 import jaxlrp
 import nets
 from jaxlrp import composites, dataset
+from jaxlrp.dataset import _read, _run, _store  # private helpers checked directly
 from test_networks import RESNET
 
 HERE = pathlib.Path(__file__).parent
@@ -200,12 +201,12 @@ def test_identity_is_stable_and_records_the_explainer(tmp_path):
     assert run["explainer"]["composite"].startswith("EpsilonGammaBox([('first', ZBox(low=-3.0, high=3.0")
     assert run["batch_size"] == 8 and run["jaxlrp"] == jaxlrp.__version__
     assert run["fields"] == {"relevance": {"shape": [6, 6, 3], "dtype": "float32"}, "target": {"shape": [], "dtype": "int64"}}
-    again = dataset._identity(explain, params, {"x": x, "target": y}, {}, {})
+    again = _store._identity(explain, params, {"x": x, "target": y}, {}, {})
     assert again["explainer"] == run["explainer"] and again["params"] == run["params"]
     # a lambda matcher and a large array are described without addresses or elisions
     c1 = composites.Composite([(lambda l: True, jaxlrp.rules.ZBox(np.zeros(2000), np.ones(2000)))])
     c2 = composites.Composite([(lambda l: True, jaxlrp.rules.ZBox(np.zeros(2000), np.r_[np.ones(1999), 2.0]))])
-    assert "0x" not in dataset._text(c1) and dataset._text(c1) != dataset._text(c2)
+    assert "0x" not in _store._text(c1) and _store._text(c1) != _store._text(c2)
 
 
 def test_shorter_data_set_on_resume_is_refused(tmp_path):
@@ -225,7 +226,7 @@ def test_a_batch_another_process_lacks_is_computed_here_too_and_kept(tmp_path, m
     jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
     before = _files(tmp_path)
     votes = iter([True, False])  # batch 1: this process has it, another one does not
-    monkeypatch.setattr(dataset, "_share", lambda mine: [mine, {**mine, "have": mine["have"] and next(votes)} if "have" in mine else mine])
+    monkeypatch.setattr(_run, "_share", lambda mine: [mine, {**mine, "have": mine["have"] and next(votes)} if "have" in mine else mine])
     run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
     assert (run.skipped, run.computed, run.repaired) == (1, 1, 0)
     assert _files(tmp_path) == before  # its own copy kept, not rewritten
@@ -421,9 +422,9 @@ def test_bfloat16_and_other_ml_dtypes_are_stored_as_bits_and_read_back(tmp_path)
     assert (run.skipped, run.computed, run.repaired) == (2, 0, 0)
     for dt in (jnp.float8_e5m2, jnp.int4, jnp.float4_e2m1fn):  # any ml_dtypes type, through the writer
         a = np.arange(6).reshape(3, 2).astype(dt)
-        entry = dataset._save(str(tmp_path / "a.npy"), a)
-        assert dataset._check_file(str(tmp_path / "a.npy"), entry, 3, True) is None
-        back = dataset.LazyRows([dataset._checked(str(tmp_path / "a.npy"), entry, 3, True)])
+        entry = _store._save(str(tmp_path / "a.npy"), a)
+        assert _store._check_file(str(tmp_path / "a.npy"), entry, 3, True) is None
+        back = dataset.LazyRows([_read._checked(str(tmp_path / "a.npy"), entry, 3, True)])
         assert back.dtype == dt and np.asarray(back).tobytes() == a.tobytes()
 
 
@@ -488,12 +489,10 @@ def test_progress_bar_shows_in_jupyter_kernels_and_terminals(monkeypatch):
     terminal, nothing in a log."""
     import sys
 
-    from jaxlrp import dataset
-
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
-    assert not dataset._interactive()
+    assert not _run._interactive()
     monkeypatch.setitem(sys.modules, "ipykernel", object())
-    assert dataset._interactive()
-    with dataset._progress(False, 3) as bar:
+    assert _run._interactive()
+    with _run._progress(False, 3) as bar:
         assert bar.disable

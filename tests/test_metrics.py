@@ -19,6 +19,7 @@ import scipy.stats
 
 import jaxlrp
 from jaxlrp import metrics, rules
+from jaxlrp.metrics import _faithfulness, _robustness  # private helpers checked directly
 
 RNG = np.random.default_rng(0)  # module-level constants only; each test seeds its own
 
@@ -438,7 +439,7 @@ def test_faithfulness_from_subsets_against_reference(channels):
     t = np.array([2, 0, 1])
     subsets = RNG.random(size=(7,) + R.shape) < 0.3
     base = RNG.normal(size=x.shape)
-    out = metrics._faithfulness_from_subsets(model_jnp, jnp.asarray(x), jnp.asarray(R), t, subsets, jnp.asarray(base))
+    out = _faithfulness._faithfulness_from_subsets(model_jnp, jnp.asarray(x), jnp.asarray(R), t, subsets, jnp.asarray(base))
     close(out, ref_faithfulness(model_np, x, R, t, subsets, base))
 
 
@@ -476,10 +477,10 @@ def test_sensitivities_against_reference(norm):
     def explain_np(v):
         return np.tanh(v) * v
 
-    out = metrics._sensitivities(explain, jnp.asarray(x), jnp.asarray(noise), norm)
+    out = _robustness._sensitivities(explain, jnp.asarray(x), jnp.asarray(noise), norm)
     ref = ref_sensitivities(explain_np, x, noise, norm)
     close(out, ref)
-    ratios = metrics._lipschitz_ratios(explain, jnp.asarray(x), jnp.asarray(noise))
+    ratios = _robustness._lipschitz_ratios(explain, jnp.asarray(x), jnp.asarray(noise))
     dnorm = np.sqrt((noise.reshape(5, 3, -1) ** 2).sum(-1))
     close(ratios, ref_sensitivities(explain_np, x, noise, "fro") / dnorm)
 
@@ -678,9 +679,9 @@ def test_vmap_over_single_examples_equals_batched():
             metrics.conservation_error(R, t * 1.0 + 0.5),
             metrics.spearman(R, x),
             metrics.pixel_flipping(model_jnp, x, R, t, region=(2, 1), baseline="mean"),
-            metrics._faithfulness_from_subsets(model_jnp, x, R, t, subsets, jnp.zeros_like(x)),
-            jnp.swapaxes(metrics._sensitivities(jnp.tanh, x, noise, "fro"), 0, 1),
-            jnp.swapaxes(metrics._lipschitz_ratios(jnp.tanh, x, noise), 0, 1),
+            _faithfulness._faithfulness_from_subsets(model_jnp, x, R, t, subsets, jnp.zeros_like(x)),
+            jnp.swapaxes(_robustness._sensitivities(jnp.tanh, x, noise, "fro"), 0, 1),
+            jnp.swapaxes(_robustness._lipschitz_ratios(jnp.tanh, x, noise), 0, 1),
         )
 
     args = (R, M, x, t, subsets, noise)
