@@ -63,7 +63,7 @@ def _batches(n_batches: int, batch: int, row: tuple):
 
 
 def write_npy(out: str, n_batches: int, batch: int, row: tuple, checksum: bool) -> None:
-    """With ``checksum``: the library's own writer (``jaxlrp.dataset._store._write``: npy files, a
+    """With ``checksum``: the library's own writer (``jaxlrp.dataset._store.write_part``: npy files, a
     manifest with CRC-32, an atomic rename); without: ``np.save`` and a rename only."""
     import jaxlrp.dataset._store as ds
 

@@ -201,7 +201,7 @@ def test_identity_is_stable_and_records_the_explainer(tmp_path):
     assert run["explainer"]["composite"].startswith("EpsilonGammaBox([('first', ZBox(low=-3.0, high=3.0")
     assert run["batch_size"] == 8 and run["jaxlrp"] == jaxlrp.__version__
     assert run["fields"] == {"relevance": {"shape": [6, 6, 3], "dtype": "float32"}, "target": {"shape": [], "dtype": "int64"}}
-    again = _store._identity(explain, params, {"x": x, "target": y}, {}, {})
+    again = _store.run_identity(explain, params, {"x": x, "target": y}, {}, {})
     assert again["explainer"] == run["explainer"] and again["params"] == run["params"]
     # a lambda matcher and a large array are described without addresses or elisions
     c1 = composites.Composite([(lambda l: True, jaxlrp.rules.ZBox(np.zeros(2000), np.ones(2000)))])
@@ -423,7 +423,7 @@ def test_bfloat16_and_other_ml_dtypes_are_stored_as_bits_and_read_back(tmp_path)
     for dt in (jnp.float8_e5m2, jnp.int4, jnp.float4_e2m1fn):  # any ml_dtypes type, through the writer
         a = np.arange(6).reshape(3, 2).astype(dt)
         entry = _store._save(str(tmp_path / "a.npy"), a)
-        assert _store._check_file(str(tmp_path / "a.npy"), entry, 3, True) is None
+        assert _store.check_file(str(tmp_path / "a.npy"), entry, 3, True) is None
         back = dataset.LazyRows([_read._checked(str(tmp_path / "a.npy"), entry, 3, True)])
         assert back.dtype == dt and np.asarray(back).tobytes() == a.tobytes()
 

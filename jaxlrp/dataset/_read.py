@@ -12,15 +12,15 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from ._store import (
-    _MANIFEST,
-    _META,
+    MANIFEST,
+    META,
     PathLike,
-    _batch_folders,
-    _check_file,
-    _dtype,
-    _npy_header,
-    _read_json,
-    _refuse_other_run,
+    batch_folders,
+    check_file,
+    dtype_of,
+    npy_header,
+    read_json,
+    refuse_other_run,
 )
 
 # ------------------------------------------------------------------------------ reading
@@ -39,8 +39,8 @@ class _Parts(Sequence):
     @staticmethod
     def _spec(item) -> tuple:
         if isinstance(item, tuple):  # (path, dtype): the file holds the bits of dtype
-            return _npy_header(item[0])[0], np.dtype(item[1])
-        return _npy_header(item) if isinstance(item, (str, os.PathLike)) else (item.shape, item.dtype)
+            return npy_header(item[0])[0], np.dtype(item[1])
+        return npy_header(item) if isinstance(item, (str, os.PathLike)) else (item.shape, item.dtype)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -173,16 +173,16 @@ class LazyRows(NDArrayOperatorsMixin):
 def _checked(path: str, entry: Mapping, rows: int, checksum: bool) -> Union[str, tuple]:
     """``path``, after checking the file against its manifest entry; ``(path, dtype)`` for
     the bits of an ml_dtypes type (read as ``dtype``)."""
-    problem = _check_file(path, entry, rows, checksum)
+    problem = check_file(path, entry, rows, checksum)
     if problem:
         raise ValueError(f"{path} is damaged: {problem}. Resume the run to recompute it")
-    return path if "stored" not in entry else (path, _dtype(entry["dtype"]))
+    return path if "stored" not in entry else (path, dtype_of(entry["dtype"]))
 
 
 def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
     """The batch folders to read, batch-major then process; refuses gaps, stray batches and
     processes with different numbers of batches."""
-    folders = _batch_folders(out)
+    folders = batch_folders(out)
     n_proc = int(identity.get("processes", 1))
     procs = range(n_proc) if process is None else [process]
     if process is not None and not 0 <= process < n_proc:
@@ -192,7 +192,7 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
     for p in procs:
         have = sorted(i for (i, q) in folders if q == p)
         done = os.path.join(out, f"done-p{p:03d}.json")
-        k = _read_json(done).get("batches") if os.path.exists(done) else len(have)
+        k = read_json(done).get("batches") if os.path.exists(done) else len(have)
         missing = sorted(set(range(k)) - set(have))
         if missing:
             raise ValueError(f"{out} lacks batch-{missing[0]:06d}-p{p:03d}: resume the run to compute it")
@@ -241,10 +241,10 @@ def load(
         refused; it is read once each process has finished or stopped.
     """
     out = os.fspath(out)
-    meta = os.path.join(out, _META)
+    meta = os.path.join(out, META)
     if not os.path.exists(meta):
         raise FileNotFoundError(f"{meta} is missing (resuming the run restores it)")
-    identity = _read_json(meta).get("run")
+    identity = read_json(meta).get("run")
     if not isinstance(identity, dict) or not isinstance(identity.get("fields"), dict):
         raise ValueError(
             f"{meta} is malformed: it lacks the run's identity (written by an older jaxlrp, or damaged); "
@@ -258,8 +258,8 @@ def load(
     parts, stops = {f: [] for f in names}, {}
     for name in _ordered(out, identity, process):
         folder = os.path.join(out, name)
-        manifest = _read_json(os.path.join(folder, _MANIFEST))
-        _refuse_other_run(folder, manifest.get("run", {}), identity)
+        manifest = read_json(os.path.join(folder, MANIFEST))
+        refuse_other_run(folder, manifest.get("run", {}), identity)
         start, stop = manifest.get("rows", (None, None))
         p = int(name[-3:])
         if start != stops.get(p, 0):
@@ -268,6 +268,6 @@ def load(
         for f in names:
             entry = manifest.get("files", {}).get(f)
             if entry is None:
-                raise ValueError(f"{os.path.join(folder, _MANIFEST)} lists no {f!r}")
+                raise ValueError(f"{os.path.join(folder, MANIFEST)} lists no {f!r}")
             parts[f].append(_checked(os.path.join(folder, f"{f}.npy"), entry, stop - start, verify))
     return {f: LazyRows(v) for f, v in parts.items()}

@@ -19,23 +19,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike, DTypeLike
 
 from ._store import (
-    _NONFINITE,
+    NONFINITE,
     Array,
     PathLike,
     PyTree,
-    _batch_folders,
-    _check_meta,
-    _clean_partial,
-    _dtype,
-    _explainer_config,
-    _finish,
-    _identity,
-    _inputs,
-    _locked,
-    _on_disk,
-    _refuse_other_run,
-    _stored_identity,
-    _write,
+    batch_folders,
+    check_meta,
+    clean_partial,
+    dtype_of,
+    explainer_config,
+    finish_store,
+    run_identity,
+    stored_inputs,
+    locked,
+    on_disk,
+    refuse_other_run,
+    stored_identity,
+    write_part,
 )
 
 #: One batch: ``x``, ``(x, target)`` or a mapping with ``"x"``, optional ``"target"`` and
@@ -119,7 +119,7 @@ def _check_targets(target: np.ndarray, classes: Optional[int], index: int, start
 
 def _classes(explain: Callable, arrays: list, rebuild: Callable, x) -> Optional[int]:
     """The size of the explained output's last axis, for an explainer from :func:`jaxlrp.lrp`."""
-    fn = _explainer_config(explain).get("fn")
+    fn = explainer_config(explain).get("fn")
     if fn is None:
         return None
     try:
@@ -299,7 +299,7 @@ def explain_dataset(
     out = os.fspath(out)
     metrics = dict(metrics or {})
     for name in metrics:
-        if name in ("relevance", "target", "x", _NONFINITE) or not name.isidentifier():
+        if name in ("relevance", "target", "x", NONFINITE) or not name.isidentifier():
             raise ValueError(f"metric name {name!r} is reserved or not an identifier")
     mesh, data_sharding, n_local_shards = _data_mesh(mesh, data_axis)
     arrays, rebuild = _split(params)
@@ -311,10 +311,10 @@ def explain_dataset(
     with contextlib.ExitStack() as held:
         failure = None
         try:  # a process that cannot start (locked, not resuming) stops the others too
-            held.enter_context(_locked(out, process))
-            if not resume and _batch_folders(out):
+            held.enter_context(locked(out, process))
+            if not resume and batch_folders(out):
                 raise FileExistsError(f"{out} already holds batches; pass resume=True to continue that run")
-            _clean_partial(out, process)
+            clean_partial(out, process)
         except Exception as e:
             failure = e
         _agree(0, "starting", failure, {})
@@ -362,7 +362,7 @@ def _step_fn(explain: Callable, rebuild: Callable, metrics: dict, save_relevance
             result["relevance"] = relevance if dtype is None else relevance.astype(dtype)
             if dtype is not None and jnp.issubdtype(dtype, jnp.inexact):
                 lost = jnp.isfinite(relevance) & ~jnp.isfinite(result["relevance"])
-                result[_NONFINITE] = jnp.sum(lost.reshape(lost.shape[0], -1), axis=1)
+                result[NONFINITE] = jnp.sum(lost.reshape(lost.shape[0], -1), axis=1)
         return result
 
     return step
@@ -371,15 +371,15 @@ def _step_fn(explain: Callable, rebuild: Callable, metrics: dict, save_relevance
 def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
     """The run's identity and the number of classes, from the first batch (``size``: the
     largest number of examples of the processes' first batches)."""
-    stored = _stored_identity(ctx.out)
+    stored = stored_identity(ctx.out)
     try:
         fields = dict(ctx.step.eval_shape(ctx.arrays, placed))  # type: ignore[attr-defined]
     except Exception:  # a batch the model cannot take: if it is not the run on disk, say that first
         if stored is not None:
-            cheap = _identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics, size)
-            _refuse_other_run(ctx.out, {**stored, "fields": {}}, cheap)
+            cheap = run_identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics, size)
+            refuse_other_run(ctx.out, {**stored, "fields": {}}, cheap)
         raise
-    fields.pop(_NONFINITE, None)
+    fields.pop(NONFINITE, None)
     rows = placed["x"].shape[0] // jax.process_count()
     for name in ctx.metrics:
         if fields[name].ndim == 0 or fields[name].shape[0] != placed["x"].shape[0]:
@@ -389,8 +389,8 @@ def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
             )
     if "target" in batch:
         fields["target"] = jax.ShapeDtypeStruct(batch["target"].shape, batch["target"].dtype)
-    identity = _identity(ctx.explain, ctx.fingerprint_params, batch, fields, ctx.metrics, size)
-    _check_meta(ctx.out, stored, identity, ctx.process)
+    identity = run_identity(ctx.explain, ctx.fingerprint_params, batch, fields, ctx.metrics, size)
+    check_meta(ctx.out, stored, identity, ctx.process)
     return identity, _classes(ctx.explain, ctx.arrays, ctx.rebuild, placed["x"])
 
 
@@ -432,7 +432,7 @@ def _zeros(spec: dict) -> dict:
     has no batch of its own at the first step."""
     if "sha256" in spec:
         raise ValueError("a process without a first batch cannot build its share: the batches have too many fields")
-    return {k: np.zeros(shape, _dtype(d)) for k, (shape, d) in spec.items()}
+    return {k: np.zeros(shape, dtype_of(d)) for k, (shape, d) in spec.items()}
 
 
 def _largest(shared: list) -> dict:
@@ -455,7 +455,7 @@ class _Loop:
         self.rows = 0  # padded rows per process, from the first batch
         self.count = self.start = 0  # this process's batches and examples so far
         self.computed = self.skipped = self.repaired = self.examples = 0
-        self.pending: Optional[tuple] = None  # _write arguments of the batch in flight
+        self.pending: Optional[tuple] = None  # write_part arguments of the batch in flight
         self.failure: Optional[BaseException] = None
         self.exhausted = False
         self.last: Optional[dict] = None  # the last share placed (fed again once this share has run out)
@@ -503,9 +503,9 @@ class _Loop:
             _check_targets(batch["target"], self.classes, index, self.start)
         span = (self.start, self.start + batch["x"].shape[0])
         fed = batch if self.ctx.metrics else {k: v for k, v in batch.items() if k in ("x", "target")}
-        inputs, folder = _inputs(fed), self._folder(index)
+        inputs, folder = stored_inputs(fed), self._folder(index)
         existed = os.path.isdir(folder)
-        return placed, _on_disk(folder, self.identity, index, span, inputs), inputs, existed
+        return placed, on_disk(folder, self.identity, index, span, inputs), inputs, existed
 
     def _folder(self, index: int) -> str:
         return os.path.join(self.ctx.out, f"batch-{index:06d}-p{self.ctx.process:03d}")
@@ -513,7 +513,7 @@ class _Loop:
     def _flush(self) -> None:
         if self.pending is not None:
             done, self.pending = self.pending, None
-            self._attempt(_write, *done)
+            self._attempt(write_part, *done)
 
     def run(self) -> DatasetRun:
         index = 0
@@ -547,9 +547,9 @@ class _Loop:
         except BaseException:  # an error or interrupt: keep the batch already computed
             if self.pending is not None:
                 with contextlib.suppress(Exception):  # (the error in hand is the one to report)
-                    _write(*self.pending)
+                    write_part(*self.pending)
             raise
-        _finish(self.ctx.out, self.ctx.process, self.count, self.start)
+        finish_store(self.ctx.out, self.ctx.process, self.count, self.start)
         elapsed = time.perf_counter() - self.t0
         return DatasetRun(
             self.ctx.out, self.count, self.computed, self.skipped, self.examples, elapsed, self.repaired

@@ -26,13 +26,13 @@ PyTree = Any  # a pytree of arrays (model variables) or of shardings
 PathLike = Union[str, os.PathLike]
 
 _FORMAT = 2
-_META = "meta.json"
-_MANIFEST = "manifest.json"
+META = "meta.json"
+MANIFEST = "manifest.json"
 _BATCH = re.compile(r"batch-(\d{6})-p(\d{3})")
 
 #: The private result of the jitted step: per example, how many finite relevance values
 #: the storage cast (``dtype=``) turned into inf.
-_NONFINITE = "_nonfinite"
+NONFINITE = "_nonfinite"
 
 
 class DatasetLockedError(RuntimeError):
@@ -43,7 +43,7 @@ class DatasetLockedError(RuntimeError):
 # ----------------------------------------------------------------------------- batches
 
 
-def _inputs(batch: Mapping[str, np.ndarray]) -> dict:
+def stored_inputs(batch: Mapping[str, np.ndarray]) -> dict:
     """``{field: SHA-256}`` of the shape, dtype and bytes of each field of a batch: the
     fingerprint of what the batch feeds (``x`` and ``target``, and the fields the metrics
     are handed when there are metrics), so that a resume with other data of the same
@@ -103,7 +103,7 @@ def _fingerprint(params) -> dict:
     return {"sha256": h.hexdigest(), "leaves": len(leaves), "bytes_hashed": whole}
 
 
-def _explainer_config(explain: Callable) -> dict:
+def explainer_config(explain: Callable) -> dict:
     """The settings of an explainer from :func:`jaxlrp.lrp` (the explained function under
     ``"fn"``, the composite, ``argnums``, ``start``, ``example_axes``): the fields of the
     :class:`jaxlrp.Explainer` it is, or that a wrapper such as :func:`jaxlrp.flax.lrp`'s
@@ -118,14 +118,14 @@ def _explainer_config(explain: Callable) -> dict:
 
 
 def _explainer(explain: Callable) -> dict:
-    cfg = _explainer_config(explain)
+    cfg = explainer_config(explain)
     name = getattr(explain, "__qualname__", type(explain).__qualname__)
     desc = {"function": f"{getattr(explain, '__module__', None)}.{name}"}
     desc.update({k: _text(v) for k, v in sorted(cfg.items()) if k != "fn"})
     return desc
 
 
-def _identity(explain, params, batch: dict, fields: dict, metrics: dict, batch_size: Optional[int] = None) -> dict:
+def run_identity(explain, params, batch: dict, fields: dict, metrics: dict, batch_size: Optional[int] = None) -> dict:
     import jaxlrp
 
     x = batch["x"]
@@ -158,7 +158,7 @@ def _differences(old: Mapping, new: Mapping) -> list:
     return [f"{k}: {a.get(k, '<absent>')!r} on disk, {b.get(k, '<absent>')!r} now" for k in keys]
 
 
-def _refuse_other_run(where: str, old: Mapping, new: Mapping) -> None:
+def refuse_other_run(where: str, old: Mapping, new: Mapping) -> None:
     diff = _differences(old, new)
     if diff:
         raise ValueError(
@@ -167,7 +167,7 @@ def _refuse_other_run(where: str, old: Mapping, new: Mapping) -> None:
         )
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             obj = json.load(f)
@@ -185,7 +185,7 @@ def _write_atomic_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _batch_folders(out: str) -> dict:
+def batch_folders(out: str) -> dict:
     """``{(index, process): name}`` of the committed batch folders; raises on stray ``batch-*``
     entries (wrong name, not a folder)."""
     found = {}
@@ -199,24 +199,24 @@ def _batch_folders(out: str) -> dict:
     return found
 
 
-def _stored_identity(out: str) -> Optional[dict]:
+def stored_identity(out: str) -> Optional[dict]:
     """The identity recorded in ``meta.json`` or, if it is gone, in a committed manifest."""
-    path = os.path.join(out, _META)
+    path = os.path.join(out, META)
     if os.path.exists(path):
-        return _read_json(path).get("run", {})
-    for name in _batch_folders(out).values():
-        manifest = os.path.join(out, name, _MANIFEST)
+        return read_json(path).get("run", {})
+    for name in batch_folders(out).values():
+        manifest = os.path.join(out, name, MANIFEST)
         if os.path.exists(manifest):
-            return _read_json(manifest).get("run", {})
+            return read_json(manifest).get("run", {})
     return None
 
 
-def _check_meta(out: str, stored: Optional[dict], identity: dict, process: int) -> None:
+def check_meta(out: str, stored: Optional[dict], identity: dict, process: int) -> None:
     """Refuse a run that differs from the one on disk; (re)write ``meta.json`` on process 0."""
     if stored is not None:
-        _refuse_other_run(out, stored, identity)
-    if process == 0 and not os.path.exists(os.path.join(out, _META)):
-        _write_atomic_json(os.path.join(out, _META), {"run": identity})
+        refuse_other_run(out, stored, identity)
+    if process == 0 and not os.path.exists(os.path.join(out, META)):
+        _write_atomic_json(os.path.join(out, META), {"run": identity})
 
 
 # ------------------------------------------------------------------------- integrity
@@ -230,7 +230,7 @@ def _crc32(path: str) -> int:
     return crc
 
 
-def _npy_header(path: str) -> tuple:
+def npy_header(path: str) -> tuple:
     """``(shape, dtype)`` from a ``.npy`` header, without reading the data."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
@@ -241,7 +241,7 @@ def _npy_header(path: str) -> tuple:
     return shape, dtype
 
 
-def _check_file(path: str, entry: Mapping, rows: int, checksum: bool) -> Optional[str]:
+def check_file(path: str, entry: Mapping, rows: int, checksum: bool) -> Optional[str]:
     """What is wrong with one stored file (``None``: nothing)."""
     if not os.path.isfile(path):
         return "missing"
@@ -249,7 +249,7 @@ def _check_file(path: str, entry: Mapping, rows: int, checksum: bool) -> Optiona
     if size == 0:
         return "empty (0 bytes)"
     try:
-        shape, dtype = _npy_header(path)
+        shape, dtype = npy_header(path)
     except Exception as e:  # not a .npy header
         return f"not a readable .npy file ({e})"
     stored = entry.get("stored", entry.get("dtype"))  # "stored": the bits of an ml_dtypes type
@@ -265,14 +265,14 @@ def _check_file(path: str, entry: Mapping, rows: int, checksum: bool) -> Optiona
 def _damage(folder: str, manifest: Optional[dict], fields: Iterable[str], checksum: bool) -> Optional[str]:
     """What is wrong with a committed batch folder (``None``: nothing)."""
     if manifest is None:
-        return f"{os.path.join(folder, _MANIFEST)} is missing or malformed"
+        return f"{os.path.join(folder, MANIFEST)} is missing or malformed"
     files = manifest.get("files", {})
     start, stop = manifest.get("rows", (0, -1))
     for field in fields:
         path = os.path.join(folder, f"{field}.npy")
         if field not in files:
             return f"{path} is not in the manifest"
-        problem = _check_file(path, files[field], stop - start, checksum)
+        problem = check_file(path, files[field], stop - start, checksum)
         if problem:
             return f"{path}: {problem}"
     return None
@@ -280,12 +280,12 @@ def _damage(folder: str, manifest: Optional[dict], fields: Iterable[str], checks
 
 def _try_manifest(folder: str) -> Optional[dict]:
     try:
-        return _read_json(os.path.join(folder, _MANIFEST))
+        return read_json(os.path.join(folder, MANIFEST))
     except ValueError:
         return None
 
 
-def _on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict) -> bool:
+def on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict) -> bool:
     """Whether batch ``index`` is committed and intact. A damaged one is removed (and
     recomputed by the caller); one from another run, with other rows or computed from
     other inputs (``inputs``: the fingerprint of the batch the data set gives now) is refused."""
@@ -293,7 +293,7 @@ def _on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict)
         return False
     manifest = _try_manifest(folder)
     if manifest is not None:
-        _refuse_other_run(folder, manifest.get("run", {}), identity)
+        refuse_other_run(folder, manifest.get("run", {}), identity)
         if tuple(manifest.get("rows", ())) != rows:
             raise ValueError(
                 f"{folder} holds examples {manifest.get('rows')} of the data set, but batch {index} now "
@@ -309,7 +309,7 @@ def _on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict)
             )
     problem = _damage(folder, manifest, identity["fields"], checksum=True)
     if problem is None and not isinstance(manifest.get("inputs") if manifest else None, dict):
-        problem = f"{os.path.join(folder, _MANIFEST)} lacks the fingerprint of the batch's inputs"
+        problem = f"{os.path.join(folder, MANIFEST)} lacks the fingerprint of the batch's inputs"
     if problem is None:
         return True
     warnings.warn(f"batch {index} on disk is damaged ({problem}); recomputing it", RuntimeWarning, stacklevel=3)
@@ -321,7 +321,7 @@ def _on_disk(folder: str, identity: dict, index: int, rows: tuple, inputs: dict)
 
 
 @contextlib.contextmanager
-def _locked(out: str, process: int):
+def locked(out: str, process: int):
     """Hold an exclusive ``flock`` on ``out/.lock-pNNN`` (never deleted: unlinking a lock
     file lets a third writer lock a new inode)."""
     path = os.path.join(out, f".lock-p{process:03d}")
@@ -339,7 +339,7 @@ def _locked(out: str, process: int):
         os.close(fd)  # releases the lock
 
 
-def _clean_partial(out: str, process: int) -> None:
+def clean_partial(out: str, process: int) -> None:
     """Remove batches a crash left half-written (never committed) by this process."""
     suffix = f"-p{process:03d}"
     for name in os.listdir(out):
@@ -347,22 +347,22 @@ def _clean_partial(out: str, process: int) -> None:
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
 
 
-def _write(
+def write_part(
     folder: str, rows: tuple, padded: int, results: dict, batch: dict, identity: dict, inputs: Optional[dict] = None
 ) -> None:
     """Write one batch and its manifest into a temporary folder, then commit it with a rename.
-    ``inputs``: the fingerprint of ``batch`` (:func:`_inputs`), if already taken."""
+    ``inputs``: the fingerprint of ``batch`` (:func:`stored_inputs`), if already taken."""
     parent, name = os.path.split(folder)
     m = _BATCH.fullmatch(name)
     assert m is not None, name
     n = rows[1] - rows[0]
-    if _NONFINITE in results:
-        _refuse_overflow(int(m[1]), _local_rows(results[_NONFINITE])[:n], results["relevance"].dtype)
+    if NONFINITE in results:
+        _refuse_overflow(int(m[1]), _local_rows(results[NONFINITE])[:n], results["relevance"].dtype)
     tmp = os.path.join(parent, f".tmp-{name}.{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
     arrays = {"target": batch["target"]} if "target" in batch else {}
     for key, value in results.items():
-        if key == _NONFINITE:
+        if key == NONFINITE:
             continue
         a = _local_rows(value)
         if a.ndim == 0 or a.shape[0] != padded:
@@ -377,10 +377,10 @@ def _write(
         "process": int(m[2]),
         "rows": list(rows),
         "files": files,
-        "inputs": _inputs(batch) if inputs is None else inputs,
+        "inputs": stored_inputs(batch) if inputs is None else inputs,
         "run": identity,
     }
-    _write_atomic_json(os.path.join(tmp, _MANIFEST), manifest)
+    _write_atomic_json(os.path.join(tmp, MANIFEST), manifest)
     os.replace(tmp, folder)
 
 
@@ -412,7 +412,7 @@ def _bits(dtype: np.dtype) -> Optional[np.dtype]:
     return np.dtype(f"u{dtype.itemsize}")
 
 
-def _dtype(name: str) -> np.dtype:
+def dtype_of(name: str) -> np.dtype:
     """A dtype from its name, ml_dtypes' included."""
     try:
         return np.dtype(name)
@@ -440,9 +440,9 @@ def _save(path: str, a: np.ndarray) -> dict:
     return entry if bits is None else {**entry, "stored": str(bits)}
 
 
-def _finish(out: str, process: int, count: int, examples: int) -> None:
+def finish_store(out: str, process: int, count: int, examples: int) -> None:
     """Refuse stale batches beyond the end of the data set, else record the end."""
-    stale = sorted(name for (i, p), name in _batch_folders(out).items() if p == process and i >= count)
+    stale = sorted(name for (i, p), name in batch_folders(out).items() if p == process and i >= count)
     if stale:
         raise ValueError(
             f"the data set ended after {count} batches, but {out} holds batches beyond it from an earlier, "

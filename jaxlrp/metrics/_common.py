@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .._core.checks import concrete
+
 Array = jax.Array
 Model = Callable[[Array], Array]
 Explainer = Callable[[Array], Array]
@@ -24,14 +26,14 @@ _SIMILARITIES = ("spearman", "pearson")
 # ------------------------------------------------------------------ validation
 
 
-def _float(a: Array) -> Array:
+def as_float(a: Array) -> Array:
     """``a`` as an inexact array (integer and boolean inputs become the default float)."""
     if jnp.issubdtype(a.dtype, jnp.inexact):
         return a
     return a.astype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
-def _batched(name: str, a: ArrayLike, min_ndim: int = 2) -> Array:
+def check_batched(name: str, a: ArrayLike, min_ndim: int = 2) -> Array:
     """``a`` as a float array of shape ``(N, ...)`` with at least ``min_ndim`` axes."""
     a = jnp.asarray(a)
     if a.ndim < min_ndim:
@@ -41,17 +43,17 @@ def _batched(name: str, a: ArrayLike, min_ndim: int = 2) -> Array:
         )
     if math.prod(a.shape[1:]) == 0:
         raise ValueError(f"{name} has no entries per example: shape {a.shape}")
-    return _float(a)
+    return as_float(a)
 
 
-def _per_example(name: str, a: ArrayLike, n: int) -> Array:
+def per_example(name: str, a: ArrayLike, n: int) -> Array:
     a = jnp.asarray(a)
     if a.shape != (n,):
         raise ValueError(f"{name} must have shape (N,) = ({n},), one value per example; got shape {a.shape}")
-    return _float(a)
+    return as_float(a)
 
 
-def _mask(mask: ArrayLike, relevance: Array) -> Array:
+def check_mask(mask: ArrayLike, relevance: Array) -> Array:
     """A boolean mask broadcast to ``relevance.shape``."""
     m = jnp.asarray(mask)
     if m.dtype != jnp.bool_:
@@ -70,18 +72,18 @@ def _mask(mask: ArrayLike, relevance: Array) -> Array:
     return jnp.broadcast_to(m, relevance.shape)
 
 
-def _flat(a: Array) -> Array:
+def flatten_examples(a: Array) -> Array:
     """``(N, ...)`` -> ``(N, d)``."""
     return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
-def _choice(name: str, value: Any, options: Sequence[str]) -> str:
+def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
 
 
-def _int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be a Python int, got {value!r}")
     if value < low or (high is not None and value > high):
@@ -90,26 +92,20 @@ def _int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
     return int(value)
 
 
-def _concrete(a: Any) -> Optional[np.ndarray]:
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
-
-def _positive(name: str, value: Any) -> None:
-    v = _concrete(value)
+def check_positive(name: str, value: Any) -> None:
+    v = concrete(value)
     if v is not None and (v.shape != () or not np.isfinite(v) or v <= 0):
         raise ValueError(f"{name} must be a positive finite scalar, got {value!r}")
 
 
-def _need_key(key: Any, what: str) -> Array:
+def need_key(key: Any, what: str) -> Array:
     if key is None:
         raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(seed)")
     return key
 
 
-def _logits(model: Model, x: Array) -> Array:
+def logits_of(model: Model, x: Array) -> Array:
     out = jnp.asarray(model(x))
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
         raise ValueError(
@@ -119,7 +115,7 @@ def _logits(model: Model, x: Array) -> Array:
     return out
 
 
-def _target(target: Any, logits: Array) -> Array:
+def check_target(target: Any, logits: Array) -> Array:
     """Per-example class indices, shape ``(N,)``; ``None`` means the argmax of ``logits``."""
     n, classes = logits.shape
     if target is None:
@@ -129,19 +125,19 @@ def _target(target: Any, logits: Array) -> Array:
         raise ValueError(f"target must be an int or an int array of shape (N,), got dtype {t.dtype}")
     if t.shape not in ((), (n,)):
         raise ValueError(f"target must have shape () or (N,) = ({n},), got shape {t.shape}")
-    value = _concrete(target)
+    value = concrete(target)
     if value is not None and (np.any(value < 0) or np.any(value >= classes)):
         raise ValueError(f"target {value.tolist()} out of range for {classes} classes")
     return jnp.broadcast_to(t, (n,))
 
 
-def _select(logits: Array, target: Array) -> Array:
+def select_target(logits: Array, target: Array) -> Array:
     return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
 
 
-def _input_relevance(relevance: ArrayLike, x: Array) -> tuple[Array, bool]:
+def input_relevance(relevance: ArrayLike, x: Array) -> tuple[Array, bool]:
     """Relevance of shape ``x.shape`` or ``x.shape[:-1]``; the flag says it has the channel axis."""
-    r = _float(jnp.asarray(relevance))
+    r = as_float(jnp.asarray(relevance))
     if r.shape == x.shape:
         return r, True
     if r.shape == x.shape[:-1] and r.ndim >= 2:
@@ -152,17 +148,17 @@ def _input_relevance(relevance: ArrayLike, x: Array) -> tuple[Array, bool]:
     )
 
 
-def _baseline(baseline: Baseline, x: Array, key: Any) -> Array:
+def baseline_input(baseline: Baseline, x: Array, key: Any) -> Array:
     """The replacement values, an array of ``x.shape``."""
     if isinstance(baseline, str):
-        _choice("baseline", baseline, _BASELINES)
+        check_choice("baseline", baseline, _BASELINES)
         if baseline == "mean":
             # per channel over the spatial axes; for (N, D) inputs, over the features
             axes = tuple(range(1, x.ndim - 1)) if x.ndim > 2 else (1,)
             return jnp.broadcast_to(jnp.mean(x, axis=axes, keepdims=True), x.shape)
-        key = _need_key(key, "baseline='noise'")
-        lo = jnp.min(_flat(x), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
-        hi = jnp.max(_flat(x), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+        key = need_key(key, "baseline='noise'")
+        lo = jnp.min(flatten_examples(x), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+        hi = jnp.max(flatten_examples(x), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
         return jax.random.uniform(key, x.shape, x.dtype, minval=lo, maxval=hi)
     b = jnp.asarray(baseline, dtype=x.dtype)
     try:
@@ -171,7 +167,7 @@ def _baseline(baseline: Baseline, x: Array, key: Any) -> Array:
         raise ValueError(f"baseline of shape {b.shape} does not broadcast to the input's shape {x.shape}") from None
 
 
-def _split(key: Any, n: int) -> tuple:
+def split_key(key: Any, n: int) -> tuple:
     return tuple(jax.random.split(key, n)) if key is not None else (None,) * n
 
 
@@ -212,7 +208,7 @@ def rankdata(a: ArrayLike) -> Array:
     Array of shape ``(N, d)``, ``d`` the number of entries per example: the rank of
     each entry of the flattened example, e.g. ``[[3, 1, 1]] -> [[3, 1.5, 1.5]]``.
     """
-    a = _flat(_batched("a", a))
+    a = flatten_examples(check_batched("a", a))
     return jax.scipy.stats.rankdata(a, axis=1).astype(a.dtype)
 
 
@@ -231,13 +227,13 @@ def spearman(a: ArrayLike, b: ArrayLike) -> Array:
 
 
 def _pair(a: ArrayLike, b: ArrayLike) -> tuple[Array, Array]:
-    a, b = _batched("a", a), _batched("b", b)
+    a, b = check_batched("a", a), check_batched("b", b)
     if a.shape != b.shape:
         raise ValueError(f"the two batches must have the same shape, got {a.shape} and {b.shape}")
-    return _flat(a), _flat(b)
+    return flatten_examples(a), flatten_examples(b)
 
 
-def _similarity_fn(similarity: Union[str, Callable]) -> Callable:
+def similarity_fn(similarity: Union[str, Callable]) -> Callable:
     if callable(similarity):
         return similarity
-    return {"spearman": spearman, "pearson": pearson}[_choice("similarity", similarity, _SIMILARITIES)]
+    return {"spearman": spearman, "pearson": pearson}[check_choice("similarity", similarity, _SIMILARITIES)]

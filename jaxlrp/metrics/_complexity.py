@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from ._common import Array, _batched, _flat
+from ._common import Array, check_batched, flatten_examples
 
 # ------------------------------------------------------------------ complexity
 
@@ -30,7 +30,7 @@ def sparseness(relevance: ArrayLike) -> Array:
     Array of shape ``(N,)`` in ``[0, (d-1)/d]``; higher is better (sparser): 0 for
     uniform ``|R|``, ``(d-1)/d`` for a one-hot. NaN for an all-zero relevance.
     """
-    v = _sort_magnitudes(jnp.abs(_flat(_batched("relevance", relevance))))
+    v = _sort_magnitudes(jnp.abs(flatten_examples(check_batched("relevance", relevance))))
     d = v.shape[1]
     weights = (2 * jnp.arange(1, d + 1) - d - 1).astype(v.dtype)
     total = jnp.sum(v, axis=1)
@@ -67,7 +67,7 @@ def complexity(relevance: ArrayLike) -> Array:
     Array of shape ``(N,)`` in ``[0, log d]``; lower is better (less complex): 0 for
     a one-hot, ``log d`` for uniform ``|R|``. NaN for an all-zero relevance.
     """
-    a = jnp.abs(_flat(_batched("relevance", relevance)))
+    a = jnp.abs(flatten_examples(check_batched("relevance", relevance)))
     total = jnp.sum(a, axis=1, keepdims=True)
     p = a / jnp.where(total > 0, total, 1)
     safe = jnp.where(p > 0, p, 1)

@@ -18,22 +18,22 @@ from ._common import (
     Array,
     Baseline,
     Model,
-    _baseline,
-    _batched,
-    _choice,
-    _concrete,
-    _flat,
-    _float,
-    _input_relevance,
-    _int,
-    _logits,
-    _need_key,
-    _per_example,
-    _positive,
-    _select,
-    _similarity_fn,
-    _split,
-    _target,
+    baseline_input,
+    check_batched,
+    check_choice,
+    concrete,
+    flatten_examples,
+    as_float,
+    input_relevance,
+    check_int,
+    logits_of,
+    need_key,
+    per_example,
+    check_positive,
+    select_target,
+    similarity_fn,
+    split_key,
+    check_target,
     pearson,
 )
 
@@ -60,9 +60,9 @@ def conservation(relevance: ArrayLike, output: ArrayLike) -> Array:
     Array of shape ``(N,)``; 1 for a conservative explanation (closer to 1 is
     better); inf or NaN where the logit is 0.
     """
-    r = _batched("relevance", relevance)
-    f = _per_example("output", output, r.shape[0])
-    return jnp.sum(_flat(r), axis=1) / f
+    r = check_batched("relevance", relevance)
+    f = per_example("output", output, r.shape[0])
+    return jnp.sum(flatten_examples(r), axis=1) / f
 
 
 def conservation_error(relevance: ArrayLike, output_relevance_total: ArrayLike) -> Array:
@@ -83,9 +83,9 @@ def conservation_error(relevance: ArrayLike, output_relevance_total: ArrayLike) 
     Array of shape ``(N,)``, ``>= 0``; lower is better, 0 means the relevance sums
     exactly to the logit. inf or NaN where the logit is 0.
     """
-    r = _batched("relevance", relevance)
-    f = _per_example("output_relevance_total", output_relevance_total, r.shape[0])
-    return jnp.abs(jnp.sum(_flat(r), axis=1) - f) / jnp.abs(f)
+    r = check_batched("relevance", relevance)
+    f = per_example("output_relevance_total", output_relevance_total, r.shape[0])
+    return jnp.abs(jnp.sum(flatten_examples(r), axis=1) - f) / jnp.abs(f)
 
 
 # ------------------------------------------------------------------ perturbation
@@ -99,7 +99,7 @@ def _patch(region: Union[int, Sequence[int]], spatial: tuple) -> tuple:
             f"(input shape (N, {', '.join(map(str, spatial))}, C)); got {region!r}"
         )
     for p, s in zip(patch, spatial):
-        _int("each region size", p, 1, s)
+        check_int("each region size", p, 1, s)
     return patch
 
 
@@ -116,7 +116,7 @@ def _region_ids(spatial: tuple, patch: tuple) -> tuple[np.ndarray, int]:
 def _perturbation_rank(scores: Array, order: str, key: Any) -> Array:
     """For each region, its position in the perturbation order (0 = perturbed first)."""
     if order == "random":
-        scores = jax.random.uniform(_need_key(key, "order='random'"), scores.shape)
+        scores = jax.random.uniform(need_key(key, "order='random'"), scores.shape)
     elif order == "morf":
         scores = -scores
     sequence = jnp.argsort(scores, axis=1, stable=True)
@@ -197,41 +197,41 @@ def pixel_flipping(
             f"x must have shape (N, *spatial, C), e.g. images (N, H, W, C) or sequences "
             f"(N, L, C), with at least 3 axes; got shape {x.shape}"
         )
-    x = _batched("x", x, min_ndim=3)
-    r, has_channels = _input_relevance(relevance, x)
+    x = check_batched("x", x, min_ndim=3)
+    r, has_channels = input_relevance(relevance, x)
     if has_channels:
         r = jnp.sum(r, axis=-1)
-    _choice("order", order, _ORDERS)
+    check_choice("order", order, _ORDERS)
     spatial = x.shape[1:-1]
     patch = _patch(region, spatial)
     ids, n_regions = _region_ids(spatial, patch)
-    per_step = _int("regions_per_step", regions_per_step, 1, n_regions)
+    per_step = check_int("regions_per_step", regions_per_step, 1, n_regions)
     max_steps = -(-n_regions // per_step)
-    steps = max_steps if steps is None else _int("steps", steps, 1, max_steps)
-    key_order, key_noise = _split(key, 2)
+    steps = max_steps if steps is None else check_int("steps", steps, 1, max_steps)
+    key_order, key_noise = split_key(key, 2)
 
-    logits0 = _logits(model, x)
-    t = _target(target, logits0)
-    base = _baseline(baseline, x, key_noise)
+    logits0 = logits_of(model, x)
+    t = check_target(target, logits0)
+    base = baseline_input(baseline, x, key_noise)
 
-    scores = jax.vmap(lambda v: jax.ops.segment_sum(v, ids.ravel(), n_regions))(_flat(r))
+    scores = jax.vmap(lambda v: jax.ops.segment_sum(v, ids.ravel(), n_regions))(flatten_examples(r))
     rank = _perturbation_rank(scores, order, key_order)
     pixel_rank = jnp.take(rank, ids, axis=1)[..., None]  # (N, *spatial, 1)
     counts = jnp.minimum(jnp.arange(1, steps + 1) * per_step, n_regions)
 
     def step(carry, n):
         xk = jnp.where(pixel_rank < n, base, x)
-        return carry, _select(_logits(model, xk), t)
+        return carry, select_target(logits_of(model, xk), t)
 
     _, curve = lax.scan(step, None, counts)
-    return jnp.concatenate([_select(logits0, t)[:, None], curve.T], axis=1)
+    return jnp.concatenate([select_target(logits0, t)[:, None], curve.T], axis=1)
 
 
 def _curve(name: str, curve: ArrayLike) -> Array:
     c = jnp.asarray(curve)
     if c.ndim != 2 or c.shape[1] < 1:
         raise ValueError(f"{name} must have shape (N, steps + 1), got shape {c.shape}")
-    return _float(c)
+    return as_float(c)
 
 
 def aopc(curve: ArrayLike) -> Array:
@@ -279,15 +279,15 @@ def _faithfulness_from_subsets(
     model: Model, x: Array, relevance: Array, target: Any, subsets: Array, baseline: Array
 ) -> Array:
     """Faithfulness correlation for given subsets, a boolean array ``(draws, *relevance.shape)``."""
-    logits0 = _logits(model, x)
-    t = _target(target, logits0)
-    f0 = _select(logits0, t)
+    logits0 = logits_of(model, x)
+    t = check_target(target, logits0)
+    f0 = select_target(logits0, t)
     has_channels = relevance.shape == x.shape
 
     def draw(subset):
         replace = subset if has_channels else subset[..., None]
-        drop = f0 - _select(_logits(model, jnp.where(replace, baseline, x)), t)
-        return jnp.sum(jnp.where(_flat(subset), _flat(relevance), 0), axis=1), drop
+        drop = f0 - select_target(logits_of(model, jnp.where(replace, baseline, x)), t)
+        return jnp.sum(jnp.where(flatten_examples(subset), flatten_examples(relevance), 0), axis=1), drop
 
     sums, drops = jax.vmap(draw)(subsets)  # each (draws, N)
     return pearson(sums.T, drops.T)
@@ -342,13 +342,13 @@ def faithfulness_correlation(
     Array of shape ``(N,)`` in ``[-1, 1]``; higher is better. NaN where the subset
     relevance or the logit drop is constant over the draws.
     """
-    x = _batched("x", x)
-    r, _ = _input_relevance(relevance, x)
+    x = check_batched("x", x)
+    r, _ = input_relevance(relevance, x)
     d = math.prod(r.shape[1:])
-    size = _int("subset_size", subset_size, 1, d)
-    draws = _int("n_draws", n_draws, 2)
-    key_subsets, key_noise = jax.random.split(_need_key(key, "faithfulness_correlation"))
-    base = _baseline(baseline, x, key_noise)
+    size = check_int("subset_size", subset_size, 1, d)
+    draws = check_int("n_draws", n_draws, 2)
+    key_subsets, key_noise = jax.random.split(need_key(key, "faithfulness_correlation"))
+    base = baseline_input(baseline, x, key_noise)
     u = jax.random.uniform(key_subsets, (draws, r.shape[0], d))
     subsets = (jnp.argsort(jnp.argsort(u, axis=2), axis=2) < size).reshape((draws,) + r.shape)
     return _faithfulness_from_subsets(model, x, r, target, subsets, base)
@@ -367,7 +367,7 @@ def _segment_ids(segments: Optional[ArrayLike], x: Array, region) -> tuple[Array
     if s.shape != (x.shape[0],) + spatial or not jnp.issubdtype(s.dtype, jnp.integer):
         raise ValueError(f"segments must be integer ids of shape (N, *spatial) = {(x.shape[0],) + spatial}, "
                          f"got {s.dtype} {s.shape}")
-    v = _concrete(s)
+    v = concrete(s)
     if v is None:
         raise ValueError("segments must be concrete (not traced): their count fixes the number of steps")
     if v.min() < 0:
@@ -411,14 +411,14 @@ def irof(
     -------
     Array of shape ``(N,)``; higher is better. inf or NaN where the logit is 0.
     """
-    x = _batched("x", x, min_ndim=3)
-    r, has_channels = _input_relevance(relevance, x)
+    x = check_batched("x", x, min_ndim=3)
+    r, has_channels = input_relevance(relevance, x)
     r = r if has_channels else jnp.broadcast_to(r[..., None], x.shape)
     ids, count = _segment_ids(segments, x, region)
-    logits0 = _logits(model, x)
-    t = _target(target, logits0)
-    f0 = _select(logits0, t)
-    base = _baseline(baseline, x, key)
+    logits0 = logits_of(model, x)
+    t = check_target(target, logits0)
+    f0 = select_target(logits0, t)
+    base = baseline_input(baseline, x, key)
 
     flat_ids = ids.reshape(ids.shape[0], -1)
     seg = jax.vmap(lambda v, i: jax.ops.segment_sum(v, i, count))
@@ -431,7 +431,7 @@ def irof(
     pixel_rank = jnp.take_along_axis(rank, flat_ids, axis=1).reshape(ids.shape)[..., None]
 
     def step(carry, k):
-        return carry, _select(_logits(model, jnp.where(pixel_rank < k, base, x)), t) / f0
+        return carry, select_target(logits_of(model, jnp.where(pixel_rank < k, base, x)), t) / f0
 
     _, c = lax.scan(step, None, jnp.arange(1, count + 1))
     c = c.T  # (N, count): c[:, j] after j + 1 removals
@@ -479,7 +479,7 @@ def noisy_linear_imputation(x: ArrayLike, removed: ArrayLike, noise: Optional[Ar
     noise:
         Added to the removed pixels (e.g. ``0.01 * normal draws``), shape of ``x``.
     """
-    x = _batched("x", x, min_ndim=4)
+    x = check_batched("x", x, min_ndim=4)
     m = jnp.asarray(removed)[..., None].astype(x.dtype)
     s = _neighbour_sum(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype))
     rhs = m * _neighbour_sum((1 - m) * x)
@@ -531,8 +531,8 @@ def road(
     examples for the ROAD curve (accuracy per percentage); with MoRF a faster drop is
     better.
     """
-    x = _batched("x", x, min_ndim=4)
-    r, has_channels = _input_relevance(relevance, x)
+    x = check_batched("x", x, min_ndim=4)
+    r, has_channels = input_relevance(relevance, x)
     r = jnp.sum(r, axis=-1) if has_channels else r
     pct = np.asarray(percentages, dtype=np.float64)
     if pct.ndim != 1 or pct.size == 0 or np.any(pct < 0) or np.any(pct >= 100):
@@ -546,14 +546,14 @@ def road(
         if draws.shape != (pct.size,) + x.shape:
             raise ValueError(f"draws must have shape (len(percentages), *x.shape) = {(pct.size,) + x.shape}, "
                              f"got {draws.shape}")
-    t = _target(target, _logits(model, x))
-    rank = jnp.argsort(jnp.argsort(-_flat(r), axis=1, stable=True), axis=1).reshape(r.shape)
+    t = check_target(target, logits_of(model, x))
+    rank = jnp.argsort(jnp.argsort(-flatten_examples(r), axis=1, stable=True), axis=1).reshape(r.shape)
 
     def at(item):
         k, z = item
         noisy = None if z is None else noise * z
         xi = noisy_linear_imputation(x, rank < k, noisy)
-        return (jnp.argmax(_logits(model, xi), axis=1) == t).astype(x.dtype)
+        return (jnp.argmax(logits_of(model, xi), axis=1) == t).astype(x.dtype)
 
     return lax.map(at, (counts, draws)).T
 
@@ -590,22 +590,22 @@ def infidelity(
     -------
     Array of shape ``(N,)``, ``>= 0``; lower is better.
     """
-    x = _batched("x", x, min_ndim=1)
-    r = _float(jnp.asarray(relevance))
+    x = check_batched("x", x, min_ndim=1)
+    r = as_float(jnp.asarray(relevance))
     if r.shape != x.shape:
         raise ValueError(f"relevance must have the input's shape {x.shape}, got {r.shape}")
     if perturbations is None:
-        n = _int("n_samples", n_samples, 1)
-        _positive("sigma", sigma)
-        perturbations = sigma * jax.random.normal(_need_key(key, "infidelity"), (n,) + x.shape, x.dtype)
+        n = check_int("n_samples", n_samples, 1)
+        check_positive("sigma", sigma)
+        perturbations = sigma * jax.random.normal(need_key(key, "infidelity"), (n,) + x.shape, x.dtype)
     p = jnp.asarray(perturbations, x.dtype)
     if p.shape[1:] != x.shape or p.ndim != x.ndim + 1:
         raise ValueError(f"perturbations must have shape (n, *x.shape) = (n, {', '.join(map(str, x.shape))}), got {p.shape}")
-    logits0 = _logits(model, x)
-    t = _target(target, logits0)
-    f0 = _select(logits0, t)
-    drops = jax.vmap(lambda i: f0 - _select(_logits(model, x - i), t))(p)  # (n, N)
-    dots = jax.vmap(lambda i: jnp.sum(_flat(i * r), axis=1))(p)
+    logits0 = logits_of(model, x)
+    t = check_target(target, logits0)
+    f0 = select_target(logits0, t)
+    drops = jax.vmap(lambda i: f0 - select_target(logits_of(model, x - i), t))(p)  # (n, N)
+    dots = jax.vmap(lambda i: jnp.sum(flatten_examples(i * r), axis=1))(p)
     if normalize:
         den = jnp.sum(dots * dots, axis=0)
         beta = jnp.sum(dots * drops, axis=0) / jnp.where(den > 0, den, 1)
@@ -654,31 +654,31 @@ def monotonicity_correlation(
     -------
     Array of shape ``(N,)`` in ``[-1, 1]``; higher is better.
     """
-    x = _batched("x", x, min_ndim=1)
-    r = _float(jnp.asarray(relevance))
+    x = check_batched("x", x, min_ndim=1)
+    r = as_float(jnp.asarray(relevance))
     if r.shape != x.shape:
         raise ValueError(f"relevance must have the input's shape {x.shape}, got {r.shape}")
     d = math.prod(x.shape[1:])
-    per = _int("features_per_step", features_per_step, 1, d)
+    per = check_int("features_per_step", features_per_step, 1, d)
     if draws is None:
-        n = _int("n_samples", n_samples, 1)
-        draws = jax.random.uniform(_need_key(key, "monotonicity_correlation"), (n,) + x.shape, x.dtype, low, high)
+        n = check_int("n_samples", n_samples, 1)
+        draws = jax.random.uniform(need_key(key, "monotonicity_correlation"), (n,) + x.shape, x.dtype, low, high)
     u = jnp.asarray(draws, x.dtype)
     if u.shape[1:] != x.shape or u.ndim != x.ndim + 1:
         raise ValueError(f"draws must have shape (n, *x.shape), got {u.shape}")
-    sim = _similarity_fn(similarity)
-    logits0 = _logits(model, x)
-    t = _target(target, logits0)
-    f0 = _select(logits0, t)
+    sim = similarity_fn(similarity)
+    logits0 = logits_of(model, x)
+    t = check_target(target, logits0)
+    f0 = select_target(logits0, t)
     inv = jnp.where(jnp.abs(f0) >= eps, 1 / jnp.where(f0 == 0, 1, f0) ** 2, 1.0)
-    flat_r = _flat(r)
+    flat_r = flatten_examples(r)
     group = (jnp.argsort(jnp.argsort(flat_r, axis=1, stable=True), axis=1) // per).reshape(x.shape)
     steps = -(-d // per)
 
     def at(k):
         sel = group == k
-        var = jnp.mean(jax.vmap(lambda v: (_select(_logits(model, jnp.where(sel, v, x)), t) - f0) ** 2)(u), axis=0)
-        return jnp.sum(jnp.where(_flat(sel), flat_r, 0), axis=1), var * inv
+        var = jnp.mean(jax.vmap(lambda v: (select_target(logits_of(model, jnp.where(sel, v, x)), t) - f0) ** 2)(u), axis=0)
+        return jnp.sum(jnp.where(flatten_examples(sel), flat_r, 0), axis=1), var * inv
 
     atts, vars_ = lax.map(at, jnp.arange(steps))  # (steps, N)
     return sim(atts.T, vars_.T)

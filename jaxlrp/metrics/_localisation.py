@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ._common import Array, _batched, _choice, _flat, _mask
+from ._common import Array, check_batched, check_choice, flatten_examples, check_mask
 
 _RMA_MODES = ("positive", "raw", "abs")
 
@@ -40,10 +40,10 @@ def relevance_mass_accuracy(relevance: ArrayLike, mask: ArrayLike, mode: str = "
     relevance has both signs. NaN for an empty mask and where the denominator is 0
     (e.g. no positive relevance in mode ``"positive"``).
     """
-    _choice("mode", mode, _RMA_MODES)
-    r = _batched("relevance", relevance)
-    m = _flat(_mask(mask, r))
-    r = _flat(r)
+    check_choice("mode", mode, _RMA_MODES)
+    r = check_batched("relevance", relevance)
+    m = flatten_examples(check_mask(mask, r))
+    r = flatten_examples(r)
     if mode == "positive":
         r = jnp.maximum(r, 0)
     elif mode == "abs":
@@ -75,9 +75,9 @@ def relevance_rank_accuracy(relevance: ArrayLike, mask: ArrayLike) -> Array:
     -------
     Array of shape ``(N,)`` in ``[0, 1]``; higher is better. NaN for an empty mask.
     """
-    r = _batched("relevance", relevance)
-    m = _flat(_mask(mask, r))
-    r = _flat(r)
+    r = check_batched("relevance", relevance)
+    m = flatten_examples(check_mask(mask, r))
+    r = flatten_examples(r)
     order = jnp.argsort(-r, axis=1, stable=True)  # descending, ties by position
     ranked = jnp.take_along_axis(m, order, axis=1)
     k = jnp.sum(m, axis=1)
@@ -106,8 +106,8 @@ def pointing_game(relevance: ArrayLike, mask: ArrayLike) -> Array:
     Array of shape ``(N,)`` with values 0.0 or 1.0; higher is better. NaN for an
     empty mask.
     """
-    r = _batched("relevance", relevance)
-    m = _flat(_mask(mask, r))
-    r = _flat(r)
+    r = check_batched("relevance", relevance)
+    m = flatten_examples(check_mask(mask, r))
+    r = flatten_examples(r)
     hit = jnp.take_along_axis(m, jnp.argmax(r, axis=1)[:, None], axis=1)[:, 0]
     return jnp.where(jnp.any(m, axis=1), hit.astype(r.dtype), jnp.nan)

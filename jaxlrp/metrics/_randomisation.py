@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._common import Array, _batched, _choice, _concrete, _float, _int, _need_key, _similarity_fn
+from ._common import Array, check_batched, check_choice, concrete, as_float, check_int, need_key, similarity_fn
 
 _RANDOMISATIONS = ("normal", "permute")
 
@@ -106,11 +106,11 @@ def model_parameter_randomisation(
         raise ValueError(f"unknown layers {unknown}; the parameters have layers {names}")
     if len(set(order)) != len(order):
         raise ValueError(f"layers must not repeat a name, got {order}")
-    sim = _similarity_fn(similarity)
-    _choice("randomisation", randomisation, _RANDOMISATIONS)
-    key = _need_key(key, "model_parameter_randomisation")
+    sim = similarity_fn(similarity)
+    check_choice("randomisation", randomisation, _RANDOMISATIONS)
+    key = need_key(key, "model_parameter_randomisation")
 
-    x = _batched("x", x, min_ndim=1)
+    x = check_batched("x", x, min_ndim=1)
     original = explain_with_params(params, x)
     current = dict(tree)
     scores = {}
@@ -155,21 +155,21 @@ def random_logit(
     -------
     Array of shape ``(N,)``; lower is better (class-sensitive explanations).
     """
-    x = _batched("x", x, min_ndim=1)
+    x = check_batched("x", x, min_ndim=1)
     t = jnp.asarray(target)
     if t.shape != (x.shape[0],) or not jnp.issubdtype(t.dtype, jnp.integer):
         raise ValueError(f"target must be integer classes of shape (N,) = ({x.shape[0]},), got {t.dtype} {t.shape}")
     if other is None:
-        k = _int("classes", classes, 2) if classes is not None else None
+        k = check_int("classes", classes, 2) if classes is not None else None
         if k is None:
             raise ValueError("random_logit needs classes= to draw the other classes (or pass other=)")
-        shift = jax.random.randint(_need_key(key, "random_logit"), t.shape, 1, k)
+        shift = jax.random.randint(need_key(key, "random_logit"), t.shape, 1, k)
         other = (t + shift) % k
     o = jnp.asarray(other)
     if o.shape != t.shape:
         raise ValueError(f"other must have shape {t.shape}, got {o.shape}")
-    v_t, v_o = _concrete(t), _concrete(o)
+    v_t, v_o = concrete(t), concrete(o)
     if v_t is not None and v_o is not None and np.any(v_t == v_o):
         raise ValueError("other must differ from target for every example")
-    sim = _similarity_fn(similarity)
-    return sim(_float(jnp.asarray(explain_target(x, t))), _float(jnp.asarray(explain_target(x, o))))
+    sim = similarity_fn(similarity)
+    return sim(as_float(jnp.asarray(explain_target(x, t))), as_float(jnp.asarray(explain_target(x, o))))

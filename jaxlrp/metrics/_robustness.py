@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ._common import Array, Explainer, _batched, _choice, _flat, _float, _int, _need_key, _positive
+from ._common import Array, Explainer, check_batched, check_choice, flatten_examples, as_float, check_int, need_key, check_positive
 
 _NORMS = ("fro", "l1", "inf")
 
@@ -18,7 +18,7 @@ _NORMS = ("fro", "l1", "inf")
 
 
 def _norm(a: Array, norm: str) -> Array:
-    a = _flat(a)
+    a = flatten_examples(a)
     if norm == "fro":
         return jnp.sqrt(jnp.sum(a * a, axis=1))
     if norm == "l1":
@@ -33,7 +33,7 @@ def _explained(explain: Explainer, x: Array) -> Array:
             f"explain must map a batch of shape {x.shape} to relevance with the same leading "
             f"example axis; got shape {r.shape}"
         )
-    return _float(r)
+    return as_float(r)
 
 
 def _uniform_noise(key: Array, n_samples: int, x: Array, radius: Any) -> Array:
@@ -95,11 +95,11 @@ def max_sensitivity(
     Array of shape ``(N,)``, ``>= 0``; lower is better (0 for an explanation that
     does not change within the ball).
     """
-    x = _batched("x", x, min_ndim=1)
-    _positive("radius", radius)
-    n = _int("n_samples", n_samples, 1)
-    _choice("norm", norm, _NORMS)
-    noise = _uniform_noise(_need_key(key, "max_sensitivity"), n, x, radius)
+    x = check_batched("x", x, min_ndim=1)
+    check_positive("radius", radius)
+    n = check_int("n_samples", n_samples, 1)
+    check_choice("norm", norm, _NORMS)
+    noise = _uniform_noise(need_key(key, "max_sensitivity"), n, x, radius)
     r0 = _explained(explain, x)
     sens = jnp.max(_sensitivities(explain, x, noise, norm, r0), axis=0)
     return sens / _norm(r0, norm) if relative else sens
@@ -139,10 +139,10 @@ def local_lipschitz_estimate(
     -------
     Array of shape ``(N,)``, ``>= 0``; lower is better (a stabler explanation).
     """
-    x = _batched("x", x, min_ndim=1)
-    _positive("radius", radius)
-    n = _int("n_samples", n_samples, 1)
-    noise = _uniform_noise(_need_key(key, "local_lipschitz_estimate"), n, x, radius)
+    x = check_batched("x", x, min_ndim=1)
+    check_positive("radius", radius)
+    n = check_int("n_samples", n_samples, 1)
+    noise = _uniform_noise(need_key(key, "local_lipschitz_estimate"), n, x, radius)
     return jnp.max(_lipschitz_ratios(explain, x, noise), axis=0)
 
 
@@ -171,11 +171,11 @@ def avg_sensitivity(
     -------
     Array of shape ``(N,)``, ``>= 0``; lower is better.
     """
-    x = _batched("x", x, min_ndim=1)
-    _choice("norm", norm, _NORMS)
+    x = check_batched("x", x, min_ndim=1)
+    check_choice("norm", norm, _NORMS)
     if noise is None:
-        _positive("radius", radius)
-        noise = _uniform_noise(_need_key(key, "avg_sensitivity"), _int("n_samples", n_samples, 1), x, radius)
+        check_positive("radius", radius)
+        noise = _uniform_noise(need_key(key, "avg_sensitivity"), check_int("n_samples", n_samples, 1), x, radius)
     noise = jnp.asarray(noise, x.dtype)
     if noise.shape[1:] != x.shape or noise.ndim != x.ndim + 1:
         raise ValueError(f"noise must have shape (n, *x.shape), got {noise.shape}")

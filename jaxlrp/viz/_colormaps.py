@@ -12,7 +12,7 @@ from typing import Any, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._common import _as_float_array, _check_percentile
+from ._common import as_float_array, check_percentile
 
 # Colour maps are defined by anchors ``(position, (r, g, b))`` with positions
 # increasing from 0 to 1; the 256 entries of a map are linearly interpolated
@@ -244,8 +244,8 @@ def normalize(
         If the input is empty, contains NaN or inf, or ``percentile`` is out
         of range.
     """
-    _check_percentile(percentile)
-    rel = _as_float_array(relevance, "relevance")
+    check_percentile(percentile)
+    rel = as_float_array(relevance, "relevance")
 
     if symmetric:
         magnitude = np.abs(rel)

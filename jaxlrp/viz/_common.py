@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 _REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "max_abs")
 
 
-def _as_float_array(values: ArrayLike, what: str) -> np.ndarray:
+def as_float_array(values: ArrayLike, what: str) -> np.ndarray:
     """Convert to a float64 numpy array and reject empty or non-finite input."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
@@ -26,14 +26,14 @@ def _as_float_array(values: ArrayLike, what: str) -> np.ndarray:
     return arr
 
 
-def _check_percentile(percentile: float | None) -> None:
+def check_percentile(percentile: float | None) -> None:
     if percentile is not None and not 0.0 < percentile <= 100.0:
         raise ValueError(
             f"percentile must be in (0, 100], got {percentile!r}"
         )
 
 
-def _reduce_channels(rel: np.ndarray, channel_axis: int, reduce: str) -> np.ndarray:
+def reduce_channels(rel: np.ndarray, channel_axis: int, reduce: str) -> np.ndarray:
     if reduce not in _REDUCTIONS:
         raise ValueError(
             f"unknown reduction {reduce!r}; valid reductions are: "

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._colormaps import Cmap, colormap
-from ._common import _as_float_array, _check_percentile, _reduce_channels
+from ._common import as_float_array, check_percentile, reduce_channels
 
 if TYPE_CHECKING:  # matplotlib is the optional `viz` extra, imported where it is used
     from matplotlib.figure import Figure
@@ -40,9 +40,9 @@ def _figure_cmap(cmap: Cmap) -> Any:
 
 def _per_pixel(relevance: ArrayLike, reduce: str, what: str) -> np.ndarray:
     """A batch ``(N, H, W)`` or ``(N, H, W, C)`` of relevance as ``(N, H, W)``."""
-    rel = _as_float_array(relevance, what)
+    rel = as_float_array(relevance, what)
     if rel.ndim == 4:
-        rel = _reduce_channels(rel, -1, reduce)
+        rel = reduce_channels(rel, -1, reduce)
     if rel.ndim != 3:
         raise ValueError(f"{what} must have shape (N, H, W) or (N, H, W, C), got {rel.shape}")
     return rel
@@ -50,7 +50,7 @@ def _per_pixel(relevance: ArrayLike, reduce: str, what: str) -> np.ndarray:
 
 def _display_inputs(inputs: ArrayLike) -> np.ndarray:
     """Inputs ``(N, H, W[, C])`` as images in ``[0, 1]``: gray for 1 channel, RGB for 3."""
-    x = _as_float_array(inputs, "inputs")
+    x = as_float_array(inputs, "inputs")
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 3)):
@@ -68,7 +68,7 @@ def _figure_inputs(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Check the arguments of :func:`relevance_figure`: the inputs in ``[0, 1]`` and
     the rows of relevance ``(N, H, W)`` by label."""
-    _check_percentile(percentile)
+    check_percentile(percentile)
     shown = _display_inputs(inputs)
     n = shown.shape[0]
     rows = {str(k): _per_pixel(v, reduce, f"relevance[{k!r}]") for k, v in relevance.items()}

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._colormaps import Cmap, colormap, normalize
-from ._common import _as_float_array, _reduce_channels
+from ._common import as_float_array, reduce_channels
 
 
 def heatmap(
@@ -71,9 +71,9 @@ def heatmap(
             f"axis, got shape {rel.shape}; drop the batch axis first"
         )
     table = colormap(cmap)
-    rel = _as_float_array(rel, "relevance")
+    rel = as_float_array(rel, "relevance")
     if rel.ndim == 3:
-        rel = _reduce_channels(rel, channel_axis, reduce)
+        rel = reduce_channels(rel, channel_axis, reduce)
     unit = normalize(rel, symmetric=symmetric, percentile=percentile)
     index = np.floor(unit * (table.shape[0] - 1) + 0.5).astype(np.intp)
     return table[index]
@@ -91,7 +91,7 @@ def _image_to_unit_gray(image: ArrayLike) -> np.ndarray:
     if img.dtype == np.uint8:
         unit = img.astype(np.float64) / 255.0
     else:
-        unit = _as_float_array(img, "image")
+        unit = as_float_array(img, "image")
         low, high = float(unit.min()), float(unit.max())
         if not high > low:
             unit = np.zeros(unit.shape)
@@ -175,7 +175,7 @@ def overlay(
     opacity = np.full(gray.shape, alpha)
     if weight == "magnitude":
         rel = np.asarray(relevance, dtype=np.float64)
-        rel = _reduce_channels(rel, channel_axis, reduce) if rel.ndim == 3 else rel
+        rel = reduce_channels(rel, channel_axis, reduce) if rel.ndim == 3 else rel
         unit = normalize(rel, symmetric=symmetric, percentile=percentile)
         opacity = alpha * (np.abs(2.0 * unit - 1.0) if symmetric else unit)
     blended = (1.0 - opacity[..., None]) * gray[..., None] + opacity[..., None] * (heat / 255.0)

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._colormaps import Cmap, colormap, normalize
-from ._common import _as_float_array, _check_percentile, _reduce_channels
+from ._common import as_float_array, check_percentile, reduce_channels
 
 _SEQUENCE_BASES = "ACGT"
 _SEQUENCE_MIN_TRACK = 8  # smallest drawable track height in pixels
@@ -24,7 +24,7 @@ def _sequence_letters(sequence: str | ArrayLike, length: int) -> str:
     if isinstance(sequence, str):
         letters = sequence.upper()
     else:
-        onehot = _as_float_array(sequence, "sequence")
+        onehot = as_float_array(sequence, "sequence")
         if onehot.ndim != 2 or onehot.shape[1] != len(_SEQUENCE_BASES):
             raise ValueError(
                 "sequence must be a string or a one-hot array of shape (L, 4) "
@@ -74,7 +74,7 @@ def _sequence_values(relevance: ArrayLike, per_base: bool) -> np.ndarray:
             f"sequence_plot needs relevance of shape (L,) or (L, 4), got shape "
             f"{rel.shape}; drop the batch axis first"
         )
-    rel = _as_float_array(rel, "relevance")
+    rel = as_float_array(rel, "relevance")
     if per_base:
         if rel.ndim != 2:
             raise ValueError("per_base=True needs relevance of shape (L, 4)")
@@ -97,7 +97,7 @@ def _sequence_inputs(
     values = _sequence_values(relevance, per_base)
     tracks, length = values.shape
     table = colormap(cmap)
-    _check_percentile(percentile)
+    check_percentile(percentile)
     colour = np.asarray(mask_color)
     if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 255)):
         raise ValueError(
@@ -331,14 +331,14 @@ def _token_colours(tokens: Sequence[str], relevance: ArrayLike, cmap: Cmap, perc
     """Display texts, RGB colours ``(L, 3)`` and values ``(L,)`` of a token sequence."""
     rel = np.asarray(relevance)
     if rel.ndim == 2:
-        rel = _reduce_channels(_as_float_array(rel, "relevance"), -1, reduce)
+        rel = reduce_channels(as_float_array(rel, "relevance"), -1, reduce)
     if rel.ndim != 1:
         raise ValueError(f"token relevance must have shape (L,) or (L, D), got {rel.shape}; "
                          "pass one example, e.g. R[0]")
     texts = [str(t) for t in tokens]
     if len(texts) != rel.shape[0]:
         raise ValueError(f"got {len(texts)} tokens but relevance for {rel.shape[0]} positions")
-    rel = _as_float_array(rel, "relevance")
+    rel = as_float_array(rel, "relevance")
     table = colormap(cmap)
     unit = normalize(rel, symmetric=True, percentile=percentile)
     colours = table[np.floor(unit * (table.shape[0] - 1) + 0.5).astype(np.intp)]
