@@ -216,6 +216,33 @@ def test_folded_batchnorm_is_the_reference():
     np.testing.assert_allclose(rel, want, rtol=1e-10, atol=1e-12)
 
 
+def _conv_nhwc(k, b, x):
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, k, (2, 1), ((1, 1), (1, 0)), dimension_numbers=dn) + b
+
+
+def test_epsilon_on_a_conv_layer_is_the_reference():
+    k, b, x = _w(3, 2, 2, 3), _w(3), _w(1, 5, 4, 2)
+    seed = _w(*jax.eval_shape(_conv_nhwc, k, b, x).shape)
+    _, rel = explain(_conv_nhwc, (k, b, x), rules=lambda ls: rules_for(ls, conv=R.Epsilon(0.1)), seed=seed)
+    (layer,) = analyse(_conv_nhwc, k, b, x)[1]
+    assert (layer.kind, layer.folded) == ("conv", ("add",))
+
+    def to_matrix(kernel):
+        return ref.conv_matrix(kernel, (5, 4, 2), (2, 1), ((1, 1), (1, 0)))[0]
+
+    want = ref.lrp_linear("epsilon", x[0].ravel(), k, np.tile(b, seed.size // 3), seed.ravel(), to_matrix,
+                          epsilon=0.1)
+    np.testing.assert_allclose(rel[0].ravel(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_subtracted_from_a_constant_absorbs_its_share():
+    """``c - x``: a sum node whose bias is ``c``; ``Norm`` gives ``-x R / (c - x)``."""
+    c, x, seed = _w(3), _w(3), _w(3)
+    _, rel = explain(lambda c, x: c - x, (c, x), rules=lambda ls: rules_for(ls, sum=R.Norm(0.01)), seed=seed)
+    np.testing.assert_allclose(rel, -x * seed / ref.stabilize(c - x, 0.01), rtol=1e-12)
+
+
 def test_constant_summand_absorbs_its_share():
     """``x + c`` with ``c`` a parameter: ``Norm`` gives ``x R / (x + c)``."""
     c, x, seed = _w(3), _w(3), _w(3)
