@@ -26,6 +26,7 @@ import pytest
 import jaxlrp
 from jaxlrp import _analysis as A
 from jaxlrp import _kinds as K
+from jaxlrp import _primitives as P
 from jaxlrp import _program as G
 from jaxlrp import rules as R
 
@@ -269,7 +270,7 @@ def _check_shard_map(an, layers):
 
 
 def _check_inlined(an, layers):
-    calls = set(jaxlrp._primitives.CALLS)
+    calls = set(P.CALLS)
     assert not calls.intersection(e.prim.name for e in an.program.eqns)
 
 
@@ -495,7 +496,7 @@ def test_every_treatment_and_kind_has_a_case():
 
 def test_every_refused_primitive_names_its_hint():
     """Every known-unsupported primitive has a hint, and the treatment quotes it."""
-    for name, hint in jaxlrp._primitives.UNSUPPORTED_HINTS.items():
+    for name, hint in P.UNSUPPORTED_HINTS.items():
         assert A.TREATMENTS[name] is A._unsupported and hint
     with pytest.raises(jaxlrp.UnsupportedOperationError, match="lax.scan"):
         analyse(CASES[[c.id for c in CASES].index("while")].fn, X23)
