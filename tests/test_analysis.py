@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 import jaxlrp
-from jaxlrp import _analysis as A
-from jaxlrp import _kinds as K
-from jaxlrp import _primitives as P
-from jaxlrp import _program as G
+from jaxlrp._core import analysis as A
+from jaxlrp._core import kinds as K
+from jaxlrp._core import primitives as P
+from jaxlrp._core import program as G
 from jaxlrp import rules as R
 
 # What the analysis does with an equation, as the cases state it:
@@ -57,7 +57,7 @@ def analyse(fn: Callable, *args):
     n, n_x = len(program.invars), len(jax.tree_util.tree_leaves(args[-1]))
     taint = [k >= n - n_x for k in range(n)]
     prov = [set() if t else {f"p{k}"} for k, t in enumerate(taint)]
-    ctx = A._Context()
+    ctx = A.Context()
     an = A.analyze(program, taint, prov, [0] * n, ctx)
     return an, tuple(ctx.layers)
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 import reference as ref
-from jaxlrp import _analysis as A
-from jaxlrp import _interpreter as I
-from jaxlrp import _program as G
+from jaxlrp._core import analysis as A
+from jaxlrp._core import interpreter as I
+from jaxlrp._core import program as G
 from jaxlrp import rules as R
 
 _rng = np.random.default_rng(1)
@@ -44,7 +44,7 @@ def analyse(fn, *args):
     n = len(program.invars)
     taint = [k == n - 1 for k in range(n)]
     prov = [set() if t else {f"p{k}"} for k, t in enumerate(taint)]
-    ctx = A._Context()
+    ctx = A.Context()
     return A.analyze(program, taint, prov, [0] * n, ctx), tuple(ctx.layers)
 
 
