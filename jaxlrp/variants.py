@@ -583,7 +583,7 @@ def _redistribute(rule: Rule, node: Node, relevance: Array, r: Array, apply_j, k
         share = apply_j
     else:
         (x,), w = node.inputs, node.weight
-        ax, aw = jnp.abs(x), jnp.abs(_rules.after(w, relevance))
+        ax, aw = jnp.abs(x), jnp.abs(_rules.depend(w, relevance))
         omega, pull = jax.vjp(lambda a: node.apply((a,), aw).astype(dtype), jnp.where(keep, ax, zero))
 
         def share(q):

@@ -39,7 +39,7 @@ class WeightSignAlphaBeta(rules.Rule):
     kinds = rules.WEIGHTED_KINDS
 
     def __call__(self, node, relevance):
-        w_neg = rules.negative(rules.after(node.weight, relevance))
+        w_neg = rules.negative(rules.depend(node.weight, relevance))
         pos = rules.Term([rules.Branch(node.inputs, rules.POSITIVE_WEIGHT)],
                          bias=rules.layer_bias(node, transform=rules.positive), scale=self.alpha)
         neg = rules.Term([rules.Branch(node.inputs, w_neg)],

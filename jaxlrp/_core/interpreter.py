@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from . import canonize
 from .analysis import Analysis, NodeSpec, inexact, relu_gated
 from .program import Eqn, Lit, Var, replay
-from ..rules import Node, after
+from .engine import Node, depend
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -65,7 +65,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
     def bwd(res, relevance):
         inputs, weight, scale, bias, context, z = res
         if scale is not None:
-            weight = fold(after(weight, relevance), scale)
+            weight = fold(depend(weight, relevance), scale)
         bound = _bound(apply, context)
         rel = rule(Node(kind, inputs, weight, bias, z, bound, example_ndim, spec.nonnegative, gated,
                         spec.layer.primitive, parameters), relevance)
