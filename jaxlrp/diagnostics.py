@@ -163,7 +163,7 @@ class Report:
     def _absorption_lines(self) -> list:
         total = self.output_relevance
         share = (lambda v: f" ({100 * v / total:.1f}% of the output)") if total else (lambda v: "")
-        worst = sorted((r for r in self.rows if r.absorbed), key=lambda r: -abs(r.absorbed))[:3]
+        worst = sorted((r for r in self.rows if r.absorbed), key=lambda r: -abs(r.absorbed or 0.0))[:3]
         lines = [f"absorbed by layers: {_fmt(self.absorbed_by_layers)}{share(self.absorbed_by_layers)}"
                  + (" (most: " + ", ".join(f"{r.key} {_fmt(r.absorbed)}" for r in worst) + ")" if worst else "")]
         if abs(self.absorbed_elsewhere) > 1e-6 * max(abs(total), 1e-30):

@@ -11,7 +11,7 @@ with :func:`jax.vjp`, seeded with the output relevance. The result composes with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from jax.typing import ArrayLike
 
@@ -27,12 +27,19 @@ from .rules import Rule
 __all__ = ["lrp", "value_and_lrp", "Explainer", "AmbiguousOutputWarning", "Target", "LayerSelection"]
 
 
+def _selection(layers: LayerSelection) -> list[Matcher]:
+    """The matchers of ``layers=``: the entries of a list or tuple, or the one matcher."""
+    if layers is None:
+        return []
+    return list(layers) if isinstance(layers, (list, tuple)) else [cast(Matcher, layers)]
+
+
 def _layer_matcher(layers: LayerSelection) -> Optional[Matcher]:
     if layers is None:
         return None
     if isinstance(layers, (list, tuple)):
         return _composites.any_of(*layers)
-    return _composites.as_matcher(layers)
+    return _composites.as_matcher(cast(Matcher, layers))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,8 +92,7 @@ class Explainer:
         t = trace(self.fn, self.composite, self.argnums, args, start=self.start, example_axes=self.example_axes)
         matcher = _layer_matcher(layers)
         if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
-            patterns = layers if isinstance(layers, (list, tuple)) else [layers]
-            _composites.check_matches(patterns, t.layers, strict=self.composite.strict, where="layers= pattern")
+            _composites.check_matches(_selection(layers), t.layers, strict=self.composite.strict, where="layers= pattern")
         out, rel, tap_rel = run(t, target, output_relevance, selected(t, matcher))
         relevance = unflatten_relevance(t, rel)
         if layers is None:

@@ -129,13 +129,13 @@ class NodeSpec:
 
     layer: Layer
     eqn: int  # index of the head equation (-1 for activations)
-    tainted: tuple = ()  # operand positions of the relevance-carrying inputs
+    tainted: tuple[int, ...] = ()  # operand positions of the relevance-carrying inputs
     weight: Optional[int] = None  # operand position of the weight
     chain: Optional[canonize.Chain] = None  # what follows a dense/conv layer and is folded in
     affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
     out: Optional[Var] = None
     origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
-    replay: tuple = ()  # softmax, activations: the equations computing the output from ``origin``
+    replay: tuple[int, ...] = ()  # softmax, activations: the equations (indices) computing the output from ``origin``
     nonnegative: bool = False  # the inputs are known to be >= 0
 
 
@@ -144,14 +144,14 @@ class Analysis:
     """The result of :func:`analyze`, read by :func:`jaxlrp._core.interpreter.evaluate`."""
 
     program: Program
-    tainted: set
+    tainted: set[Var]
     plan: list[Step]  # per equation
-    nodes: dict  # equation index -> NodeSpec (at the equation where it is evaluated)
-    activations: dict  # region variable -> NodeSpec
-    subs: dict  # equation index -> list of sub-Analysis (scan body, cond branches)
-    routed: list  # (eqn index) of tainted routing equations: plain VJP fallbacks
-    depth: dict  # tainted variable -> number of dense/conv layers on its path from the input
-    output_softmax: tuple = ()  # layer indices of softmaxes whose output is the function's (probabilities)
+    nodes: dict[int, NodeSpec]  # by equation index (where the node is evaluated)
+    activations: dict[Var, NodeSpec]  # by region variable
+    subs: dict[int, list[Analysis]]  # by equation index: scan body, cond branches, shard_map body
+    routed: list[int]  # tainted routing equations: plain VJP fallbacks
+    depth: dict[Var, int]  # dense/conv layers on a tainted variable's path from the input
+    output_softmax: tuple[int, ...] = ()  # layer indices of softmaxes whose output is the function's
 
 
 class Context:
@@ -196,12 +196,12 @@ class _State:
         self.prov: dict = {v: p for v, p in zip(program.invars, in_prov) if p}
         self.from_params = _parameter_prepass(program, set(self.prov))
         self.depth: dict = dict(zip(program.invars, in_depth))
-        self.origin: dict = {}  # region variable -> its origin
+        self.origin: dict[Var, Var] = {}  # region variable -> its origin
         self.tags: dict = {}  # tainted variable -> set of _patterns.Tag
-        self.sums: dict = {}  # tainted variable -> origins summed into it
+        self.sums: dict[Var, set] = {}  # tainted variable -> origins summed into it
         self.ranges: dict = {}  # variable -> its bounded range (_patterns.value_range)
         self.normalized: set = set()  # outputs of normalisers (LayerNorm before its affine map)
-        self.summands: dict = {}  # output of a constant summand -> its relevance-carrying operand
+        self.summands: dict[Var, Var] = {}  # output of a constant summand -> its relevance-carrying operand
         self.nonneg: set = set()  # tainted variables that are never negative
         outputs = {v for v in program.outvars if isinstance(v, Var)}
         self.readers = {v: (u if v not in outputs else u + [-1]) for v, u in readers(program).items()}
@@ -757,7 +757,7 @@ def relu_gated(an: Analysis, rules: dict) -> frozenset:
         if j in heads:
             spec = heads[j]
             m = mode(spec.layer)
-            return m == "none" or (m == "routed" and spec.layer.kind == "maxpool" and none_to_zeros(spec.out))
+            return m == "none" or (m == "routed" and spec.layer.kind == "maxpool" and spec.out is not None and none_to_zeros(spec.out))
         if an.plan[j] == "bind" and e.prim.name in P.STOP:
             return True
         if an.plan[j] == "bind" and j in routed and e.prim.name in P.COPYING:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+    from flax import nnx
 
 import jax
 import numpy as np
@@ -20,7 +25,7 @@ def concrete(a: Any) -> Optional[np.ndarray]:
         return None
 
 
-def is_nnx_module(fn: Any) -> bool:
+def is_nnx_module(fn: Any) -> "TypeGuard[nnx.Module]":
     """Whether ``fn`` is a Flax nnx module (without importing Flax: if ``flax.nnx`` was
     never imported, ``fn`` cannot be one)."""
     nnx = sys.modules.get("flax.nnx")

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .analysis import Analysis, Context, analyze, start_values
+from .analysis import Analysis, Context, Layer, analyze, start_values
+from .engine import Rule
 from .errors import AmbiguousOutputWarning, TrainingModeError, UnsupportedOperationError
 from .example_axes import find_mixing, output_axes
-from .program import flatten
+from .program import Var, flatten
 from .types import Assigner
 
 __all__ = ["Traced", "trace", "argnums_tuple", "is_array", "path_str"]
@@ -33,15 +34,15 @@ class Traced:
     """``fn`` traced and analysed for one set of argument shapes."""
 
     analysis: Analysis
-    layers: tuple  # Layer, indexed by Layer.index, with unique keys
-    rules: dict  # layer index -> Rule
-    flat_args: list
-    explained: list  # indices into flat_args
-    argnums: tuple
+    layers: tuple[Layer, ...]  # indexed by Layer.index, with unique keys
+    rules: dict[int, Rule]  # by layer index
+    flat_args: list  # the traced leaves of the arguments
+    explained: list[int]  # indices into flat_args
+    argnums: tuple[int, ...]
     single: bool  # argnums was an int
     example_ndim: int  # leading axes of the output that index examples
     slots: list  # per argument: (treedef, [(traced, index into flat_args or static value)])
-    starts: list  # start variables (explaining from a layer)
+    starts: list[Var]  # start variables (explaining from a layer)
 
 
 def argnums_tuple(argnums, nargs: int) -> tuple:
