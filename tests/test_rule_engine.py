@@ -144,13 +144,21 @@ def test_engine_refusals():
 
 
 def test_public_names():
-    for name in ("propagate", "Term", "Branch", "Combo", "LAYER_WEIGHT", "POSITIVE_WEIGHT", "after",
+    for name in ("propagate", "Term", "Branch", "Combo", "LAYER_WEIGHT", "POSITIVE_WEIGHT", "depend",
                  "sign_parts", "signed_branches", "layer_bias", "constant_input", "positive", "negative",
                  "stabilize", "divide"):
         assert name in rules.__all__ and hasattr(rules, name)
     assert rules.LAYER_WEIGHT == rules.Combo(1.0, 0.0) and rules.POSITIVE_WEIGHT == rules.Combo(0.0, 1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         rules.Branch((jnp.ones(2),)).coef = 2.0
+
+
+def test_after_is_a_deprecated_alias_of_depend():
+    w, r = jnp.arange(3.0), jnp.ones(2)
+    with pytest.warns(DeprecationWarning, match="rules.depend"):
+        out = rules.after(w, r)
+    assert "after" not in rules.__all__
+    assert jnp.array_equal(out, rules.depend(w, r))
 
 
 # Each rule's product count on a dense layer (bench/floor.py derives them): forward
