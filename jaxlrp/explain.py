@@ -34,6 +34,7 @@ from ._program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule
 
+_trace_state_clean: Optional[Callable[[], bool]]
 try:  # whether a JAX transformation is tracing (private; without it, tracer arguments are checked only)
     from jax._src.core import trace_state_clean as _trace_state_clean
 except ImportError:  # pragma: no cover
