@@ -5,7 +5,9 @@ returns the relevance of one argument (by default the last) for a chosen output,
 way :func:`jax.grad` returns a gradient. The function is traced to a jaxpr,
 re-evaluated by the LRP interpreter (:mod:`jaxlrp._interpreter`) and differentiated
 with :func:`jax.vjp`, seeded with the output relevance. The result composes with
-:func:`jax.jit`, :func:`jax.vmap` and sharded inputs like any JAX function.
+:func:`jax.jit`, :func:`jax.vmap` and sharded inputs like any JAX function. Called
+eagerly (under no transformation), it runs as one compiled program, cached with the
+explainer per argument structure, shapes and dtypes (:class:`_Compiled`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from ._interpreter import evaluate, layers_within
 from ._program import flatten
 from .composites import Composite, Matcher
 from .rules import Rule
+
+_trace_state_clean: Optional[Callable[[], bool]]
+try:  # whether a JAX transformation is tracing (private; without it, tracer arguments are checked only)
+    from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:  # pragma: no cover
+    _trace_state_clean = None
 
 __all__ = ["lrp", "value_and_lrp", "AmbiguousOutputWarning"]
 
@@ -514,6 +522,102 @@ def _selected(t: _Traced, matcher) -> list:
     return chosen
 
 
+def _at_top_level(*trees: Any) -> bool:
+    """Whether this call is eager: no JAX transformation is tracing (an outer ``jit``,
+    ``vmap`` or ``grad`` sees the explainer as ordinary JAX code, and ``fn`` may close
+    over its tracers) and no argument is a tracer."""
+    if _trace_state_clean is not None and not _trace_state_clean():
+        return False
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+class _Compiled:
+    """The eager call of an explainer as one compiled program.
+
+    An eager call would otherwise dispatch the interpreter's operations one by one
+    (each custom-VJP rule body compiled on its own): seconds on a small CNN where the
+    gradient's eager call takes a fraction of that. Instead, the call is traced under
+    an internal :func:`jax.jit` whose static part is everything that changes the
+    program: the structure of the arguments, their non-array leaves (compared by type
+    and value, or identity for functions), whether ``target`` and
+    ``output_relevance`` are given, and ``layers``. Arrays (the input, the
+    parameters, an array or int target, a mask, an output relevance) are traced, so a
+    new input or class reuses the compiled program; a new shape or dtype compiles
+    once more. The cache lives with the explainer. Calls whose static part cannot be
+    hashed (an unhashable leaf or matcher) run as before, uncompiled.
+    """
+
+    def __init__(self, traced: Callable, argnums, start: Optional[str]):
+        self._argnums, self._start = argnums, start
+
+        def run(static, dyn, target, output_relevance):
+            treedefs, statics, target_given, layers = static
+            args = _rebuild(treedefs, statics, dyn)
+            return traced(args, target if target_given else None, output_relevance, layers)
+
+        self._run = jax.jit(run, static_argnums=0)
+
+    def __call__(self, args: Sequence, target: Target, output_relevance, layers: LayerSelection):
+        if not _at_top_level(args, target, output_relevance):
+            return None
+        try:
+            nums = () if self._start is not None else _argnums(self._argnums, len(args))[0]
+        except (TypeError, ValueError):
+            return None  # the uncompiled call raises the error
+        treedefs, statics, dyn = _split_args(args, nums)
+        if isinstance(target, (list, tuple)):
+            target = np.asarray(target)
+        if isinstance(layers, list):
+            layers = tuple(layers)
+        static = (treedefs, statics, target is not None, layers)
+        try:
+            hash(static)
+        except TypeError:
+            return None
+        out, rest = self._run(static, dyn, target, output_relevance)
+        _check_target_range(target, out, output_relevance)
+        return out, rest
+
+
+def _split_args(args: Sequence, nums: tuple) -> tuple:
+    """``(treedefs, statics, dyn)``: per argument its tree structure, the non-array
+    leaves as ``(position, type, value)``, and the array leaves (and Python scalars
+    of the explained arguments) in order, as :func:`_flatten_args` splits them."""
+    treedefs, statics, dyn = [], [], []
+    for i, a in enumerate(args):
+        leaves, treedef = jax.tree_util.tree_flatten(a)
+        treedefs.append(treedef)
+        for k, leaf in enumerate(leaves):
+            if _is_array(leaf) or (i in nums and isinstance(leaf, (int, float, complex))):
+                dyn.append(leaf)
+            else:
+                statics.append((i, k, type(leaf), leaf))
+    return tuple(treedefs), tuple(statics), dyn
+
+
+def _rebuild(treedefs: tuple, statics: tuple, dyn: list) -> list:
+    """The arguments from :func:`_split_args`' parts."""
+    fixed = {(i, k): v for i, k, _, v in statics}
+    it = iter(dyn)
+    args = []
+    for i, treedef in enumerate(treedefs):
+        n = treedef.num_leaves
+        args.append(jax.tree_util.tree_unflatten(
+            treedef, [fixed[(i, k)] if (i, k) in fixed else next(it) for k in range(n)]))
+    return args
+
+
+def _check_target_range(target: Target, out: Array, output_relevance) -> None:
+    """The range check of a concrete class target (see :func:`_initial_relevance`),
+    for the compiled eager call, where the target was traced (NaN marks it there)."""
+    if target is None or output_relevance is not None or _is_mask(target) or out.ndim == 0:
+        return
+    value = np.asarray(target)
+    classes = out.shape[-1]
+    if np.any(value < 0) or np.any(value >= classes):
+        raise ValueError(f"target {value.tolist()} out of range for {classes} outputs")
+
+
 def _nnx_module(fn: Any) -> bool:
     """Whether ``fn`` is a Flax nnx module (``flax.nnx`` is then already imported)."""
     nnx = sys.modules.get("flax.nnx")
@@ -545,10 +649,7 @@ def value_and_lrp(
         return _for_nnx(value_and_lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
     comp = _composites.resolve(composite, rule)
 
-    @functools.wraps(fn)
-    def explain(
-        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
-    ) -> tuple[Array, Any]:
+    def traced(args, target, output_relevance, layers):
         t = _trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
         matcher = _layer_matcher(layers)
         if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
@@ -559,6 +660,15 @@ def value_and_lrp(
         if layers is None:
             return out, relevance
         return out, (relevance, _per_layer(t, tap_rel))
+
+    compiled = _Compiled(traced, argnums, start)
+
+    @functools.wraps(fn)
+    def explain(
+        *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None, layers: LayerSelection = None
+    ) -> tuple[Array, Any]:
+        found = compiled(args, target, output_relevance, layers)
+        return traced(args, target, output_relevance, layers) if found is None else found
 
     # keep fn's name and docstring, not its signature: inspect.signature (and so
     # eqx.filter_jit) must see the explainer's keywords (target=, ...)
