@@ -2,45 +2,22 @@
 
 * float64 everywhere, so rules are compared with the float64 reference at tight
   tolerances (float32 behaviour is tested with explicit dtypes);
-* fast compilation (XLA flags below), and one persistent XLA compilation cache per
-  run, in a temporary folder: the processes of a run (pytest-xdist's workers, the
-  subprocesses some tests start) compile each identical program once;
+* fast compilation (XLA flags below);
 * the ``slow`` marker (registered in pyproject.toml) on the tests listed below, so
   that ``pytest -m "not slow"`` is a quick run; CI runs everything.
 """
 
-import atexit
 import os
 import pathlib
-import shutil
-import tempfile
 
 # The test programs are small: XLA's CPU optimisation passes cost more compile time
 # than they save (the suite runs ~20% faster). A user's own XLA_FLAGS win.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
-# One compilation cache per run, made by the first process (pytest, or xdist's
-# controller) and inherited through the environment by every process it starts;
-# removed when that process exits. Every program is cached (no minimum compile time):
-# most of the suite's time is compiling many small eager operations and jitted
-# explainers, which the workers would otherwise each compile again. A user's own
-# JAX_COMPILATION_CACHE_DIR wins (and is kept).
-_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_CACHE:
-    _cache_dir = tempfile.mkdtemp(prefix="jaxlrp-tests-xla-cache-")
-    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-if _OWN_CACHE:  # also where jax was imported before this file set the environment
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Measured with `pytest --durations=40` over the whole suite (2 shared CPU cores):
 # the slowest tests, then whole files whose tests are mostly slow. Kept here, in one
