@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 
 from . import composites as _composites
 from ._core.checks import is_nnx_module
+from ._core.eager import CompiledCall
 from ._core.errors import AmbiguousOutputWarning
 from ._core.run import per_layer, run, selected, unflatten_relevance
 from ._core.trace import trace
@@ -74,17 +75,21 @@ class Explainer:
     start: Optional[str] = None
     example_axes: Optional[int] = None
     with_value: bool = False
+    _compiled: CompiledCall = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("__module__", "__name__", "__qualname__", "__doc__"):
             if hasattr(self.fn, name):
                 object.__setattr__(self, name, getattr(self.fn, name))
+        # an eager call runs as one compiled program, cached here (see CompiledCall)
+        object.__setattr__(self, "_compiled", CompiledCall(self._explain, self.argnums, self.start))
 
     def __call__(
         self, *args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None,
         layers: LayerSelection = None,
     ) -> Any:
-        out, relevance = self._explain(args, target, output_relevance, layers)
+        found = self._compiled(args, target, output_relevance, layers)
+        out, relevance = self._explain(args, target, output_relevance, layers) if found is None else found
         return (out, relevance) if self.with_value else relevance
 
     def _explain(self, args: tuple, target: Target, output_relevance: Optional[ArrayLike],

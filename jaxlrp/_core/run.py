@@ -21,7 +21,7 @@ from .types import Array, Target
 
 __all__ = [
     "run", "linearized", "initial_relevance", "unflatten_relevance", "top_level_nodes", "tappable",
-    "per_layer", "selected",
+    "per_layer", "selected", "is_mask",
 ]
 
 
@@ -127,7 +127,7 @@ def initial_relevance(
                 f"output_relevance has shape {r.shape}, but the function's output has shape {out.shape}"
             )
         return r.astype(out.dtype)
-    if target is not None and _is_mask(target):
+    if target is not None and is_mask(target):
         return _masked(out, target)
     if out.ndim == 0 or example_ndim == out.ndim:
         if target is not None:
@@ -154,7 +154,7 @@ def initial_relevance(
     return jnp.where(bad[..., None], jnp.nan, out * onehot)
 
 
-def _is_mask(target: Target) -> bool:
+def is_mask(target: Target) -> bool:
     """Whether ``target`` is a mask over the output: an array (not a scalar) of
     boolean or floating dtype. Integer arrays are class indices."""
     if target is None:
