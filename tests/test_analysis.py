@@ -25,6 +25,7 @@ import pytest
 
 import jaxlrp
 from jaxlrp._core import analysis as A
+from jaxlrp._core import example_axes as EX
 from jaxlrp._core import kinds as K
 from jaxlrp._core import primitives as P
 from jaxlrp._core import program as G
@@ -492,6 +493,25 @@ def test_every_treatment_and_kind_has_a_case():
     assert covered <= registered, f"cases name no treatment: {sorted(covered - registered)}"
     made = {k.split(":")[0] for c in CASES for k in c.kinds} | {"normalize"}  # layernorm with div: in its check
     assert set(K.KINDS) <= made, f"kinds without a case: {sorted(set(K.KINDS) - made)}"
+
+
+def test_every_treated_primitive_has_an_axis_rule_or_is_untracked():
+    """Every primitive that carries relevance (a treatment other than the refusal) has
+    an example-axis rule or is listed as not tracked, and the lists say no more: a new
+    primitive in a treatment's table fails here until ``primitives`` says how it moves
+    the example axes."""
+    carrying = {name for name, t in A.TREATMENTS.items() if t is not A._unsupported}
+    missing = carrying - EX.AXIS_RULES.keys() - P.AXES_UNTRACKED
+    assert not missing, f"primitives with a treatment but no axis rule: {sorted(missing)}"
+    assert P.AXES_UNTRACKED <= carrying, sorted(P.AXES_UNTRACKED - carrying)
+    assert not EX.AXIS_RULES.keys() & P.AXES_UNTRACKED
+
+
+def test_control_flow_has_one_table():
+    """The analysis and the interpreter handle exactly the control flow of ``primitives``."""
+    from jaxlrp._core import interpreter as I
+
+    assert set(A.CONTROL_FLOW) == set(I.CONTROL_FLOW) == set(P.CONTROL) == {n for n, t in A.TREATMENTS.items() if t is A._control}
 
 
 def test_every_refused_primitive_names_its_hint():

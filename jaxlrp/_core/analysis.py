@@ -418,21 +418,15 @@ def _constant_summand(st: _State, site: _Site) -> bool:
     )
 
 
-# Elementwise steps affine in one value with constant coefficients: a chain of
-# them with a parameter scale is an unfolded normalisation.
-_AFFINE_STEPS = frozenset({"add", "sub", "mul", "div"})
-_CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
-
-
 def _affine_operand(st: _State, e: Eqn) -> Optional[int]:
     """The position of the value that ``e`` shifts, scales or casts by constants
     (``x + c``, ``c - x``, ``x * a``, ``x / a``), or ``None``."""
-    if e.prim.name in _CASTS:
+    if e.prim.name in P.CASTS:
         return 0
-    if e.prim.name not in _AFFINE_STEPS or len(e.invars) != 2:
+    if e.prim.name not in P.FOLDABLE or len(e.invars) != 2:
         return None
     t = [k for k, a in enumerate(e.invars) if isinstance(a, Var) and a in st.will_taint]
-    if len(t) != 1 or (e.prim.name == "div" and t[0] != 0):
+    if len(t) != 1 or (e.prim.name in P.QUOTIENTS and t[0] != 0):
         return None
     return t[0]
 
@@ -469,7 +463,7 @@ def _unfolded_normalization(st: _State, i: int) -> bool:
             break
         chain[users[0]], last = pos, users[0]
     scales = any(
-        eqns[k].prim.name in ("mul", "div") and st.is_parameter(eqns[k].invars[1 - pos])
+        eqns[k].prim.name in P.SCALING and st.is_parameter(eqns[k].invars[1 - pos])
         for k, pos in chain.items() if pos is not None
     )
     return scales and start not in st.normalized
@@ -555,7 +549,7 @@ def _control(st: _State, site: _Site) -> None:
     taint = [st.is_tainted(a) for a in e.invars]
     prov = [st.prov.get(a, set()) if isinstance(a, Var) else set() for a in e.invars]
     depth = [st.depth.get(a, 0) for a in e.invars]
-    st.subs[site.i] = _CONTROL[e.prim.name](e, taint, prov, depth, st.ctx)
+    st.subs[site.i] = CONTROL_FLOW[e.prim.name](e, taint, prov, depth, st.ctx)
     for v, t, d in zip(e.outvars, _control_out_taint(e, st.subs[site.i]), _control_out_depth(e, st.subs[site.i])):
         if t and inexact(v):
             st.mark(v, d)  # after the body's layers: a layer reading a scan's output is not "first"
@@ -814,8 +808,11 @@ def _analyze_scan(e: Eqn, taint, prov, depth, ctx) -> list:
     return [analyze(flatten(jaxpr, consts, e.name), taint, prov, depth, ctx, never_last=True)]
 
 
-_CONTROL = {"scan": _analyze_scan, "cond": _analyze_cond, "shard_map": _analyze_shard_map}
-assert set(_CONTROL) == set(P.CONTROL)
+#: Control-flow primitive (:data:`jaxlrp._core.primitives.CONTROL`) -> the analysis
+#: of its bodies; :data:`jaxlrp._core.interpreter.CONTROL_FLOW` holds their evaluation.
+CONTROL_FLOW: dict = {"scan": _analyze_scan, "cond": _analyze_cond, "shard_map": _analyze_shard_map}
+if set(CONTROL_FLOW) != set(P.CONTROL):
+    raise AssertionError("the analysis needs a handler for every control-flow primitive")
 
 
 def _control_out_depth(e: Eqn, subs: list) -> list:
@@ -942,7 +939,7 @@ def _unit_reshaped(program: Program, v: Var, users: dict, outputs: set) -> Var:
     while v not in outputs and len(users.get(v, ())) == 1:
         e = program.eqns[users[v][0]]
         (out,) = e.outvars
-        if e.prim.name not in ("squeeze", "reshape") or out.shape != tuple(d for d in v.shape if d != 1):
+        if e.prim.name not in P.UNIT_RESHAPES or out.shape != tuple(d for d in v.shape if d != 1):
             break
         v = out
     return v

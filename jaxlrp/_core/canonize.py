@@ -33,25 +33,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from . import primitives as P
 from .program import Eqn, Program, Var, replay
-
-# Collective sums over devices that may directly follow a linear layer inside
-# shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
-_REDUCTIONS = frozenset({"psum", "psum_invariant"})
-# Shape-only operations that may follow a linear layer (size-1 axes only).
-_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
-# Elementwise operations allowed in a foldable chain, each with an operand computed
-# from parameters (a bias, BatchNorm statistics and scales) ...
-_FOLDABLE = frozenset({"add", "sub", "mul", "div"})
-# ... of those, the ones that scale (not only shift) the layer output ...
-_SCALING = frozenset({"mul", "div"})
-# ... of those, the ones where the layer's value must be the first operand
-# (``1 / z`` is not affine, ``b - z`` flips the sign) ...
-_FIRST_OPERAND_ONLY = frozenset({"div", "sub"})
-# ... and value-preserving casts, allowed without one (to a float type).
-_CASTS = frozenset({"convert_element_type", "copy", "copy_p"})
-# Axis permutations after the layer (``jax.vmap`` of ``W @ x``).
-_TRANSPOSES = frozenset({"transpose"})
 
 
 def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
@@ -62,7 +45,7 @@ def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
     """
     name, p = eqn.prim.name, eqn.params
     ndim = len(eqn.outvars[0].shape)
-    if name == "dot_general":
+    if P.LINEAR.get(name) == "dense":
         (lc, rc), (lb, rb) = p["dimension_numbers"]
         lhs_rank, rhs_rank = len(eqn.invars[0].shape), len(eqn.invars[1].shape)
         lhs_free = [i for i in range(lhs_rank) if i not in lc and i not in lb]
@@ -71,7 +54,7 @@ def output_axis_map(eqn: Eqn, weight_pos: int) -> Optional[tuple]:
         if weight_pos == 1:
             return tuple(batch + [None] * len(lhs_free) + rhs_free)
         return tuple(batch + lhs_free + [None] * len(rhs_free))
-    if name == "conv_general_dilated":
+    if P.LINEAR.get(name) == "conv":
         if weight_pos != 1 or p.get("batch_group_count", 1) != 1:
             return None
         dn = p["dimension_numbers"]
@@ -132,7 +115,7 @@ def affine_chain(
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
             reshapes.add(j)
         elif _folds(e, v, axis_map, is_tainted, is_parameter, _broadcast_source(program, producer or {})):
-            scales |= e.prim.name in _SCALING
+            scales |= e.prim.name in P.SCALING
         else:
             break
         members.append(j)
@@ -162,9 +145,9 @@ def _post(program: Program, head: int, axis_map: Optional[tuple], consumers: dic
         e = program.eqns[users[0]]
         if len(e.invars) != 1 or len(e.outvars) != 1:
             break
-        if e.prim.name in _REDUCTIONS:
+        if e.prim.name in P.COLLECTIVE_SUMS:
             pass
-        elif e.prim.name in _TRANSPOSES and axis_map is not None:
+        elif e.prim.name in P.TRANSPOSES and axis_map is not None:
             axis_map = tuple(axis_map[k] for k in e.params["permutation"])
         elif _is_size1_reshape(e, v, axis_map):
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
@@ -179,17 +162,17 @@ def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: 
     """Whether ``e``, the only reader of the layer's value ``v``, is an affine step
     of the layer: a shift or scale of ``v`` by per-channel parameters, or a cast."""
     name = e.prim.name
-    if name not in _FOLDABLE | _CASTS or len(e.outvars) != 1:
+    if name not in P.FOLDABLE | P.CASTS or len(e.outvars) != 1:
         return False
-    if name in _CASTS and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
+    if name in P.CASTS and not jnp.issubdtype(e.outvars[0].dtype, jnp.inexact):
         return False
     pos = [k for k, a in enumerate(e.invars) if a is v]
     others = [a for a in e.invars if a is not v]
     if len(pos) != 1 or any(is_tainted(a) for a in others):
         return False
-    if name in _FIRST_OPERAND_ONLY and pos[0] != 0:  # 1 / z, b - z: not affine / a sign flip
+    if name in P.FIRST_OPERAND_ONLY and pos[0] != 0:  # 1 / z, b - z: not affine / a sign flip
         return False
-    if name in _FOLDABLE and not any(is_parameter(a) for a in others):
+    if name in P.FOLDABLE and not any(is_parameter(a) for a in others):
         return False  # a literal: part of the activation (hard_sigmoid's + 3)
     return all(_per_channel(a, axis_map, len(v.shape)) or _broadcast_per_channel(source(a), axis_map)
                for a in others)
@@ -197,7 +180,7 @@ def _folds(e: Eqn, v: Var, axis_map: tuple, is_tainted: Callable, is_parameter: 
 
 def _is_size1_reshape(e: Eqn, v: Var, axis_map: Optional[tuple]) -> bool:
     return (
-        e.prim.name in _RESHAPES
+        e.prim.name in P.UNIT_RESHAPES
         and axis_map is not None
         and len(e.invars) == 1
         and e.invars[0] is v
@@ -231,7 +214,7 @@ def _broadcast_source(program: Program, producer: dict) -> Callable:
     def source(a) -> Optional[Eqn]:
         j = producer.get(a) if isinstance(a, Var) else None
         e = program.eqns[j] if j is not None else None
-        return e if e is not None and e.prim.name == "broadcast_in_dim" else None
+        return e if e is not None and e.prim.name in P.BROADCASTS else None
 
     return source
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from . import primitives as P
 from .kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
 
 Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
@@ -405,11 +406,11 @@ def _free_axes(node: Node, weight: Any) -> frozenset:
         return frozenset()
     (e,), v = jaxpr.eqns, jaxpr.invars[0]
     ops = [u is v for u in e.invars]
-    if e.primitive.name == "conv_general_dilated" and ops == [True, False]:
+    if P.LINEAR.get(e.primitive.name) == "conv" and ops == [True, False]:
         if e.params["batch_group_count"] != 1:
             return frozenset()
         return frozenset({e.params["dimension_numbers"].lhs_spec[0]})
-    if e.primitive.name == "dot_general" and sorted(ops) == [False, True]:
+    if P.LINEAR.get(e.primitive.name) == "dense" and sorted(ops) == [False, True]:
         side = ops.index(True)
         (contract, batch) = (d[side] for d in e.params["dimension_numbers"])
         return frozenset(range(x.ndim)) - set(contract) - set(batch)

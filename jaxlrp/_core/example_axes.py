@@ -4,12 +4,14 @@ An explanation is per example: the relevance of one example must not depend on t
 others in the batch. A model in training mode breaks that without a sign:
 BatchNorm with batch statistics reduces over the batch axis, and active dropout
 multiplies by a random mask. This module follows the example axes of the explained
-input through the program (a table from primitive to how it moves axes, in the
-style of JAX's batching rules) and reports the first equation on the relevance path
-that reduces over one of them, or that uses random numbers.
+input through the program (a registry from primitive to how it moves axes,
+:data:`AXIS_RULES`, filled from the tables of :mod:`jaxlrp._core.primitives` as the
+analysis's treatments are: JAX keeps its batching rules beside its JVP rules the
+same way) and reports the first equation on the relevance path that reduces over
+one of them, or that uses random numbers.
 
-Tracking is conservative: where a primitive is not in the table (gathers, control
-flow, unusual reshapes), its outputs are no longer tracked and nothing is reported,
+Tracking is conservative: where a primitive has no axis rule (gathers, control
+flow; ``primitives.AXES_UNTRACKED``) or a reshape merges an example axis, its outputs are no longer tracked and nothing is reported,
 so a report is always a real reduction over the example axes.
 """
 
@@ -23,23 +25,6 @@ from . import primitives as P
 from .program import Eqn, Program, Var
 
 Axes = Optional[frozenset]  # example axes of a value; None: not tracked
-
-# Primitives that draw random numbers or operate on keys.
-RANDOM = frozenset({"random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32", "rng_bit_generator"})
-
-# Elementwise (the interpreter's table) and other shape-preserving primitives: each
-# axis stays where it is.
-SAME = P.ELEMENTWISE | frozenset(
-    """stop_gradient sharding_constraint optimization_barrier pad rev slice dynamic_slice
-    dynamic_update_slice concatenate""".split()
-)
-
-# Reductions over ``params["axes"]``.
-REDUCE_AXES = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax", "argmin"})
-# Scans along ``params["axis"]`` (or ``dimension`` for sort).
-ALONG_AXIS = {"cumsum": "axis", "cumprod": "axis", "cummax": "axis", "cummin": "axis", "cumlogsumexp": "axis", "sort": "dimension"}
-# Windowed reductions over ``params["window_dimensions"]``.
-WINDOWED = frozenset({"reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"})
 
 
 def _unite(axes: list) -> Axes:
@@ -143,17 +128,48 @@ def _squeeze(e: Eqn, ins: list) -> tuple:
     return frozenset(k - sum(d < k for d in dims) for k in ins[0] if k not in dims), None
 
 
-def _table() -> dict:
-    table: dict = {name: _same for name in SAME}
-    table.update(broadcast_in_dim=_broadcast, transpose=_transpose, reshape=_reshape)
-    table.update({name: _reduce(lambda e: tuple(e.params["axes"])) for name in REDUCE_AXES})
-    table.update({name: _along(param) for name, param in ALONG_AXIS.items()})
-    table.update({name: _windowed for name in WINDOWED})
-    table.update(squeeze=_squeeze, dot_general=_dot_general, conv_general_dilated=_conv)
-    return table
+# ------------------------------------------------------------------ axis rules
+
+AxisRule = Callable[[Eqn, list], tuple]
+#: Primitive name -> its axis rule: ``rule(eqn, ins) -> (out, mixed)``, with ``ins``
+#: the example axes of the operands (``None``: not tracked), ``out`` those of the
+#: outputs and ``mixed`` an example axis it reduces over (``None``: none). Filled
+#: from the tables of :mod:`jaxlrp._core.primitives`, as ``TREATMENTS`` is
+#: (a primitive in none is not tracked: see ``primitives.AXES_UNTRACKED``).
+AXIS_RULES: dict = {}
 
 
-_RULES = _table()
+def _define(names, rule: AxisRule) -> None:
+    """Register ``rule`` for every primitive in ``names`` (each only once)."""
+    for name in names:
+        if name in AXIS_RULES:
+            raise AssertionError(f"{name!r} has two axis rules")
+        AXIS_RULES[name] = rule
+
+
+def _define_linear(kind: str, rule: AxisRule) -> None:
+    """Register ``rule`` for the linear layers (:data:`~jaxlrp._core.primitives.LINEAR`) of ``kind``."""
+    _define([name for name, k in P.LINEAR.items() if k == kind], rule)
+
+
+def _define_along(params: dict) -> None:
+    """Register a scan along one axis for every ``name -> parameter naming the axis``."""
+    for name, param in params.items():
+        _define([name], _along(param))
+
+
+_define(P.AXES_SAME, _same)
+_define(P.AXES_BROADCAST, _broadcast)
+_define(P.AXES_TRANSPOSE, _transpose)
+_define(P.AXES_RESHAPE, _reshape)
+_define(P.AXES_SQUEEZE, _squeeze)
+_define(P.AXES_REDUCE, _reduce(lambda e: tuple(e.params["axes"])))
+_define_along(P.AXES_ALONG)
+_define(P.AXES_WINDOWED, _windowed)
+_define_linear("dense", _dot_general)
+_define_linear("conv", _conv)
+if AXIS_RULES.keys() & P.AXES_UNTRACKED:
+    raise AssertionError("a primitive both has an axis rule and is listed as not tracked")
 
 
 def find_mixing(program: Program, tainted: set, example_axes: dict) -> Optional[tuple]:
@@ -180,12 +196,12 @@ def _follow(program: Program, tainted: Optional[set], example_axes: dict) -> tup
     for e in program.eqns:
         ins = [axes.get(a) if isinstance(a, Var) else None for a in e.invars]
         on_path = tainted is not None and any(isinstance(a, Var) and a in tainted for a in e.invars)
-        if e.prim.name in RANDOM or any(isinstance(a, Var) and a in random for a in e.invars):
+        if e.prim.name in P.RANDOM or any(isinstance(a, Var) and a in random for a in e.invars):
             if on_path:
                 return axes, (e, "uses random numbers on the relevance path (active dropout?)")
             random.update(e.outvars)
             continue
-        rule = _RULES.get(e.prim.name)
+        rule = AXIS_RULES.get(e.prim.name)
         if rule is None or not any(a is not None for a in ins):
             continue
         out, mixed = rule(e, ins)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from . import canonize
+from . import primitives as P
 from .analysis import Analysis, NodeSpec, inexact, relu_gated
 from .program import Eqn, Lit, Var, replay
 from .engine import Node, depend
@@ -180,7 +181,7 @@ def evaluate(
                 env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
             continue
         elif kind == "control":
-            outs = _CONTROL[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps,
+            outs = CONTROL_FLOW[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps,
                                          parameters)
         else:
             outs = e.bind(*[read(a) for a in e.invars])
@@ -285,7 +286,7 @@ def plain_bias(an: Analysis, spec: NodeSpec) -> bool:
     scale, no subtraction), so that its share routes back to them unchanged."""
     chain = spec.chain
     return chain is not None and not chain.scales and all(
-        an.program.eqns[j].prim.name == "add" for j in chain.members if j not in chain.reshapes)
+        an.program.eqns[j].prim.name in P.PLAIN_SHIFTS for j in chain.members if j not in chain.reshapes)
 
 
 def _rebind(
@@ -390,7 +391,7 @@ def _remat_params(e: Eqn) -> Optional[dict]:
     else ``None``. The flattened body has the call inlined; rematerialising the
     evaluated step keeps the model's memory trade-off: each iteration saves its
     carry, not the rules' residuals."""
-    calls = [q for q in e.params["jaxpr"].jaxpr.eqns if q.primitive.name in ("checkpoint", "remat2")]
+    calls = [q for q in e.params["jaxpr"].jaxpr.eqns if q.primitive.name in P.REMAT]
     return calls[0].params if len(calls) == 1 else None
 
 
@@ -414,4 +415,8 @@ def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: i
     return list(inner(*vals))
 
 
-_CONTROL = {"scan": _eval_scan, "cond": _eval_cond, "shard_map": _eval_shard_map}
+#: Control-flow primitive (:data:`jaxlrp._core.primitives.CONTROL`) -> the evaluation
+#: of its analysed bodies (:data:`jaxlrp._core.analysis.CONTROL_FLOW`).
+CONTROL_FLOW: dict = {"scan": _eval_scan, "cond": _eval_cond, "shard_map": _eval_shard_map}
+if set(CONTROL_FLOW) != set(P.CONTROL):
+    raise AssertionError("the interpreter needs a handler for every control-flow primitive")

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from . import primitives as P
 from .analysis import Analysis, inexact
 from .errors import UnsupportedOperationError
 from .interpreter import plain_bias, evaluate
@@ -27,16 +28,6 @@ from .program import Var
 from .run import initial_relevance
 from .trace import Traced
 from .types import Target
-
-#: Primitives that move parameter entries without changing them: their transpose
-#: routes each entry's relevance back to the entry it came from (broadcasts and
-#: reuse sum the relevance of the copies).
-_ROUTING = frozenset({
-    "reshape", "transpose", "convert_element_type", "squeeze", "expand_dims", "broadcast_in_dim", "copy",
-    "copy_p", "slice", "dynamic_slice", "rev", "concatenate", "reduce_precision", "sharding_constraint",
-})
-#: Offset of a control-flow body's invars in its equation's operands.
-_BODY_OFFSET = {"scan": 0, "cond": 1, "shard_map": 0}
 
 
 def parameter_sources(an: Analysis) -> set:
@@ -47,7 +38,8 @@ def parameter_sources(an: Analysis) -> set:
     ------
     UnsupportedOperationError
         A weight (or plain bias) is computed from parameters by anything but a
-        routing operation (:data:`_ROUTING`), or is the carry of a ``lax.scan``.
+        routing operation (:data:`jaxlrp._core.primitives.PARAMETER_ROUTING`), or is
+        the carry of a ``lax.scan``.
     """
     producers = {v: e for e in an.program.eqns for v in e.outvars}
     invars = set(an.program.invars)
@@ -66,12 +58,12 @@ def parameter_sources(an: Analysis) -> set:
             found |= _walk(v, producers, invars, spec.layer.name)
     for i, subs in an.subs.items():
         e = an.program.eqns[i]
-        offset = _BODY_OFFSET.get(e.prim.name, 0)
+        offset = P.CONTROL.get(e.prim.name, 0)
         for sub in subs:
             for v in parameter_sources(sub):
                 k = sub.program.invars.index(v)
-                if e.prim.name == "scan" and e.params["num_consts"] <= k < e.params["num_consts"] + e.params["num_carry"]:
-                    raise UnsupportedOperationError("scan", e.name, "a layer's weight is a loop carry, whose "
+                if e.prim.name in P.LOOPS and e.params["num_consts"] <= k < e.params["num_consts"] + e.params["num_carry"]:
+                    raise UnsupportedOperationError(e.prim.name, e.name, "a layer's weight is a loop carry, whose "
                                                     "relevance cannot be routed to one parameter",
                                                     "pass the weights as scan constants or scanned inputs")
                 found |= _walk(e.invars[k + offset], producers, invars, e.name)
@@ -79,7 +71,8 @@ def parameter_sources(an: Analysis) -> set:
 
 
 def _walk(var: Any, producers: dict, invars: set, layer: str) -> set:
-    """The program inputs ``var`` is routed from (see :data:`_ROUTING`)."""
+    """The program inputs ``var`` is routed from (see
+    :data:`jaxlrp._core.primitives.PARAMETER_ROUTING`)."""
     found, stack, seen = set(), [var], set()
     while stack:
         v = stack.pop()
@@ -90,7 +83,7 @@ def _walk(var: Any, producers: dict, invars: set, layer: str) -> set:
             found.add(v)
             continue
         e = producers[v]
-        if e.prim.name not in _ROUTING:
+        if e.prim.name not in P.PARAMETER_ROUTING:
             raise UnsupportedOperationError(
                 e.prim.name, layer, "the relevance of a weight is defined for the parameter it reads; this "
                 "weight is computed from parameters by an operation that is not a reshape, cast, slice or "

@@ -83,7 +83,7 @@ def _linear_step(eqn: Eqn, tainted: tuple) -> bool:
     name = eqn.prim.name
     if name in P.LINEAR_STEPS:
         return True
-    return (name == "mul" and len(tainted) == 1) or (name == "div" and tainted == (0,))
+    return (name in P.PRODUCTS and len(tainted) == 1) or (name in P.QUOTIENTS and tainted == (0,))
 
 
 def constant_map(eqn: Eqn, tainted: tuple, is_parameter: Callable[[object], bool]) -> bool:

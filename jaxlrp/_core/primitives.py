@@ -8,6 +8,13 @@ inverses). A primitive that is in no table, and is reached by relevance, raises
 :class:`jaxlrp.UnsupportedOperationError`. The tables of one treatment are
 disjoint from those of another; :mod:`jaxlrp._core.analysis` checks it at import.
 
+The rest of the core asks this module too, never a name of its own: the
+canonisation (what may follow a layer and fold into it), parameter relevance
+(what moves parameter entries unchanged), and the example axes, whose registry of
+axis rules (:data:`jaxlrp._core.example_axes.AXIS_RULES`) is filled from the
+``AXES_*`` tables below the way the treatments are; every primitive with a
+treatment has an axis rule or is in :data:`AXES_UNTRACKED` (a test checks it).
+
 Names cover jax 0.10 and 0.11 (``closed_call`` becomes ``eval_jaxpr`` at jax head;
 remat is ``remat2`` or ``checkpoint``).
 """
@@ -34,6 +41,9 @@ CALLS: dict[str, str] = {
     "custom_vjp_call": "call_jaxpr",
     "custom_vjp_call_jaxpr": "fun_jaxpr",
 }
+# The calls among them that mark a rematerialised body (``jax.checkpoint``): a scan
+# over one keeps the trade-off when it is evaluated (jaxlrp._core.interpreter).
+REMAT: frozenset[str] = frozenset({"remat2", "checkpoint"})
 
 # Linear in their input, with a weight operand: the layer's LRP rule.
 # name -> layer kind.
@@ -153,8 +163,16 @@ EXACT_ROUTING: frozenset[str] = (COPYING - {"reduce_max", "reduce_window_max"}) 
 # The primitive of ReLU: ``max(x, 0)``.
 RECTIFIERS: frozenset[str] = frozenset({"max"})
 
-# Control flow with a body that is interpreted.
-CONTROL: frozenset[str] = frozenset({"scan", "cond", "shard_map"})
+# Control flow with a body that is interpreted: name -> the position, among the
+# equation's operands, of the operand the body's first input reads (``cond``'s
+# first operand is the branch index). The analysis and the interpreter each
+# register a handler for every name here (jaxlrp._core.analysis.CONTROL_FLOW,
+# jaxlrp._core.interpreter.CONTROL_FLOW).
+CONTROL: dict[str, int] = {"scan": 0, "cond": 1, "shard_map": 0}
+# Loops among them: their body runs once per iteration, and the per-layer values of
+# its nodes are stacked over the iterations (``params``: ``length``, ``num_consts``,
+# ``num_carry``).
+LOOPS: frozenset[str] = frozenset({"scan"})
 
 # Primitives whose output carries no dependence on the input for relevance.
 STOP: frozenset[str] = frozenset({"stop_gradient"})
@@ -194,6 +212,78 @@ SIGN_PRESERVING: frozenset[str] = frozenset(
     reduce_sum reduce_window_sum cumsum add add_any mul stack split unstack
     optimization_barrier""".split()
 )
+
+
+# Canonisation (jaxlrp._core.canonize): what may follow a linear layer and belong to it.
+# Collective sums over devices that may directly follow a linear layer inside
+# shard_map (tensor parallelism): part of the layer, so its rule sees the global z.
+COLLECTIVE_SUMS: frozenset[str] = frozenset({"psum", "psum_invariant"})
+# Shape-only operations that may follow a linear layer (size-1 axes only); also
+# those whose reader sees through them where they only drop unit axes.
+UNIT_RESHAPES: frozenset[str] = frozenset({"reshape", "squeeze", "expand_dims"})
+# Elementwise operations allowed in a foldable chain, each with an operand computed
+# from parameters (a bias, BatchNorm statistics and scales); a chain of them after
+# no layer is an unfolded normalisation (jaxlrp._core.analysis) ...
+FOLDABLE: frozenset[str] = frozenset({"add", "sub", "mul", "div"})
+# ... of those, the ones that scale (not only shift) the layer output ...
+SCALING: frozenset[str] = frozenset({"mul", "div"})
+# ... of those, the ones where the layer's value must be the first operand
+# (``1 / z`` is not affine, ``b - z`` flips the sign) ...
+FIRST_OPERAND_ONLY: frozenset[str] = frozenset({"div", "sub"})
+# ... of those, the one that adds its parameter operand unchanged (a plain bias,
+# whose share routes back to the parameter) ...
+PLAIN_SHIFTS: frozenset[str] = frozenset({"add"})
+# ... and value-preserving casts, allowed without one (to a float type).
+CASTS: frozenset[str] = frozenset({"convert_element_type", "copy", "copy_p"})
+# Axis permutations after the layer (``jax.vmap`` of ``W @ x``).
+TRANSPOSES: frozenset[str] = frozenset({"transpose"})
+# Broadcasts of a per-channel operand to the full output shape (Haiku's bias).
+BROADCASTS: frozenset[str] = frozenset({"broadcast_in_dim"})
+
+# Operations that move parameter entries without changing them (jaxlrp._core.parameters):
+# their transpose routes each entry's relevance back to the entry it came from
+# (broadcasts and reuse sum the relevance of the copies).
+PARAMETER_ROUTING: frozenset[str] = frozenset({
+    "reshape", "transpose", "convert_element_type", "squeeze", "expand_dims", "broadcast_in_dim", "copy",
+    "copy_p", "slice", "dynamic_slice", "rev", "concatenate", "reduce_precision", "sharding_constraint",
+})
+
+# Example axes (jaxlrp._core.example_axes): how each primitive moves the axes that index
+# examples; one table per axis rule, registered in example_axes.AXIS_RULES.
+# Primitives that draw random numbers or operate on keys.
+RANDOM: frozenset[str] = frozenset(
+    {"random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32", "rng_bit_generator"})
+# Elementwise and other shape-preserving primitives: each axis stays where it is.
+AXES_SAME: frozenset[str] = ELEMENTWISE | frozenset(
+    """stop_gradient sharding_constraint optimization_barrier pad rev slice dynamic_slice
+    dynamic_update_slice concatenate""".split()
+)
+# Axis moves by ``params``: ``broadcast_dimensions``, ``permutation``, ``dimensions``
+# (squeezed), or the shapes (a reshape that keeps the example axes whole).
+AXES_BROADCAST: frozenset[str] = BROADCASTS
+AXES_TRANSPOSE: frozenset[str] = TRANSPOSES
+AXES_SQUEEZE: frozenset[str] = frozenset({"squeeze"})
+AXES_RESHAPE: frozenset[str] = frozenset({"reshape"})
+# Reductions over ``params["axes"]``.
+AXES_REDUCE: frozenset[str] = frozenset(
+    {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax", "argmin"})
+# Scans along one axis: name -> the parameter that names it.
+AXES_ALONG: dict[str, str] = {
+    "cumsum": "axis", "cumprod": "axis", "cummax": "axis", "cummin": "axis", "cumlogsumexp": "axis",
+    "sort": "dimension",
+}
+# Windowed reductions over ``params["window_dimensions"]``.
+AXES_WINDOWED: frozenset[str] = frozenset({"reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"})
+# The linear layers (contracting the input with a weight) follow the kinds of
+# :data:`LINEAR`: ``dense`` (``dimension_numbers`` of a dot) and ``conv``.
+# Primitives with a relevance treatment whose outputs are not tracked (tracking is
+# conservative: no report past them): gathers and scatters, stacking and splitting,
+# unit-axis insertion, collectives and device placement, control flow.
+AXES_UNTRACKED: frozenset[str] = frozenset(
+    """expand_dims stack unstack split gather scatter scatter-add scatter_add
+    select_and_gather_add device_put mesh_cast reshard pvary pcast all_gather ppermute
+    psum psum_invariant""".split()
+) | frozenset(CONTROL)
 
 
 # ------------------------------------------------------------------ per-primitive facts

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from . import primitives as P
 from .analysis import Analysis
 from .checks import concrete
 from .errors import UnsupportedOperationError
@@ -39,7 +40,7 @@ def tappable(an: Analysis, stack: tuple = ()) -> dict:
     out = {spec.layer.index: (spec, an, stack) for spec in an.nodes.values()}
     for i, subs in an.subs.items():
         e = an.program.eqns[i]
-        if e.prim.name == "scan":
+        if e.prim.name in P.LOOPS:
             out.update(tappable(subs[0], stack + (e.params["length"],)))
     return out
 
