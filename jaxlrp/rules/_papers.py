@@ -10,6 +10,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from .._core import primitives as P
 from .._core.kinds import WEIGHTED_KINDS
 from .._core.engine import (
     Array,
@@ -192,7 +193,7 @@ class MaxPoolProportional(Rule):
 def _window_sum(apply: Callable, x: Array) -> Callable[[Array], Array]:
     """The sum over the windows of the ``reduce_window_max`` that ``apply`` binds."""
     jaxpr = jax.make_jaxpr(lambda x_: apply((x_,), None))(x).jaxpr
-    eqns = [e for e in jaxpr.eqns if e.primitive.name == "reduce_window_max"]
+    eqns = [e for e in jaxpr.eqns if e.primitive.name in P.POOLS]
     if len(eqns) != 1:
         raise ValueError("MaxPoolProportional applies to reduce_window_max layers only")
     p = eqns[0].params
