@@ -149,7 +149,7 @@ def _post(program: Program, head: int, axis_map: Optional[tuple], consumers: dic
             pass
         elif e.prim.name in P.TRANSPOSES and axis_map is not None:
             axis_map = tuple(axis_map[k] for k in e.params["permutation"])
-        elif _is_size1_reshape(e, v, axis_map):
+        elif axis_map is not None and _is_size1_reshape(e, v, axis_map):
             axis_map = _reshape_axis_map(v.shape, e.outvars[0].shape, axis_map)
         else:
             break
@@ -265,6 +265,7 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read) 
             var = e.outvars[0]
         return t
 
+    assert chain.start_axes is not None, "a folded chain starts at a layer output with an axis map"
     shape = reduced_shape(start.shape, chain.start_axes)
     c = run(jnp.zeros(shape, dtype))
     return run(jnp.ones(shape, dtype)) - c, c
@@ -275,7 +276,7 @@ def fold_scale(weight, a, axis_map: tuple):
     mapped = [(zi, wi) for zi, wi in enumerate(axis_map) if wi is not None]
     a = jnp.reshape(a, [a.shape[zi] for zi, _ in mapped])
     order = np.argsort([wi for _, wi in mapped])
-    a = jnp.transpose(a, order)
+    a = jnp.transpose(a, tuple(int(k) for k in order))
     shape = [1] * weight.ndim
     for zi, wi in mapped:
         shape[wi] = a.shape[list(order).index(mapped.index((zi, wi)))]
