@@ -9,6 +9,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._core import primitives as P
 from .._core.kinds import WEIGHTED_KINDS
@@ -199,7 +200,9 @@ def _window_sum(apply: Callable, x: Array) -> Callable[[Array], Array]:
     p = eqns[0].params
 
     def window_sum(x_):
-        return jax.lax.reduce_window(x_, jnp.zeros((), x_.dtype), jax.lax.add, p["window_dimensions"],
+        # a concrete NumPy zero, so that lax recognises the sum (a traced jnp zero under
+        # jit makes a generic reduce_window, which has no derivative)
+        return jax.lax.reduce_window(x_, np.zeros((), x_.dtype), jax.lax.add, p["window_dimensions"],
                                      p["window_strides"], p["padding"], p["base_dilation"], p["window_dilation"])
 
     return window_sum
