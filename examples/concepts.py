@@ -1,6 +1,6 @@
 """Concepts: what the channels of a small CNN detect, with CRP and Relevance Maximisation.
 
-A CNN is trained in seconds on jaxlrp.data.shapes (one object per image: square,
+A CNN is trained in seconds on jaxlrp.synthetic.shapes (one object per image: square,
 disc, cross or triangle). For one held-out prediction, the channels of the second
 convolution are ranked by their relevance (``concepts.relevance_scores``), and the
 conditional heatmaps of the top concepts are computed in one vmapped call
@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from jaxlrp import composites, concepts, data, viz
+from jaxlrp import composites, concepts, synthetic, viz
 from jaxlrp.demo import DemoCNN, train
 
 LAYER = "DemoCNN/conv2"
@@ -75,9 +75,9 @@ def relevance_maximisation(model, params, comp, test, pred, top, share, args) ->
         idx = rm.relevance_indices[k]
         refs = np.asarray(concepts.references(model.apply, comp, LAYER, params, test.x[idx], int(k)))[..., 0]
         rows[f"ch {k}"] = [(test.x[j], r) for j, r in zip(idx, refs)]
-        classes = [data.SHAPES[int(test.y[j])] for j in idx]
+        classes = [synthetic.SHAPES[int(test.y[j])] for j in idx]
         edge, inside, back = np.mean([where_relevance(r, test.mask[j]) for j, r in zip(idx, refs)], axis=0)
-        act_classes = [data.SHAPES[int(test.y[j])] for j in rm.activation_indices[k]]
+        act_classes = [synthetic.SHAPES[int(test.y[j])] for j in rm.activation_indices[k]]
         row, col = np.mean([centroid(r, test.mask[j]) for j, r in zip(idx, refs)], axis=0)
         table.append({"channel": int(k), "share_of_prediction": float(share[list(top).index(k)]),
                       "top_relevance_classes": classes, "top_activation_classes": act_classes,
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     t_start = time.perf_counter()
 
-    train_set = data.shapes(args.seed, 2000)
-    test = data.shapes(args.seed + 1, args.search)
-    model = DemoCNN(len(data.SHAPES))
+    train_set = synthetic.shapes(args.seed, 2000)
+    test = synthetic.shapes(args.seed + 1, args.search)
+    model = DemoCNN(len(synthetic.SHAPES))
     params = train(model, train_set.x, train_set.y, args.steps, args.seed)
     pred = np.asarray(jax.jit(model.apply)(params, test.x).argmax(-1))
     acc = float(np.mean(pred == test.y))
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     heat = np.asarray(crp(params, x, [{LAYER: [int(k)]} for k in top]))[:, 0]
     share = scores[top] / np.abs(scores).sum()
     tiles = [viz.heatmap(x[0], cmap="gray", symmetric=False)]
-    titles = [f"input: {data.SHAPES[c]}"]
+    titles = [f"input: {synthetic.SHAPES[c]}"]
     for k, h, s in zip(top, heat, share):
         tiles.append(viz.heatmap(h))
         titles.append(f"ch {k}: {s:+.0%}")
@@ -128,10 +128,10 @@ def main(argv=None) -> int:
     viz.save_png(out / "concepts.png", fig)
     viz.save_png(out / "concepts_atlas.png", concepts.atlas(rows, size=64, threshold=0.25))
     object_share = float(np.mean([m.mean() for m in test.mask]))
-    md = [f"Concepts of `{LAYER}` (32 channels) in a CNN trained on `jaxlrp.data.shapes` "
+    md = [f"Concepts of `{LAYER}` (32 channels) in a CNN trained on `jaxlrp.synthetic.shapes` "
           f"(held-out accuracy {acc:.1%}), composite EpsilonPlusFlat.",
           "",
-          f"Prediction explained: held-out image {i}, class **{data.SHAPES[c]}**. Its top {len(top)} concepts "
+          f"Prediction explained: held-out image {i}, class **{synthetic.SHAPES[c]}**. Its top {len(top)} concepts "
           "(share = the channel's relevance over the sum of |relevance| of all channels), and, for each, "
           f"its top {args.top} images of {args.search} by relevance maximisation: their classes, and where "
           "the concept's own heatmaps (backward pass started at the channel) put their positive relevance "
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     md += ["", "![prediction and concepts](concepts.png)", "", "![concept atlas](concepts_atlas.png)", "",
            f"Total run time {time.perf_counter() - t_start:.0f} s (`python examples/concepts.py --out examples/results`)."]
     (out / "concepts.md").write_text("\n".join(md) + "\n")
-    (out / "concepts.json").write_text(json.dumps({"accuracy": acc, "image": i, "class": data.SHAPES[c],
+    (out / "concepts.json").write_text(json.dumps({"accuracy": acc, "image": i, "class": synthetic.SHAPES[c],
                                                    "concepts": table}, indent=1))
     print("\n".join(md))
     return 0

@@ -1,7 +1,7 @@
 """Fact or artifact: LRP on dense, convolutional and recurrent models of one task (issue 5).
 
 The synthetic task of Landt-Hayen, Rath, Claus & Kröger (2023)
-(:func:`jaxlrp.data.squares`): 100x100 images with two fixed squares on the right
+(:func:`jaxlrp.synthetic.squares`): 100x100 images with two fixed squares on the right
 (+0.5 at rows 20:30, cols 70:80; -0.5 at rows 70:80, cols 70:80), present in every
 image, and one class square on the left (rows 45:55, cols 20:30) of +0.5 (class 0)
 or -0.5 (class 1), plus uniform noise in [-0.1, 0.1]; 250 images per class, 80/20
@@ -76,7 +76,7 @@ import flax.linen as nn  # noqa: E402  (after XLA_FLAGS)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlrp import data, diagnostics, lrp, metrics, viz  # noqa: E402
+from jaxlrp import diagnostics, lrp, metrics, synthetic, viz  # noqa: E402
 from jaxlrp import models  # noqa: E402
 from jaxlrp.models import recurrent  # noqa: E402
 
@@ -300,7 +300,7 @@ def permutation(spec: dict, x: np.ndarray, y: np.ndarray, n_train: int, cfg: Con
 
 
 def data_mask(size: int) -> np.ndarray:
-    return data.squares(0, 1, size).mask[0]
+    return synthetic.squares(0, 1, size).mask[0]
 
 
 # ------------------------------------------------------------------ figure
@@ -348,7 +348,7 @@ def fmt(s: dict, pct: bool = True) -> str:
 
 def markdown(res: dict) -> str:
     L = ["# Fact or artifact: LRP on dense, convolutional and recurrent models (`examples/fact_or_artifact.py`)", ""]
-    L.append(f"Command: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}. Task `data.squares`: "
+    L.append(f"Command: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}. Task `synthetic.squares`: "
              f"{res['n_train']} training and {res['n_val']} validation images ({res['config']['size']}x"
              f"{res['config']['size']}). Relevance: LRP-epsilon (1e-6) with the library defaults, for the true "
              "class; means over the validation images.")
@@ -486,7 +486,7 @@ def verdicts(res: dict, cfg: Config) -> list:
 
 def run(cfg: Config, out: pathlib.Path, command: str, log: Callable[[str], None]) -> dict:
     t_start = time.perf_counter()
-    ds = data.squares(cfg.seed, 2 * cfg.per_class, cfg.size)
+    ds = synthetic.squares(cfg.seed, 2 * cfg.per_class, cfg.size)
     n_train = int(round(0.8 * len(ds.y)))
     xtr, ytr, xva, yva = ds.x[:n_train], ds.y[:n_train], ds.x[n_train:], ds.y[n_train:]
     class_mask, fixed = ds.mask[n_train:], fixed_mask(cfg.size)

@@ -1,7 +1,7 @@
 """Pruning by explaining (Yeom et al. 2021): remove the least relevant channels or heads.
 
 A small CNN (``jaxlrp.models.CNN``, channels 16 and 32) is trained on
-``jaxlrp.data.shapes`` (4 classes). Each conv channel gets a score, and in every
+``jaxlrp.synthetic.shapes`` (4 classes). Each conv channel gets a score, and in every
 conv layer the same share of channels with the lowest scores is removed (its
 filter and bias set to zero); the held-out accuracy is measured after each share,
 without fine-tuning. Three criteria:
@@ -47,7 +47,7 @@ import time
 import jax
 import numpy as np
 
-from jaxlrp import composites, concepts, data, models
+from jaxlrp import composites, concepts, models, synthetic
 from jaxlrp.models import transformer as T
 
 LAYERS = ("conv1", "conv2")
@@ -111,8 +111,8 @@ def prune_heads(variables, heads: list):
 
 
 def transformer(args) -> int:
-    """Head pruning of a small ViT on ``data.shapes`` (see the module docstring)."""
-    train, test = data.shapes(args.seed, 4096, 16), data.shapes(args.seed + 1, 1024, 16)
+    """Head pruning of a small ViT on ``synthetic.shapes`` (see the module docstring)."""
+    train, test = synthetic.shapes(args.seed, 4096, 16), synthetic.shapes(args.seed + 1, 1024, 16)
     model = T.ViT(image_size=(16, 16), patch_size=4, dim=32, depth=len(BLOCKS), heads=4, mlp_dim=64,
                   num_classes=4, pool="mean")
     t0 = time.perf_counter()
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         return transformer(args)
     args.steps = args.steps or 300
 
-    train, test = data.shapes(args.seed, 4096, 28), data.shapes(args.seed + 1, 1024, 28)
+    train, test = synthetic.shapes(args.seed, 4096, 28), synthetic.shapes(args.seed + 1, 1024, 28)
     model = models.CNN(num_classes=4, channels=(16, 32), hidden=64)
     t0 = time.perf_counter()
     variables, loss = models.fit(model.apply, model.init(jax.random.key(args.seed), train.x[:1]),
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     print("held-out accuracy after pruning a share of the channels of every conv layer:")
     print("\n".join(lines))
     out = pathlib.Path(args.out)
-    plot(curves, SHARES, "channels pruned in each conv layer (%)", "Pruning a small CNN on data.shapes, no fine-tuning",
+    plot(curves, SHARES, "channels pruned in each conv layer (%)", "Pruning a small CNN on synthetic.shapes, no fine-tuning",
          out / "pruning.png")
     (out / "pruning.json").write_text(json.dumps({"shares": SHARES, "accuracy": curves}, indent=1))
     (out / "pruning.md").write_text(

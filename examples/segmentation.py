@@ -1,6 +1,6 @@
 """Dense outputs: explain a region of a segmentation map (a small UNet).
 
-Each 32x32 image holds two objects (squares or discs, ``jaxlrp.data.shapes``) on a
+Each 32x32 image holds two objects (squares or discs, ``jaxlrp.synthetic.shapes``) on a
 noisy background; a small UNet labels every pixel: background, square or disc. A
 segmentation network has one output per pixel and class, so "the output to
 explain" is a region of the map. jaxlrp takes it in two forms:
@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 import jaxlrp
-from jaxlrp import composites, data, viz
+from jaxlrp import composites, synthetic, viz
 
 KINDS = ("square", "disc")  # per-pixel classes: 0 background, 1 square, 2 disc
 
@@ -67,8 +67,8 @@ class UNet(nn.Module):
 def make_data(seed: int, n: int, size: int = 32):
     """Two objects per image: images ``(n, size, size, 1)``, per-pixel labels
     ``(n, size, size)`` and the masks of object A and object B (A is drawn over B)."""
-    b = data.shapes(seed, n, size, classes=KINDS, scale=(0.25, 0.45), noise=0.07)
-    a = data.shapes(seed + 1000, n, size, classes=KINDS, scale=(0.25, 0.45), noise=0.07)
+    b = synthetic.shapes(seed, n, size, classes=KINDS, scale=(0.25, 0.45), noise=0.07)
+    a = synthetic.shapes(seed + 1000, n, size, classes=KINDS, scale=(0.25, 0.45), noise=0.07)
     mask_a, mask_b = a.mask, b.mask & ~a.mask
     x = np.where(mask_a[..., None], a.x, b.x)  # A in front: its pixels, B's elsewhere
     labels = np.zeros((n, size, size), np.int32)

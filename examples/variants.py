@@ -2,9 +2,9 @@
 
 Two tasks whose evidence is known:
 
-* images (:func:`jaxlrp.data.shapes`, 32x32, 4 classes: square, disc, cross,
+* images (:func:`jaxlrp.synthetic.shapes`, 32x32, 4 classes: square, disc, cross,
   triangle), a small 2-D CNN; mask = the object's pixels;
-* one-hot DNA (:func:`jaxlrp.data.dna_motifs`, binary: does the sequence hold a
+* one-hot DNA (:func:`jaxlrp.synthetic.dna_motifs`, binary: does the sequence hold a
   planted TATAAT or GGATCC motif), a small 1-D CNN; mask = the motif bases. Only
   positive sequences predicted positive are explained (negatives have no mask).
 
@@ -62,7 +62,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlrp import composites, data, lrp, metrics, models, rules, variants  # noqa: E402
+from jaxlrp import composites, lrp, metrics, models, rules, synthetic, variants  # noqa: E402
 
 # ------------------------------------------------------------------ set-up
 
@@ -188,10 +188,10 @@ class Task:
 def image_task(cfg: Config) -> Task:
     t0 = time.perf_counter()
     n_test = 512
-    ds = data.shapes(cfg.seed, cfg.img_train + n_test)
+    ds = synthetic.shapes(cfg.seed, cfg.img_train + n_test)
     xtr, ytr = ds.x[: cfg.img_train], ds.y[: cfg.img_train]
     xte, yte, mte = ds.x[cfg.img_train:], ds.y[cfg.img_train:], ds.mask[cfg.img_train:]
-    model = ImageCNN(len(data.SHAPES))
+    model = ImageCNN(len(synthetic.SHAPES))
     params, _ = train(model, xtr, ytr, cfg.img_steps, cfg.seed)
     pred = np.asarray(jnp.argmax(model.apply(params, xte), -1))
     acc = float(np.mean(pred == yte))
@@ -203,7 +203,7 @@ def image_task(cfg: Config) -> Task:
 def dna_task(cfg: Config) -> Task:
     t0 = time.perf_counter()
     n_test = 1024
-    ds = data.dna_motifs(cfg.seed + 1, cfg.dna_train + n_test, cfg.dna_length)
+    ds = synthetic.dna_motifs(cfg.seed + 1, cfg.dna_train + n_test, cfg.dna_length)
     xtr, ytr = ds.x[: cfg.dna_train], ds.y[: cfg.dna_train]
     xte, yte, mte = ds.x[cfg.dna_train:], ds.y[cfg.dna_train:], ds.mask[cfg.dna_train:]
     model = DnaCNN()

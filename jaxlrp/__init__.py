@@ -19,9 +19,12 @@ from ._version import __version__
 
 #: Submodules, imported on first attribute access.
 _SUBMODULES = frozenset({
-    "attribution", "canonize", "composites", "concepts", "data", "dataset", "diagnostics", "explain", "generation",
-    "metrics", "rules", "variants", "viz", "flax", "models", "keras", "demo",
+    "attribution", "canonize", "composites", "concepts", "dataset", "diagnostics", "explain", "generation",
+    "metrics", "rules", "synthetic", "variants", "viz", "flax", "models", "keras", "demo",
 })
+#: Deprecated submodule aliases, importable for one more release but not listed by
+#: ``dir`` or ``__all__`` (importing one warns with DeprecationWarning).
+_DEPRECATED_SUBMODULES = frozenset({"data"})  # -> synthetic
 #: Public names defined in a submodule: name -> submodule.
 _ATTRIBUTES = {
     "lrp": "explain", "value_and_lrp": "explain", "Explainer": "explain", "AmbiguousOutputWarning": "explain",
@@ -31,7 +34,7 @@ _ATTRIBUTES = {
 
 if TYPE_CHECKING:  # what the lazy attributes are, for type checkers
     from . import (
-        attribution, composites, concepts, data, dataset, diagnostics, generation, metrics, rules, variants, viz,
+        attribution, composites, concepts, dataset, diagnostics, generation, metrics, rules, synthetic, variants, viz,
     )
     from .composites import Composite, UnmatchedPatternError, UnmatchedPatternWarning
     from .dataset import DatasetLockedError, explain_dataset
@@ -41,7 +44,7 @@ if TYPE_CHECKING:  # what the lazy attributes are, for type checkers
 
 def __getattr__(name: str) -> Any:
     """Import a submodule, or the submodule defining a public name, on first use."""
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in _DEPRECATED_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _ATTRIBUTES:
         value = getattr(importlib.import_module(f".{_ATTRIBUTES[name]}", __name__), name)
@@ -67,7 +70,7 @@ __all__ = [
     "generation",
     "rules",
     "composites",
-    "data",
+    "synthetic",
     "diagnostics",
     "metrics",
     "variants",

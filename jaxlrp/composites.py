@@ -73,7 +73,9 @@ import dataclasses
 import difflib
 import fnmatch
 import math
+import os
 import re
+import sys
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -101,6 +103,7 @@ __all__ = [
     "EpsilonPlus",
     "EpsilonPlusFlat",
     "EpsilonGammaBox",
+    "ZeroEpsilonGammaBox",
     "Overview",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
@@ -524,7 +527,7 @@ class EpsilonGammaBox(Composite):
 
     Two tiers above the pixels (gamma on every conv layer, a small fixed epsilon on
     every dense layer). The three tiers that Montavon et al. (2019) recommend are
-    :class:`Overview`.
+    :class:`ZeroEpsilonGammaBox`.
 
     Parameters
     ----------
@@ -559,10 +562,14 @@ class EpsilonGammaBox(Composite):
         )
 
 
-class Overview(Composite):
-    r"""The composite of "Layer-Wise Relevance Propagation: An Overview" (Montavon,
-    Binder, Lapuschkin, Samek & Müller 2019, §10.3, and the authors' tutorial code
-    for VGG-16): three tiers above the pixels.
+class ZeroEpsilonGammaBox(Composite):
+    r"""LRP-0 on the upper layers, LRP-:math:`\epsilon` in the middle, :math:`\gamma`
+    on the lower layers and :math:`z^\mathcal{B}` on the pixels: the composite that
+    Montavon, Binder, Lapuschkin, Samek & Müller recommend in "Layer-Wise Relevance
+    Propagation: An Overview" (2019, §10.3, and the authors' tutorial code for
+    VGG-16): three tiers above the pixels. It is named after its rules from the
+    output down, as Zennit names :class:`EpsilonGammaBox`; it was called
+    ``Overview`` (``"overview"``) before.
 
     ==============================  ====================================================
     layers                          rule
@@ -610,7 +617,7 @@ class Overview(Composite):
     def __init__(self, low: Any = None, high: Any = None, gamma: float = 0.25, factor: float = 0.25,
                  lower: Union[float, Matcher] = 0.5, upper: Matcher = "dense", maxpool: str = "proportional",
                  stabilizer: float = 1e-9, rules: Sequence[tuple] = (), strict: bool = False):
-        _require_bounds(type(self).__name__, "overview", low, high)
+        _require_bounds(type(self).__name__, "zero_epsilon_gamma_box", low, high)
         if maxpool not in ("proportional", "winner"):
             raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
         fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
@@ -635,13 +642,39 @@ class Overview(Composite):
 
     def rule_for(self, layer: Layer) -> Rule:
         if isinstance(self._lower, float):
-            raise ValueError("Overview with a fractional `lower` assigns rules from the whole list of layers: "
-                             "call assign(layers), or pass a matcher as `lower`")
+            raise ValueError(f"{type(self).__name__} with a fractional `lower` assigns rules from the whole list "
+                             "of layers: call assign(layers), or pass a matcher as `lower`")
         return super().rule_for(layer)
 
     def assign(self, layers: Sequence[Layer]) -> tuple:
         comp = self._resolved(layers)
         return super().assign(layers) if comp is self else comp.assign(layers)
+
+
+class Overview(ZeroEpsilonGammaBox):
+    """Deprecated name of :class:`ZeroEpsilonGammaBox` (it named a paper, not its
+    rules): the same composite, with a :class:`DeprecationWarning` on construction.
+    It will be removed in the next release."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        warnings.warn(_renamed("composites.Overview", "composites.ZeroEpsilonGammaBox"), DeprecationWarning,
+                      stacklevel=2)
+        super().__init__(*args, **kwargs)
+
+
+def _renamed(old: str, new: str) -> str:
+    return f"{old} is deprecated: it was renamed {new}; the old name will be removed in the next release"
+
+
+def _caller_outside_jaxlrp() -> int:
+    """The ``stacklevel`` for a warning raised by the function calling this one that
+    names the first frame outside the jaxlrp package (``lrp(fn, "overview")`` reaches
+    :func:`get` through :func:`resolve`), so the warning points at the user's line."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class EpsilonAlpha2Beta1(Composite):
@@ -927,7 +960,7 @@ _PRESETS = {
     "epsilon_plus": EpsilonPlus,
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_gamma_box": EpsilonGammaBox,
-    "overview": Overview,
+    "zero_epsilon_gamma_box": ZeroEpsilonGammaBox,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "attn_lrp": AttnLRP,
@@ -941,8 +974,13 @@ _PRESETS = {
 }
 
 
+#: Deprecated preset names, still accepted by :func:`get` (with a DeprecationWarning)
+#: for one release but not listed by :func:`names`: old name -> new name.
+_RENAMED_PRESETS = {"overview": "zero_epsilon_gamma_box"}
+
+
 def names() -> tuple:
-    """Names accepted by :func:`get`."""
+    """Names accepted by :func:`get` (deprecated names aside)."""
     return tuple(_PRESETS)
 
 
@@ -950,9 +988,15 @@ def get(preset: str, **kwargs: Any) -> Composite:
     """A preset composite by its snake-case name, e.g. ``get("epsilon_plus_flat")``.
 
     Keyword arguments go to the preset's constructor; ``"epsilon_gamma_box"`` and
-    ``"overview"`` need the input bounds, e.g. ``get("epsilon_gamma_box", low=0.0,
-    high=1.0)`` (without them: ``TypeError``).
+    ``"zero_epsilon_gamma_box"`` need the input bounds, e.g. ``get("epsilon_gamma_box",
+    low=0.0, high=1.0)`` (without them: ``TypeError``). The deprecated name
+    ``"overview"`` gives ``"zero_epsilon_gamma_box"`` with a ``DeprecationWarning``.
     """
+    if preset in _RENAMED_PRESETS:
+        new = _RENAMED_PRESETS[preset]
+        warnings.warn(_renamed(f"the composite name {preset!r}", repr(new)), DeprecationWarning,
+                      stacklevel=_caller_outside_jaxlrp())
+        preset = new
     try:
         cls = _PRESETS[preset]
     except KeyError:

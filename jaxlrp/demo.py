@@ -1,6 +1,6 @@
 """``jaxlrp demo``: train a small CNN, explain it, measure and draw the explanations.
 
-The demo trains a small CNN on :func:`jaxlrp.data.shapes` (one geometric object per
+The demo trains a small CNN on :func:`jaxlrp.synthetic.shapes` (one geometric object per
 image, class = kind of object, ground-truth mask = the object's pixels) with :func:`jaxlrp.models.fit`,
 explains held-out images with several LRP methods, and writes
 
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax  # noqa: F401  (used by models.fit; imported here so that `jaxlrp demo` names the missing extra before any work)
 
-from . import composites, data, metrics, rules, variants, viz
+from . import composites, metrics, rules, synthetic, variants, viz
 from ._demo_cli import Config, add_arguments, config
 from .explain import lrp
 from .models import fit
@@ -104,10 +104,10 @@ def run(cfg: Config) -> dict:
     """Run the demo; returns the metrics written to ``metrics.json``."""
     t_start = time.perf_counter()
     n_test = max(cfg.explain, cfg.show)
-    ds = data.shapes(cfg.seed, cfg.train + n_test)
+    ds = synthetic.shapes(cfg.seed, cfg.train + n_test)
     x_train, y_train = ds.x[: cfg.train], ds.y[: cfg.train]
     x_test, y_test, m_test = ds.x[cfg.train:], ds.y[cfg.train:], ds.mask[cfg.train:]
-    classes = len(data.SHAPES)
+    classes = len(synthetic.SHAPES)
     model = DemoCNN(classes)
     params = train(model, x_train, y_train, cfg.steps, cfg.seed, cfg.quiet)
     y_pred = jnp.argmax(model.apply(params, x_test), -1)
@@ -122,7 +122,7 @@ def run(cfg: Config) -> dict:
 
     low, high = float(ds.x.min()), float(ds.x.max())
     results, shown = {}, {}
-    titles = [f"{data.SHAPES[int(y_test[i])]} / {data.SHAPES[int(y_pred[i])]}" for i in range(cfg.show)]
+    titles = [f"{synthetic.SHAPES[int(y_test[i])]} / {synthetic.SHAPES[int(y_pred[i])]}" for i in range(cfg.show)]
     for name, comp in methods(low, high).items():
         rel, scores = evaluate(model, params, x, target, mask, comp, t_grad)
         results[name] = scores

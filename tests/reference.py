@@ -1112,7 +1112,7 @@ def network_grad(layers, x, target):
 # ---------------------------------------------------------------------------
 #: The keyword arguments a preset needs beyond its defaults: the z^B presets have no
 #: default input bounds (jaxlrp refuses to guess them); the tests use [-3, 3].
-PRESET_BOUNDS = {"epsilon_gamma_box": {"low": -3.0, "high": 3.0}, "overview": {"low": -3.0, "high": 3.0}}
+PRESET_BOUNDS = {"epsilon_gamma_box": {"low": -3.0, "high": 3.0}, "zero_epsilon_gamma_box": {"low": -3.0, "high": 3.0}}
 
 
 def preset_kwargs(name):

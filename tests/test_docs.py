@@ -9,7 +9,7 @@
   checked for names they use before defining (a page must not lean on another's).
 * Docstring examples (``>>>``) of every module run as doctests after a prelude that
   defines what they assume (``model``, ``variables``, ``x``, ``y``, ``m``: a small
-  CNN on :func:`jaxlrp.data.shapes`), except those listed in ``_NOT_RUN``
+  CNN on :func:`jaxlrp.synthetic.shapes`), except those listed in ``_NOT_RUN``
   (pretrained weights).
 """
 
@@ -45,7 +45,7 @@ _KNOWN_BAD = {
 
 def _recurrent_data(ns: dict) -> None:
     """The recurrent models' docstring explains a two-class task."""
-    sq = ns["data"].squares(0, 8, 20)
+    sq = ns["synthetic"].squares(0, 8, 20)
     ns.update(x=ns["jnp"].asarray(sq.x), y=ns["jnp"].asarray(sq.y))
 
 
@@ -68,12 +68,12 @@ def _prelude() -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxlrp import composites, data, metrics, models, rules, variants, viz
+    from jaxlrp import composites, metrics, models, rules, synthetic, variants, viz
 
-    ds = data.shapes(0, 8, size=28)
+    ds = synthetic.shapes(0, 8, size=28)
     model = models.CNN(num_classes=4, channels=(4, 8), hidden=16)
     variables = model.init(jax.random.key(0), ds.x[:1])
-    ns = dict(jax=jax, jnp=jnp, np=np, jaxlrp=jaxlrp, composites=composites, data=data, metrics=metrics,
+    ns = dict(jax=jax, jnp=jnp, np=np, jaxlrp=jaxlrp, composites=composites, synthetic=synthetic, metrics=metrics,
               models=models, rules=rules, variants=variants, viz=viz, concepts=jaxlrp.concepts,
               attribution=jaxlrp.attribution)
     ns.update(model=model, variables=variables, x=jnp.asarray(ds.x), y=jnp.asarray(ds.y),
@@ -159,7 +159,9 @@ def _modules() -> list:
     names = ["jaxlrp"] + [m.name for m in pkgutil.walk_packages(jaxlrp.__path__, "jaxlrp.")]
     # jaxlrp.keras needs Keras (the test extra has it); without it, its docstrings are not run
     no_keras = importlib.util.find_spec("keras") is None
-    return [n for n in names if n != "jaxlrp.__main__" and not (no_keras and n == "jaxlrp.keras")]
+    # deprecated aliases (jaxlrp.data) warn on import and hold no examples of their own
+    skip = {"jaxlrp.__main__"} | {f"jaxlrp.{m}" for m in jaxlrp._DEPRECATED_SUBMODULES}
+    return [n for n in names if n not in skip and not (no_keras and n == "jaxlrp.keras")]
 
 
 def _doctests() -> list:

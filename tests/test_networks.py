@@ -190,7 +190,7 @@ def test_first_and_last_layers():
 def test_presets_by_name():
     assert set(composites.names()) == {
         "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
-        "attn_lrp", "cp_lrp", "overview", "excitation_backprop", "guided_backprop", "deconvnet", "beta_smooth",
+        "attn_lrp", "cp_lrp", "zero_epsilon_gamma_box", "excitation_backprop", "guided_backprop", "deconvnet", "beta_smooth",
         "mamba_lrp", "vit_gamma",
     }
     _, fn, params, x = _net("cnn", seed=5)

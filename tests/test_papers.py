@@ -6,7 +6,7 @@ NumPy computation in float64 on tiny layers:
 * the Fact-or-Artifact authors' LRP for echo state networks
   (``models.recurrent.esn_composite``: joint z+ and ``rules.FixedShares``), its
   decay of ``1 - a`` per step, and the invalid-point and stripe diagnostics;
-* the Overview's ``rules.EpsilonStd``, ``composites.Overview`` and the two max
+* the Overview's ``rules.EpsilonStd``, ``composites.ZeroEpsilonGammaBox`` and the two max
   pooling rules.
 """
 
@@ -342,19 +342,42 @@ def _assigned(comp, x):
     return {l.key.split("/")[-1]: type(t.rules[l.index]).__name__ for l in t.layers if l.kind != "activation"}
 
 
-def test_overview_tiers():
+def test_zero_epsilon_gamma_box_tiers():
     x = RNG.normal(size=(1, 4, 4, 1))
-    got = _assigned(composites.Overview(-3.0, 3.0), x)
+    got = _assigned(composites.ZeroEpsilonGammaBox(-3.0, 3.0), x)
     m = _Tiers()
     v = m.init(jax.random.PRNGKey(0), x)
-    R = jaxlrp.lrp(m.apply, composites.Overview(-3.0, 3.0))(v, x, target=0)
+    R = jaxlrp.lrp(m.apply, composites.ZeroEpsilonGammaBox(-3.0, 3.0))(v, x, target=0)
     assert np.all(np.isfinite(R)) and np.any(R != 0)
     assert got == {"conv0": "ZBox", "conv1": "Gamma", "conv2": "EpsilonStd", "conv3": "EpsilonStd",
                    "_Tiers": "MaxPoolProportional", "fc0": "Epsilon", "fc1": "Epsilon"}
-    got = _assigned(composites.get("overview", low=-3.0, high=3.0, lower="*conv[12]", maxpool="winner"), x)
+    got = _assigned(composites.get("zero_epsilon_gamma_box", low=-3.0, high=3.0, lower="*conv[12]", maxpool="winner"), x)
     assert got["conv2"] == "Gamma" and got["conv3"] == "EpsilonStd" and got["_Tiers"] == "WinnerTakesAll"
-    assert _assigned(composites.Overview(-3.0, 3.0, lower=1.0), x)["conv3"] == "Gamma"
+    assert _assigned(composites.ZeroEpsilonGammaBox(-3.0, 3.0, lower=1.0), x)["conv3"] == "Gamma"
     with pytest.raises(ValueError, match="assign"):
-        composites.Overview(-3.0, 3.0).rule_for(composites.Layer(0, "conv", "conv_general_dilated", "c"))
+        composites.ZeroEpsilonGammaBox(-3.0, 3.0).rule_for(composites.Layer(0, "conv", "conv_general_dilated", "c"))
     with pytest.raises(ValueError):
-        composites.Overview(-3.0, 3.0, lower=1.5)
+        composites.ZeroEpsilonGammaBox(-3.0, 3.0, lower=1.5)
+
+
+def test_overview_is_a_deprecated_alias_of_zero_epsilon_gamma_box():
+    """``composites.Overview`` and the name ``"overview"`` (renamed after the rules of
+    the tiers) still build the same composite for one release, with a warning."""
+    x = RNG.normal(size=(1, 4, 4, 1))
+    m = _Tiers()
+    v = m.init(jax.random.PRNGKey(0), x)
+    new = composites.ZeroEpsilonGammaBox(-3.0, 3.0, lower="*conv[12]")
+    with pytest.warns(DeprecationWarning, match="Overview is deprecated.*renamed composites.ZeroEpsilonGammaBox"):
+        old = composites.Overview(-3.0, 3.0, lower="*conv[12]")
+    assert isinstance(old, composites.ZeroEpsilonGammaBox) and old.rules == new.rules
+    with pytest.warns(DeprecationWarning, match="'overview' is deprecated.*'zero_epsilon_gamma_box'"):
+        by_name = composites.get("overview", low=-3.0, high=3.0)
+    assert type(by_name) is composites.ZeroEpsilonGammaBox and "overview" not in composites.names()
+    assert _assigned(by_name, x) == _assigned(composites.ZeroEpsilonGammaBox(-3.0, 3.0), x)
+    with pytest.warns(DeprecationWarning, match="'overview' is deprecated") as caught:
+        with pytest.raises(TypeError, match="needs the bounds"):  # as before: no default bounds
+            jaxlrp.lrp(m.apply, "overview")
+    assert caught[0].filename == __file__  # names the caller's line, not jaxlrp's
+    with pytest.warns(DeprecationWarning):
+        R_old = jaxlrp.lrp(m.apply, composites.Overview(-3.0, 3.0))(v, x, target=0)
+    np.testing.assert_array_equal(R_old, jaxlrp.lrp(m.apply, composites.ZeroEpsilonGammaBox(-3.0, 3.0))(v, x, target=0))

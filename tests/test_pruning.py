@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlrp import composites, concepts, data, models
+from jaxlrp import composites, concepts, models, synthetic
 
 
 @pytest.fixture(scope="module")
 def cnn():
-    ds = data.shapes(0, 6, size=16)
+    ds = synthetic.shapes(0, 6, size=16)
     model = models.CNN(num_classes=4, channels=(3, 5), hidden=6)
     variables = model.init(jax.random.key(0), ds.x[:1])
     return model, variables, ds.x, ds.y
@@ -213,7 +213,7 @@ def test_head_relevance_by_output_projection_equals_the_heads_output_relevance()
     from jaxlrp.models import transformer as T
 
     model = T.ViT(image_size=(16, 16), patch_size=8, dim=8, depth=1, heads=2, mlp_dim=8, num_classes=4, pool="mean")
-    x = data.shapes(0, 4, 16).x
+    x = synthetic.shapes(0, 4, 16).x
     variables = model.init(jax.random.key(0), x[:1])
     comp = composites.AttnLRP()
     rel = concepts.parameter_relevance(model.apply, comp)(variables, x, target=0)

@@ -1,4 +1,4 @@
-"""Tests for jaxlrp.data."""
+"""Tests for jaxlrp.synthetic."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlrp import data
+from jaxlrp import synthetic
 
 MOTIFS = ("TATAAT", "GGATCC")
 
 
 def _strings(x: np.ndarray) -> list[str]:
     """Decode one-hot sequences (n, L, 4) to strings."""
-    return ["".join(data.BASES[i] for i in row) for row in x.argmax(-1)]
+    return ["".join(synthetic.BASES[i] for i in row) for row in x.argmax(-1)]
 
 
 def _occurrence_mask(sequence: str, motifs: tuple[str, ...]) -> np.ndarray:
@@ -28,18 +28,18 @@ def _occurrence_mask(sequence: str, motifs: tuple[str, ...]) -> np.ndarray:
     return covered
 
 
-def _assert_same(a: data.Dataset, b: data.Dataset) -> None:
+def _assert_same(a: synthetic.Dataset, b: synthetic.Dataset) -> None:
     for left, right in zip(a, b):
         np.testing.assert_array_equal(left, right)
 
 
 GENERATORS = [
-    pytest.param(lambda key, n: data.shapes(key, n), id="shapes"),
-    pytest.param(lambda key, n: data.dna_motifs(key, n), id="dna_motifs"),
+    pytest.param(lambda key, n: synthetic.shapes(key, n), id="shapes"),
+    pytest.param(lambda key, n: synthetic.dna_motifs(key, n), id="dna_motifs"),
     pytest.param(
-        lambda key, n: data.dna_motifs(key, n, multiclass=True), id="dna_multiclass"
+        lambda key, n: synthetic.dna_motifs(key, n, multiclass=True), id="dna_multiclass"
     ),
-    pytest.param(lambda key, n: data.squares(key, n, size=40), id="squares"),
+    pytest.param(lambda key, n: synthetic.squares(key, n, size=40), id="squares"),
 ]
 
 
@@ -67,7 +67,7 @@ def test_int_seed_matches_jax_keys(make):
 @pytest.mark.parametrize("make", GENERATORS)
 def test_dataset_unpacks_and_returns_numpy(make):
     dataset = make(0, 9)
-    assert isinstance(dataset, data.Dataset)
+    assert isinstance(dataset, synthetic.Dataset)
     x, y, mask = dataset
     assert x is dataset.x and y is dataset.y and mask is dataset.mask
     assert all(isinstance(a, np.ndarray) for a in dataset)
@@ -88,19 +88,19 @@ def test_single_example(make):
 )
 def test_invalid_keys(bad_key):
     with pytest.raises(ValueError, match="key|seed"):
-        data.shapes(bad_key, 4)
+        synthetic.shapes(bad_key, 4)
 
 
 @pytest.mark.parametrize("bad_n", [0, -3, 2.0, True])
 def test_invalid_n(bad_n):
-    for make in (data.shapes, data.dna_motifs, data.squares):
+    for make in (synthetic.shapes, synthetic.dna_motifs, synthetic.squares):
         with pytest.raises(ValueError, match="n must"):
             make(0, bad_n)
 
 
 @pytest.mark.parametrize(
     "make",
-    [*GENERATORS, pytest.param(lambda key, n: data.squares(key, n), id="squares_100")],
+    [*GENERATORS, pytest.param(lambda key, n: synthetic.squares(key, n), id="squares_100")],
 )
 def test_generation_is_fast(make):
     make(0, 20)  # the first call may import or warm up caches
@@ -116,15 +116,15 @@ def test_generation_is_fast(make):
 
 
 def test_shapes_shapes_and_labels():
-    x, y, mask = data.shapes(0, 101, size=24)
+    x, y, mask = synthetic.shapes(0, 101, size=24)
     assert x.shape == (101, 24, 24, 1) and mask.shape == (101, 24, 24)
     counts = np.bincount(y, minlength=4)
     assert counts.sum() == 101 and counts.max() - counts.min() <= 1
-    assert len(data.SHAPES) == 4
+    assert len(synthetic.SHAPES) == 4
 
 
 def test_shapes_masks_are_the_bright_objects():
-    x, y, mask = data.shapes(1, 200, noise=0.1)
+    x, y, mask = synthetic.shapes(1, 200, noise=0.1)
     assert mask.any(axis=(1, 2)).all()
     assert (~mask).any(axis=(1, 2)).all()
     image = x[..., 0]
@@ -132,12 +132,12 @@ def test_shapes_masks_are_the_bright_objects():
     outside = image[~mask].mean()
     assert inside - outside > 0.8
     # without noise the image is exactly the mask times the intensity
-    clean, _, clean_mask = data.shapes(1, 50, noise=0.0, intensity=2.0)
+    clean, _, clean_mask = synthetic.shapes(1, 50, noise=0.0, intensity=2.0)
     np.testing.assert_array_equal(clean[..., 0], 2.0 * clean_mask)
 
 
 def test_shapes_objects_inside_and_scaled():
-    _, _, mask = data.shapes(2, 300, size=40, scale=(0.5, 0.5), classes=("square",))
+    _, _, mask = synthetic.shapes(2, 300, size=40, scale=(0.5, 0.5), classes=("square",))
     rows = mask.any(axis=2)
     extent = rows.sum(axis=1)
     # the bounding box spans half the image, give or take a pixel
@@ -148,7 +148,7 @@ def test_shapes_objects_inside_and_scaled():
 
 
 def test_shapes_classes_differ_in_geometry():
-    _, y, mask = data.shapes(3, 400, size=32, scale=(0.6, 0.6))
+    _, y, mask = synthetic.shapes(3, 400, size=32, scale=(0.6, 0.6))
     # fill ratio of the bounding box: square ~1, disc ~pi/4, cross and
     # triangle about half
     fill = []
@@ -157,14 +157,14 @@ def test_shapes_classes_differ_in_geometry():
         box = (r.max() - r.min() + 1) * (c.max() - c.min() + 1)
         fill.append(m.sum() / box)
     fill = np.array(fill)
-    mean = {name: fill[y == i].mean() for i, name in enumerate(data.SHAPES)}
+    mean = {name: fill[y == i].mean() for i, name in enumerate(synthetic.SHAPES)}
     assert mean["square"] > 0.95
     assert 0.7 < mean["disc"] < 0.9
     assert mean["cross"] < 0.7 and mean["triangle"] < 0.65
 
 
 def test_shapes_class_subset_relabels():
-    _, y, mask = data.shapes(0, 30, classes=("disc", "square"))
+    _, y, mask = synthetic.shapes(0, 30, classes=("disc", "square"))
     assert set(np.unique(y)) == {0, 1}
     np.testing.assert_array_equal(np.bincount(y), [15, 15])
 
@@ -187,14 +187,14 @@ def test_shapes_class_subset_relabels():
 )
 def test_shapes_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        data.shapes(0, 4, **kwargs)
+        synthetic.shapes(0, 4, **kwargs)
 
 
 # -------------------------------------------------------------------- DNA
 
 
 def test_dna_shapes_and_one_hot():
-    x, y, mask = data.dna_motifs(0, 64, length=50)
+    x, y, mask = synthetic.dna_motifs(0, 64, length=50)
     assert x.shape == (64, 50, 4) and mask.shape == (64, 50)
     assert set(np.unique(x)) == {0.0, 1.0}
     np.testing.assert_array_equal(x.sum(-1), 1.0)
@@ -202,13 +202,13 @@ def test_dna_shapes_and_one_hot():
 
 
 def test_dna_background_is_roughly_uniform():
-    x, _, mask = data.dna_motifs(5, 500)
+    x, _, mask = synthetic.dna_motifs(5, 500)
     frequency = x[~mask].mean(axis=0)
     np.testing.assert_allclose(frequency, 0.25, atol=0.01)
 
 
 def test_dna_mask_marks_exactly_the_motif_occurrences():
-    x, y, mask = data.dna_motifs(1, 300, length=120, copies=(1, 4))
+    x, y, mask = synthetic.dna_motifs(1, 300, length=120, copies=(1, 4))
     for sequence, label, m in zip(_strings(x), y, mask):
         np.testing.assert_array_equal(_occurrence_mask(sequence, MOTIFS), m)
         if label == 0:
@@ -222,22 +222,22 @@ def test_dna_mask_marks_exactly_the_motif_occurrences():
 
 
 def test_dna_number_of_copies():
-    x, y, mask = data.dna_motifs(2, 200, length=100, copies=(2, 3))
+    x, y, mask = synthetic.dna_motifs(2, 200, length=100, copies=(2, 3))
     for sequence, label in zip(_strings(x), y):
         count = sum(len(re.findall(f"(?={m})", sequence)) for m in MOTIFS)
         assert count in ((0,) if label == 0 else (2, 3))
-    _, y, mask = data.dna_motifs(2, 50, length=100, copies=1)
+    _, y, mask = synthetic.dna_motifs(2, 50, length=100, copies=1)
     np.testing.assert_array_equal(mask.sum(axis=1), 6 * y)
 
 
 def test_dna_copies_may_sit_at_both_ends():
-    _, _, mask = data.dna_motifs(0, 2000, length=20, motifs=("ACGTA",), copies=1)
+    _, _, mask = synthetic.dna_motifs(0, 2000, length=20, motifs=("ACGTA",), copies=1)
     assert mask[:, 0].any() and mask[:, -1].any()
 
 
 def test_dna_multiclass():
     motifs = ("TATAAT", "GGATCC", "CCCGGG")
-    x, y, mask = data.dna_motifs(3, 150, length=80, motifs=motifs, multiclass=True)
+    x, y, mask = synthetic.dna_motifs(3, 150, length=80, motifs=motifs, multiclass=True)
     np.testing.assert_array_equal(np.bincount(y), [50, 50, 50])
     for sequence, label, m in zip(_strings(x), y, mask):
         assert m.any()
@@ -247,7 +247,7 @@ def test_dna_multiclass():
 
 
 def test_dna_motifs_of_different_lengths_and_lower_case():
-    x, y, mask = data.dna_motifs(4, 200, length=60, motifs=("gattaca", "CGCG"))
+    x, y, mask = synthetic.dna_motifs(4, 200, length=60, motifs=("gattaca", "CGCG"))
     for sequence, m in zip(_strings(x), mask):
         np.testing.assert_array_equal(
             _occurrence_mask(sequence, ("GATTACA", "CGCG")), m
@@ -256,7 +256,7 @@ def test_dna_motifs_of_different_lengths_and_lower_case():
 
 def test_dna_self_overlapping_motif():
     # "AAA" overlaps itself; background runs of A must be broken up
-    x, y, mask = data.dna_motifs(6, 200, length=40, motifs=("AAA",), copies=(1, 3))
+    x, y, mask = synthetic.dna_motifs(6, 200, length=40, motifs=("AAA",), copies=(1, 3))
     for sequence, label, m in zip(_strings(x), y, mask):
         np.testing.assert_array_equal(_occurrence_mask(sequence, ("AAA",)), m)
         if label == 0:
@@ -283,19 +283,19 @@ def test_dna_self_overlapping_motif():
 )
 def test_dna_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        data.dna_motifs(0, 4, **kwargs)
+        synthetic.dna_motifs(0, 4, **kwargs)
 
 
 def test_dna_impossible_motif_set_is_reported():
     with pytest.raises(ValueError, match="too short or too many"):
-        data.dna_motifs(0, 4, length=10, motifs=("A", "C", "G", "T"))
+        synthetic.dna_motifs(0, 4, length=10, motifs=("A", "C", "G", "T"))
 
 
 # ---------------------------------------------------------------- squares
 
 
 def test_squares_layout_at_default_size():
-    x, y, mask = data.squares(0, 20)
+    x, y, mask = synthetic.squares(0, 20)
     assert x.shape == (20, 100, 100, 1) and mask.shape == (20, 100, 100)
     np.testing.assert_array_equal(np.bincount(y), [10, 10])
     expected = np.zeros((100, 100), dtype=bool)
@@ -316,7 +316,7 @@ def test_squares_layout_at_default_size():
 
 
 def test_squares_without_noise_is_exact():
-    x, y, _ = data.squares(1, 4, noise=0.0)
+    x, y, _ = synthetic.squares(1, 4, noise=0.0)
     for image, label in zip(x[..., 0], y):
         assert image[20:30, 70:80].tolist() == np.full((10, 10), 0.5).tolist()
         assert np.all(image[70:80, 70:80] == -0.5)
@@ -326,7 +326,7 @@ def test_squares_without_noise_is_exact():
 
 @pytest.mark.parametrize("size, side", [(50, 5), (200, 20), (10, 1)])
 def test_squares_scaled_coordinates(size, side):
-    x, y, mask = data.squares(0, 2, size=size, noise=0.0)
+    x, y, mask = synthetic.squares(0, 2, size=size, noise=0.0)
     assert x.shape == (2, size, size, 1)
     start = (45 * size + 50) // 100
     expected = np.zeros((size, size), dtype=bool)
@@ -340,4 +340,26 @@ def test_squares_scaled_coordinates(size, side):
 )
 def test_squares_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        data.squares(0, 4, **kwargs)
+        synthetic.squares(0, 4, **kwargs)
+
+
+def test_deprecated_data_alias_warns_and_gives_the_same_objects(monkeypatch):
+    """``jaxlrp.data`` (renamed ``jaxlrp.synthetic``) still imports for one release,
+    warns on import, and its names are the very objects of ``jaxlrp.synthetic``."""
+    import importlib
+    import sys
+
+    import jaxlrp
+
+    monkeypatch.delitem(sys.modules, "jaxlrp.data", raising=False)
+    monkeypatch.delitem(vars(jaxlrp), "data", raising=False)  # (delattr would import it)
+    with pytest.warns(DeprecationWarning, match=r"jaxlrp\.data is deprecated.*jaxlrp\.synthetic.*next release"):
+        old = importlib.import_module("jaxlrp.data")
+    assert old.__all__ == synthetic.__all__
+    for name in synthetic.__all__:
+        assert getattr(old, name) is getattr(synthetic, name), name
+    monkeypatch.delitem(sys.modules, "jaxlrp.data")
+    monkeypatch.delitem(vars(jaxlrp), "data")
+    with pytest.warns(DeprecationWarning, match="renamed jaxlrp.synthetic"):
+        assert jaxlrp.data.shapes is synthetic.shapes  # the lazy attribute: the alias module
+    assert "data" not in jaxlrp.__all__ and "synthetic" in jaxlrp.__all__
