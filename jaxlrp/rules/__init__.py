@@ -131,6 +131,9 @@ __all__ = [
     "divide",
 ]
 
+#: Names kept one release for old code, left out of ``__all__``.
+_DEPRECATED = frozenset({"after"})
+
 
 def after(w: Array, r: Array) -> Array:
     """Deprecated name of :func:`depend` (it read as a word of time); removed in the next release."""
