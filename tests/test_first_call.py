@@ -101,3 +101,22 @@ def test_transformations_of_the_explainer_still_compose(data):
     np.testing.assert_allclose(per_example, explain(p, x, target=1), **TOL)
     g = jax.grad(lambda w: jnp.sum(explain({**p, "w2": w}, x, target=1)))(p["w2"])
     assert g.shape == p["w2"].shape and np.all(np.isfinite(g))
+
+
+def test_per_layer_keys_keep_program_order():
+    """jax.jit returns dicts with sorted keys; the compiled eager call must not: with
+    eleven layers, "layer#10" would come before "layer#2"."""
+    ws = [jnp.eye(3) + 0.1 * k for k in range(11)]
+
+    def f(ws, x):
+        for w in ws:
+            x = jax.nn.relu(x @ w)
+        return x
+
+    explain = jaxlrp.lrp(f)
+    x = jnp.ones((2, 3))
+    _, per = explain(ws, x, target=0, layers="dense")
+    _, ref = _uncompiled(explain, ws, x, target=0, layers="dense")
+    assert list(per) == list(ref) and len(per) == 11
+    for k in ref:
+        np.testing.assert_allclose(per[k], ref[k], rtol=1e-5, atol=1e-7)

@@ -44,15 +44,25 @@ class CompiledCall:
     new input or class reuses the compiled program; a new shape or dtype compiles
     once more. The cache lives with the explainer. Calls whose static part cannot be
     hashed (an unhashable leaf or matcher) run as before, uncompiled.
+
+    The per-layer relevance of ``layers=`` keeps its program order: it leaves the
+    compiled program as a tuple and becomes a dict again outside (:func:`jax.jit`
+    would return a dict with sorted keys, ``"layers#10"`` before ``"layers#2"``).
     """
 
     def __init__(self, traced: Callable, argnums, start: Optional[str]):
         self._argnums, self._start = argnums, start
+        self._keys: dict = {}  # static part -> the per-layer keys in program order (set when traced)
 
         def run(static, dyn, target, output_relevance):
             treedefs, statics, target_given, layers = static
             args = _rebuild(treedefs, statics, dyn)
-            return traced(args, target if target_given else None, output_relevance, layers)
+            out, rest = traced(args, target if target_given else None, output_relevance, layers)
+            if layers is None:
+                return out, rest
+            relevance, per_layer = rest
+            self._keys[static] = tuple(per_layer)
+            return out, (relevance, tuple(per_layer.values()))
 
         self._run = jax.jit(run, static_argnums=0)
 
@@ -75,6 +85,9 @@ class CompiledCall:
             return None
         out, rest = self._run(static, dyn, target, output_relevance)
         _check_target_range(target, out, output_relevance)
+        if layers is not None:
+            relevance, values = rest
+            rest = (relevance, dict(zip(self._keys[static], values)))
         return out, rest
 
 
