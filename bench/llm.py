@@ -195,7 +195,7 @@ def _mib(b: float) -> str:
 
 def _tables(data: dict) -> list:
     model, depth, length = data["model"], data["depth"], data["length"]
-    lines = ["### Model x devices (AttnLRP, scanned remat blocks; times under load)", "",
+    lines = ["### Model x devices (AttnLRP, scanned remat blocks)", "",
              "| width | layers | heads | batch x seq | params | devices | FLOPs LRP/grad | memory LRP/grad "
              "(peak, MiB per device) | collectives LRP / grad | compile LRP / grad (s) | run LRP / grad (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -207,7 +207,7 @@ def _tables(data: dict) -> list:
                      f"{ml / mg:.2f} ({_mib(ml)} / {_mib(mg)}) | {cl} / {cg} | "
                      f"{r['compile_lrp_s']:.1f} / {r['compile_grad_s']:.1f} | "
                      f"{r.get('run_lrp_s', float('nan')):.2f} / {r.get('run_grad_s', float('nan')):.2f} |")
-    lines += ["", "### Compile time against depth (scanned layers; under load)", "",
+    lines += ["", "### Compile time against depth (scanned layers)", "",
               "| layers | compile LRP (s) | compile grad (s) | LRP/grad |", "|---|---|---|---|"]
     for r in depth:
         lines.append(f"| {r['layers']} | {r['compile_lrp_s']:.1f} | {r['compile_grad_s']:.1f} | "
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
         machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
         data = {k: v for k, v in old.items() if k in ("measured", "longest", "memory_command")}
         data |= {"machine": machine, "command": cmd, "model": model, "depth": depth, "length": length}
-    lines = [f"Machine: {data['machine']} (2 shared cores, under load: times are not figures; XLA's ratios are). "
+    lines = [f"Machine: {data['machine']} ({data.get('cores', '2 cores')}). "
              f"Command: `{data['command'].strip()}`", ""] + _tables(data)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(data, indent=1))
