@@ -35,12 +35,12 @@ def _selection(layers: LayerSelection) -> list[Matcher]:
     return list(layers) if isinstance(layers, (list, tuple)) else [cast(Matcher, layers)]
 
 
-def _layer_matcher(layers: LayerSelection) -> Optional[Matcher]:
-    if layers is None:
-        return None
-    if isinstance(layers, (list, tuple)):
-        return _composites.any_of(*layers)
-    return _composites.as_matcher(cast(Matcher, layers))
+def _for_nnx(transformation: Callable, model: Any, composite, rule, **options: Any) -> Callable:
+    """``transformation`` of a Flax nnx module, through :func:`jaxlrp.flax.transform`
+    (imported here: ``fn`` being an nnx module means Flax is installed)."""
+    from . import flax as _flax
+
+    return _flax.transform(transformation, model, composite, rule=rule, **options)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,9 +95,12 @@ class Explainer:
     def _explain(self, args: tuple, target: Target, output_relevance: Optional[ArrayLike],
                  layers: LayerSelection) -> tuple[Array, Any]:
         t = trace(self.fn, self.composite, self.argnums, args, start=self.start, example_axes=self.example_axes)
-        matcher = _layer_matcher(layers)
-        if layers is not None:  # a name/parameter pattern that matches nothing: warn (or raise)
-            _composites.check_matches(_selection(layers), t.layers, strict=self.composite.strict, where="layers= pattern")
+        matcher = None
+        if layers is not None:
+            patterns = _selection(layers)
+            matcher = _composites.any_of(*patterns)  # a typo of a kind raises here
+            # a name/parameter pattern that matches nothing: warn (or raise)
+            _composites.check_matches(patterns, t.layers, strict=self.composite.strict, where="layers= pattern")
         out, rel, tap_rel = run(t, target, output_relevance, selected(t, matcher))
         relevance = unflatten_relevance(t, rel)
         if layers is None:
@@ -119,10 +122,7 @@ def value_and_lrp(
     With ``layers=``, it gives ``(output, (relevance, per_layer))``.
     """
     if is_nnx_module(fn):
-        from . import flax as _flax
-
-        return _flax.transform(value_and_lrp, fn, composite, rule=rule, argnums=argnums, start=start,
-                               example_axes=example_axes)
+        return _for_nnx(value_and_lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
     return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes, with_value=True)
 
 
@@ -215,7 +215,5 @@ def lrp(
     >>> R = jax.jit(explain)(variables, x, target=3)
     """
     if is_nnx_module(fn):
-        from . import flax as _flax
-
-        return _flax.transform(lrp, fn, composite, rule=rule, argnums=argnums, start=start, example_axes=example_axes)
+        return _for_nnx(lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
     return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes)

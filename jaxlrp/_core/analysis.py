@@ -304,10 +304,7 @@ TREATMENTS: dict = {}
 
 def _define(names, treatment: Treatment) -> None:
     """Register ``treatment`` for every primitive in ``names`` (each only once)."""
-    for name in names:
-        if name in TREATMENTS:
-            raise AssertionError(f"{name!r} has two treatments")
-        TREATMENTS[name] = treatment
+    P.register(TREATMENTS, names, treatment, "treatment")
 
 
 def _route(st: _State, site: _Site) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .run import is_mask
+from .run import check_target_range, is_mask
 from .trace import argnums_tuple, is_array
 from .types import Array, LayerSelection, Target
 
@@ -124,7 +124,4 @@ def _check_target_range(target: Target, out: Array, output_relevance) -> None:
     for the compiled eager call, where the target was traced (NaN marks it there)."""
     if target is None or output_relevance is not None or is_mask(target) or out.ndim == 0:
         return
-    value = np.asarray(target)
-    classes = out.shape[-1]
-    if np.any(value < 0) or np.any(value >= classes):
-        raise ValueError(f"target {value.tolist()} out of range for {classes} outputs")
+    check_target_range(np.asarray(target), out.shape[-1])

@@ -141,10 +141,7 @@ AXIS_RULES: dict = {}
 
 def _define(names, rule: AxisRule) -> None:
     """Register ``rule`` for every primitive in ``names`` (each only once)."""
-    for name in names:
-        if name in AXIS_RULES:
-            raise AssertionError(f"{name!r} has two axis rules")
-        AXIS_RULES[name] = rule
+    P.register(AXIS_RULES, names, rule, "axis rule")
 
 
 def _define_linear(kind: str, rule: AxisRule) -> None:

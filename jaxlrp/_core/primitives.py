@@ -22,7 +22,7 @@ remat is ``remat2`` or ``checkpoint``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -284,6 +284,19 @@ AXES_UNTRACKED: frozenset[str] = frozenset(
     select_and_gather_add device_put mesh_cast reshard pvary pcast all_gather ppermute
     psum psum_invariant""".split()
 ) | frozenset(CONTROL)
+
+
+# ------------------------------------------------------------------ registries
+
+
+def register(registry: dict, names: Iterable[str], entry: Any, what: str) -> None:
+    """Enter ``entry`` for every primitive in ``names`` into ``registry`` (the
+    analysis's treatments, the example-axis rules), each name only once: a second
+    entry raises ``AssertionError`` naming ``what``, e.g. "has two treatments")."""
+    for name in names:
+        if name in registry:
+            raise AssertionError(f"{name!r} has two {what}s")
+        registry[name] = entry
 
 
 # ------------------------------------------------------------------ per-primitive facts

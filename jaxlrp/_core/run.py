@@ -5,7 +5,7 @@ tapped layers.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from .types import Array, Target
 
 __all__ = [
     "run", "linearized", "initial_relevance", "unflatten_relevance", "top_level_nodes", "tappable",
-    "per_layer", "selected", "is_mask",
+    "per_layer", "selected", "is_mask", "check_target_range",
 ]
 
 
@@ -128,7 +128,7 @@ def initial_relevance(
                 f"output_relevance has shape {r.shape}, but the function's output has shape {out.shape}"
             )
         return r.astype(out.dtype)
-    if target is not None and is_mask(target):
+    if is_mask(target):
         return _masked(out, target)
     if out.ndim == 0 or example_ndim == out.ndim:
         if target is not None:
@@ -146,16 +146,21 @@ def initial_relevance(
                 f"target has shape {index.shape}; expected () or the output's example shape "
                 f"{example_shape} (output shape {out.shape})"
             )
-        value = concrete(target)
-        if value is not None and (np.any(value < 0) or np.any(value >= classes)):
-            raise ValueError(f"target {value.tolist()} out of range for {classes} outputs")
+        check_target_range(concrete(target), classes)
     index = jnp.broadcast_to(index, example_shape)
     onehot = jax.nn.one_hot(index, classes, dtype=out.dtype)
     bad = (index < 0) | (index >= classes)  # traced targets only: NaN marks the example
     return jnp.where(bad[..., None], jnp.nan, out * onehot)
 
 
-def is_mask(target: Target) -> bool:
+def check_target_range(value: Optional[np.ndarray], classes: int) -> None:
+    """Raise ``ValueError`` for a concrete class target outside ``[0, classes)``
+    (``value`` is ``None`` for a traced one: NaN marks it in the relevance)."""
+    if value is not None and (np.any(value < 0) or np.any(value >= classes)):
+        raise ValueError(f"target {value.tolist()} out of range for {classes} outputs")
+
+
+def is_mask(target: Target) -> "TypeGuard[ArrayLike]":
     """Whether ``target`` is a mask over the output: an array (not a scalar) of
     boolean or floating dtype. Integer arrays are class indices."""
     if target is None:
