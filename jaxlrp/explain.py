@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence, Union, cast
 
-from jax.typing import ArrayLike
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from . import composites as _composites
 from ._core.checks import is_nnx_module
@@ -63,7 +64,7 @@ class Explainer:
     composite:
         The rules, resolved (a preset name or ``rule=`` becomes a
         :class:`~jaxlrp.composites.Composite`).
-    argnums, start, example_axes:
+    argnums, start, example_axes, relevance_dtype:
         As given to :func:`lrp`.
     with_value:
         Whether a call returns ``(output, relevance)`` (:func:`value_and_lrp`).
@@ -75,6 +76,7 @@ class Explainer:
     start: Optional[str] = None
     example_axes: Optional[int] = None
     with_value: bool = False
+    relevance_dtype: Optional[DTypeLike] = jnp.float32
     _compiled: CompiledCall = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +96,8 @@ class Explainer:
 
     def _explain(self, args: tuple, target: Target, output_relevance: Optional[ArrayLike],
                  layers: LayerSelection) -> tuple[Array, Any]:
-        t = trace(self.fn, self.composite, self.argnums, args, start=self.start, example_axes=self.example_axes)
+        t = trace(self.fn, self.composite, self.argnums, args, start=self.start, example_axes=self.example_axes,
+                  relevance_dtype=self.relevance_dtype)
         matcher = None
         if layers is not None:
             patterns = _selection(layers)
@@ -116,14 +119,17 @@ def value_and_lrp(
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
+    relevance_dtype: Optional[DTypeLike] = jnp.float32,
 ) -> Callable[..., tuple[Array, Any]]:
     """Like :func:`lrp`, but the returned function gives ``(output, relevance)``.
 
     With ``layers=``, it gives ``(output, (relevance, per_layer))``.
     """
     if is_nnx_module(fn):
-        return _for_nnx(value_and_lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
-    return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes, with_value=True)
+        return _for_nnx(value_and_lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes,
+                        relevance_dtype=relevance_dtype)
+    return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes, with_value=True,
+                     relevance_dtype=relevance_dtype)
 
 
 def lrp(
@@ -134,6 +140,7 @@ def lrp(
     argnums: Union[int, Sequence[int], None] = None,
     start: Optional[str] = None,
     example_axes: Optional[int] = None,
+    relevance_dtype: Optional[DTypeLike] = jnp.float32,
 ) -> Callable[..., Any]:
     """Layer-wise relevance propagation of ``fn`` as a function transformation.
 
@@ -172,6 +179,17 @@ def lrp(
         last (a 1-D output is one example's outputs; a warning is given when that
         is ambiguous). ``example_axes=out.ndim`` means each example has one output,
         which is the initial relevance.
+    relevance_dtype:
+        The float in which relevance travels between layers where the model
+        computes in a narrower one (bfloat16, float16). JAX keeps a value's
+        cotangent in the value's dtype, so without this a bfloat16 model's
+        relevance is rounded to 8 bits after every operation. With it, each
+        operation is computed on float32 copies of its operands and rounded back
+        to the model's values (the forward pass is the model's), while the
+        relevance stays float32; the returned relevance has the explained
+        argument's dtype. Costs float32 activations in the backward pass. ``None``
+        carries relevance in the model's own dtypes. No effect on a model that
+        computes in float32 or wider only (docs: "Explaining an LLM across devices").
 
     Returns
     -------
@@ -215,5 +233,7 @@ def lrp(
     >>> R = jax.jit(explain)(variables, x, target=3)
     """
     if is_nnx_module(fn):
-        return _for_nnx(lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes)
-    return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes)
+        return _for_nnx(lrp, fn, composite, rule, argnums=argnums, start=start, example_axes=example_axes,
+                        relevance_dtype=relevance_dtype)
+    return Explainer(fn, _composites.resolve(composite, rule), argnums, start, example_axes,
+                     relevance_dtype=relevance_dtype)

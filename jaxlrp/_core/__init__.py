@@ -17,6 +17,8 @@ nothing here imports a public module of ``jaxlrp``:
   examples.
 * ``engine``: ``Node``, ``Rule`` and the modified-gradient formula the rules of
   :mod:`jaxlrp.rules` are written on.
+* ``widening``: narrow float values (bfloat16) computed and carried wide, so that
+  their relevance is.
 * ``interpreter``: the program re-run with one custom VJP per rule-bearing equation.
 * ``types``: the types the core and the public modules share (``Target``, ...).
 * ``checks``: small checks shared by every module.

@@ -241,11 +241,12 @@ def reduced_shape(out_shape: Sequence[int], axis_map: tuple) -> tuple:
     return tuple(n if w is not None else 1 for n, w in zip(out_shape, axis_map))
 
 
-def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read) -> tuple:
+def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read, bind=None) -> tuple:
     """``(a, c)`` with ``chain(t) = a * t + c``, on arrays of the per-channel shape
     (size 1 on the axes that do not come from the weight).
 
-    Affine members are replayed as they are; size-1 reshapes reshape the
+    Affine members are replayed as they are (``bind(e, args)``, see
+    :func:`jaxlrp._core.program.replay`); size-1 reshapes reshape the
     per-channel arrays to the per-channel version of their output shape.
     """
 
@@ -261,7 +262,7 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read) 
                 for a in e.invars:
                     if isinstance(a, Var) and a is not var and len(a.shape) == len(axes):  # broadcast?
                         env[a] = _channel_slice(read(a), axes)
-                t = replay(program, [j], env, read)[e.outvars[0]]
+                t = replay(program, [j], env, read, bind)[e.outvars[0]]
             var = e.outvars[0]
         return t
 

@@ -25,13 +25,14 @@ from . import primitives as P
 from .analysis import Analysis, NodeSpec, inexact, relu_gated
 from .program import Eqn, Lit, Var, replay
 from .engine import Node, depend
+from .widening import NONE, Widening
 
 
 # -------------------------------------------------------------------------- evaluation
 
 
 def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False,
-               parameters: bool = False):
+               parameters: bool = False, widening: Widening = NONE):
     """A function ``(inputs, weight, scale, bias, context) -> z`` whose VJP is ``rule``.
 
     ``apply(inputs, weight, context)`` is the layer's map; ``context`` holds the
@@ -45,7 +46,9 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
 
     With ``parameters`` (a dense/conv node, see :func:`evaluate`) the rule also
     gives the relevance of the weight and the bias share, returned as their
-    cotangents (:func:`_parameter_cotangents`).
+    cotangents (:func:`_parameter_cotangents`). Under a ``widening`` ``apply``
+    computes wide; the output is rounded to the model's values, while the rule sees
+    the exact wide ``z``, so that its shares sum to what it divides by.
     """
     kind = spec.layer.kind
 
@@ -57,11 +60,11 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
 
     @jax.custom_vjp
     def call(inputs, weight, scale, bias, context):
-        return forward(inputs, weight, scale, bias, context)
+        return widening.round(forward(inputs, weight, scale, bias, context), spec.out.dtype)
 
     def fwd(inputs, weight, scale, bias, context):
         z = forward(inputs, weight, scale, bias, context)
-        return z, (inputs, weight, scale, bias, context, z)
+        return widening.round(z, spec.out.dtype), (inputs, weight, scale, bias, context, z)
 
     def bwd(res, relevance):
         inputs, weight, scale, bias, context, z = res
@@ -125,6 +128,7 @@ def _passthrough(kind: str, rule, example_ndim: int, apply=None):
 def evaluate(
     an: Analysis, rules: dict, args: list, taps: Optional[dict] = None, example_ndim: int = 0,
     starts: Optional[dict] = None, masks: Optional[dict] = None, parameters: bool = False,
+    widening: Widening = NONE,
 ) -> list:
     """Run the analysed program on ``args``; differentiate the result with ``jax.vjp``.
 
@@ -141,7 +145,9 @@ def evaluate(
     not under ``masks``, whose ``s * z`` term gives relevance there). With
     ``parameters``, dense and conv nodes also return the relevance of their weight
     and bias share as those operands' cotangents (differentiate with respect to
-    the parameters: :mod:`jaxlrp._core.parameters`).
+    the parameters: :mod:`jaxlrp._core.parameters`). Under a ``widening``
+    (:mod:`jaxlrp._core.widening`) narrow float values are carried wide, and so is
+    their relevance; the outputs are carried values.
     """
     taps, masks = taps or {}, masks or {}
     gated = frozenset() if masks else relu_gated(an, rules)
@@ -157,7 +163,7 @@ def evaluate(
         if isinstance(a, Var) and a in an.activations:
             if a not in passed:
                 spec = an.activations[a]
-                apply, outer = _region_map(an, spec)
+                apply, outer = _region_map(an, spec, widening)
                 passed[a] = _passthrough("activation", rules[spec.layer.index], example_ndim, apply)(
                     env[spec.origin], env[a], tuple(raw(v) for v in outer))
             return passed[a]
@@ -170,24 +176,24 @@ def evaluate(
         if kind == "skip":
             continue
         if kind == "region":
-            outs = e.bind(*[raw(a) for a in e.invars])
+            outs = widening.bind(e, [raw(a) for a in e.invars])
         elif kind == "node":
             spec = an.nodes[i]
             env[spec.out] = _eval_node(
                 an, spec, rules[spec.layer.index], read, raw, taps.get(spec.layer.index), example_ndim,
-                spec.layer.index in gated, parameters,
+                spec.layer.index in gated, parameters, widening,
             )
             if spec.layer.index in masks:
                 env[spec.out] = _condition(env[spec.out], *masks[spec.layer.index])
             continue
         elif kind == "control":
             outs = CONTROL_FLOW[e.prim.name](e, an.subs[i], rules, [read(a) for a in e.invars], example_ndim, taps,
-                                         parameters)
+                                         parameters, widening)
         else:
-            outs = e.bind(*[read(a) for a in e.invars])
+            outs = widening.bind(e, [read(a) for a in e.invars])
         for v, x in zip(e.outvars, outs):
             env[v] = x + starts[v] if v in starts else x
-    return [read(a) for a in prog.outvars]
+    return [widening.value(read(a)) for a in prog.outvars]
 
 
 @jax.custom_vjp
@@ -209,7 +215,7 @@ def _condition_bwd(res, relevance):
 _condition.defvjp(_condition_fwd, _condition_bwd)
 
 
-def _region_map(an: Analysis, spec: NodeSpec) -> tuple:
+def _region_map(an: Analysis, spec: NodeSpec, widening: Widening = NONE) -> tuple:
     """``(apply, outer)``: ``apply(xs, _, context)`` recomputes an activation's value
     from its origin ``xs[0]`` and the values of ``outer`` (the other variables its
     equations read) given as ``context``; evaluated only by rules that call it, e.g.
@@ -217,12 +223,14 @@ def _region_map(an: Analysis, spec: NodeSpec) -> tuple:
     outer = _replay_inputs(an, spec)
 
     def apply(xs, w, context):
-        return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal)[spec.out]
+        return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal,
+                      _exact(widening))[spec.out]
 
     return apply, outer
 
 
-def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int) -> Any:
+def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int,
+                  widening: Widening) -> Any:
     """A recognised softmax: its value as computed, relevance to its source.
 
     The replay that recomputes the softmax from its source reads other values of
@@ -231,12 +239,9 @@ def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_nd
     source = read(spec.origin)
     if tap is not None:
         source = source + tap[0][0]
-    outer = _replay_inputs(an, spec)
-
-    def apply(xs, w, context):
-        return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal)[spec.out]
-
-    value = an.program.eqns[spec.eqn].bind(*[raw(a) for a in an.program.eqns[spec.eqn].invars])[0]
+    apply, outer = _region_map(an, spec, widening)
+    e = an.program.eqns[spec.eqn]
+    value = widening.bind(e, [raw(a) for a in e.invars])[0]
     z = _passthrough("softmax", rule, example_ndim, apply)(source, value, tuple(raw(v) for v in outer))
     return z if tap is None else z + tap[1]
 
@@ -255,10 +260,15 @@ def _literal(a: Lit) -> Any:
     return a.val
 
 
+def _exact(widening: Widening):
+    """The ``bind`` of a replay under ``widening``: results exact in the wide dtype."""
+    return lambda e, args: widening.bind(e, args, rounded=False)
+
+
 def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False,
-               parameters: bool = False) -> Any:
+               parameters: bool = False, widening: Widening = NONE) -> Any:
     if spec.layer.kind == "softmax":
-        return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim)
+        return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim, widening)
     e = an.program.eqns[spec.eqn]
     ops = [read(a) for a in e.invars]
     inputs = tuple(ops[k] for k in spec.tainted)
@@ -267,14 +277,14 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     weight = bias = scale = fold = None
     if spec.weight is not None:
         weight = ops[spec.weight]
-        apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw)
+        apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw, widening)
         if parameters and bias is not None and not plain_bias(an, spec):
             bias = jax.lax.stop_gradient(bias)  # a folded norm's shift: no share routed to its parameters
     elif spec.affine:
-        apply, context, bias = _affine_map(spec, e, ops)
+        apply, context, bias = _affine_map(spec, e, ops, widening)
     else:
-        apply, context = _rebind(e, ops, spec.tainted)
-    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and spec.weight is not None)(
+        apply, context = _rebind(e, ops, spec.tainted, widening=widening)
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and spec.weight is not None, widening)(
         inputs, weight, scale, bias, context)
     if tap is not None:
         z = z + tap[1]
@@ -291,11 +301,13 @@ def plain_bias(an: Analysis, spec: NodeSpec) -> bool:
 
 def _rebind(
     e: Eqn, ops: list, positions: tuple, weight_pos: Optional[int] = None, then: tuple = (), zeroed: tuple = (),
+    widening: Widening = NONE,
 ) -> tuple:
     """``(apply, context)``: ``apply(xs, w, context)`` is ``e`` re-bound with ``xs``
     at ``positions`` (and ``w`` at ``weight_pos``), zeros at ``zeroed``, the other
     operands from ``context`` (their values in ``ops``) or the literals, followed by
-    the one-operand equations ``then``."""
+    the one-operand equations ``then``; under a ``widening``, exact in its dtype."""
+    bind = _exact(widening)
     free = tuple(k for k, a in enumerate(e.invars) if isinstance(a, Var) and k not in positions and k != weight_pos)
     fixed = [a.val if isinstance(a, Lit) else None for a in e.invars]
 
@@ -309,15 +321,15 @@ def _rebind(
             args[weight_pos] = w
         for k in zeroed:
             args[k] = jnp.zeros_like(args[k])
-        z = e.bind(*args)[0]
+        z = bind(e, args)[0]
         for s_eqn in then:
-            (z,) = s_eqn.bind(z)
+            (z,) = bind(s_eqn, [z])
         return z
 
     return apply, tuple(ops[k] for k in free)
 
 
-def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
+def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw, widening: Widening) -> tuple:
     """``(apply, context, scale, bias, fold)`` of a dense/conv node and its folded chain.
 
     ``apply`` is the layer's own map (the primitive, then psum and size-1
@@ -327,11 +339,12 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
     e, chain = an.program.eqns[spec.eqn], spec.chain
     assert chain is not None  # every dense/conv node has one
     shaping = tuple(an.program.eqns[j] for j in chain.post + tuple(j for j in chain.members if j in chain.reshapes))
-    apply, context = _rebind(e, ops, spec.tainted, spec.weight, shaping)
+    apply, context = _rebind(e, ops, spec.tainted, spec.weight, shaping, widening=widening)
     scale = bias = fold = None
     if any(j not in chain.reshapes for j in chain.members):
         start = (an.program.eqns[chain.post[-1]] if chain.post else e).outvars[0]
-        a, bias = canonize.chain_coefficients(an.program, chain, start, start.dtype, raw)
+        a, bias = canonize.chain_coefficients(an.program, chain, start, widening.carried(start.dtype), raw,
+                                              _exact(widening))
         if chain.scales:
             scale = a
 
@@ -341,14 +354,14 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw) -> tuple:
     return apply, context, scale, bias, fold
 
 
-def _affine_map(spec: NodeSpec, e: Eqn, ops: list) -> tuple:
+def _affine_map(spec: NodeSpec, e: Eqn, ops: list, widening: Widening) -> tuple:
     """``(apply, context, bias)`` of a sum node whose untainted float operands are a
     bias: ``apply`` sees them as zeros, ``bias`` is the equation with zero inputs."""
     constant = tuple(k for k, a in enumerate(e.invars) if k not in spec.tainted and inexact(a))
     bias = None
     if constant:
-        bias = e.bind(*[jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
-    apply, context = _rebind(e, ops, spec.tainted, zeroed=constant)
+        bias = _exact(widening)(e, [jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
+    apply, context = _rebind(e, ops, spec.tainted, zeroed=constant, widening=widening)
     return apply, context, bias
 
 
@@ -362,20 +375,21 @@ def layers_within(an: Analysis) -> set:
 
 
 def _eval_scan(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
-               parameters: bool = False) -> list:
+               parameters: bool = False, widening: Widening = NONE) -> list:
     """``lax.scan`` re-built around the evaluated body. Taps of body layers are
     stacked over the iterations (leading axis ``length``) and scanned with ``xs``."""
     (sub,) = subs
     p = e.params
     nc, nk = p["num_consts"], p["num_carry"]
     consts, init, xs = vals[:nc], vals[nc:nc + nk], vals[nc + nk:]
-    # A carry that becomes tainted inside the body must have the body's dtype.
-    init = [jnp.asarray(x, v.dtype) for x, v in zip(init, sub.program.invars[nc:nc + nk])]
+    # A carry that becomes tainted inside the body must have the body's (carried) dtype.
+    init = [jnp.asarray(x, widening.carried(v.dtype)) for x, v in zip(init, sub.program.invars[nc:nc + nk])]
     inner = {i: tap for i, tap in taps.items() if i in layers_within(sub)}
 
     def step(carry, x):
         x, tap = x
-        outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim, parameters=parameters)
+        outs = evaluate(sub, rules, [*consts, *carry, *x], tap, example_ndim=example_ndim, parameters=parameters,
+                        widening=widening)
         return outs[:nk], outs[nk:]
 
     remat = _remat_params(e)
@@ -396,19 +410,21 @@ def _remat_params(e: Eqn) -> Optional[dict]:
 
 
 def _eval_cond(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
-               parameters: bool = False) -> list:
+               parameters: bool = False, widening: Widening = NONE) -> list:
     index, ops = vals[0], vals[1:]
-    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim, parameters=parameters)
+    branches = [lambda *xs, s=s: evaluate(s, rules, list(xs), example_ndim=example_ndim, parameters=parameters,
+                                          widening=widening)
                 for s in subs]
     return list(jax.lax.switch(index, branches, *ops))
 
 
 def _eval_shard_map(e: Eqn, subs: list, rules: dict, vals: list, example_ndim: int, taps: dict,
-                    parameters: bool = False) -> list:
+                    parameters: bool = False, widening: Widening = NONE) -> list:
     (sub,) = subs
     p = e.params
     inner = jax.shard_map(
-        lambda *xs: tuple(evaluate(sub, rules, list(xs), example_ndim=example_ndim, parameters=parameters)),
+        lambda *xs: tuple(evaluate(sub, rules, list(xs), example_ndim=example_ndim, parameters=parameters,
+                                   widening=widening)),
         mesh=p["mesh"], in_specs=p["in_specs"], out_specs=p["out_specs"],
         axis_names=p["newly_manual_axes"], check_vma=p["check_vma"],
     )

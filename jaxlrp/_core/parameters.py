@@ -101,8 +101,9 @@ def run(t: Traced, leaves: list, target: Target, output_relevance: Optional[Any]
         vals = list(t.flat_args)
         for j, p in zip(leaves, params):
             vals[j] = p
-        (out,) = evaluate(t.analysis, t.rules, vals, example_ndim=t.example_ndim, parameters=True)
-        return out
+        (out,) = evaluate(t.analysis, t.rules, vals, example_ndim=t.example_ndim, parameters=True,
+                          widening=t.widening)
+        return t.widening.model(out, t.analysis.program.outvars[0].dtype)
 
     out, pull = jax.vjp(f, [jnp.asarray(t.flat_args[j]) for j in leaves])
     (rel,) = pull(initial_relevance(out, target, output_relevance, t.example_ndim))

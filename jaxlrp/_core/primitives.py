@@ -251,6 +251,10 @@ PARAMETER_ROUTING: frozenset[str] = frozenset({
 # Example axes (jaxlrp._core.example_axes): how each primitive moves the axes that index
 # examples; one table per axis rule, registered in example_axes.AXIS_RULES.
 # Primitives that draw random numbers or operate on keys.
+# Primitives whose result depends on the float format itself, not only on the
+# values: under a widening (jaxlrp._core.widening) they run in the model's dtype.
+FORMAT_DEPENDENT: frozenset[str] = frozenset({"bitcast_convert_type", "nextafter"})
+
 RANDOM: frozenset[str] = frozenset(
     {"random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32", "rng_bit_generator"})
 # Elementwise and other shape-preserving primitives: each axis stays where it is.

@@ -155,15 +155,16 @@ def _inline(jaxpr, consts, args, prefix, eqns) -> list:
     return [read(a) for a in jaxpr.outvars]
 
 
-def replay(program: Program, indices, env: dict, read) -> dict:
-    """Re-run equations ``indices`` of ``program`` (in order) with plain binds.
+def replay(program: Program, indices, env: dict, read, bind=None) -> dict:
+    """Re-run equations ``indices`` of ``program`` (in order).
 
     ``env`` maps some variables to new values; every other operand is taken from
-    ``read``. Returns ``env`` extended with the outputs.
+    ``read``. ``bind(e, args)`` applies an equation (default: a plain bind).
+    Returns ``env`` extended with the outputs.
     """
     env = dict(env)
     for j in indices:
         e = program.eqns[j]
         args = [env[a] if isinstance(a, Var) and a in env else read(a) for a in e.invars]
-        env.update(zip(e.outvars, e.bind(*args)))
+        env.update(zip(e.outvars, e.bind(*args) if bind is None else bind(e, args)))
     return env

@@ -74,9 +74,10 @@ def linearized(t: Traced, tapped: Sequence[int] = (), masks: Optional[dict] = No
             vals[j] = x
         starts = dict(zip(t.starts, start_taps))
         (out,) = evaluate(
-            t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts, masks=masks
+            t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts, masks=masks,
+            widening=t.widening,
         )
-        return out
+        return t.widening.model(out, t.analysis.program.outvars[0].dtype)
 
     x_leaves = [t.flat_args[j] for j in t.explained]
     start_taps = [jnp.zeros(v.shape, v.dtype) for v in t.starts]

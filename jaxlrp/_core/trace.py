@@ -23,8 +23,9 @@ from .analysis import Analysis, Context, Layer, analyze, start_values
 from .engine import Rule
 from .errors import AmbiguousOutputWarning, TrainingModeError, UnsupportedOperationError
 from .example_axes import find_mixing, output_axes
-from .program import Var, flatten
+from .program import Program, Var, flatten
 from .types import Assigner
+from .widening import NONE, Widening
 
 __all__ = ["Traced", "trace", "argnums_tuple", "is_array", "path_str"]
 
@@ -43,6 +44,7 @@ class Traced:
     example_ndim: int  # leading axes of the output that index examples
     slots: list  # per argument: (treedef, [(traced, index into flat_args or static value)])
     starts: list[Var]  # start variables (explaining from a layer)
+    widening: Widening = NONE  # how narrow float values (and their relevance) are carried
 
 
 def argnums_tuple(argnums, nargs: int) -> tuple:
@@ -154,11 +156,13 @@ def _flatten_args(args: Sequence, nums: tuple) -> tuple[list, list[bool], list[s
 
 def trace(
     fn: Callable, composite: Assigner, argnums, args: Sequence, start: Optional[str] = None,
-    example_axes: Optional[int] = None, data_argnum: Optional[int] = None,
+    example_axes: Optional[int] = None, data_argnum: Optional[int] = None, relevance_dtype=jnp.float32,
 ) -> Traced:
     """Trace ``fn`` on ``args``, analyse it and assign rules. With ``start=``, the
     argument ``data_argnum`` holds the token ids; by default every argument that
-    holds none of the parameters ``start`` matches (see :func:`_start_data`)."""
+    holds none of the parameters ``start`` matches (see :func:`_start_data`).
+    Values of a float narrower than ``relevance_dtype`` are carried in it
+    (:mod:`jaxlrp._core.widening`; ``None``: in their own dtype)."""
     nums, single = argnums_tuple(argnums, len(args))
     if start is not None:
         if argnums is not None:
@@ -191,7 +195,16 @@ def trace(
     layers = _with_keys(ctx.layers)
     rules = dict(enumerate(composite.assign(layers)))
     _check_probabilities(an, layers, composite)
-    return Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts)
+    return Traced(an, layers, rules, flat, explained, nums, single, example_ndim, slots, starts,
+                  _widening(program, relevance_dtype))
+
+
+def _widening(program: Program, dtype) -> Widening:
+    """``Widening(dtype)`` if ``program`` computes in a float narrower than ``dtype``
+    (its bodies are read through the operands of their equations), else none."""
+    widening = Widening(None if dtype is None else jnp.dtype(dtype))
+    values = [*program.invars, *(v for e in program.eqns for v in (*e.invars, *e.outvars))]
+    return widening if any(widening.narrow(v.dtype) for v in values) else NONE
 
 
 def _describe_outputs(tree) -> str:

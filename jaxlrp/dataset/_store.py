@@ -105,15 +105,21 @@ def _fingerprint(params) -> dict:
 
 def explainer_config(explain: Callable) -> dict:
     """The settings of an explainer from :func:`jaxlrp.lrp` (the explained function under
-    ``"fn"``, the composite, ``argnums``, ``start``, ``example_axes``): the fields of the
-    :class:`jaxlrp.Explainer` it is, or that a wrapper such as :func:`jaxlrp.flax.lrp`'s
-    names as ``__wrapped__``; ``{}`` for any other callable."""
+    ``"fn"``, the composite, ``argnums``, ``start``, ``example_axes``, and
+    ``relevance_dtype`` where it is not the default, so that stores written before
+    it existed keep their identity): the fields of the :class:`jaxlrp.Explainer` it
+    is, or that a wrapper such as :func:`jaxlrp.flax.lrp`'s names as
+    ``__wrapped__``; ``{}`` for any other callable."""
     from ..explain import Explainer
 
+    default = Explainer.__dataclass_fields__["relevance_dtype"].default
     for candidate in (explain, getattr(explain, "__wrapped__", None)):
         if isinstance(candidate, Explainer):
-            return {"fn": candidate.fn, "composite": candidate.composite, "argnums": candidate.argnums,
-                    "start": candidate.start, "example_axes": candidate.example_axes}
+            cfg = {"fn": candidate.fn, "composite": candidate.composite, "argnums": candidate.argnums,
+                   "start": candidate.start, "example_axes": candidate.example_axes}
+            if candidate.relevance_dtype is not default:
+                cfg["relevance_dtype"] = candidate.relevance_dtype
+            return cfg
     return {}
 
 
