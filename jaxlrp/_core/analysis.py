@@ -123,20 +123,39 @@ class Layer:
     function: str = ""
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class NodeSpec:
-    """A rule-bearing operation: where it is and how to evaluate it."""
+    """A rule-bearing operation: where it is and how to evaluate it.
+
+    This class itself is an operation applied to its relevance-carrying operands
+    as it is (products, gates, sums, pools, normalisers); :class:`LayerSpec` (a
+    dense or conv layer with its weight and folded chain) and :class:`ReplaySpec`
+    (a softmax or activation, recomputed from its source) say more.
+    """
 
     layer: Layer
     eqn: int  # index of the head equation (-1 for activations)
+    out: Var  # the value the node computes
     tainted: tuple[int, ...] = ()  # operand positions of the relevance-carrying inputs
-    weight: Optional[int] = None  # operand position of the weight
-    chain: Optional[canonize.Chain] = None  # what follows a dense/conv layer and is folded in
-    affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
-    out: Optional[Var] = None
-    origin: Optional[Var] = None  # activations, softmax: the source the relevance goes to
-    replay: tuple[int, ...] = ()  # softmax, activations: the equations (indices) computing the output from ``origin``
     nonnegative: bool = False  # the inputs are known to be >= 0
+    affine: bool = False  # untainted float operands are a bias (add, sub, scatter-add)
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class LayerSpec(NodeSpec):
+    """A dense or conv layer: its weight operand and the affine chain folded into it."""
+
+    weight: int  # operand position of the weight
+    chain: canonize.Chain  # what follows the layer and is folded in
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class ReplaySpec(NodeSpec):
+    """A softmax or an activation: its value recomputed from the source its
+    relevance goes to by replaying the equations between them."""
+
+    origin: Var  # the source the relevance goes to
+    replay: tuple[int, ...]  # the equations (indices) computing ``out`` from ``origin``
 
 
 @dataclasses.dataclass(eq=False)
@@ -147,7 +166,7 @@ class Analysis:
     tainted: set[Var]
     plan: list[Step]  # per equation
     nodes: dict[int, NodeSpec]  # by equation index (where the node is evaluated)
-    activations: dict[Var, NodeSpec]  # by region variable
+    activations: dict[Var, ReplaySpec]  # by region variable
     subs: dict[int, list[Analysis]]  # by equation index: scan body, cond branches, shard_map body
     routed: list[int]  # tainted routing equations: plain VJP fallbacks
     depth: dict[Var, int]  # dense/conv layers on a tainted variable's path from the input
@@ -264,8 +283,10 @@ class _State:
         for v in vs:
             self.mark(v, site.depth)
 
-    def node(self, site: _Site, kind: Kind, out: Var, at: Optional[int] = None, order=None, **kw) -> NodeSpec:
-        """Register a rule-bearing node, evaluated at equation ``at`` (default: here)."""
+    def node(self, site: _Site, kind: Kind, out: Var, at: Optional[int] = None, order=None,
+             spec: type[NodeSpec] = NodeSpec, **kw) -> NodeSpec:
+        """Register a rule-bearing node of class ``spec`` (its extra fields in ``kw``),
+        evaluated at equation ``at`` (default: here)."""
         e, at = site.eqn, site.i if at is None else at
         order = site.tainted if order is None else order
         positive = all(e.invars[k] in self.nonneg for k in order)
@@ -282,11 +303,11 @@ class _State:
             nonnegative=positive,
             constant_weight=kw.pop("constant_weight", False),
         )
-        spec = NodeSpec(layer=layer, eqn=site.i, tainted=order, out=out, nonnegative=positive, **kw)
-        self.nodes[at] = spec
+        node = spec(layer=layer, eqn=site.i, tainted=order, out=out, nonnegative=positive, **kw)
+        self.nodes[at] = node
         self.plan[at] = "node"
         self.mark(out, site.depth + (1 if kind in WEIGHTED_KINDS else 0))
-        return spec
+        return node
 
     def fail(self, site: _Site, reason: str, hint: str = "") -> NoReturn:
         raise UnsupportedOperationError(site.eqn.prim.name, site.eqn.name, reason, hint)
@@ -331,7 +352,7 @@ def _linear(st: _State, site: _Site) -> None:
         paths = st.param_paths(e.invars[wpos])
         # Evaluated where its folded chain ends: the chain's other operands
         # (BatchNorm statistics) may be computed after the head equation.
-        st.node(site, P.LINEAR[e.prim.name], chain.out, at=folded[-1] if folded else None, weight=wpos,
+        st.node(site, P.LINEAR[e.prim.name], chain.out, at=folded[-1] if folded else None, spec=LayerSpec, weight=wpos,
                 chain=chain, param_paths=paths, folded=tuple(st.program.eqns[j].prim.name for j in folded),
                 constant_weight=not paths)  # not computed from an argument
     else:
@@ -510,7 +531,7 @@ def _quotient(st: _State, site: _Site) -> None:
     while source in st.summands:  # scores + mask: the softmax's input is the scores
         source = st.origin_of(st.summands[source])
     if source is not None:
-        st.node(site, "softmax", out, order=(0,), origin=source,
+        st.node(site, "softmax", out, order=(0,), spec=ReplaySpec, origin=source,
                 replay=_patterns.replayed(st.program, st.producer, out, source, st.is_tainted))
         st.tags[out] = {"probs"}
     elif _patterns.root_normalization(site.tainted, has):
@@ -640,7 +661,7 @@ def _activations(st: _State) -> dict:
                 input_shapes=(st.origin[a].shape,), output_shape=a.shape,
                 function=_activation_function(program, steps, st.origin[a]),
             )
-            found[a] = NodeSpec(layer=layer, eqn=-1, origin=st.origin[a], out=a, replay=steps)
+            found[a] = ReplaySpec(layer=layer, eqn=-1, origin=st.origin[a], out=a, replay=steps)
 
     for i, e in enumerate(program.eqns):
         if st.plan[i] == "node":
@@ -748,7 +769,7 @@ def relu_gated(an: Analysis, rules: dict) -> frozenset:
         if j in heads:
             spec = heads[j]
             m = mode(spec.layer)
-            return m == "none" or (m == "routed" and spec.layer.kind == "maxpool" and spec.out is not None and none_to_zeros(spec.out))
+            return m == "none" or (m == "routed" and spec.layer.kind == "maxpool" and none_to_zeros(spec.out))
         if an.plan[j] == "bind" and e.prim.name in P.STOP:
             return True
         if an.plan[j] == "bind" and j in routed and e.prim.name in P.COPYING:
@@ -757,12 +778,12 @@ def relu_gated(an: Analysis, rules: dict) -> frozenset:
 
     def gated(spec: NodeSpec) -> bool:
         z = spec.out
-        if z is None or z in outputs or len(acts.get(z, ())) != 1 or any(an.plan[j] != "region" for j in users.get(z, ())):
+        if z in outputs or len(acts.get(z, ())) != 1 or any(an.plan[j] != "region" for j in users.get(z, ())):
             return False
         ((r, act),) = acts[z]
         return mode(act.layer) == "routed" and _patterns.relu(program.eqns[producer[r]], z) and none_to_zeros(r)
 
-    return frozenset(spec.layer.index for spec in an.nodes.values() if spec.weight is not None and gated(spec))
+    return frozenset(spec.layer.index for spec in an.nodes.values() if isinstance(spec, LayerSpec) and gated(spec))
 
 
 # ------------------------------------------------------------------ control flow

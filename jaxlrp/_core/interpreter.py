@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from . import canonize
 from . import primitives as P
-from .analysis import Analysis, NodeSpec, inexact, relu_gated
+from .analysis import Analysis, LayerSpec, NodeSpec, ReplaySpec, inexact, relu_gated
 from .program import Eqn, Lit, Var, replay
 from .engine import Node, depend
 from .widening import NONE, Widening
@@ -82,7 +82,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
     return call
 
 
-def _parameter_cotangents(spec: NodeSpec, rule, rel: tuple, n: int, weight, bias) -> tuple:
+def _parameter_cotangents(spec: LayerSpec, rule, rel: tuple, n: int, weight, bias) -> tuple:
     """Split a rule's result into ``(input relevance, weight relevance, bias share)``."""
     if len(rel) != n + 2:
         raise TypeError(f"rule {rule!r} of layer {spec.layer.name!r} has parameter_relevance set but did not "
@@ -215,7 +215,7 @@ def _condition_bwd(res, relevance):
 _condition.defvjp(_condition_fwd, _condition_bwd)
 
 
-def _region_map(an: Analysis, spec: NodeSpec, widening: Widening = NONE) -> tuple:
+def _region_map(an: Analysis, spec: ReplaySpec, widening: Widening = NONE) -> tuple:
     """``(apply, outer)``: ``apply(xs, _, context)`` recomputes an activation's value
     from its origin ``xs[0]`` and the values of ``outer`` (the other variables its
     equations read) given as ``context``; evaluated only by rules that call it, e.g.
@@ -229,7 +229,7 @@ def _region_map(an: Analysis, spec: NodeSpec, widening: Widening = NONE) -> tupl
     return apply, outer
 
 
-def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int,
+def _eval_softmax(an: Analysis, spec: ReplaySpec, rule, read, raw, tap, example_ndim: int,
                   widening: Widening) -> Any:
     """A recognised softmax: its value as computed, relevance to its source.
 
@@ -246,7 +246,7 @@ def _eval_softmax(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_nd
     return z if tap is None else z + tap[1]
 
 
-def _replay_inputs(an: Analysis, spec: NodeSpec) -> tuple:
+def _replay_inputs(an: Analysis, spec: ReplaySpec) -> tuple:
     """The variables a replay (softmax, activation) reads besides its source, in order."""
     made, outer = {spec.origin}, []
     for j in spec.replay:
@@ -267,7 +267,7 @@ def _exact(widening: Widening):
 
 def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False,
                parameters: bool = False, widening: Widening = NONE) -> Any:
-    if spec.layer.kind == "softmax":
+    if isinstance(spec, ReplaySpec):  # a softmax (activations are read through their region)
         return _eval_softmax(an, spec, rule, read, raw, tap, example_ndim, widening)
     e = an.program.eqns[spec.eqn]
     ops = [read(a) for a in e.invars]
@@ -275,7 +275,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
     if tap is not None:
         inputs = tuple(x + t for x, t in zip(inputs, tap[0]))
     weight = bias = scale = fold = None
-    if spec.weight is not None:
+    if isinstance(spec, LayerSpec):
         weight = ops[spec.weight]
         apply, context, scale, bias, fold = _layer_map(an, spec, ops, raw, widening)
         if parameters and bias is not None and not plain_bias(an, spec):
@@ -284,18 +284,18 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
         apply, context, bias = _affine_map(spec, e, ops, widening)
     else:
         apply, context = _rebind(e, ops, spec.tainted, widening=widening)
-    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and spec.weight is not None, widening)(
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and weight is not None, widening)(
         inputs, weight, scale, bias, context)
     if tap is not None:
         z = z + tap[1]
     return z
 
 
-def plain_bias(an: Analysis, spec: NodeSpec) -> bool:
+def plain_bias(an: Analysis, spec: LayerSpec) -> bool:
     """Whether a dense/conv node's folded bias is a sum of added parameters (no
     scale, no subtraction), so that its share routes back to them unchanged."""
     chain = spec.chain
-    return chain is not None and not chain.scales and all(
+    return not chain.scales and all(
         an.program.eqns[j].prim.name in P.PLAIN_SHIFTS for j in chain.members if j not in chain.reshapes)
 
 
@@ -329,7 +329,7 @@ def _rebind(
     return apply, tuple(ops[k] for k in free)
 
 
-def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw, widening: Widening) -> tuple:
+def _layer_map(an: Analysis, spec: LayerSpec, ops: list, raw, widening: Widening) -> tuple:
     """``(apply, context, scale, bias, fold)`` of a dense/conv node and its folded chain.
 
     ``apply`` is the layer's own map (the primitive, then psum and size-1
@@ -337,7 +337,6 @@ def _layer_map(an: Analysis, spec: NodeSpec, ops: list, raw, widening: Widening)
     ``None``), and ``fold(w, scale)`` builds the folded weight.
     """
     e, chain = an.program.eqns[spec.eqn], spec.chain
-    assert chain is not None  # every dense/conv node has one
     shaping = tuple(an.program.eqns[j] for j in chain.post + tuple(j for j in chain.members if j in chain.reshapes))
     apply, context = _rebind(e, ops, spec.tainted, spec.weight, shaping, widening=widening)
     scale = bias = fold = None

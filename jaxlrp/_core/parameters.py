@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from . import primitives as P
-from .analysis import Analysis, inexact
+from .analysis import Analysis, LayerSpec, inexact
 from .errors import UnsupportedOperationError
 from .interpreter import plain_bias, evaluate
 from .program import Var
@@ -45,11 +45,11 @@ def parameter_sources(an: Analysis) -> set:
     invars = set(an.program.invars)
     found: set = set()
     for spec in an.nodes.values():
-        if spec.weight is None:
+        if not isinstance(spec, LayerSpec):
             continue
         e = an.program.eqns[spec.eqn]
         starts = [e.invars[spec.weight]]
-        if spec.chain is not None and plain_bias(an, spec):
+        if plain_bias(an, spec):
             chain = (spec.eqn, *spec.chain.post, *spec.chain.members)
             flowing = {v for j in chain for v in an.program.eqns[j].outvars}
             starts += [a for j in spec.chain.members if j not in spec.chain.reshapes
