@@ -185,9 +185,10 @@ def lrp(
         cotangent in the value's dtype, so without this a bfloat16 model's
         relevance is rounded to 8 bits after every operation. With it, each
         operation is computed on float32 copies of its operands and rounded back
-        to the model's values (the forward pass is the model's), while the
-        relevance stays float32; the returned relevance has the explained
-        argument's dtype. Costs float32 activations in the backward pass. ``None``
+        to the model's dtype (a bfloat16 forward pass, whose values differ from
+        the jitted model's by the order of its roundings, as XLA's own jitted and
+        eager bfloat16 passes do), while the relevance stays float32; the
+        returned relevance has the explained argument's dtype. Costs float32 activations in the backward pass. ``None``
         carries relevance in the model's own dtypes. No effect on a model that
         computes in float32 or wider only (docs: "Explaining an LLM across devices").
 

@@ -17,9 +17,11 @@ identity:
     \tilde y = \operatorname{round}_{\text{bf16}}\bigl(f(\tilde x)\bigr), \qquad
     \frac{\partial \tilde y}{\partial \tilde x} := f'(\tilde x)\ \text{in float32}.
 
-The forward values are the model's (each operation computed from
-bfloat16-representable operands and rounded once, as XLA computes bfloat16
-arithmetic), while every value, and so every cotangent, is a ``dtype`` array.
+The forward values are a bfloat16 evaluation of the model (each operation
+computed from bfloat16-representable operands and rounded once, as XLA computes
+a bfloat16 operation; a fused chain such as ``x ** 3`` may round differently from
+the jitted model, by as much as XLA's own jitted and eager bfloat16 passes differ
+from each other), while every value, and so every cotangent, is a ``dtype`` array.
 Parameters stay in their own dtype and are widened where they are read (no
 float32 copy of the model is kept). Operations that depend on the float format
 (:data:`jaxlrp._core.primitives.FORMAT_DEPENDENT`) and those holding a program
