@@ -143,6 +143,28 @@ def test_engine_refusals():
         rules.propagate(pool, x, [rules.Term([rules.Branch((x,), rules.POSITIVE_WEIGHT)])], 0.0)
 
 
+def test_engine_refuses_a_node_without_product():
+    """An activation node has no ``apply``: a typed refusal, not ``'NoneType' object is not callable``."""
+    x = jnp.ones((2, 3))
+    act = rules.Node("activation", (x,), None, None, x, None)
+    with pytest.raises(ValueError, match="activation node has none"):
+        rules.propagate(act, x, [rules.Term([rules.Branch((x,))])], 0.0)
+
+
+def test_zero_combo_equals_a_zero_weight():
+    """``Combo(0, 0)`` is the weight 0: no products, the denominator is the bias alone
+    (it used to add ``None`` to the bias), the same relevance as an explicit zero weight."""
+    rng = np.random.default_rng(3)
+    x, w, b, r = (jnp.asarray(rng.normal(size=s)) for s in ((3, 5), (5, 4), (4,), (3, 4)))
+    node = _dense_node(x, w, b)._replace(parameters=True)
+    for bias in (b, None):
+        zero = rules.propagate(node, r, [rules.Term([rules.Branch((x,), rules.Combo(0.0, 0.0))], bias=bias)], 0.1)
+        explicit = rules.propagate(node, r, [rules.Term([rules.Branch((x,), jnp.zeros_like(w))], bias=bias)], 0.1)
+        assert len(zero) == len(explicit) == 3
+        for a, c in zip(zero, explicit):
+            _close(a, c)
+
+
 def test_public_names():
     for name in ("propagate", "Term", "Branch", "Combo", "LAYER_WEIGHT", "POSITIVE_WEIGHT", "depend",
                  "sign_parts", "signed_branches", "layer_bias", "constant_input", "positive", "negative",

@@ -19,7 +19,7 @@ notation and the catalogue of rules built on it are documented in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,11 @@ import jax.numpy as jnp
 from . import primitives as P
 from .kinds import AGGREGATE_KINDS, WEIGHTED_KINDS
 
-Array = Any  # jax.Array; Any while the engine's Optional values are not narrowed for mypy
+#: What rules receive and return: JAX arrays (tracers under ``jit``, ``vmap`` and the
+#: interpreter's own tracing are instances too).
+Array = jax.Array
+#: ``apply(inputs, weight) -> z``: a layer's own primitive, re-bound with its parameters.
+Apply = Callable[[tuple, Optional[Array]], Array]
 
 
 
@@ -92,7 +96,7 @@ class Node(NamedTuple):
     weight: Optional[Array]
     bias: Optional[Array]
     output: Array
-    apply: Optional[Callable[[tuple, Optional[Array]], Array]]
+    apply: Optional[Apply]
     example_ndim: int = 0
     nonnegative: bool = False
     relu_gated: bool = False
@@ -291,7 +295,7 @@ class Branch:
     """
 
     inputs: tuple
-    weight: Any = None
+    weight: Union[Array, Combo, None] = None
     coef: float = 1.0
 
     def __post_init__(self):
@@ -328,7 +332,7 @@ class Term:
         are only pulled back, never evaluated forward, and ``bias`` is not added.
     """
 
-    branches: tuple
+    branches: Sequence[Branch]  # stored as a tuple
     bias: Optional[Array] = None
     mask: Optional[Array] = None
     scale: float = 1.0
@@ -343,6 +347,14 @@ class Term:
                 raise TypeError(f"Term.branches holds Branch objects, got {type(br).__name__}")
 
 
+#: A coefficient of the engine's sums: a Python number, or an array (traced rule parameters).
+_Coef = Union[float, Array]
+#: ``{id(input): (coefficient, input)}``: the multiplier of a transposed product.
+_Multiplier = dict[int, tuple[_Coef, Array]]
+#: ``{term index: coefficient}``: a combination of the terms' quotients.
+_Direction = dict[int, _Coef]
+
+
 class _Product:
     """One distinct (inputs, weight) pair: its forward value and the terms' coefficients on it."""
 
@@ -352,22 +364,31 @@ class _Product:
         self.inputs, self.weight, self.wkey = inputs, weight, wkey
         self.value: Optional[Array] = None
         self.pull: Optional[Callable] = None
-        self.coefs: dict = {}  # term index -> coefficient of its quotient in this product's cotangent
+        self.coefs: _Direction = {}  # the coefficient of each term's quotient in this product's cotangent
 
     def forward(self, node: Node) -> Array:
-        if self.value is None:
-            point = _point(node, self.inputs, self.weight)
-            if _linear(node):  # the transposed product does not depend on the point: no vjp here
-                self.value = node.apply(point, self.weight)
-            else:
-                self.value, self.pull = jax.vjp(lambda *xs: node.apply(xs, self.weight), *point)
-        return self.value
+        if self.value is not None:
+            return self.value
+        apply, point = _apply(node), _point(node, self.inputs, self.weight)
+        if _linear(node):  # the transposed product does not depend on the point: no vjp here
+            value = apply(point, self.weight)
+        else:
+            value, self.pull = jax.vjp(lambda *xs: apply(xs, self.weight), *point)
+        self.value = value
+        return value
 
-    def add(self, t: int, coef: Any) -> None:
+    def add(self, t: int, coef: _Coef) -> None:
         self.coefs[t] = coef if t not in self.coefs else self.coefs[t] + coef
 
-    def cotangent(self, quotients: list) -> Array:
+    def cotangent(self, quotients: Sequence[Array]) -> Array:
         return _combine([(c, quotients[t]) for t, c in self.coefs.items()])
+
+
+def _apply(node: Node) -> Apply:
+    """``node.apply``; ``ValueError`` where the node has none (an activation: no product to propagate through)."""
+    if node.apply is None:
+        raise ValueError(f"propagate needs a layer with a product (node.apply), the {node.kind} node has none")
+    return node.apply
 
 
 def _linear(node: Node) -> bool:
@@ -397,9 +418,9 @@ def _free_axes(node: Node, weight: Any) -> frozenset:
     """Axes of the input that the layer's single product maps slice by slice (none
     if ``apply`` is anything but one ``conv_general_dilated`` or ``dot_general``
     applied to the input itself)."""
-    x = node.inputs[0]
+    x, apply = node.inputs[0], _apply(node)
     try:
-        jaxpr = jax.make_jaxpr(lambda x_: node.apply((x_,), weight))(jax.ShapeDtypeStruct(x.shape, x.dtype)).jaxpr
+        jaxpr = jax.make_jaxpr(lambda x_: apply((x_,), weight))(jax.ShapeDtypeStruct(x.shape, x.dtype)).jaxpr
     except Exception:  # noqa: BLE001 -- not traceable on its own: assume nothing
         return frozenset()
     if len(jaxpr.eqns) != 1 or jaxpr.eqns[0].outvars[0] is not jaxpr.outvars[0]:
@@ -417,19 +438,26 @@ def _free_axes(node: Node, weight: Any) -> frozenset:
     return frozenset()
 
 
-def _concrete(c: Any) -> bool:
+def _concrete(c: object) -> TypeGuard[float]:
     return isinstance(c, (int, float)) and not isinstance(c, bool)
 
 
-def _parallel(a: dict, b: dict) -> Optional[float]:
+def _floats(d: dict[int, _Coef]) -> Optional[dict[int, float]]:
+    """``d`` where every coefficient is a concrete number, else ``None``."""
+    out = {t: c for t, c in d.items() if _concrete(c)}
+    return out if len(out) == len(d) else None
+
+
+def _parallel(a: dict[int, _Coef], b: dict[int, _Coef]) -> Optional[float]:
     """``l`` with ``b == l * a`` (concrete coefficients over the same terms), else ``None``."""
-    if a.keys() != b.keys() or not all(_concrete(c) for c in (*a.values(), *b.values())):
+    fa, fb = _floats(a), _floats(b)
+    if fa is None or fb is None or fa.keys() != fb.keys():
         return None
-    t0 = next(iter(a))
-    if a[t0] == 0:
+    t0 = next(iter(fa))
+    if fa[t0] == 0:
         return None
-    lam = b[t0] / a[t0]
-    return lam if all(abs(b[t] - lam * a[t]) <= 1e-12 * abs(b[t]) + 1e-300 for t in a) else None
+    lam = fb[t0] / fa[t0]
+    return lam if all(abs(fb[t] - lam * fa[t]) <= 1e-12 * abs(fb[t]) + 1e-300 for t in fa) else None
 
 
 class _Products:
@@ -437,7 +465,7 @@ class _Products:
 
     def __init__(self, node: Node, relevance: Array):
         self.node, self.relevance = node, relevance
-        self.table: dict = {}
+        self.table: dict[tuple[tuple[int, ...], Any], _Product] = {}  # (ids of inputs, weight key) -> product
         self._w_pos: Optional[Array] = None
 
     def w_pos(self) -> Array:
@@ -445,11 +473,11 @@ class _Products:
             self._w_pos = positive(depend(self.node.weight, self.relevance))
         return self._w_pos
 
-    def basis(self, br: Branch) -> list:
+    def basis(self, br: Branch) -> list[tuple[Any, float, Optional[Array]]]:
         """``[(key, coefficient, weight)]`` of a branch's weight."""
         if not isinstance(br.weight, Combo):
             return [(id(br.weight), 1.0, br.weight)]
-        out = []
+        out: list[tuple[Any, float, Optional[Array]]] = []
         if br.weight.a:
             own = all(a is b for a, b in zip(br.inputs, self.node.inputs))
             out.append(("own" if own else "w", br.weight.a, self.node.weight))
@@ -463,21 +491,21 @@ class _Products:
             self.table[k] = _Product(br.inputs, weight, "w" if key == "own" else key)
         return self.table[k]
 
-    def pull_back(self, quotients: list) -> tuple:
+    def pull_back(self, quotients: Sequence[Array]) -> tuple:
         """:math:`\\sum` over products of inputs times the transposed product of their cotangents."""
         if _linear(self.node):
             return (self._pull_back_linear(quotients),)
-        node = self.node
+        node, apply = self.node, _apply(self.node)
         out = [jnp.zeros_like(x) for x in node.inputs]
         for p in self.table.values():
             if p.pull is None:
                 point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
-                _, p.pull = jax.vjp(lambda *xs, w=p.weight: node.apply(xs, w), *point)
+                _, p.pull = jax.vjp(lambda *xs, w=p.weight: apply(xs, w), *point)
             for k, g in enumerate(p.pull(p.cotangent(quotients))):
                 out[k] = out[k] + p.inputs[k] * g
         return tuple(out)
 
-    def _pull_back_linear(self, quotients: list) -> Array:
+    def _pull_back_linear(self, quotients: Sequence[Array]) -> Array:
         r"""As few transposed products as the terms' structure allows.
 
         The transposed product of a linear layer is the same at every input and
@@ -488,11 +516,11 @@ class _Products:
         fewer; pieces with the same multiplier and direction on different weights
         share one with the combined weight (:math:`W + \gamma W^+`).
         """
-        (x,) = self.node.inputs
-        groups: dict = {}
+        (x,), apply = self.node.inputs, _apply(self.node)
+        groups: dict[Any, list[_Product]] = {}  # weight key -> its products
         for p in self.table.values():
             groups.setdefault(p.wkey, []).append(p)
-        pieces: list = []  # [multiplier {id: (coef, input)}, direction {term: coef}, [(coef, weight)]]
+        pieces: list[tuple[_Multiplier, _Direction, list[tuple[_Coef, Array]]]] = []  # ..., [(coef, weight)]
         for ps in groups.values():
             for mult, direction in _directions(ps):
                 for m0, d0, ws in pieces:
@@ -506,27 +534,29 @@ class _Products:
         out = jnp.zeros_like(x)
         for mult, direction, ws in pieces:
             w = _combine(ws)
-            _, pull = jax.vjp(lambda x_, w=w: self.node.apply((x_,), w), x)
+            _, pull = jax.vjp(lambda x_, w=w: apply((x_,), w), x)
             (g,) = pull(_combine([(c, quotients[t]) for t, c in direction.items()]))
             out = out + _combine([(c, a) for c, a in mult.values()]) * g
         return out
 
 
-def _combine(pairs: list) -> Array:
-    """``sum c * a`` over ``(c, a)``, without multiplying by a coefficient of 1."""
-    out = None
-    for c, a in pairs:
-        t = a if _concrete(c) and c == 1.0 else c * a
-        out = t if out is None else out + t
+def _combine(pairs: Sequence[tuple[_Coef, Array]]) -> Array:
+    """``sum c * a`` over ``(c, a)`` (at least one pair), without multiplying by a coefficient of 1."""
+    if not pairs:
+        raise ValueError("_combine needs at least one (coefficient, array) pair")
+    terms = [a if _concrete(c) and c == 1.0 else c * a for c, a in pairs]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
     return out
 
 
-def _directions(ps: list) -> list:
+def _directions(ps: list[_Product]) -> list[tuple[_Multiplier, _Direction]]:
     """``[(multiplier, direction)]``, ``multiplier = {id: (coef, input)}`` and
     ``direction = {term: coef}``, with ``sum multiplier * W^T direction`` equal to the
     products' ``sum x_p * W^T cotangent_p``: one per class of proportional
     cotangents, or one per term where that is fewer."""
-    classes: list = []  # [reference product, [(lambda, product)]]
+    classes: list[tuple[_Product, list[tuple[float, _Product]]]] = []  # reference product, [(lambda, product)]
     for p in ps:
         for ref, members in classes:
             lam = _parallel(ref.coefs, p.coefs)
@@ -557,6 +587,8 @@ def _quotient(products: _Products, term: Term, relevance: Array, epsilon: Any) -
                 else:
                     z = e.forward(node)
                 d = br.coef * c * z if d is None else d + br.coef * c * z
+        if d is None:  # every branch's weight is Combo(0, 0): its products are zero
+            d = jnp.zeros_like(node.output)
         if bias is not None:
             d = d + bias
     r = relevance if term.mask is None else jnp.where(term.mask, relevance, 0)
@@ -627,6 +659,7 @@ def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any)
         :class:`Combo` with :math:`W^+` on a node without weight.
     """
     _check_terms(node, terms)
+    _apply(node)  # refuse a node without a product before anything is computed
     products = _Products(node, relevance)
     quotients = [_quotient(products, term, relevance, epsilon) for term in terms]
     for t, term in enumerate(terms):
@@ -635,11 +668,11 @@ def propagate(node: Node, relevance: Array, terms: Sequence[Term], epsilon: Any)
                 products.entry(br, key, w).add(t, term.scale * br.coef * c)
     relevance_in = products.pull_back(quotients)
     if node.parameters and node.weight is not None:
-        return (*relevance_in, *_parameter_relevance(products, terms, quotients))
+        return (*relevance_in, *_parameter_relevance(products, node.weight, terms, quotients))
     return relevance_in
 
 
-def _parameter_relevance(products: _Products, terms: Sequence[Term], quotients: list) -> tuple:
+def _parameter_relevance(products: _Products, weight: Array, terms: Sequence[Term], quotients: Sequence[Array]) -> tuple:
     r"""``(R(W), R(b))``: the relevance of the weight and the bias share of one layer.
 
     The message from output :math:`k` to input :math:`j` through weight
@@ -655,12 +688,11 @@ def _parameter_relevance(products: _Products, terms: Sequence[Term], quotients: 
     summed to the bias's shape. Since ``apply`` is bilinear,
     :math:`\sum R(W) = \sum_{n,j} R_{\text{in}}` exactly, for every rule.
     """
-    node = products.node
-    weight: Array = node.weight
+    node, apply = products.node, _apply(products.node)
     w_rel = jnp.zeros(weight.shape, weight.dtype)
     for p in products.table.values():
         point = tuple(jnp.broadcast_to(a, x.shape) for a, x in zip(p.inputs, node.inputs))
-        _, pull = jax.vjp(lambda w, point=point: node.apply(point, w), p.weight)
+        _, pull = jax.vjp(lambda w, point=point: apply(point, w), p.weight)
         (g,) = pull(p.cotangent(quotients))
         w_rel = w_rel + (p.weight * g).astype(w_rel.dtype)
     b_rel = None
