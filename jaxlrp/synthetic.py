@@ -84,7 +84,8 @@ def _key_words(key: Key) -> list[int]:
     """The 32-bit words that seed numpy for an int seed or a JAX key."""
     if isinstance(key, (bool, np.bool_)):
         raise ValueError(f"key must be an int seed or a jax.random key, got {key!r}")
-    if isinstance(key, numbers.Integral):
+    # int and np.integer named for mypy, which does not count them as numbers.Integral
+    if isinstance(key, (int, np.integer, numbers.Integral)):
         seed = int(key)
         if not 0 <= seed < _MAX_SEED:
             raise ValueError(

@@ -285,6 +285,22 @@ def test_load_refuses_stray_batches_bad_meta_and_unknown_fields(tmp_path):
         jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
 
 
+def test_load_refuses_a_done_file_without_a_batch_count(tmp_path):
+    """``done-p000.json`` without its count was ``range(None)`` (TypeError); now named, and
+    the fix it gives (remove it, resume) restores the run."""
+    explain, params, x, y = _setup(16)
+    jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, progress=False)
+    done = tmp_path / "done-p000.json"
+    for bad in ("{}", '{"batches": "2"}', '{"batches": -1}', '{"batches": true}'):
+        done.write_text(bad)
+        with pytest.raises(ValueError, match="done-p000.json is malformed: 'batches' is .*remove it and resume"):
+            dataset.load(tmp_path)
+    done.unlink()
+    run = jaxlrp.explain_dataset(explain, params, _batches(x, y), tmp_path, resume=True, progress=False)
+    assert (run.computed, run.skipped) == (0, 2)
+    np.testing.assert_array_equal(dataset.load(tmp_path)["target"], y)
+
+
 # ------------------------------------------------------------------ issue 13: the lock
 
 

@@ -188,11 +188,13 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
     if process is not None and not 0 <= process < n_proc:
         raise ValueError(f"process {process} is not one of the {n_proc} processes of {out}")
     stray = sorted(name for (i, p), name in folders.items() if p >= n_proc)
-    counts = {}
+    counts: dict[int, int] = {}  # process -> its number of batches
     for p in procs:
         have = sorted(i for (i, q) in folders if q == p)
         done = os.path.join(out, f"done-p{p:03d}.json")
         k = read_json(done).get("batches") if os.path.exists(done) else len(have)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"{done} is malformed: 'batches' is {k!r}, not a count; remove it and resume the run")
         missing = sorted(set(range(k)) - set(have))
         if missing:
             raise ValueError(f"{out} lacks batch-{missing[0]:06d}-p{p:03d}: resume the run to compute it")
@@ -203,9 +205,9 @@ def _ordered(out: str, identity: dict, process: Optional[int]) -> list:
     finished = all(os.path.exists(os.path.join(out, f"done-p{p:03d}.json")) for p in procs)
     if len(set(counts.values())) > 1 and not finished:  # unequal shares are read once every process finished
         raise ValueError(f"the processes of {out} wrote different numbers of batches {counts}: resume the run")
-    if not counts or not max(counts.values()):  # type: ignore[type-var]
+    if not counts or not max(counts.values()):
         raise FileNotFoundError(f"no batches in {out}")
-    return [folders[i, p] for i in range(max(counts.values())) for p in procs if i < counts[p]]  # type: ignore[type-var,operator]
+    return [folders[i, p] for i in range(max(counts.values())) for p in procs if i < counts[p]]
 
 
 def load(
@@ -255,7 +257,8 @@ def load(
     unknown = [f for f in names if f not in available]
     if unknown or not names:
         raise ValueError(f"unknown fields {unknown} for {out}, which holds {available}")
-    parts, stops = {f: [] for f in names}, {}
+    parts: dict[str, list[Union[str, tuple]]] = {f: [] for f in names}  # field -> its files, in order
+    stops: dict[int, int] = {}  # process -> the end of its rows so far
     for name in _ordered(out, identity, process):
         folder = os.path.join(out, name)
         manifest = read_json(os.path.join(folder, MANIFEST))

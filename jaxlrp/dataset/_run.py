@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sized
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -304,7 +305,7 @@ def explain_dataset(
     mesh, data_sharding, n_local_shards = _data_mesh(mesh, data_axis)
     arrays, rebuild = _split(params)
     placed_arrays = _place_params(params, arrays, mesh, param_sharding)
-    if total is None and hasattr(batches, "__len__"):
+    if total is None and isinstance(batches, Sized):
         total = len(batches)
     process = jax.process_index()
     os.makedirs(out, exist_ok=True)
@@ -373,7 +374,7 @@ def _start(ctx: _Context, batch: dict, placed: dict, size: int) -> tuple:
     largest number of examples of the processes' first batches)."""
     stored = stored_identity(ctx.out)
     try:
-        fields = dict(ctx.step.eval_shape(ctx.arrays, placed))  # type: ignore[attr-defined]
+        fields = dict(jax.eval_shape(ctx.step, ctx.arrays, placed))  # = ctx.step.eval_shape (a jitted step)
     except Exception:  # a batch the model cannot take: if it is not the run on disk, say that first
         if stored is not None:
             cheap = run_identity(ctx.explain, ctx.fingerprint_params, batch, {}, ctx.metrics, size)
@@ -530,10 +531,12 @@ class _Loop:
                 if all(v["have"] for v in votes if v["has"]):
                     self.skipped += batch is not None
                 elif batch is None:  # a masked share: computed, not written
-                    if self.last is None:
-                        self.last = _place(self.ctx, self.latest, self.rows)  # type: ignore[arg-type]
+                    if self.last is None:  # this process's batches were all on disk: feed its last again
+                        self.last = _place(self.ctx, self._latest(), self.rows)
                     self.ctx.step(self.ctx.arrays, self.last)
                     self._flush()
+                elif inputs is None:  # a batch is prepared unless it failed, and _agree raised that
+                    raise RuntimeError(f"jaxlrp.dataset: batch {index} was not prepared (a bug)")
                 else:
                     self._compute(index, batch, placed, have, inputs)
                     self.repaired += existed and not have
@@ -554,6 +557,13 @@ class _Loop:
         return DatasetRun(
             self.ctx.out, self.count, self.computed, self.skipped, self.examples, elapsed, self.repaired
         )
+
+    def _latest(self) -> dict:
+        """The last batch of this process; every process has one once ``last`` is unset
+        (the first step places zeros as ``last`` for a process without a batch)."""
+        if self.latest is None:
+            raise RuntimeError("jaxlrp.dataset: a masked share before any batch or placed zeros (a bug)")
+        return self.latest
 
     def _compute(self, index: int, batch: dict, placed: Optional[dict], have: bool, inputs: dict) -> None:
         self.last = placed if placed is not None else _place(self.ctx, batch, self.rows)
@@ -581,6 +591,7 @@ def _place_params(params, arrays: list, mesh: Mesh, spec) -> list:
     from .._core.trace import is_array
 
     is_spec = lambda s: isinstance(s, (PartitionSpec, jax.sharding.Sharding))  # noqa: E731
+    # jaxlib ships no stubs for PyTreeDef (its documented flatten_up_to is unknown to mypy)
     specs = jax.tree_util.tree_structure(params).flatten_up_to(spec)  # type: ignore[attr-defined]
     leaves = jax.tree_util.tree_leaves(params)
     chosen = [s for leaf, s in zip(leaves, specs) if is_array(leaf)]

@@ -52,16 +52,22 @@ def stored_inputs(batch: Mapping[str, np.ndarray]) -> dict:
     for k, v in sorted(batch.items()):
         a = np.ascontiguousarray(v)
         h = hashlib.sha256(f"{a.shape} {a.dtype}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
+        h.update(_bytes(a))
         digests[k] = h.hexdigest()
     return digests
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy (a ``memoryview``: numpy's stubs
+    give arrays the buffer protocol only for Python >= 3.12)."""
+    return a.reshape(-1).view(np.uint8).data
 
 
 def _local_rows(a: jax.Array) -> np.ndarray:
     """The rows of a batch-sharded array held by this process, in order."""
     if not isinstance(a, jax.Array) or a.is_fully_addressable:
         return np.asarray(a)
-    rows = {}
+    rows: dict[int, np.ndarray] = {}  # first row -> the shard's rows
     for shard in a.addressable_shards:
         start = shard.index[0].start or 0
         rows.setdefault(start, np.asarray(shard.data))
@@ -99,7 +105,7 @@ def _fingerprint(params) -> dict:
             continue
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{a.shape} {a.dtype}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
+        h.update(_bytes(a))
     return {"sha256": h.hexdigest(), "leaves": len(leaves), "bytes_hashed": whole}
 
 
@@ -236,7 +242,7 @@ def _crc32(path: str) -> int:
     return crc
 
 
-def npy_header(path: str) -> tuple:
+def npy_header(path: PathLike) -> tuple:
     """``(shape, dtype)`` from a ``.npy`` header, without reading the data."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
@@ -441,7 +447,7 @@ def _save(path: str, a: np.ndarray) -> dict:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         crc = zlib.crc32(f.read(size - a.nbytes))  # the .npy header
-    crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
+    crc = zlib.crc32(_bytes(a), crc)
     entry = {"shape": list(a.shape), "dtype": str(dtype), "bytes": size, "crc32": crc}
     return entry if bits is None else {**entry, "stored": str(bits)}
 
