@@ -18,16 +18,18 @@ Everything is deterministic for a given ``--seed``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 import optax  # noqa: F401  (used by models.fit; imported here so that `jaxlrp demo` names the missing extra before any work)
 
 from . import composites, metrics, rules, synthetic, variants, viz
@@ -66,11 +68,20 @@ def methods(low: float, high: float) -> dict:
     }
 
 
+def _logits(model: nn.Module, params: Any, x: ArrayLike) -> jax.Array:
+    """``model.apply(params, x)``, checked to be an array: linen types ``apply`` with the
+    ``(output, state)`` pair too, which only ``mutable=`` returns."""
+    out = model.apply(params, x)
+    if not isinstance(out, jax.Array):
+        raise TypeError(f"{type(model).__name__} returned {type(out).__name__}, not an array of logits")
+    return out
+
+
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, quiet: bool = True):
     """The demo's model trained with :func:`jaxlrp.models.fit`: Adam (2e-3) on softmax
     cross-entropy, batches of 64 in a fixed shuffled order, initialised from ``seed``."""
     params = model.init(jax.random.PRNGKey(seed), x[:1])
-    params, _ = fit(model.apply, params, x, y, steps=steps, learning_rate=2e-3, seed=seed, progress=not quiet)
+    params, _ = fit(functools.partial(_logits, model), params, x, y, steps=steps, learning_rate=2e-3, seed=seed, progress=not quiet)
     return params
 
 
@@ -110,14 +121,14 @@ def run(cfg: Config) -> dict:
     classes = len(synthetic.SHAPES)
     model = DemoCNN(classes)
     params = train(model, x_train, y_train, cfg.steps, cfg.seed, cfg.quiet)
-    y_pred = jnp.argmax(model.apply(params, x_test), -1)
+    y_pred = jnp.argmax(_logits(model, params, x_test), -1)
     accuracy = float(jnp.mean(y_pred == y_test))
     if not cfg.quiet:
         print(f"held-out accuracy {accuracy:.1%} on {len(x_test)} images", file=sys.stderr)
 
     x, mask, target = jnp.asarray(x_test[: cfg.explain]), m_test[: cfg.explain], y_pred[: cfg.explain]
     onehot = jax.nn.one_hot(target, classes)
-    grad = jax.jit(lambda p, x: jax.grad(lambda x: jnp.sum(model.apply(p, x) * onehot))(x))
+    grad = jax.jit(lambda p, x: jax.grad(lambda x: jnp.sum(_logits(model, p, x) * onehot))(x))
     t_grad = _timed(grad, params, x)
 
     low, high = float(ds.x.min()), float(ds.x.max())

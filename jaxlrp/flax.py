@@ -62,7 +62,7 @@ import dataclasses
 import fnmatch
 import functools
 import inspect as _inspect
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +221,7 @@ def module_path(layer: Layer) -> str:
     return _paths.layer_name(layer.param_paths)
 
 
-def _is_glob(m: Matcher) -> bool:
+def _is_glob(m: Matcher) -> TypeGuard[str]:
     return isinstance(m, str) and m not in _composites.MATCHER_WORDS
 
 

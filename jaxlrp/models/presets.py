@@ -8,7 +8,7 @@ model of its family.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -173,7 +173,7 @@ def canonical_composite(model: Any, **kwargs: Any) -> Composite:
     :func:`resnet_composite`, :func:`cnn_composite`, :func:`sequence_composite`);
     an :class:`~jaxlrp.models.linen.MLP` gets ``EpsilonPlus`` (epsilon on dense
     layers)."""
-    table = {
+    table: dict[str, Callable[..., Composite]] = {
         "VGG": vgg_composite,
         "ResNet": resnet_composite,
         "CNN": cnn_composite,

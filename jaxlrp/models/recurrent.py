@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.core import freeze, unfreeze
+from jax.typing import ArrayLike
 
 from .. import composites as _composites
 from .. import rules as _rules
@@ -261,7 +262,7 @@ def landt_hayen_esn(leak_rate: float, **overrides: Any) -> EchoStateNetwork:
     **overrides:
         Any other :class:`EchoStateNetwork` attribute.
     """
-    kw = dict(reservoir_size=300, num_outputs=1, leak_rate=leak_rate, spectral_radius=0.8, sparsity=0.7,
+    kw: dict[str, Any] = dict(reservoir_size=300, num_outputs=1, leak_rate=leak_rate, spectral_radius=0.8, sparsity=0.7,
               input_scale=0.1, bias_scale=0.1, radius="real", joint=True, feed="columns")
     kw.update(overrides)
     return EchoStateNetwork(**kw)
@@ -338,12 +339,12 @@ def esn_composite(model: Any, **kwargs: Any) -> ESNComposite:
     return ESNComposite(float(model), **kwargs)
 
 
-def reservoir_states(model: EchoStateNetwork, variables: Any, x: jax.Array, batch_size: Optional[int] = None) -> np.ndarray:
+def reservoir_states(model: EchoStateNetwork, variables: Any, x: ArrayLike, batch_size: Optional[int] = None) -> np.ndarray:
     """Final reservoir states ``(N, reservoir_size)`` of images ``x``, in batches."""
-    x = np.asarray(x)
+    images = np.asarray(x)
     fn = jax.jit(lambda v, xb: model.apply(v, xb, return_state=True))
-    bs = len(x) if batch_size is None else int(batch_size)
-    return np.concatenate([np.asarray(fn(variables, x[i:i + bs])) for i in range(0, len(x), bs)])
+    bs = len(images) if batch_size is None else int(batch_size)
+    return np.concatenate([np.asarray(fn(variables, images[i:i + bs])) for i in range(0, len(images), bs)])
 
 
 def ridge_regression(features: np.ndarray, targets: np.ndarray, ridge: float = 1e-6) -> tuple:
@@ -386,7 +387,7 @@ def ridge_regression(features: np.ndarray, targets: np.ndarray, ridge: float = 1
     return (W[:, 0], b[0]) if vec else (W, b)
 
 
-def fit_readout(model: EchoStateNetwork, variables: Any, x: jax.Array, y: jax.Array, *, ridge: float = 1e-6,
+def fit_readout(model: EchoStateNetwork, variables: Any, x: ArrayLike, y: ArrayLike, *, ridge: float = 1e-6,
                 batch_size: Optional[int] = None) -> Any:
     """Fit the readout of an echo state network in closed form (ridge regression).
 
@@ -412,19 +413,19 @@ def fit_readout(model: EchoStateNetwork, variables: Any, x: jax.Array, y: jax.Ar
     -------
     The variables with ``params/readout`` replaced by the fitted weights.
     """
-    y = np.asarray(y)
+    labels = np.asarray(y)
     k = model.num_outputs
-    if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
-        if y.ndim != 1:
-            raise ValueError(f"integer labels must have shape (N,), got {y.shape}")
+    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool:
+        if labels.ndim != 1:
+            raise ValueError(f"integer labels must have shape (N,), got {labels.shape}")
         if k == 1:
-            targets = (2.0 * (y == 1) - 1.0)[:, None]
+            targets = (2.0 * (labels == 1) - 1.0)[:, None]
         else:
-            targets = 2.0 * np.eye(k)[y] - 1.0
+            targets = 2.0 * np.eye(k)[labels] - 1.0
     else:
-        targets = y.reshape(len(y), -1)
+        targets = labels.reshape(len(labels), -1)
         if targets.shape[1] != k:
-            raise ValueError(f"targets must have {k} columns, got shape {y.shape}")
+            raise ValueError(f"targets must have {k} columns, got shape {labels.shape}")
     states = reservoir_states(model, variables, x, batch_size)
     W, b = ridge_regression(states, targets, ridge)
     v = unfreeze(variables) if not isinstance(variables, dict) else jax.tree_util.tree_map(lambda a: a, variables)

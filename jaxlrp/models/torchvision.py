@@ -44,9 +44,11 @@ NAMES = tuple(
 # How a torchvision tensor becomes a linen variable.
 CONV, LINEAR, LINEAR_CHW, VECTOR = "conv", "linear", "linear_chw", "vector"
 _TRACKED = ".num_batches_tracked"
+#: Where a torchvision tensor goes: ``(collection, path in the linen variables, how to convert it)``.
+_Target = tuple[str, tuple[str, ...], str]
 
 
-def _bn_keys(torch_prefix: str, path: tuple) -> dict:
+def _bn_keys(torch_prefix: str, path: tuple[str, ...]) -> dict[str, _Target]:
     return {
         f"{torch_prefix}.weight": ("params", path + ("scale",), VECTOR),
         f"{torch_prefix}.bias": ("params", path + ("bias",), VECTOR),
@@ -55,20 +57,21 @@ def _bn_keys(torch_prefix: str, path: tuple) -> dict:
     }
 
 
-def _dense_keys(torch_prefix: str, path: tuple, kind: str = LINEAR) -> dict:
+def _dense_keys(torch_prefix: str, path: tuple[str, ...], kind: str = LINEAR) -> dict[str, _Target]:
     return {
         f"{torch_prefix}.weight": ("params", path + ("kernel",), kind),
         f"{torch_prefix}.bias": ("params", path + ("bias",), VECTOR),
     }
 
 
-def _vgg_keys(depth: int, batch_norm: bool) -> dict:
+def _vgg_keys(depth: int, batch_norm: bool) -> dict[str, _Target]:
     """torchvision's ``features.{i}`` / ``classifier.{i}`` keys of VGG, in order.
 
     ``features`` is a flat ``Sequential``: each convolution is followed by a ReLU
     (and, in the ``_bn`` variants, a BatchNorm before it), each block by a max pool.
     """
-    keys, idx = {}, 0
+    keys: dict[str, _Target] = {}
+    idx = 0
     for b, n in enumerate(C.vgg_blocks(depth), start=1):
         for i in range(1, n + 1):
             keys.update(_dense_keys(f"features.{idx}", (f"conv{b}_{i}",), CONV))
@@ -84,12 +87,12 @@ def _vgg_keys(depth: int, batch_norm: bool) -> dict:
     return keys
 
 
-def _resnet_keys(depth: int) -> dict:
+def _resnet_keys(depth: int) -> dict[str, _Target]:
     """torchvision's ResNet keys: ``conv1``, ``bn1``, ``layer{s}.{i}.conv{k}``,
     ``layer{s}.{i}.bn{k}``, ``layer{s}.{i}.downsample.{0,1}``, ``fc``."""
     _, kind = C.resnet_stages(depth)
     convs = 2 if kind == "basic" else 3
-    keys = {"conv1.weight": ("params", ("conv1", "kernel"), CONV)}
+    keys: dict[str, _Target] = {"conv1.weight": ("params", ("conv1", "kernel"), CONV)}
     keys.update(_bn_keys("bn1", ("bn1",)))
     for name, _, _, downsample in C.resnet_blocks(depth, 64):
         stage, index = name[len("layer"):].split("_")

@@ -344,6 +344,10 @@ class _NnxEncoder(nnx.Module):
         self.ln_final = nnx.LayerNorm(dim, use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
         self.head = nnx.Linear(dim, num_classes, use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
 
+    def embed(self, x: Array) -> Array:
+        """The embedded sequence of the raw input (each model has its own)."""
+        raise NotImplementedError
+
     def encode(self, x: Array) -> Array:
         """Logits of an embedded sequence (see :meth:`ViT.encode`)."""
         for i in range(self.depth):
@@ -449,7 +453,7 @@ def from_embeddings(model: Any) -> Callable:
         graphdef = nnx.graphdef(model)
         return lambda state, x: nnx.merge(graphdef, state).encode(x)
     if isinstance(model, nn.Module):
-        return lambda variables, x: model.apply(variables, x, method=type(model).encode)
+        return lambda variables, x: model.apply(variables, x, method="encode")
     raise TypeError(f"expected a linen or nnx transformer, got {type(model).__name__}")
 
 
