@@ -98,7 +98,6 @@ __all__ = [
     "load_linen_variables",
 ]
 
-Array = Any
 Model = Union[nn.Module, nnx.Module]
 Method = Union[str, Callable, None]
 

@@ -12,9 +12,11 @@ import functools
 from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-Array = Any
+#: JAX arrays, as Flax types its layers' inputs and outputs (NumPy inputs work too).
+Array = jax.Array
 
 #: Convolutions per block of VGG (five blocks, each followed by 2x2 max pooling).
 VGG_BLOCKS = {

@@ -29,13 +29,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from . import _common as C
 
 __all__ = ["MLP", "CNN", "VGG", "ResNet", "BasicBlock", "Bottleneck", "SequenceCNN", "from_name"]
 
-Array = Any
+#: JAX arrays, as Flax types its layers' inputs and outputs (NumPy inputs work too).
+Array = jax.Array
 
 
 class MLP(nn.Module):

@@ -40,7 +40,8 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = ["Config", "init", "embed", "decoder", "block", "param_specs", "param_count"]
 
-Array = Any
+#: JAX arrays (NumPy inputs work too).
+Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)

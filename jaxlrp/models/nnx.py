@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -24,7 +25,8 @@ from . import _common as C
 
 __all__ = ["MLP", "CNN", "VGG", "ResNet", "BasicBlock", "Bottleneck", "SequenceCNN", "from_name"]
 
-Array = Any
+#: JAX arrays, as Flax types its layers' inputs and outputs (NumPy inputs work too).
+Array = jax.Array
 
 
 def _linear(n_in: int, n_out: int, use_bias: bool, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:

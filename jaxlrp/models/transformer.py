@@ -48,6 +48,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights as _attention_weights
@@ -68,7 +69,8 @@ __all__ = [
     "explain_tokens",
 ]
 
-Array = Any
+#: JAX arrays, as Flax types its layers' inputs and outputs (NumPy inputs work too).
+Array = jax.Array
 
 _POS_INIT = nn.initializers.normal(stddev=0.02)
 _POOLS = ("mean", "cls")
