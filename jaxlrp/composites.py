@@ -620,16 +620,17 @@ class ZeroEpsilonGammaBox(Composite):
         _require_bounds(type(self).__name__, "zero_epsilon_gamma_box", low, high)
         if maxpool not in ("proportional", "winner"):
             raise ValueError(f"maxpool must be 'proportional' or 'winner', got {maxpool!r}")
-        fraction = isinstance(lower, (int, float)) and not isinstance(lower, bool)
-        if fraction and not 0.0 <= lower <= 1.0:  # type: ignore[operator]
+        # lower as a fraction (a number), or None for a matcher
+        fraction = float(lower) if isinstance(lower, (int, float)) and not isinstance(lower, bool) else None
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"lower must be a fraction in [0, 1] or a matcher, got {lower!r}")
         pool = _rules.MaxPoolProportional(stabilizer) if maxpool == "proportional" else _rules.WinnerTakesAll()
         self._head = list(rules) + [("first", _rules.ZBox(low, high, stabilizer)),
                                     (upper, _rules.Epsilon(stabilizer))]
         self._gamma = _rules.Gamma(gamma, stabilizer)
         self._tail = [("linear", _rules.EpsilonStd(factor, stabilizer)), ("maxpool", pool)] + _aggregates(stabilizer)
-        self._upper, self._lower = as_matcher(upper), (float(lower) if fraction else lower)  # type: ignore[arg-type]
-        super().__init__(self._head + ([] if fraction else [(lower, self._gamma)]) + self._tail, strict=strict)
+        self._upper, self._lower = as_matcher(upper), (lower if fraction is None else fraction)
+        super().__init__(self._head + ([] if fraction is not None else [(lower, self._gamma)]) + self._tail, strict=strict)
 
     def _resolved(self, layers: Sequence[Layer]) -> Composite:
         """The composite with a fractional ``lower`` turned into the layer indices."""
