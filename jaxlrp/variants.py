@@ -293,7 +293,7 @@ class Relative(Rule):
     mode: str = "layer"
     kinds = WEIGHTED_KINDS | AGGREGATE_KINDS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mode not in RELATIVE_MODES:
             raise ValueError(f"mode must be one of {RELATIVE_MODES}, got {self.mode!r}")
 
@@ -390,7 +390,7 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 # ------------------------------------------------------------------------------- PLRP
 
 
-def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int):
+def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
     Returns ``(pruned, mags, e)``: ``pruned`` of shape ``(2, B, n)`` (sign, example,
@@ -520,7 +520,7 @@ class Pruned(Rule):
     p_neg: Optional[Proportion] = None
     mode: str = "lambda"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.rule, Rule):
             raise TypeError(f"Pruned wraps a jaxlrp rule, got {self.rule!r}")
         if self.mode not in MODES:
@@ -756,7 +756,7 @@ class PrunedComposite(Composite):
                     )
         return tuple(self.rule_for(layer) for layer in layers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"PrunedComposite({self._base!r}, p={self._p!r}, p_neg={self._p_neg!r}, mode={self._mode!r}"
                 + (", input_layer=True)" if self._input_layer else ")"))
 

@@ -129,8 +129,11 @@ class Rule:
     #: Rules without it are refused there.
     parameter_relevance: bool = False
 
-    def __post_init__(self):
-        """Reject negative (or NaN) stabilisers and rule parameters with ``ValueError``."""
+    def __post_init__(self) -> None:
+        """Reject negative (or NaN) stabilisers and rule parameters with ``ValueError``
+        (the fields of a dataclass rule; a rule that is no dataclass has none)."""
+        if not dataclasses.is_dataclass(self):
+            return
         for f in dataclasses.fields(self):
             if f.name in _NONNEGATIVE_PARAMETERS:
                 check_nonnegative(f.name, getattr(self, f.name))
@@ -201,7 +204,7 @@ def depend(w: Array, r: Array) -> Array:
 
 
 @depend.defjvp
-def _depend_jvp(primals, tangents):
+def _depend_jvp(primals: tuple, tangents: tuple) -> tuple:
     return depend(*primals), tangents[0]
 
 
@@ -217,7 +220,7 @@ def _depend(w: Array, r: Array) -> Array:
 
 
 @_depend.def_vmap
-def _depend_vmap(axis_size, in_batched, w, r):
+def _depend_vmap(axis_size: int, in_batched: Sequence[bool], w: Array, r: Array) -> tuple[Array, bool]:
     w_batched, r_batched = in_batched
     return _depend(w, r[0] if r_batched else r), w_batched
 
@@ -298,7 +301,7 @@ class Branch:
     weight: Union[Array, Combo, None] = None
     coef: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
 
 
@@ -338,7 +341,7 @@ class Term:
     scale: float = 1.0
     denominator: Optional[Array] = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
         if not self.branches:
             raise ValueError("a Term needs at least one Branch")

@@ -9,7 +9,7 @@ The formulas are in each class's docstring and in :mod:`jaxlrp.rules`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,7 @@ class Epsilon(Rule):
     parameter_relevance = True
     relevance_to_zeros = "none"
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         if self.ignore_bias and node.bias is not None:
             # d = x W, recomputed: z - b would lose x W to rounding where |x W| << |b|
             term = Term([Branch(node.inputs, node.weight)])
@@ -101,7 +101,7 @@ class ZPlus(Rule):
     parameter_relevance = True
     relevance_to_zeros = "none"
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         term = _positive_term(node, sign_parts(node), negative(depend(node.weight, relevance)), self.ignore_bias)
         return propagate(node, relevance, [term], self.stabilizer)
 
@@ -144,12 +144,12 @@ class AlphaBeta(Rule):
     parameter_relevance = True
     relevance_to_zeros = "none"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={self.alpha}, beta={self.beta}")
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         parts, w_neg = sign_parts(node), negative(depend(node.weight, relevance))  # shared by the terms
         terms = [_positive_term(node, parts, w_neg, self.ignore_bias, self.alpha)]
         if self.beta:
@@ -186,7 +186,7 @@ class Gamma(Rule):
     parameter_relevance = True
     relevance_to_zeros = "none"
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         # z > 0: x+ (w + g w+) + x- (w + g w-) = z + g (x+ w+ + x- w-); z < 0: x+ (w + g w-) +
         # x- (w + g w+) = (1 + g) z - g (x+ w+ + x- w-), a sum of same-signed parts where z < 0.
         # z is the forward output, so only x+ w+ and x- w- are new products (only x w+ for x >= 0).
@@ -229,7 +229,7 @@ class ZBox(Rule):
     kinds = WEIGHTED_KINDS
     parameter_relevance = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         try:
             bad = bool(jnp.any(jnp.asarray(self.low) > jnp.asarray(self.high)))
@@ -238,7 +238,7 @@ class ZBox(Rule):
         if bad:
             raise ValueError("ZBox needs low <= high")
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         # x w - l w+ - h w- with w- = w - w+: x w is the forward output, l w+ and h w are the
         # same for every example (computed once), and the transposed products are two:
         # (x - h) w^T s and (h - l) w+^T s.
@@ -266,7 +266,9 @@ class Flat(Rule):
     kinds = WEIGHTED_KINDS
     parameter_relevance = True
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
+        if node.weight is None:
+            raise ValueError(f"Flat needs a weighted layer, the {node.kind} node has no weight")
         term = Term([Branch((constant_input(1.0, node),), jnp.ones_like(node.weight))])
         return propagate(node, relevance, [term], self.stabilizer)
 
@@ -293,7 +295,7 @@ class WSquare(Rule):
     kinds = WEIGHTED_KINDS
     parameter_relevance = True
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         term = Term(
             [Branch((constant_input(1.0, node),), jnp.square(depend(node.weight, relevance)))],
             bias=layer_bias(node, self.ignore_bias, jnp.square),
@@ -320,7 +322,7 @@ class Norm(Rule):
     kinds = AGGREGATE_KINDS
     relevance_to_zeros = "none"
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         term = Term([Branch(node.inputs, node.weight)], bias=node.bias, denominator=node.output)
         return propagate(node, relevance, [term], self.stabilizer)
 
@@ -343,7 +345,7 @@ class Uniform(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"product", "glu", "gate", "attention"})
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         n = len(node.inputs)
         term = Term([Branch(node.inputs, node.weight)], scale=1.0 / n, denominator=node.output)
         return propagate(node, relevance, [term], self.stabilizer)
@@ -380,12 +382,15 @@ class SignalTakesAll(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"gate", "glu", "normalize", "attention", "divide"})
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         signal, gate = node.inputs
         elementwise = not node.primitive or node.primitive in PRODUCTS | QUOTIENTS
         if elementwise and signal.shape == relevance.shape:
             return relevance, jnp.zeros_like(gate)
-        _, pull = jax.vjp(lambda s: node.apply((s, gate), None), signal)
+        apply = node.apply
+        if apply is None:
+            raise ValueError(f"SignalTakesAll needs the layer's function; none for a {node.kind!r} layer")
+        _, pull = jax.vjp(lambda s: apply((s, gate), None), signal)
         (g,) = pull(divide(relevance, stabilize(node.output, self.stabilizer)))
         return signal * g, jnp.zeros_like(gate)
 
@@ -411,7 +416,7 @@ class Softmax(Rule):
     stabilizer: float = 1e-6
     kinds = frozenset({"softmax"})
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         term = Term([Branch(node.inputs, None)], denominator=node.output)
         (r,) = propagate(node, relevance, [term], self.stabilizer)
         return (jnp.where(jnp.isneginf(node.inputs[0]), 0, r),)
@@ -431,7 +436,7 @@ class Pass(Rule):
     kinds = frozenset({"activation"}) | WEIGHTED_KINDS
     relevance_to_zeros = "routed"
 
-    def check(self, layer):
+    def check(self, layer: Any) -> Optional[str]:
         if layer.kind in WEIGHTED_KINDS and tuple(layer.input_shapes[0]) != tuple(layer.output_shape):
             return (
                 f"the identity needs equal input and output shapes, got {layer.input_shapes[0]} -> "
@@ -439,7 +444,7 @@ class Pass(Rule):
             )
         return None
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         return (relevance,)
 
 
@@ -463,10 +468,11 @@ class Gradient(Rule):
 
     kinds = frozenset(KINDS)
 
-    def __call__(self, node, relevance):
-        if node.apply is None:  # pragma: no cover - every node kind has an apply
+    def __call__(self, node: Node, relevance: Array) -> tuple:
+        apply = node.apply
+        if apply is None:  # pragma: no cover - every node kind has an apply
             raise ValueError(f"Gradient needs the layer's function; none for a {node.kind!r} layer")
-        _, pull = jax.vjp(lambda *xs: node.apply(xs, node.weight), *node.inputs)
+        _, pull = jax.vjp(lambda *xs: apply(xs, node.weight), *node.inputs)
         return tuple(pull(relevance.astype(node.output.dtype)))
 
 
@@ -482,7 +488,7 @@ class _ReLURule(Rule):
 
     kinds = frozenset({"activation"})
 
-    def check(self, layer):
+    def check(self, layer: Any) -> Optional[str]:
         function = getattr(layer, "function", "")
         if function == "relu":
             return None
@@ -504,7 +510,7 @@ class ReLUGuidedBackprop(_ReLURule):
     .. math:: R_{\text{in}} = R \,[z > 0]\,[R > 0].
     """
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         (x,) = node.inputs
         keep = (x > 0) & (relevance > 0)
         return (jnp.where(keep, relevance, jnp.zeros_like(relevance)),)
@@ -518,7 +524,7 @@ class ReLUDeconvNet(_ReLURule):
     .. math:: R_{\text{in}} = \max(R, 0).
     """
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         return (jnp.maximum(relevance, jnp.zeros_like(relevance)),)
 
 
@@ -539,12 +545,12 @@ class ReLUBetaSmooth(_ReLURule):
 
     beta_smooth: float = 10.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         beta = float(self.beta_smooth)
         if not beta > 0 or beta == float("inf"):
             raise ValueError(f"beta_smooth must be positive and finite, got {self.beta_smooth!r}")
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         (x,) = node.inputs
         gate = jax.nn.sigmoid(jnp.asarray(self.beta_smooth, x.dtype) * x)
         return ((gate * relevance).astype(relevance.dtype),)

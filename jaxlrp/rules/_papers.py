@@ -16,6 +16,7 @@ from .._core.kinds import WEIGHTED_KINDS
 from .._core.engine import (
     Array,
     Branch,
+    Node,
     Rule,
     Term,
     check_nonnegative,
@@ -72,13 +73,13 @@ class EpsilonStd(Rule):
     parameter_relevance = True
     relevance_to_zeros = "none"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         check_nonnegative("factor", self.factor)
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         b = layer_bias(node, self.ignore_bias)
-        z = node.output if b is node.bias else node.output - node.bias
+        z = node.output - node.bias if b is None and node.bias is not None else node.output  # z without b
         eps = self.factor * _spread(z, _example_axes(z, node.example_ndim), self.centered)
         eps = eps + jnp.asarray(self.epsilon, z.dtype)
         term = Term([Branch(node.inputs, node.weight)], bias=b, denominator=z)
@@ -127,12 +128,12 @@ class FixedShares(Rule):
     shares: tuple = (0.5, 0.5)
     kinds = frozenset({"sum"})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
         for s in self.shares:
             check_nonnegative("share", s)
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         if len(node.inputs) != len(self.shares):
             raise ValueError(f"FixedShares{self.shares} applies to sums of {len(self.shares)} inputs, "
                              f"got a sum of {len(node.inputs)}; match only the intended sum")
@@ -154,8 +155,11 @@ class WinnerTakesAll(Rule):
     kinds = frozenset({"maxpool"})
     relevance_to_zeros = "routed"
 
-    def __call__(self, node, relevance):
-        _, pull = jax.vjp(lambda x: node.apply((x,), None), node.inputs[0])
+    def __call__(self, node: Node, relevance: Array) -> tuple:
+        apply = node.apply
+        if apply is None:
+            raise ValueError(f"WinnerTakesAll needs the layer's function; none for a {node.kind!r} layer")
+        _, pull = jax.vjp(lambda x: apply((x,), None), node.inputs[0])
         return pull(relevance)
 
 
@@ -183,8 +187,10 @@ class MaxPoolProportional(Rule):
     kinds = frozenset({"maxpool"})
     relevance_to_zeros = "none"
 
-    def __call__(self, node, relevance):
+    def __call__(self, node: Node, relevance: Array) -> tuple:
         (x,) = node.inputs
+        if node.apply is None:
+            raise ValueError(f"MaxPoolProportional needs the layer's function; none for a {node.kind!r} layer")
         window_sum = _window_sum(node.apply, x)
         z, pull = jax.vjp(window_sum, x)
         (c,) = pull(divide(relevance, stabilize(z, self.stabilizer)))
