@@ -151,6 +151,21 @@ def test_engine_refuses_a_node_without_product():
         rules.propagate(act, x, [rules.Term([rules.Branch((x,))])], 0.0)
 
 
+@pytest.mark.parametrize("rule,kind", [
+    (rules.Flat(), "dense"),
+    (rules.SignalTakesAll(), "attention"),
+    (rules.WinnerTakesAll(), "maxpool"),
+    (rules.MaxPoolProportional(), "maxpool"),
+], ids=lambda v: type(v).__name__ if isinstance(v, rules.Rule) else None)
+def test_rules_refuse_a_node_without_what_they_need(rule, kind):
+    """A hand-made node without a weight (Flat) or a function (the others): named, not a TypeError."""
+    x = jnp.ones((2, 3))
+    inputs = (x, x[:, :1]) if kind == "attention" else (x,)
+    node = rules.Node(kind, inputs, None, None, x[:, :2], None)
+    with pytest.raises(ValueError, match=f"{type(rule).__name__} needs"):
+        rule(node, jnp.ones((2, 2)))
+
+
 def test_zero_combo_equals_a_zero_weight():
     """``Combo(0, 0)`` is the weight 0: no products, the denominator is the bias alone
     (it used to add ``None`` to the bias), the same relevance as an explicit zero weight."""
