@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from ._store import (
@@ -45,7 +46,7 @@ class _Parts(Sequence):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, j):
+    def __getitem__(self, j: Any) -> Any:  # an int: a part; a slice: a list of parts
         if isinstance(j, slice):
             return [self[k] for k in range(*j.indices(len(self)))]
         item = self._items[j]
@@ -104,17 +105,17 @@ class LazyRows(NDArrayOperatorsMixin):
     def __repr__(self) -> str:
         return f"LazyRows(shape={self.shape}, dtype={self.dtype}, parts={len(self.parts)})"
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: Optional[DTypeLike] = None, copy: Optional[bool] = None) -> np.ndarray:
         a = self._span(0, len(self))
         return a if dtype is None else a.astype(dtype, copy=False)
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if any(isinstance(o, LazyRows) for o in kwargs.get("out", ())):
             return NotImplemented  # read-only
         inputs = tuple(np.asarray(a) if isinstance(a, LazyRows) else a for a in inputs)
         return getattr(ufunc, method)(*inputs, **kwargs)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> np.ndarray:
         head, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
         n = len(self)
         if isinstance(head, (int, np.integer)):
@@ -147,7 +148,7 @@ class LazyRows(NDArrayOperatorsMixin):
                 out[a - lo : b - lo] = self.parts[j][a - o : b - o]
         return out
 
-    def _indices(self, head) -> np.ndarray:
+    def _indices(self, head: ArrayLike) -> np.ndarray:
         idx = np.asarray(head)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
