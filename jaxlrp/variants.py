@@ -393,21 +393,24 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, mags, e)``: ``pruned`` of shape ``(2, B, n)`` (sign, example,
-    flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same shape, and
-    the number of example axes used.
+    Returns ``(pruned, mags, e, kept)``: ``pruned`` of shape ``(2, B, n)`` (sign,
+    example, flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same
+    shape, the number of example axes used, and the mass each (sign, example) keeps
+    (the same sum :func:`_rescale` would take again: where ties would prune a sign's
+    whole mass nothing is pruned, and its kept mass is its total).
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
     zero = jnp.zeros((), r.dtype)
     mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta = _threshold(mags, p * jnp.sum(mags, axis=-1))
+    total = jnp.sum(mags, axis=-1)
+    theta = _threshold(mags, p * total)
     pruned = (mags > 0) & (mags <= theta[..., None])
     # ties at the threshold could remove a sign's whole mass: then prune none of it
     kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
-    pruned = pruned & (kept > 0)[..., None]
-    return pruned, mags, e
+    ok = kept > 0
+    return pruned & ok[..., None], mags, e, jnp.where(ok, kept, total)
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
@@ -475,7 +478,7 @@ def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, exam
     Array
         Boolean, shape of ``r``.
     """
-    pruned, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
+    pruned, _, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
     return (pruned[0] | pruned[1]).reshape(r.shape)
 
 
@@ -543,20 +546,20 @@ class Pruned(Rule):
             return self.rule(node, relevance)
         if self.mode == "lambda":
             (r,) = self.rule(node, relevance)
-            pruned, mags, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
-            return (_rescale(r, pruned, mags),)
+            pruned, mags, _, kept = _prune(r, self.p, self.p_negative, node.example_ndim)
+            return (_rescale(r, pruned, mags, kept),)
         # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
         r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
-        pruned, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
+        pruned, _, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
         keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, mags: Array) -> Array:
-    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass."""
+def _rescale(r: Array, pruned: Array, mags: Array, kept: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass
+    (``kept``: the unpruned mass of each sign, from :func:`_prune`)."""
     zero = jnp.zeros((), r.dtype)
     total = jnp.sum(mags, axis=-1)
-    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
     # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
     lam = jnp.where(jnp.any(pruned, axis=-1), total / jnp.where(kept > 0, kept, 1), 1)
     flat = r.reshape(mags.shape[1:])
