@@ -6,6 +6,7 @@ The model is :mod:`jaxlrp.models.llama` (RMSNorm, RoPE, causal softmax attention
 SwiGLU); the reference is the same model unrolled in Python, explained in float64.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -35,13 +36,21 @@ def _unrolled(comp, params, h, **kw):
     return jaxlrp.lrp(llama.decoder(CFG, scan=False), comp)(params, h, target=3, **kw)
 
 
+@functools.cache
+def _reference(comp: str) -> np.ndarray:
+    """The unrolled float64 model's relevance on :func:`_setup`'s input under
+    ``COMPS[comp]``: the reference of four tests, compiled once per composite."""
+    params, h = _setup()
+    return np.asarray(_unrolled(COMPS[comp], params, h))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
 @pytest.mark.parametrize("comp", list(COMPS))
 def test_scanned_llama_equals_unrolled(comp, remat):
     params, h = _setup()
     explain = jax.jit(jaxlrp.lrp(llama.decoder(CFG, scan=True, remat=remat), COMPS[comp]), static_argnames="target")
-    a, b = explain(params, h, target=3), _unrolled(COMPS[comp], params, h)
+    a, b = explain(params, h, target=3), _reference(comp)
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
     assert np.abs(b).max() > 0
 
@@ -75,7 +84,7 @@ def test_linen_nn_scan_of_remat_blocks_equals_unrolled():
     variables = {"params": {k: params[k] for k in ("layers", "final_norm", "head")}}
     a = jax.jit(jaxlrp.lrp(_LinenDecoder(CFG).apply, COMPS["attnlrp"]), static_argnames="target")(
         variables, h, target=3)
-    np.testing.assert_allclose(a, _unrolled(COMPS["attnlrp"], params, h), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(a, _reference("attnlrp"), rtol=1e-10, atol=1e-14)
 
 
 class _NnxBlock(nnx.Module):
@@ -103,7 +112,7 @@ def test_nnx_scan_over_stacked_blocks_equals_unrolled():
         return llama._rms_norm(h[:, -1], params["final_norm"], CFG.eps) @ params["head"]
 
     a = jax.jit(jaxlrp.lrp(fn, COMPS["attnlrp"]), static_argnames="target")(state, h, target=3)
-    np.testing.assert_allclose(a, _unrolled(COMPS["attnlrp"], params, h), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(a, _reference("attnlrp"), rtol=1e-10, atol=1e-14)
 
 
 def test_layers_of_scanned_blocks_are_stacked_along_the_layer_axis():
