@@ -22,10 +22,12 @@ def test_channel_relevance_is_the_summed_concept_scores(cnn):
     comp = composites.EpsilonPlus()
     scores = jax.jit(concepts.channel_relevance(model.apply, comp))(variables, x, target=y)
     assert set(scores) == {"CNN/conv1", "CNN/conv2", "CNN/fc1", "CNN/head"}
+    # jitted, as the uncompiled calls dispatch the rules' operations one by one (their
+    # eager calls are tested in test_concepts.py and below, channel_relevance of a linen CNN)
     for key in ("CNN/conv1", "CNN/fc1"):
-        per_example = concepts.relevance_scores(model.apply, comp, key)(variables, x, target=y)
+        per_example = jax.jit(concepts.relevance_scores(model.apply, comp, key))(variables, x, target=y)
         np.testing.assert_allclose(scores[key], per_example.sum(0), rtol=1e-5, atol=1e-6)
-    only = concepts.channel_relevance(model.apply, comp, layers="conv")(variables, x, target=y)
+    only = jax.jit(concepts.channel_relevance(model.apply, comp, layers="conv"))(variables, x, target=y)
     assert set(only) == {"CNN/conv1", "CNN/conv2"}
     with pytest.raises(ValueError, match="matches no layer"):
         concepts.channel_relevance(model.apply, comp, layers="*/nothing")(variables, x, target=y)
@@ -216,7 +218,9 @@ def test_head_relevance_by_output_projection_equals_the_heads_output_relevance()
     x = synthetic.shapes(0, 4, 16).x
     variables = model.init(jax.random.key(0), x[:1])
     comp = composites.AttnLRP()
-    rel = concepts.parameter_relevance(model.apply, comp)(variables, x, target=0)
+    # jitted: the uncompiled call dispatches every operation of the ViT's rules one by
+    # one (jit = eager: test_parameter_relevance_jit_eager_and_batch_sum)
+    rel = jax.jit(concepts.parameter_relevance(model.apply, comp), static_argnames="target")(variables, x, target=0)
     _, per_layer = lrp(model.apply, comp)(variables, x, target=0, layers="*attn/out")
     (at_output,) = per_layer.values()  # (N, L, heads, head_dim)
     attn = rel["params"]["block0"]["attn"]
@@ -252,7 +256,8 @@ def test_a_bias_folded_with_batchnorm_gets_no_share():
     model, x = Net(), jax.random.normal(jax.random.key(0), (2, 6, 6, 2))
     variables = model.init(jax.random.key(1), x)
     variables = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), variables)
-    rel = concepts.parameter_relevance(model.apply, rule=rules.Epsilon(0.01))(variables, x, target=0)
+    rel = jax.jit(concepts.parameter_relevance(model.apply, rule=rules.Epsilon(0.01)), static_argnames="target")(
+        variables, x, target=0)
     _, per_layer = lrp(model.apply, rule=rules.Epsilon(0.01))(variables, x, target=0, layers="linear")
     np.testing.assert_allclose(rel["params"]["Conv_0"]["kernel"].sum(), per_layer["Net/Conv_0"].sum(), rtol=1e-4)
     assert rel["params"]["Conv_0"]["bias"] is None and rel["params"]["BatchNorm_0"] == {"bias": None, "scale": None}
