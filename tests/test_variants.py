@@ -602,11 +602,8 @@ def _stability(fn, params, x, base, p=0.5):
     f = np.asarray(fn(params, x))
     t = f.argmax(-1)
     fc = f[np.arange(len(t)), t]
-    # the base's map and PLRP-M's in one compiled program (compiling, not running,
-    # is the time of these deep unrolled networks; one program saves the second's overhead)
-    both = jax.jit(lambda params, x: [jaxlrp.lrp(fn, comp)(params, x, target=jnp.asarray(t))
-                                      for comp in (base, variants.pruned(base, p, mode="m"))])
-    rb, rm = (np.asarray(r).reshape(len(t), -1) for r in both(params, x))
+    run = lambda comp: np.asarray(_jit(jaxlrp.lrp(fn, comp), target=jnp.asarray(t))(params, x)).reshape(len(t), -1)
+    rb, rm = run(base), run(variants.pruned(base, p, mode="m"))
     assert np.all(np.isfinite(rm))
     peak = np.abs(rm).max(1) / np.abs(rb).max(1)
     l1 = np.abs(rm).sum(1) / np.abs(rb).sum(1)
