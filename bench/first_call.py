@@ -44,8 +44,9 @@ PRESETS = {
 }
 
 
-def child(kind: str, mode: str, model_name: str, preset: str) -> float:
-    """One first call in this (fresh) process; returns its wall time (s)."""
+def subject(kind: str, model_name: str, preset: str) -> tuple:
+    """``(f, variables, x)``: the gradient (``kind == "grad"``) or the explanation
+    of class 0 by ``preset`` of ``model_name``, not yet called."""
     import jax
     import jax.numpy as jnp
 
@@ -67,6 +68,14 @@ def child(kind: str, mode: str, model_name: str, preset: str) -> float:
 
         def f(v, x):
             return explain(v, x, target=0)
+    return f, variables, x
+
+
+def child(kind: str, mode: str, model_name: str, preset: str) -> float:
+    """One first call in this (fresh) process; returns its wall time (s)."""
+    import jax
+
+    f, variables, x = subject(kind, model_name, preset)
     if mode == "jit":
         f = jax.jit(f)
     t0 = time.perf_counter()

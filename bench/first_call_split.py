@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from first_call import MODELS, PRESETS  # noqa: E402  (one list of models and presets)
+from first_call import MODELS, PRESETS, subject  # noqa: E402  (one list of models and presets, one setup)
 
 STAGES = ("trace", "lower", "compile", "run")
 
@@ -74,27 +74,7 @@ def _measure(f, variables, x) -> dict:
 
 def child(kind: str, model_name: str, preset: str) -> dict:
     """One cell in this (fresh) process."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxlrp
-    from jaxlrp import composites, models, variants  # noqa: F401  (used by eval)
-
-    source, shape = MODELS[model_name]
-    model = eval(source)
-    x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
-    variables = jax.block_until_ready(jax.jit(model.init)(jax.random.key(0), x))
-    if kind == "grad":
-        classes = jax.eval_shape(model.apply, variables, x).shape[-1]
-        onehot = jax.nn.one_hot(jnp.zeros(shape[0], jnp.int32), classes)
-
-        def f(v, x):
-            return jax.grad(lambda x: jnp.sum(model.apply(v, x) * onehot))(x)
-    else:
-        explain = jaxlrp.lrp(model.apply, eval(PRESETS[preset]))
-
-        def f(v, x):
-            return explain(v, x, target=0)
+    f, variables, x = subject(kind, model_name, preset)
     return _measure(f, variables, x)
 
 
