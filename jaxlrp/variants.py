@@ -204,13 +204,6 @@ def _per_example(a: Array, like: Array, e: int) -> Array:
     return a.reshape(a.shape + (1,) * (like.ndim - e))
 
 
-def _apply(node: Node) -> Callable[[tuple, Optional[Array]], Array]:
-    """``node.apply``; ``ValueError`` where the node has none (the rules here need the layer's product)."""
-    if node.apply is None:
-        raise ValueError(f"this rule needs a layer with a product (node.apply), the {node.kind} node has none")
-    return node.apply
-
-
 def _concrete_float(p: Any) -> Optional[float]:
     """``float(p)`` when ``p`` is a concrete scalar, else ``None`` (traced or array)."""
     try:
@@ -310,7 +303,7 @@ class Relative(Rule):
         # matched), so R and x are divided by their largest magnitude per example
         # first; x * W^T R itself overflows float32 once R (a logit) reaches ~1e19.
         e = _shared_example_ndim(x, relevance, node.example_ndim)
-        apply = _apply(node)
+        apply = node.function("Relative")
         _, pull = jax.vjp(lambda x_: apply((x_,), w), x)
         (g,) = pull(relevance / _max_abs(relevance, e))
         return (_match_mass((x / _max_abs(x, e).astype(x.dtype)) * g, relevance, node.example_ndim),)
@@ -331,7 +324,7 @@ def _max_abs(a: Array, e: int) -> Array:
 
 def _absolute_shares(node: Node, x: Array, w: Optional[Array], relevance: Array) -> Array:
     """``|x| * |W|^T (R / (|W| |x|))``, zero where the denominator is 0."""
-    a, apply = None if w is None else jnp.abs(w), _apply(node)
+    a, apply = None if w is None else jnp.abs(w), node.function("Relative")
     d, pull = jax.vjp(lambda x_: apply((x_,), a), jnp.abs(x))
     (g,) = pull(_rules.divide(relevance, d.astype(relevance.dtype)))
     return jnp.abs(x) * g
@@ -596,7 +589,7 @@ def _redistribute(rule: Rule, node: Node, relevance: Array, r: Array, apply_j, k
     else:
         (x,), w = node.inputs, node.weight
         ax, aw = jnp.abs(x), jnp.abs(_rules.depend(w, relevance))
-        apply = _apply(node)
+        apply = node.function("Pruned")
         omega, pull = jax.vjp(lambda a: apply((a,), aw).astype(dtype), jnp.where(keep, ax, zero))
 
         def share(q):

@@ -103,6 +103,13 @@ class Node(NamedTuple):
     primitive: str = ""
     parameters: bool = False
 
+    def function(self, who: str) -> Apply:
+        """``apply``, for a rule (named ``who`` in the error) that needs the layer's
+        function; ``ValueError`` where the node has none."""
+        if self.apply is None:
+            raise ValueError(f"{who} needs the layer's function (node.apply); the {self.kind} node has none")
+        return self.apply
+
 
 _NONNEGATIVE_PARAMETERS = frozenset({"epsilon", "stabilizer", "gamma", "alpha", "beta"})
 
@@ -388,10 +395,8 @@ class _Product:
 
 
 def _apply(node: Node) -> Apply:
-    """``node.apply``; ``ValueError`` where the node has none (an activation: no product to propagate through)."""
-    if node.apply is None:
-        raise ValueError(f"propagate needs a layer with a product (node.apply), the {node.kind} node has none")
-    return node.apply
+    """``node.apply`` for :func:`propagate` (an activation has no product to propagate through)."""
+    return node.function("propagate")
 
 
 def _linear(node: Node) -> bool:

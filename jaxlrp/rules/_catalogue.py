@@ -387,9 +387,7 @@ class SignalTakesAll(Rule):
         elementwise = not node.primitive or node.primitive in PRODUCTS | QUOTIENTS
         if elementwise and signal.shape == relevance.shape:
             return relevance, jnp.zeros_like(gate)
-        apply = node.apply
-        if apply is None:
-            raise ValueError(f"SignalTakesAll needs the layer's function; none for a {node.kind!r} layer")
+        apply = node.function("SignalTakesAll")
         _, pull = jax.vjp(lambda s: apply((s, gate), None), signal)
         (g,) = pull(divide(relevance, stabilize(node.output, self.stabilizer)))
         return signal * g, jnp.zeros_like(gate)
@@ -469,9 +467,7 @@ class Gradient(Rule):
     kinds = frozenset(KINDS)
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
-        apply = node.apply
-        if apply is None:  # pragma: no cover - every node kind has an apply
-            raise ValueError(f"Gradient needs the layer's function; none for a {node.kind!r} layer")
+        apply = node.function("Gradient")  # every node kind has one
         _, pull = jax.vjp(lambda *xs: apply(xs, node.weight), *node.inputs)
         return tuple(pull(relevance.astype(node.output.dtype)))
 

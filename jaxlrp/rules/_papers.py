@@ -156,9 +156,7 @@ class WinnerTakesAll(Rule):
     relevance_to_zeros = "routed"
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
-        apply = node.apply
-        if apply is None:
-            raise ValueError(f"WinnerTakesAll needs the layer's function; none for a {node.kind!r} layer")
+        apply = node.function("WinnerTakesAll")
         _, pull = jax.vjp(lambda x: apply((x,), None), node.inputs[0])
         return pull(relevance)
 
@@ -189,9 +187,7 @@ class MaxPoolProportional(Rule):
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
         (x,) = node.inputs
-        if node.apply is None:
-            raise ValueError(f"MaxPoolProportional needs the layer's function; none for a {node.kind!r} layer")
-        window_sum = _window_sum(node.apply, x)
+        window_sum = _window_sum(node.function("MaxPoolProportional"), x)
         z, pull = jax.vjp(window_sum, x)
         (c,) = pull(divide(relevance, stabilize(z, self.stabilizer)))
         return (x * c,)
