@@ -216,8 +216,8 @@ _condition.defvjp(_condition_fwd, _condition_bwd)
 
 
 def _region_map(an: Analysis, spec: ReplaySpec, widening: Widening = NONE) -> tuple:
-    """``(apply, outer)``: ``apply(xs, _, context)`` recomputes an activation's value
-    from its origin ``xs[0]`` and the values of ``outer`` (the other variables its
+    """``(apply, outer)``: ``apply(xs, _, context)`` recomputes an activation's or a
+    softmax's value from its origin ``xs[0]`` and the values of ``outer`` (the other variables its
     equations read) given as ``context``; evaluated only by rules that call it, e.g.
     :class:`~jaxlrp.rules.Gradient`."""
     outer = _replay_inputs(an, spec)

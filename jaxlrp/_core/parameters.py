@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from . import primitives as P
 from .analysis import Analysis, LayerSpec, inexact
 from .errors import UnsupportedOperationError
-from .interpreter import plain_bias, evaluate
+from .interpreter import plain_bias
 from .program import Var
-from .run import initial_relevance
+from .run import initial_relevance, output
 from .trace import Traced
 from .types import Target
 
@@ -101,9 +101,7 @@ def run(t: Traced, leaves: list, target: Target, output_relevance: Optional[Any]
         vals = list(t.flat_args)
         for j, p in zip(leaves, params):
             vals[j] = p
-        (out,) = evaluate(t.analysis, t.rules, vals, example_ndim=t.example_ndim, parameters=True,
-                          widening=t.widening)
-        return t.widening.model(out, t.analysis.program.outvars[0].dtype)
+        return output(t, vals, parameters=True)
 
     out, pull = jax.vjp(f, [jnp.asarray(t.flat_args[j]) for j in leaves])
     (rel,) = pull(initial_relevance(out, target, output_relevance, t.example_ndim))

@@ -22,7 +22,7 @@ from .types import Array, Target
 
 __all__ = [
     "run", "linearized", "initial_relevance", "unflatten_relevance", "top_level_nodes", "tappable",
-    "per_layer", "selected", "is_mask", "check_target_range",
+    "per_layer", "selected", "is_mask", "check_target_range", "output",
 ]
 
 
@@ -72,12 +72,7 @@ def linearized(t: Traced, tapped: Sequence[int] = (), masks: Optional[dict] = No
         vals = list(t.flat_args)
         for j, x in zip(t.explained, x_leaves):
             vals[j] = x
-        starts = dict(zip(t.starts, start_taps))
-        (out,) = evaluate(
-            t.analysis, t.rules, vals, taps, example_ndim=t.example_ndim, starts=starts, masks=masks,
-            widening=t.widening,
-        )
-        return t.widening.model(out, t.analysis.program.outvars[0].dtype)
+        return output(t, vals, taps=taps, starts=dict(zip(t.starts, start_taps)), masks=masks)
 
     x_leaves = [t.flat_args[j] for j in t.explained]
     start_taps = [jnp.zeros(v.shape, v.dtype) for v in t.starts]
@@ -88,6 +83,14 @@ def linearized(t: Traced, tapped: Sequence[int] = (), masks: Optional[dict] = No
         return (start_rel if t.starts else rel), tap_rel
 
     return out, back
+
+
+def output(t: Traced, vals: list, **options) -> Array:
+    """The traced function's output on the flat argument values ``vals``, evaluated
+    by the interpreter (``options`` go to :func:`~jaxlrp._core.interpreter.evaluate`)
+    and given in the model's dtype (a widened output is exact in it)."""
+    (out,) = evaluate(t.analysis, t.rules, vals, example_ndim=t.example_ndim, widening=t.widening, **options)
+    return t.widening.model(out, t.analysis.program.outvars[0].dtype)
 
 
 def unflatten_relevance(t: Traced, leaves: list):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import itertools
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -203,7 +204,7 @@ def _widening(program: Program, dtype) -> Widening:
     """``Widening(dtype)`` if ``program`` computes in a float narrower than ``dtype``
     (its bodies are read through the operands of their equations), else none."""
     widening = Widening(None if dtype is None else jnp.dtype(dtype))
-    values = [*program.invars, *(v for e in program.eqns for v in (*e.invars, *e.outvars))]
+    values = itertools.chain(program.invars, *((*e.invars, *e.outvars) for e in program.eqns))
     return widening if any(widening.narrow(v.dtype) for v in values) else NONE
 
 
