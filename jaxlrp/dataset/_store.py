@@ -118,13 +118,13 @@ def explainer_config(explain: Callable) -> dict:
     ``__wrapped__``; ``{}`` for any other callable."""
     from ..explain import Explainer
 
-    default = Explainer.__dataclass_fields__["relevance_dtype"].default
     for candidate in (explain, getattr(explain, "__wrapped__", None)):
         if isinstance(candidate, Explainer):
             cfg = {"fn": candidate.fn, "composite": candidate.composite, "argnums": candidate.argnums,
                    "start": candidate.start, "example_axes": candidate.example_axes}
-            if candidate.relevance_dtype is not default:
-                cfg["relevance_dtype"] = candidate.relevance_dtype
+            dtype = candidate.relevance_dtype  # compared as a dtype: "float32" is the default too
+            if dtype is None or np.dtype(dtype) != np.dtype(Explainer.relevance_dtype):  # the field's default
+                cfg["relevance_dtype"] = dtype
             return cfg
     return {}
 
