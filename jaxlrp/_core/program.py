@@ -82,9 +82,9 @@ class Eqn:
     params: dict
     name: str
 
-    def bind(self, *args):
-        """Apply the primitive to ``args`` with this equation's parameters."""
-        out = self.prim.bind(*args, **self.prim.get_bind_params(self.params))
+    def bind(self, *args, params: Optional[dict] = None):
+        """Apply the primitive to ``args`` with this equation's parameters (or ``params``)."""
+        out = self.prim.bind(*args, **self.prim.get_bind_params(self.params if params is None else params))
         return list(out) if self.prim.multiple_results else [out]
 
 

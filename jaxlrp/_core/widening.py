@@ -107,8 +107,7 @@ class Widening:
             outs = e.bind(*[jnp.asarray(a, v.dtype) for a, v in zip(args, e.invars)])
             return [self.value(o) for o in outs]
         params = {k: self.carried(v) if _is_dtype(v) else v for k, v in e.params.items()}
-        outs = e.prim.bind(*[self.value(a) for a in args], **e.prim.get_bind_params(params))
-        outs = list(outs) if e.prim.multiple_results else [outs]
+        outs = e.bind(*[self.value(a) for a in args], params=params)
         if rounded:
             outs = [round_as(o, v.dtype) if self.narrow(v.dtype) else o for o, v in zip(outs, e.outvars)]
         return outs
