@@ -42,6 +42,7 @@ from ._core import primitives as P
 from . import composites as _composites
 from .composites import Composite
 from ._core.checks import is_nnx_module
+from ._core.eager import CompiledFunction
 from ._core.run import initial_relevance, run, top_level_nodes
 from ._core.trace import trace
 from ._core.types import Target
@@ -229,7 +230,7 @@ def inspect(
     per-layer sums show where relevance is absorbed (biases, stabilisers) or
     created; the activations are listed with their rule, and the fallbacks are the
     operations whose plain VJP chooses among entries (see :attr:`Report.fallbacks`).
-    Runs eagerly; not for use under ``jit``.
+    Runs as one compiled program; not for use under ``jit``.
     """
     if is_nnx_module(fn):
         from . import flax as _flax
@@ -240,10 +241,19 @@ def inspect(
 
     @functools.wraps(fn)
     def report(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Report:
-        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
-        nodes = top_level_nodes(t)
-        out, rel, taps = run(t, target, output_relevance, list(nodes))
-        seed_total = _total(initial_relevance(out, target, output_relevance, t.example_ndim))
+        traced: dict = {}
+
+        def numbers(*args: Any) -> tuple:
+            t = traced["t"] = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+            out, rel, taps = run(t, target, output_relevance, list(top_level_nodes(t)))
+            return initial_relevance(out, target, output_relevance, t.example_ndim), rel, taps
+
+        # one compiled program (a fresh one: the trace is read below), not the
+        # interpreter's operations dispatched one by one
+        result = CompiledFunction(numbers)(args)
+        seed, rel, taps = numbers(*args) if result is None else result
+        t = traced["t"]
+        seed_total = _total(seed)
         rows = []
         for layer in t.layers:
             if layer.kind == "activation":

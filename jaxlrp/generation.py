@@ -39,6 +39,7 @@ from jax.typing import ArrayLike
 from . import composites as _composites
 from .composites import Composite
 from ._core.checks import concrete
+from ._core.eager import CompiledFunction
 from ._core.run import linearized
 from ._core.trace import trace
 from .rules import Rule
@@ -68,9 +69,15 @@ def _positions(generated: Generated, length: int) -> Array:
     return pos
 
 
-def _check_shapes(out: jax.ShapeDtypeStruct, ids: Array, starts: list) -> None:
+def _ids_length(ids: ArrayLike) -> int:
+    """L, the length of the token ids ``(N, L)``, which must be ints."""
+    ids = jnp.asarray(ids)
     if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"the token ids must be an int array of shape (N, L), got {ids.dtype}{list(ids.shape)}")
+    return ids.shape[1]
+
+
+def _check_shapes(out: jax.ShapeDtypeStruct, ids: Array, starts: list) -> None:
     if out.ndim != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
         raise ValueError(f"the function must return logits of shape (N, L, V) = {tuple(ids.shape)} + (V,), got {out.shape}")
     shapes = [tuple(v.shape) for v in starts]
@@ -166,12 +173,12 @@ def explain_generation(
     """
     comp = _composites.resolve(composite, rule)
 
-    def explain(*args: Any, generated: Generated, joint: bool = False) -> Array:
+    def body(*args: Any, joint: bool) -> Array:
+        *args, positions = args
         t = trace(fn, comp, None, args, start=start, data_argnum=ids_argnum)
         ids = jnp.asarray(args[ids_argnum])
         out, back = linearized(t)
         _check_shapes(out, ids, t.starts)
-        positions = _positions(generated, ids.shape[1])
 
         def relevance(seed: Array) -> Array:
             r = back(seed)[0][0]
@@ -182,5 +189,15 @@ def explain_generation(
         one = lambda p: relevance(_seed(out, ids, p))  # noqa: E731
         rows = jax.vmap(one)(positions) if batch_size is None else jax.lax.map(one, positions, batch_size=batch_size)
         return jnp.moveaxis(rows, 0, 1)
+
+    # an eager call runs as one compiled program (not the interpreter's operations
+    # one by one), cached with this explainer
+    compiled = CompiledFunction(body)
+
+    def explain(*args: Any, generated: Generated, joint: bool = False) -> Array:
+        positions = _positions(generated, _ids_length(args[ids_argnum]))
+        args = (*args, positions)
+        result = compiled(args, joint=bool(joint))
+        return body(*args, joint=bool(joint)) if result is None else result
 
     return explain

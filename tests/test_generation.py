@@ -122,9 +122,9 @@ def _one_by_one(params, ids, positions, preset, fn=llama, args=()):
     """T separate ``jaxlrp.lrp`` calls, each seeded with one generated token's logit."""
     explain = jaxlrp.lrp(fn, preset, start="embed")
     rows = []
+    logits = np.asarray(jax.jit(fn)(params, ids, *args))
     for p in positions:
         seed = np.zeros(ids.shape + (V,))
-        logits = fn(params, ids, *args)
         for n in range(ids.shape[0]):
             seed[n, p - 1, int(ids[n, p])] = logits[n, p - 1, int(ids[n, p])]
         rows.append(explain(params, ids, *args, output_relevance=seed).sum(-1))
@@ -157,6 +157,29 @@ def test_generation_equals_lrp_with_target_and_the_embedding_input(model):
         seed[n, 2, int(ids[n, 3])] = logits[n, 2, int(ids[n, 3])]
     ref = jaxlrp.lrp(from_embeddings, composites.AttnLRP())(params, e, output_relevance=seed)
     np.testing.assert_allclose(M[:, 0], ref, rtol=1e-10, atol=1e-13)
+
+
+def test_eager_call_is_one_cached_program_equal_to_the_uncompiled_one(model):
+    """Called eagerly, the explainer runs as one compiled program (not the interpreter's
+    operations one by one): equal to ``jax.jit`` of it, and new ids or positions of the
+    same shapes reuse it."""
+    params, ids = model
+    traces = []
+
+    def fn(params, ids):
+        traces.append(ids.shape)
+        return llama(params, ids)
+
+    explain = explain_generation(fn, "attn_lrp", start="embed")
+    M = explain(params, ids, generated=[2, 5])
+    n = len(traces)
+    other = explain(params, (ids + 1) % V, generated=[3, 6])  # new values, same shapes: no new trace
+    assert len(traces) == n
+    ref = jax.jit(explain)(params, (ids + 1) % V, generated=jnp.array([3, 6]))
+    np.testing.assert_allclose(other, ref, rtol=1e-10, atol=1e-12 * float(jnp.abs(ref).max()))
+    assert M.shape == other.shape == (2, 2, 7) and not np.allclose(M, other)
+    with pytest.raises(ValueError, match="out of range"):
+        explain(params, ids, generated=[0, 2])
 
 
 def test_multi_token_target_is_the_sum_of_the_single_token_maps(model):

@@ -19,7 +19,7 @@ from .run import check_target_range, is_mask
 from .trace import argnums_tuple, is_array
 from .types import Array, LayerSelection, Target
 
-__all__ = ["CompiledCall"]
+__all__ = ["CompiledCall", "CompiledFunction"]
 
 
 def _at_top_level(*trees: Any) -> bool:
@@ -89,6 +89,37 @@ class CompiledCall:
             relevance, values = rest
             rest = (relevance, dict(zip(self._keys[static], values)))
         return out, rest
+
+
+class CompiledFunction:
+    """``fn(*args, **options)`` called eagerly, run as one compiled program.
+
+    The general form of :class:`CompiledCall`, for entry points whose options are all
+    static (e.g. :func:`jaxlrp.generation.explain_generation`): the array leaves of
+    ``args`` are traced; their tree structure, their other leaves and the keyword
+    ``options`` are the static part, and the compiled programs are cached here by it.
+    """
+
+    def __init__(self, fn: Callable):
+        def run(static, dyn):
+            treedefs, statics, options = static
+            return fn(*_rebuild(treedefs, statics, dyn), **dict(options))
+
+        self._run = jax.jit(run, static_argnums=0)
+
+    def __call__(self, args: Sequence, **options: Any) -> Any:
+        """``fn(*args, **options)`` compiled, or ``None`` where the call is under a
+        transformation (a traced argument or an enclosing trace) or its static part
+        cannot be hashed: the caller then calls ``fn`` itself."""
+        if not _at_top_level(args):
+            return None
+        treedefs, statics, dyn = _split_args(args, ())
+        static = (treedefs, statics, tuple(sorted(options.items())))
+        try:
+            hash(static)
+        except TypeError:
+            return None
+        return self._run(static, dyn)
 
 
 def _split_args(args: Sequence, nums: tuple) -> tuple:
