@@ -49,6 +49,7 @@ from ._core.kinds import WEIGHTED_KINDS
 from .composites import Composite, Matcher
 from .dataset import Batch, PathLike
 from ._core.checks import concrete, is_nnx_module
+from ._core.eager import when_eager
 from ._core.run import run, top_level_nodes, unflatten_relevance
 from ._core.trace import Traced, trace
 from ._core.types import Target
@@ -97,7 +98,7 @@ def _mask(t: Traced, index: int, value: Any) -> Array:
     if jnp.issubdtype(v.dtype, jnp.integer):
         if v.ndim > 1:
             raise ValueError(f"channel ids for layer {layer.key!r} must be an int or a 1-D sequence, got shape {v.shape}")
-        ids = concrete(v)
+        ids = concrete(value)  # the value given (under jit, jnp.asarray of a list is traced)
         if ids is not None and (np.any(ids < 0) or np.any(ids >= channels)):
             raise ValueError(f"channel ids {ids.tolist()} out of range for layer {layer.key!r} with {channels} channels")
         return jnp.zeros((channels,), dtype).at[v.reshape(-1)].set(1)
@@ -221,6 +222,7 @@ def conditional(
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
+    @when_eager  # an eager call: one compiled program
     def explain(
         *args: Any,
         conditions: Conditions,
@@ -284,6 +286,7 @@ def relevance_scores(
     _check_batch_size(batch_size)
 
     @functools.wraps(fn)
+    @when_eager  # an eager call: one compiled program
     def scores(
         *args: Any,
         conditions: Optional[Conditions] = None,
@@ -346,6 +349,7 @@ def channel_relevance(
     match = _composites.as_matcher(layers)
 
     @functools.wraps(fn)
+    @when_eager  # an eager call: one compiled program
     def scores(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> dict:
         t = trace(fn, comp, argnums, args)
         chosen = tuple(i for i in sorted(top_level_nodes(t)) if match(t.layers[i]))
@@ -429,6 +433,7 @@ def parameter_relevance(
     comp = _composites.resolve(composite, rule)
 
     @functools.wraps(fn)
+    @when_eager  # an eager call: one compiled program
     def relevance(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Any:
         t = trace(fn, comp, argnums, args)
         for layer in t.layers:

@@ -42,7 +42,7 @@ from ._core import primitives as P
 from . import composites as _composites
 from .composites import Composite
 from ._core.checks import is_nnx_module
-from ._core.eager import CompiledFunction
+from ._core.eager import NOT_RUN, CompiledFunction
 from ._core.run import initial_relevance, run, top_level_nodes
 from ._core.trace import trace
 from ._core.types import Target
@@ -250,8 +250,8 @@ def inspect(
 
         # one compiled program (a fresh one: the trace is read below), not the
         # interpreter's operations dispatched one by one
-        result = CompiledFunction(numbers)(args)
-        seed, rel, taps = numbers(*args) if result is None else result
+        result = CompiledFunction(numbers)(*args)
+        seed, rel, taps = numbers(*args) if result is NOT_RUN else result
         t = traced["t"]
         seed_total = _total(seed)
         rows = []

@@ -39,7 +39,7 @@ from jax.typing import ArrayLike
 from . import composites as _composites
 from .composites import Composite
 from ._core.checks import concrete
-from ._core.eager import CompiledFunction
+from ._core.eager import when_eager
 from ._core.run import linearized
 from ._core.trace import trace
 from .rules import Rule
@@ -173,8 +173,8 @@ def explain_generation(
     """
     comp = _composites.resolve(composite, rule)
 
-    def body(*args: Any, joint: bool) -> Array:
-        *args, positions = args
+    def body(*args_and_positions: Any, joint: bool) -> Array:
+        *args, positions = args_and_positions
         t = trace(fn, comp, None, args, start=start, data_argnum=ids_argnum)
         ids = jnp.asarray(args[ids_argnum])
         out, back = linearized(t)
@@ -192,12 +192,10 @@ def explain_generation(
 
     # an eager call runs as one compiled program (not the interpreter's operations
     # one by one), cached with this explainer
-    compiled = CompiledFunction(body)
+    compiled = when_eager(body)
 
     def explain(*args: Any, generated: Generated, joint: bool = False) -> Array:
         positions = _positions(generated, _ids_length(args[ids_argnum]))
-        args = (*args, positions)
-        result = compiled(args, joint=bool(joint))
-        return body(*args, joint=bool(joint)) if result is None else result
+        return compiled(*args, positions, joint=bool(joint))
 
     return explain

@@ -120,3 +120,35 @@ def test_per_layer_keys_keep_program_order():
     assert list(per) == list(ref) and len(per) == 11
     for k in ref:
         np.testing.assert_allclose(per[k], ref[k], rtol=1e-5, atol=1e-7)
+
+
+def test_other_entry_points_compile_their_eager_call_and_keep_dict_order():
+    """``concepts``' functions, ``inspect`` and ``explain_generation`` run an eager call
+    as one compiled program too (:class:`jaxlrp._core.eager.CompiledFunction`): the
+    same result as uncompiled, dicts in program order (eleven layers keyed "0" to
+    "10": "10" last, not after "1"), and new values of the same shapes reuse the program."""
+    from jaxlrp import concepts
+
+    traces = []
+    ws = [jnp.eye(3) + 0.1 * k for k in range(11)]
+
+    def f(ws, x):
+        traces.append(x.shape)
+        for w in ws:
+            x = jax.nn.relu(x @ w)
+        return x
+
+    scores = concepts.channel_relevance(f, composites.EpsilonPlus())
+    x = jnp.ones((2, 3))
+    got = scores(ws, x, target=0)
+    assert len(traces) == 1
+    ref = _uncompiled(scores, ws, x, target=0)
+    assert list(got) == list(ref) and len(got) == 11
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], **TOL)
+    scores(ws, x + 1.0, target=0)  # new values: no new trace
+    assert len(traces) == 2  # the uncompiled call traced once more, the compiled one did not
+    crp = concepts.conditional(f, composites.EpsilonPlus())
+    np.testing.assert_allclose(crp(ws, x, conditions={"4": jnp.array([1.0, 0.0, 1.0])}, target=1),
+                               _uncompiled(crp, ws, x, conditions={"4": jnp.array([1.0, 0.0, 1.0])}, target=1),
+                               **TOL)

@@ -9,6 +9,7 @@ with the explainer (issue 23, "time to the first explanation").
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -19,7 +20,7 @@ from .run import check_target_range, is_mask
 from .trace import argnums_tuple, is_array
 from .types import Array, LayerSelection, Target
 
-__all__ = ["CompiledCall", "CompiledFunction"]
+__all__ = ["CompiledCall", "CompiledFunction", "NOT_RUN", "when_eager"]
 
 
 def _at_top_level(*trees: Any) -> bool:
@@ -91,35 +92,80 @@ class CompiledCall:
         return out, rest
 
 
-class CompiledFunction:
-    """``fn(*args, **options)`` called eagerly, run as one compiled program.
+#: What :class:`CompiledFunction` returns for a call it does not run.
+NOT_RUN = object()
 
-    The general form of :class:`CompiledCall`, for entry points whose options are all
-    static (e.g. :func:`jaxlrp.generation.explain_generation`): the array leaves of
-    ``args`` are traced; their tree structure, their other leaves and the keyword
-    ``options`` are the static part, and the compiled programs are cached here by it.
+
+class CompiledFunction:
+    """``fn(*args, **kwargs)`` called eagerly, run as one compiled program.
+
+    The general form of :class:`CompiledCall`, for the other entry points
+    (:func:`jaxlrp.inspect`, :func:`jaxlrp.generation.explain_generation`, the
+    functions of :mod:`jaxlrp.concepts`): the array leaves of the arguments,
+    keyword arguments included, are traced; their tree structure and other leaves
+    (ints, strings, functions) are the static part, by which the compiled programs
+    are cached here. Dicts in the result keep their order (``jax.jit`` would sort
+    their keys).
     """
 
     def __init__(self, fn: Callable):
+        self._layouts: dict = {}  # static part -> the result's dict orders (set when traced)
+
         def run(static, dyn):
-            treedefs, statics, options = static
-            return fn(*_rebuild(treedefs, statics, dyn), **dict(options))
+            args, kwargs = _rebuild(*static, dyn)
+            layout, out = _unordered(fn(*args, **kwargs))
+            self._layouts[static] = layout
+            return out
 
         self._run = jax.jit(run, static_argnums=0)
 
-    def __call__(self, args: Sequence, **options: Any) -> Any:
-        """``fn(*args, **options)`` compiled, or ``None`` where the call is under a
-        transformation (a traced argument or an enclosing trace) or its static part
-        cannot be hashed: the caller then calls ``fn`` itself."""
-        if not _at_top_level(args):
-            return None
-        treedefs, statics, dyn = _split_args(args, ())
-        static = (treedefs, statics, tuple(sorted(options.items())))
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` compiled, or :data:`NOT_RUN` where the call is
+        under a transformation (a traced argument or an enclosing trace) or its
+        static part cannot be hashed: the caller then calls ``fn`` itself."""
+        if not _at_top_level(args, kwargs):
+            return NOT_RUN
+        treedefs, statics, dyn = _split_args((args, kwargs), ())
+        static = (treedefs, statics)
         try:
             hash(static)
         except TypeError:
-            return None
-        return self._run(static, dyn)
+            return NOT_RUN
+        out = self._run(static, dyn)
+        return _ordered(self._layouts[static], out)
+
+
+def when_eager(fn: Callable) -> Callable:
+    """``fn``, run as one compiled program when called eagerly (:class:`CompiledFunction`)."""
+    compiled = CompiledFunction(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = compiled(*args, **kwargs)
+        return fn(*args, **kwargs) if out is NOT_RUN else out
+
+    return call
+
+
+def _unordered(tree: Any) -> tuple:
+    """``(layout, tree)`` with every dict (in lists, tuples and dicts) replaced by the
+    tuple of its values in insertion order; ``layout`` holds the keys."""
+    if type(tree) is dict:
+        parts = [_unordered(v) for v in tree.values()]
+        return ("dict", tuple(tree), tuple(p[0] for p in parts)), tuple(p[1] for p in parts)
+    if type(tree) in (list, tuple):
+        parts = [_unordered(v) for v in tree]
+        return (type(tree), None, tuple(p[0] for p in parts)), tuple(p[1] for p in parts)
+    return None, tree
+
+
+def _ordered(layout: Any, tree: Any) -> Any:
+    """The inverse of :func:`_unordered`."""
+    if layout is None:
+        return tree
+    kind, keys, inner = layout
+    values = [_ordered(lay, v) for lay, v in zip(inner, tree)]
+    return dict(zip(keys, values)) if kind == "dict" else kind(values)
 
 
 def _split_args(args: Sequence, nums: tuple) -> tuple:
