@@ -46,24 +46,21 @@ class CompiledCall:
     once more. The cache lives with the explainer. Calls whose static part cannot be
     hashed (an unhashable leaf or matcher) run as before, uncompiled.
 
-    The per-layer relevance of ``layers=`` keeps its program order: it leaves the
-    compiled program as a tuple and becomes a dict again outside (:func:`jax.jit`
+    The per-layer relevance of ``layers=`` keeps its program order: dicts leave the
+    compiled program as tuples and become dicts again outside (:func:`jax.jit`
     would return a dict with sorted keys, ``"layers#10"`` before ``"layers#2"``).
     """
 
     def __init__(self, traced: Callable, argnums, start: Optional[str]):
         self._argnums, self._start = argnums, start
-        self._keys: dict = {}  # static part -> the per-layer keys in program order (set when traced)
+        self._layouts: dict = {}  # static part -> the result's dict orders (set when traced)
 
         def run(static, dyn, target, output_relevance):
             treedefs, statics, target_given, layers = static
             args = _rebuild(treedefs, statics, dyn)
-            out, rest = traced(args, target if target_given else None, output_relevance, layers)
-            if layers is None:
-                return out, rest
-            relevance, per_layer = rest
-            self._keys[static] = tuple(per_layer)
-            return out, (relevance, tuple(per_layer.values()))
+            layout, result = _unordered(traced(args, target if target_given else None, output_relevance, layers))
+            self._layouts[static] = layout
+            return result
 
         self._run = jax.jit(run, static_argnums=0)
 
@@ -84,11 +81,9 @@ class CompiledCall:
             hash(static)
         except TypeError:
             return None
-        out, rest = self._run(static, dyn, target, output_relevance)
+        result = self._run(static, dyn, target, output_relevance)
+        out, rest = _ordered(self._layouts[static], result)
         _check_target_range(target, out, output_relevance)
-        if layers is not None:
-            relevance, values = rest
-            rest = (relevance, dict(zip(self._keys[static], values)))
         return out, rest
 
 
