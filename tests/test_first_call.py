@@ -152,3 +152,28 @@ def test_other_entry_points_compile_their_eager_call_and_keep_dict_order():
     np.testing.assert_allclose(crp(ws, x, conditions={"4": jnp.array([1.0, 0.0, 1.0])}, target=1),
                                _uncompiled(crp, ws, x, conditions={"4": jnp.array([1.0, 0.0, 1.0])}, target=1),
                                **TOL)
+
+
+def test_a_call_under_vmap_alone_is_one_compiled_program(data):
+    """Under ``jax.vmap`` (no ``jax.jit``) the explainer's call is compiled once and
+    batched, not dispatched operation by operation (49 XLA compilations before)."""
+    import logging
+
+    p, x = data
+    explain = jaxlrp.lrp(_mlp, composites.EpsilonAlpha2Beta1(), argnums=1)
+    compiled = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if "Finished XLA compilation" in record.getMessage():
+                compiled.append(record.getMessage())
+
+    handler = Count()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            per_example = jax.vmap(lambda xi: explain(p, xi, target=1))(x)
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    assert len(compiled) <= 3, compiled
+    np.testing.assert_allclose(per_example, _uncompiled(explain, p, x, target=1), **TOL)

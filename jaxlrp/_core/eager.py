@@ -1,10 +1,12 @@
-"""An eager call of an explainer, run as one compiled program.
+"""A call of an explainer outside ``jax.jit``, run as one compiled program.
 
-Called under no transformation, an explainer would dispatch the interpreter's
-operations one by one, each custom-VJP rule body compiled on its own: seconds on
-a small CNN, where the gradient's eager call takes a fraction of that.
-:class:`CompiledCall` runs such a call under one internal :func:`jax.jit`, cached
-with the explainer (issue 23, "time to the first explanation").
+Called eagerly (or under ``jax.vmap`` or ``jax.grad`` alone), an explainer would
+dispatch the interpreter's operations one by one, each custom-VJP rule body
+compiled on its own: seconds on a small CNN, where the gradient's eager call takes
+a fraction of that. :class:`CompiledCall` runs such a call under one internal
+:func:`jax.jit`, cached with the explainer (issue 23, "time to the first
+explanation"); :class:`CompiledFunction` does the same for the other entry points.
+Under an enclosing ``jax.jit`` the call is traced into it as before.
 """
 
 from __future__ import annotations
@@ -23,18 +25,18 @@ from .types import Array, LayerSelection, Target
 __all__ = ["CompiledCall", "CompiledFunction", "NOT_RUN", "when_eager"]
 
 
-def _at_top_level(*trees: Any) -> bool:
-    """Whether this call is eager: no argument is a tracer and no ``jax.jit`` is
-    tracing (under a trace, an operation on a constant gives a tracer)."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees)):
-        return False
+def _outside_jit() -> bool:
+    """Whether no ``jax.jit`` (or other staging transformation) is tracing this call:
+    there, an operation on constants gives a tracer. Under ``jax.vmap`` or
+    ``jax.grad`` alone it gives a value, and a compiled call composes with them."""
     return not isinstance(jnp.zeros((), jnp.int32) + 0, jax.core.Tracer)
 
 
 class CompiledCall:
-    """The eager call of an explainer as one compiled program.
+    """The call of an explainer outside ``jax.jit`` as one compiled program.
 
-    An eager call would otherwise dispatch the interpreter's operations one by one
+    An eager call (or one under ``jax.vmap`` or ``jax.grad`` alone: the compiled
+    program is then batched or differentiated) would otherwise dispatch the interpreter's operations one by one
     (each custom-VJP rule body compiled on its own): seconds on a small CNN where the
     gradient's eager call takes a fraction of that. Instead, the call is traced under
     an internal :func:`jax.jit` whose static part is everything that changes the
@@ -65,7 +67,7 @@ class CompiledCall:
         self._run = jax.jit(run, static_argnums=0)
 
     def __call__(self, args: Sequence, target: Target, output_relevance, layers: LayerSelection):
-        if not _at_top_level(args, target, output_relevance):
+        if not _outside_jit():
             return None
         try:
             nums = () if self._start is not None else argnums_tuple(self._argnums, len(args))[0]
@@ -118,7 +120,7 @@ class CompiledFunction:
         """``fn(*args, **kwargs)`` compiled, or :data:`NOT_RUN` where the call is
         under a transformation (a traced argument or an enclosing trace) or its
         static part cannot be hashed: the caller then calls ``fn`` itself."""
-        if not _at_top_level(args, kwargs):
+        if not _outside_jit():
             return NOT_RUN
         treedefs, statics, dyn = _split_args((args, kwargs), ())
         static = (treedefs, statics)
@@ -194,6 +196,7 @@ def _rebuild(treedefs: tuple, statics: tuple, dyn: list) -> list:
 def _check_target_range(target: Target, out: Array, output_relevance) -> None:
     """The range check of a concrete class target (see :func:`jaxlrp._core.run.initial_relevance`),
     for the compiled eager call, where the target was traced (NaN marks it there)."""
-    if target is None or output_relevance is not None or is_mask(target) or out.ndim == 0:
+    if target is None or output_relevance is not None or is_mask(target) or out.ndim == 0 \
+            or isinstance(target, jax.core.Tracer):
         return
     check_target_range(np.asarray(target), out.shape[-1])
