@@ -36,9 +36,10 @@ class CompiledCall:
     """The call of an explainer outside ``jax.jit`` as one compiled program.
 
     An eager call (or one under ``jax.vmap`` or ``jax.grad`` alone: the compiled
-    program is then batched or differentiated) would otherwise dispatch the interpreter's operations one by one
-    (each custom-VJP rule body compiled on its own): seconds on a small CNN where the
-    gradient's eager call takes a fraction of that. Instead, the call is traced under
+    program is then batched or differentiated) would otherwise dispatch the
+    interpreter's operations one by one (each custom-VJP rule body compiled on its
+    own): seconds on a small CNN where the gradient's eager call takes a fraction of
+    that. Instead, the call is traced under
     an internal :func:`jax.jit` whose static part is everything that changes the
     program: the structure of the arguments, their non-array leaves (compared by type
     and value, or identity for functions), whether ``target`` and
@@ -94,7 +95,7 @@ NOT_RUN = object()
 
 
 class CompiledFunction:
-    """``fn(*args, **kwargs)`` called eagerly, run as one compiled program.
+    """``fn(*args, **kwargs)`` called outside ``jax.jit``, run as one compiled program.
 
     The general form of :class:`CompiledCall`, for the other entry points
     (:func:`jaxlrp.inspect`, :func:`jaxlrp.generation.explain_generation`, the
@@ -117,9 +118,9 @@ class CompiledFunction:
         self._run = jax.jit(run, static_argnums=0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` compiled, or :data:`NOT_RUN` where the call is
-        under a transformation (a traced argument or an enclosing trace) or its
-        static part cannot be hashed: the caller then calls ``fn`` itself."""
+        """``fn(*args, **kwargs)`` compiled, or :data:`NOT_RUN` where ``jax.jit`` is
+        tracing the call or its static part cannot be hashed: the caller then calls
+        ``fn`` itself."""
         if not _outside_jit():
             return NOT_RUN
         treedefs, statics, dyn = _split_args((args, kwargs), ())
@@ -133,7 +134,7 @@ class CompiledFunction:
 
 
 def when_eager(fn: Callable) -> Callable:
-    """``fn``, run as one compiled program when called eagerly (:class:`CompiledFunction`)."""
+    """``fn``, run as one compiled program when called outside ``jax.jit`` (:class:`CompiledFunction`)."""
     compiled = CompiledFunction(fn)
 
     @functools.wraps(fn)
