@@ -80,7 +80,7 @@ def _logits(model: nn.Module, params: Any, x: ArrayLike) -> jax.Array:
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, seed: int, quiet: bool = True):
     """The demo's model trained with :func:`jaxlrp.models.fit`: Adam (2e-3) on softmax
     cross-entropy, batches of 64 in a fixed shuffled order, initialised from ``seed``."""
-    params = model.init(jax.random.PRNGKey(seed), x[:1])
+    params = jax.jit(model.init)(jax.random.PRNGKey(seed), x[:1])  # one program, not each initialiser on its own
     params, _ = fit(functools.partial(_logits, model), params, x, y, steps=steps, learning_rate=2e-3, seed=seed, progress=not quiet)
     return params
 

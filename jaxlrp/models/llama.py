@@ -32,6 +32,7 @@ of the embedded tokens is ``R.sum(-1)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -61,8 +62,10 @@ class Config:
         return self.dim // self.heads
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
 def init(key: Array, cfg: Config, dtype: Any = jnp.float32) -> dict:
-    """Random parameters, every one random (norm scales too), layers stacked on axis 0."""
+    """Random parameters, every one random (norm scales too), layers stacked on axis 0
+    (one compiled program, not each draw on its own)."""
     ks = jax.random.split(key, 10)
     n, d, f = cfg.layers, cfg.dim, cfg.hidden
 
