@@ -44,7 +44,7 @@ from .composites import Composite
 from ._core.checks import is_nnx_module
 from ._core.eager import NOT_RUN, CompiledFunction
 from ._core.run import initial_relevance, run, top_level_nodes
-from ._core.trace import trace
+from ._core.trace import Traced, trace
 from ._core.types import Target
 from .rules import Rule
 
@@ -212,6 +212,27 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.6g}"
 
 
+def _described(t: Traced) -> tuple:
+    """What a report says of the traced program apart from relevance: the rows as
+    ``(layer index, row)`` with no relevance yet, the activations, the fallbacks and
+    the notes."""
+    rows = tuple(
+        (layer.index, LayerRow(
+            key=layer.key, kind=layer.kind, primitive=layer.primitive, param_paths=layer.param_paths,
+            input_shapes=layer.input_shapes, output_shape=layer.output_shape, folded=layer.folded,
+            rule=repr(t.rules[layer.index]), relevance_in=None, relevance_out=None))
+        for layer in t.layers if layer.kind != "activation"
+    )
+    activations = tuple((l.key, l.primitive, repr(t.rules[l.index])) for l in t.layers if l.kind == "activation")
+    notes = tuple(
+        f"layer '{l.key}' multiplies by an array the function closes over: treated as a weighted "
+        "layer; if it is a constant (a mask, an interpolation matrix), pass it as an argument or "
+        "give the layer rules.Pass() in the composite"
+        for l in t.layers if l.constant_weight
+    )
+    return rows, activations, tuple(_routed(t.analysis)), notes
+
+
 def inspect(
     fn: Callable[..., jax.Array],
     composite: Union[Composite, str, None] = None,
@@ -230,7 +251,8 @@ def inspect(
     per-layer sums show where relevance is absorbed (biases, stabilisers) or
     created; the activations are listed with their rule, and the fallbacks are the
     operations whose plain VJP chooses among entries (see :attr:`Report.fallbacks`).
-    Runs as one compiled program; not for use under ``jit``.
+    Runs as one compiled program, cached with the returned function; not for use
+    under ``jit``.
     """
     if is_nnx_module(fn):
         from . import flax as _flax
@@ -239,42 +261,27 @@ def inspect(
                                example_axes=example_axes, verbose=verbose)
     comp = _composites.resolve(composite, rule)
 
+    def numbers(*args: Any, target: Target, output_relevance: Optional[ArrayLike]) -> tuple:
+        t = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
+        out, rel, taps = run(t, target, output_relevance, list(top_level_nodes(t)))
+        return (initial_relevance(out, target, output_relevance, t.example_ndim), rel, taps), _described(t)
+
+    # one compiled program, cached with this function (not the interpreter's
+    # operations dispatched one by one); the description of the layers comes with it
+    compiled = CompiledFunction(numbers, has_aux=True)
+
     @functools.wraps(fn)
     def report(*args: Any, target: Target = None, output_relevance: Optional[ArrayLike] = None) -> Report:
-        traced: dict = {}
-
-        def numbers(*args: Any) -> tuple:
-            t = traced["t"] = trace(fn, comp, argnums, args, start=start, example_axes=example_axes)
-            out, rel, taps = run(t, target, output_relevance, list(top_level_nodes(t)))
-            return initial_relevance(out, target, output_relevance, t.example_ndim), rel, taps
-
-        # one compiled program (a fresh one: the trace is read below), not the
-        # interpreter's operations dispatched one by one
-        result = CompiledFunction(numbers)(*args)
-        seed, rel, taps = numbers(*args) if result is NOT_RUN else result
-        t = traced["t"]
-        seed_total = _total(seed)
-        rows = []
-        for layer in t.layers:
-            if layer.kind == "activation":
-                continue
-            tap = taps.get(layer.index)
-            rows.append(LayerRow(
-                key=layer.key, kind=layer.kind, primitive=layer.primitive, param_paths=layer.param_paths,
-                input_shapes=layer.input_shapes, output_shape=layer.output_shape, folded=layer.folded,
-                rule=repr(t.rules[layer.index]),
-                relevance_in=None if tap is None else sum(_total(r) for r in tap[0]),
-                relevance_out=None if tap is None else _total(tap[1]),
-            ))
-        activations = tuple((l.key, l.primitive, repr(t.rules[l.index])) for l in t.layers if l.kind == "activation")
-        fallbacks = _routed(t.analysis)
-        notes = tuple(
-            f"layer '{l.key}' multiplies by an array the function closes over: treated as a weighted "
-            "layer; if it is a constant (a mask, an interpolation matrix), pass it as an argument or "
-            "give the layer rules.Pass() in the composite"
-            for l in t.layers if l.constant_weight
+        result = compiled(*args, target=target, output_relevance=output_relevance)
+        if result is NOT_RUN:
+            result = numbers(*args, target=target, output_relevance=output_relevance)
+        (seed, rel, taps), (rows, activations, fallbacks, notes) = result
+        rows = tuple(
+            row if index not in taps else dataclasses.replace(
+                row, relevance_in=sum(_total(r) for r in taps[index][0]), relevance_out=_total(taps[index][1]))
+            for index, row in rows
         )
-        rep = Report(tuple(rows), tuple(fallbacks), seed_total, sum(_total(r) for r in rel), notes, activations)
+        rep = Report(rows, fallbacks, _total(seed), sum(_total(r) for r in rel), notes, activations)
         if verbose:
             print(rep)
         return rep

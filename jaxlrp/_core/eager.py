@@ -103,16 +103,20 @@ class CompiledFunction:
     keyword arguments included, are traced; their tree structure and other leaves
     (ints, strings, functions) are the static part, by which the compiled programs
     are cached here. Dicts in the result keep their order (``jax.jit`` would sort
-    their keys).
+    their keys). With ``has_aux``, ``fn`` returns ``(out, aux)``: ``aux`` is any
+    Python value computed while tracing (e.g. a description of the traced
+    program), kept with the compiled program and returned with each call's ``out``.
     """
 
-    def __init__(self, fn: Callable):
-        self._layouts: dict = {}  # static part -> the result's dict orders (set when traced)
+    def __init__(self, fn: Callable, has_aux: bool = False):
+        self._has_aux = has_aux
+        self._layouts: dict = {}  # static part -> (the result's dict orders, aux), set when traced
 
         def run(static, dyn):
             args, kwargs = _rebuild(*static, dyn)
-            layout, out = _unordered(fn(*args, **kwargs))
-            self._layouts[static] = layout
+            out, aux = fn(*args, **kwargs) if has_aux else (fn(*args, **kwargs), None)
+            layout, out = _unordered(out)
+            self._layouts[static] = layout, aux
             return out
 
         self._run = jax.jit(run, static_argnums=0)
@@ -130,7 +134,8 @@ class CompiledFunction:
         except TypeError:
             return NOT_RUN
         out = self._run(static, dyn)
-        return _ordered(self._layouts[static], out)
+        layout, aux = self._layouts[static]
+        return (_ordered(layout, out), aux) if self._has_aux else _ordered(layout, out)
 
 
 def when_eager(fn: Callable) -> Callable:
