@@ -19,6 +19,10 @@ to rank the concepts of a prediction, :func:`relevance_scores`).
 K conditions are one :func:`jax.vmap` over K stacked masks: the forward pass does
 not depend on the masks, so it runs once, and only the backward pass is batched.
 ``batch_size`` chunks the K conditions (:func:`jax.lax.map`) to bound the memory.
+The functions returned by :func:`conditional`, :func:`relevance_scores`,
+:func:`channel_relevance` and :func:`parameter_relevance` compose with
+:func:`jax.jit`; called outside it they run as one compiled program, cached with
+the function (new values of the same shapes reuse it).
 
 Channels are the **last** axis of a layer's output (``NHWC`` convolutions, dense
 features), as everywhere in JAX. Only layers outside ``scan``/``cond`` bodies can be

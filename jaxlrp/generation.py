@@ -150,7 +150,9 @@ def explain_generation(
 
         It returns ``M`` with ``M[n, t, l]`` the relevance of position ``l`` for token
         ``p_t`` of example ``n``; zero for ``l >= p_t`` in a causal model. It composes
-        with :func:`jax.jit` (``generated`` static when it is an int).
+        with :func:`jax.jit` (``generated`` static when it is an int); called
+        outside ``jax.jit`` it runs as one compiled program, cached with
+        ``explain`` (new ids or positions of the same shapes reuse it).
 
     Raises
     ------
