@@ -32,64 +32,6 @@ def _outside_jit() -> bool:
     return not isinstance(jnp.zeros((), jnp.int32) + 0, jax.core.Tracer)
 
 
-class CompiledCall:
-    """The call of an explainer outside ``jax.jit`` as one compiled program.
-
-    An eager call (or one under ``jax.vmap`` or ``jax.grad`` alone: the compiled
-    program is then batched or differentiated) would otherwise dispatch the
-    interpreter's operations one by one (each custom-VJP rule body compiled on its
-    own): seconds on a small CNN where the gradient's eager call takes a fraction of
-    that. Instead, the call is traced under
-    an internal :func:`jax.jit` whose static part is everything that changes the
-    program: the structure of the arguments, their non-array leaves (compared by type
-    and value, or identity for functions), whether ``target`` and
-    ``output_relevance`` are given, and ``layers``. Arrays (the input, the
-    parameters, an array or int target, a mask, an output relevance) are traced, so a
-    new input or class reuses the compiled program; a new shape or dtype compiles
-    once more. The cache lives with the explainer. Calls whose static part cannot be
-    hashed (an unhashable leaf or matcher) run as before, uncompiled.
-
-    The per-layer relevance of ``layers=`` keeps its program order: dicts leave the
-    compiled program as tuples and become dicts again outside (:func:`jax.jit`
-    would return a dict with sorted keys, ``"layers#10"`` before ``"layers#2"``).
-    """
-
-    def __init__(self, traced: Callable, argnums, start: Optional[str]):
-        self._argnums, self._start = argnums, start
-        self._layouts: dict = {}  # static part -> the result's dict orders (set when traced)
-
-        def run(static, dyn, target, output_relevance):
-            treedefs, statics, target_given, layers = static
-            args = _rebuild(treedefs, statics, dyn)
-            layout, result = _unordered(traced(args, target if target_given else None, output_relevance, layers))
-            self._layouts[static] = layout
-            return result
-
-        self._run = jax.jit(run, static_argnums=0)
-
-    def __call__(self, args: Sequence, target: Target, output_relevance, layers: LayerSelection):
-        if not _outside_jit():
-            return None
-        try:
-            nums = () if self._start is not None else argnums_tuple(self._argnums, len(args))[0]
-        except (TypeError, ValueError):
-            return None  # the uncompiled call raises the error
-        treedefs, statics, dyn = _split_args(args, nums)
-        if isinstance(target, (list, tuple)):
-            target = np.asarray(target)
-        if isinstance(layers, list):
-            layers = tuple(layers)
-        static = (treedefs, statics, target is not None, layers)
-        try:
-            hash(static)
-        except TypeError:
-            return None
-        result = self._run(static, dyn, target, output_relevance)
-        out, rest = _ordered(self._layouts[static], result)
-        _check_target_range(target, out, output_relevance)
-        return out, rest
-
-
 #: What :class:`CompiledFunction` returns for a call it does not run.
 NOT_RUN = object()
 
@@ -97,7 +39,7 @@ NOT_RUN = object()
 class CompiledFunction:
     """``fn(*args, **kwargs)`` called outside ``jax.jit``, run as one compiled program.
 
-    The general form of :class:`CompiledCall`, for the other entry points
+    The mechanism of :class:`CompiledCall`, and of the other entry points
     (:func:`jaxlrp.inspect`, :func:`jaxlrp.generation.explain_generation`, the
     functions of :mod:`jaxlrp.concepts`): the array leaves of the arguments,
     keyword arguments included, are traced; their tree structure and other leaves
@@ -113,7 +55,7 @@ class CompiledFunction:
         self._layouts: dict = {}  # static part -> (the result's dict orders, aux), set when traced
 
         def run(static, dyn):
-            args, kwargs = _rebuild(*static, dyn)
+            *args, kwargs = _rebuild(*static, dyn)
             out, aux = fn(*args, **kwargs) if has_aux else (fn(*args, **kwargs), None)
             layout, out = _unordered(out)
             self._layouts[static] = layout, aux
@@ -125,9 +67,14 @@ class CompiledFunction:
         """``fn(*args, **kwargs)`` compiled, or :data:`NOT_RUN` where ``jax.jit`` is
         tracing the call or its static part cannot be hashed: the caller then calls
         ``fn`` itself."""
+        return self.call(args, kwargs)
+
+    def call(self, args: Sequence, kwargs: dict, scalars: tuple = ()) -> Any:
+        """:meth:`__call__`, where the Python scalars (ints, floats) of the arguments
+        at the positions ``scalars`` are traced too, not static."""
         if not _outside_jit():
             return NOT_RUN
-        treedefs, statics, dyn = _split_args((args, kwargs), ())
+        treedefs, statics, dyn = _split_args((*args, kwargs), scalars)
         static = (treedefs, statics)
         try:
             hash(static)
@@ -148,6 +95,52 @@ def when_eager(fn: Callable) -> Callable:
         return fn(*args, **kwargs) if out is NOT_RUN else out
 
     return call
+
+
+class CompiledCall:
+    """The call of an explainer outside ``jax.jit`` as one compiled program.
+
+    An eager call (or one under ``jax.vmap`` or ``jax.grad`` alone: the compiled
+    program is then batched or differentiated) would otherwise dispatch the
+    interpreter's operations one by one (each custom-VJP rule body compiled on its
+    own): seconds on a small CNN where the gradient's eager call takes a fraction of
+    that. Instead, the call runs as a :class:`CompiledFunction`, whose static part
+    is everything that changes the program: the structure of the arguments, their
+    non-array leaves (compared by type and value, or identity for functions),
+    whether ``target`` and ``output_relevance`` are given, and ``layers``. Arrays
+    (the input, the parameters, an array or int target, a mask, an output
+    relevance) and the explained arguments' Python scalars are traced, so a new
+    input or class reuses the compiled program; a new shape or dtype compiles once
+    more. The cache lives with the explainer. Calls whose static part cannot be
+    hashed (an unhashable leaf or matcher) run as before, uncompiled. The per-layer
+    relevance of ``layers=`` keeps its program order (``"layers#2"`` before
+    ``"layers#10"``, where :func:`jax.jit` would sort the keys).
+    """
+
+    def __init__(self, traced: Callable, argnums, start: Optional[str]):
+        self._argnums, self._start = argnums, start
+
+        def run(*args, layers):
+            *explained, target, output_relevance = args
+            return traced(explained, target, output_relevance, layers)
+
+        self._compiled = CompiledFunction(run)
+
+    def __call__(self, args: Sequence, target: Target, output_relevance, layers: LayerSelection):
+        try:
+            nums = () if self._start is not None else argnums_tuple(self._argnums, len(args))[0]
+        except (TypeError, ValueError):
+            return None  # the uncompiled call raises the error
+        if isinstance(target, (list, tuple)):
+            target = np.asarray(target)
+        if isinstance(layers, list):
+            layers = tuple(layers)
+        # the explained arguments' Python scalars and an int target are traced too
+        found = self._compiled.call((*args, target, output_relevance), {"layers": layers}, scalars=(*nums, len(args)))
+        if found is NOT_RUN:
+            return None
+        _check_target_range(target, found[0], output_relevance)
+        return found
 
 
 def _unordered(tree: Any) -> tuple:
@@ -173,8 +166,9 @@ def _ordered(layout: Any, tree: Any) -> Any:
 
 def _split_args(args: Sequence, nums: tuple) -> tuple:
     """``(treedefs, statics, dyn)``: per argument its tree structure, the non-array
-    leaves as ``(position, type, value)``, and the array leaves (and Python scalars
-    of the explained arguments) in order, as :func:`jaxlrp._core.trace.trace` splits them."""
+    leaves as ``(position, type, value)``, and the array leaves (and the Python
+    scalars of the arguments at positions ``nums``) in order, as
+    :func:`jaxlrp._core.trace.trace` splits an explainer's arguments."""
     treedefs, statics, dyn = [], [], []
     for i, a in enumerate(args):
         leaves, treedef = jax.tree_util.tree_flatten(a)
