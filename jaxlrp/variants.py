@@ -143,8 +143,8 @@ Then:
   :math:`R`.
 
 The threshold needs no sort: non-negative floats order like their bit patterns,
-so :func:`_threshold` bisects on the integer bit pattern, one masked sum per step
-(at most as many steps as the dtype has bits); all shapes stay static.
+so :func:`_threshold` builds the threshold's integer bit pattern one bit at a time,
+one masked sum per bit and sign; all shapes stay static.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
     mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
     total = jnp.sum(mags, axis=-1)
-    theta = _threshold(mags, p * total)
+    theta = _threshold(flat, p * total)
     pruned = (mags > 0) & (mags <= theta[..., None])
     # ties at the threshold could remove a sign's whole mass: then prune none of it
     kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
@@ -409,41 +409,48 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 
 
-def _threshold(mags: Array, budget: Array) -> Array:
-    r"""The pruning threshold of each row of ``mags`` (non-negative), without sorting.
+def _threshold(flat: Array, budget: Array) -> Array:
+    r"""The pruning thresholds of the rows of ``flat``, per sign, without sorting.
 
-    In ascending order, the entries whose running sum stays within ``budget`` are
-    pruned, ties with the last of them included: the threshold is the largest
-    value :math:`u` of the row with :math:`\sum_{m < u} m + u \le` ``budget``
-    (0 if there is none). Non-negative floats order like their bit patterns read as
-    integers, so a bisection on the bit pattern finds the largest :math:`t` with
-    :math:`S(t) = \sum_{m \le t} m \le` ``budget`` in at most as many masked
-    sums as the dtype has bits (a sort costs far more on CPU; testing several
-    candidates per pass was slower still, as XLA materialises the comparisons).
-    The threshold is then the next value above :math:`t` if it still fits on its
-    own, else :math:`t`.
+    ``flat`` has shape ``(B, n)``; ``budget`` has shape ``(2, B)``, the positive
+    sign's then the negative one's. For sign :math:`s` of a row, with magnitudes
+    :math:`m` of the entries of that sign, the entries whose running sum in
+    ascending order stays within the budget are pruned, ties with the last of them
+    included: the threshold is the largest magnitude :math:`u` with
+    :math:`\sum_{m < u} m + u \le` ``budget`` (0 if there is none).
+
+    Non-negative floats order like their bit patterns read as integers, so the
+    largest pattern :math:`t` with :math:`S(t) = \sum_{m \le t} m \le` ``budget`` is
+    built one bit at a time from the most significant: one masked sum of ``flat``
+    per bit and sign (a sort costs far more on CPU; testing several candidates per
+    pass, or both signs in one reduction, was slower: XLA runs each sum as its own
+    pass over the row). If :math:`t` is not the top of the row, the pattern
+    :math:`t + 1` is an entry (:math:`S` grows there), and it is the threshold if
+    it still fits on its own; else :math:`t` is.
     """
-    itype = _BITS[mags.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(mags, itype)
-    zero = jnp.zeros((), mags.dtype)
+    itype = _BITS[flat.dtype.itemsize]
+    flat = jax.lax.stop_gradient(flat)
+    zero = jnp.zeros((), flat.dtype)
+    signs = (flat > 0, flat < 0)
+    mags = jnp.abs(flat)
 
-    def halve(state):
-        lo, hi, s_lo = state  # S(lo) = s_lo <= budget; S(hi) > budget unless the row is all zeros
-        mid = lo + (hi - lo) // 2
-        s_mid = jnp.sum(jnp.where(bits <= mid[..., None], mags, zero), axis=-1)
-        fits = s_mid <= budget
-        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid), jnp.where(fits, s_mid, s_lo)
+    def sums(t: Array) -> Array:
+        u = jax.lax.bitcast_convert_type(t, flat.dtype)[..., None]
+        return jnp.stack([jnp.sum(jnp.where(m & (mags <= u[i]), mags, zero), axis=-1) for i, m in enumerate(signs)])
 
-    def unfinished(state):
-        lo, hi, _ = state
-        return jnp.any(hi - lo > 1)
+    def set_bit(i, state):
+        t, s_t = state
+        cand = t | (jnp.ones((), itype) << (flat.dtype.itemsize * 8 - 2 - i).astype(itype))
+        s_cand = sums(cand)
+        fits = s_cand <= budget
+        return jnp.where(fits, cand, t), jnp.where(fits, s_cand, s_t)
 
-    lo = jnp.zeros(budget.shape, itype)
-    hi = jnp.max(bits, axis=-1)
-    lo, hi, s_lo = jax.lax.while_loop(unfinished, halve, (lo, hi, jnp.zeros_like(budget)))
-    below = jax.lax.bitcast_convert_type(lo, mags.dtype)
-    above = jax.lax.bitcast_convert_type(hi, mags.dtype)  # the smallest value above ``below``
-    return jnp.where((hi > lo) & (s_lo + above <= budget), above, below)
+    start = (jnp.zeros(budget.shape, itype), jnp.zeros_like(budget))
+    t, s_t = jax.lax.fori_loop(0, flat.dtype.itemsize * 8 - 1, set_bit, start)
+    above = jax.lax.bitcast_convert_type(t + 1, flat.dtype)
+    below = jax.lax.bitcast_convert_type(t, flat.dtype)
+    # t + 1 is an entry unless the row has no mass of that sign (then S(t) = budget = 0)
+    return jnp.where((s_t < budget) & (s_t + above <= budget), above, below)
 
 
 def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, example_ndim: int = 0) -> Array:
@@ -581,29 +588,33 @@ def _redistribute(rule: Rule, node: Node, relevance: Array, r: Array, apply_j, k
     dtype = r.dtype
     zero = jnp.zeros((), dtype)
     m = keep.astype(dtype)
-    (transpose,) = jax.linear_transpose(apply_j, relevance)(1 - m)
-    lost = relevance * transpose  # P_k
+    transpose = jax.linear_transpose(apply_j, relevance)
     if _sign_definite(rule):
-        (omega,) = jax.linear_transpose(apply_j, relevance)(m)
-        share = apply_j
+        # J^T (1 - m) and J^T m as one batched product, then J q and J (R o) as another
+        to_pruned, omega = jax.vmap(lambda v: transpose(v)[0])(jnp.stack([1 - m, m]))
+        q, orphan = _quotient(relevance * to_pruned, omega.astype(dtype))
+        shared, orphaned = jax.vmap(apply_j)(jnp.stack([q, jnp.where(orphan, relevance, zero)]))
     else:
+        (to_pruned,) = transpose(1 - m)
         (x,), w = node.inputs, node.weight
         ax, aw = jnp.abs(x), jnp.abs(_rules.depend(w, relevance))
         apply = node.function("Pruned")
         omega, pull = jax.vjp(lambda a: apply((a,), aw).astype(dtype), jnp.where(keep, ax, zero))
+        q, orphan = _quotient(relevance * to_pruned, omega.astype(dtype))
+        shared = ax * pull(q)[0]
+        orphaned = apply_j(jnp.where(orphan, relevance, zero))
+    out = jnp.where(keep, r + shared, zero)
+    # orphans: their relevance on pruned neurons goes to the kept ones, per sign (lambda)
+    stray = jnp.where(keep, zero, orphaned)
+    return _absorb(out, keep, stray, _example_ndim(r, node.example_ndim))
 
-        def share(q):
-            (g,) = pull(q)
-            return ax * g
 
-    omega = omega.astype(dtype)
+def _quotient(lost: Array, omega: Array) -> tuple:
+    """``q = P / Omega`` and the orphans (``Omega = 0``, or ``q`` not finite), where
+    ``q`` is set to 0."""
     q = lost / jnp.where(omega > 0, omega, 1)
     orphan = ~(omega > 0) | ~jnp.isfinite(q)
-    q = jnp.where(orphan, zero, q)
-    out = jnp.where(keep, r + share(q), zero)
-    # orphans: their relevance on pruned neurons goes to the kept ones, per sign (lambda)
-    stray = jnp.where(keep, zero, apply_j(jnp.where(orphan, relevance, zero)))
-    return _absorb(out, keep, stray, _example_ndim(r, node.example_ndim))
+    return jnp.where(orphan, jnp.zeros((), q.dtype), q), orphan
 
 
 def _absorb(out: Array, keep: Array, stray: Array, e: int) -> Array:
