@@ -252,6 +252,7 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read, 
 
     def run(t):
         var, axes = start, chain.start_axes
+        assert axes is not None, "a folded chain starts at a layer output with an axis map"
         for j in chain.members:
             e = program.eqns[j]
             if j in chain.reshapes:

@@ -55,7 +55,8 @@ class CompiledFunction:
         self._layouts: dict = {}  # static part -> (the result's dict orders, aux), set when traced
 
         def run(static, dyn):
-            *args, kwargs = _rebuild(*static, dyn)
+            treedefs, statics = static
+            *args, kwargs = _rebuild(treedefs, statics, dyn)
             out, aux = fn(*args, **kwargs) if has_aux else (fn(*args, **kwargs), None)
             layout, out = _unordered(out)
             self._layouts[static] = layout, aux

@@ -82,7 +82,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
     return call
 
 
-def _parameter_cotangents(spec: LayerSpec, rule, rel: tuple, n: int, weight, bias) -> tuple:
+def _parameter_cotangents(spec: NodeSpec, rule, rel: tuple, n: int, weight, bias) -> tuple:
     """Split a rule's result into ``(input relevance, weight relevance, bias share)``."""
     if len(rel) != n + 2:
         raise TypeError(f"rule {rule!r} of layer {spec.layer.name!r} has parameter_relevance set but did not "
@@ -347,8 +347,11 @@ def _layer_map(an: Analysis, spec: LayerSpec, ops: list, raw, widening: Widening
         if chain.scales:
             scale = a
 
+            out_axes = chain.out_axes
+            assert out_axes is not None, "a folded scale has an axis map"
+
             def fold(w, a):
-                return canonize.fold_scale(w, a, chain.out_axes)
+                return canonize.fold_scale(w, a, out_axes)
 
     return apply, context, scale, bias, fold
 

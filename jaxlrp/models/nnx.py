@@ -199,6 +199,9 @@ class VGG(nnx.Module):
 
 
 class _Block(nnx.Module):
+    downsample_conv: Optional[nnx.Conv]
+    downsample_bn: Optional[nnx.BatchNorm]
+
     def _shortcut_layers(self, n_in, n_out, stride, downsample, train, param_dtype, rngs):
         if downsample:
             self.downsample_conv = _conv(n_in, n_out, 1, stride, False, param_dtype, rngs)
@@ -207,7 +210,7 @@ class _Block(nnx.Module):
             self.downsample_conv = self.downsample_bn = None
 
     def _shortcut(self, x: Array) -> Array:
-        if self.downsample_conv is None:
+        if self.downsample_conv is None or self.downsample_bn is None:
             return x
         return self.downsample_bn(self.downsample_conv(x))
 

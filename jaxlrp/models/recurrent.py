@@ -220,7 +220,7 @@ class EchoStateNetwork(nn.Module):
 
         def step(state, u):
             with jax.named_scope("preactivation"):
-                if self.joint:
+                if w_cat is not None:
                     z = jnp.concatenate([u, state], axis=-1) @ w_cat + b
                 else:
                     z = u @ w_in + state @ w + b
