@@ -386,24 +386,29 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, mags, e, kept)``: ``pruned`` of shape ``(2, B, n)`` (sign,
-    example, flattened entries; True = pruned), ``mags = (r^+, |r^-|)`` of the same
-    shape, the number of example axes used, and the mass each (sign, example) keeps
-    (the same sum :func:`_rescale` would take again: where ties would prune a sign's
-    whole mass nothing is pruned, and its kept mass is its total).
+    Returns ``(pruned, scale)``: ``pruned`` of the shape of ``r`` (True = pruned) and
+    ``scale`` of shape ``(2, B)``, the factor PLRP-lambda gives each example's kept
+    entries of each sign (positive, negative): the sign's mass over its kept mass, 1
+    where nothing of the sign is pruned. Where ties would prune a sign's whole mass,
+    none of it is pruned.
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
     zero = jnp.zeros((), r.dtype)
-    mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
+    signs = (flat > 0, flat < 0)
+    mags = jnp.abs(flat)
+    mass = lambda where: jnp.stack([jnp.sum(jnp.where(where & s, mags, zero), axis=-1) for s in signs])
+    total = mass(True)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    total = jnp.sum(mags, axis=-1)
     theta = _threshold(flat, p * total)
-    pruned = (mags > 0) & (mags <= theta[..., None])
-    # ties at the threshold could remove a sign's whole mass: then prune none of it
-    kept = jnp.sum(jnp.where(pruned, zero, mags), axis=-1)
-    ok = kept > 0
-    return pruned & ok[..., None], mags, e, jnp.where(ok, kept, total)
+    pruned = (flat != 0) & (mags <= jnp.where(signs[0], theta[0][:, None], theta[1][:, None]))
+    kept = mass(~pruned)
+    ok = kept > 0  # ties could remove a sign's whole mass: then prune none of it
+    pruned = pruned & jnp.where(signs[0], ok[0][:, None], ok[1][:, None])
+    cut = jnp.stack([jnp.any(pruned & s, axis=-1) for s in signs])
+    # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
+    scale = jnp.where(cut, total / jnp.where(ok, kept, 1), 1)
+    return pruned.reshape(r.shape), scale
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
@@ -478,8 +483,7 @@ def prune_mask(r: Array, p: Proportion, p_neg: Optional[Proportion] = None, exam
     Array
         Boolean, shape of ``r``.
     """
-    pruned, _, _, _ = _prune(r, p, p if p_neg is None else p_neg, example_ndim)
-    return (pruned[0] | pruned[1]).reshape(r.shape)
+    return _prune(r, p, p if p_neg is None else p_neg, example_ndim)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,26 +550,19 @@ class Pruned(Rule):
             return self.rule(node, relevance)
         if self.mode == "lambda":
             (r,) = self.rule(node, relevance)
-            pruned, mags, _, kept = _prune(r, self.p, self.p_negative, node.example_ndim)
-            return (_rescale(r, pruned, mags, kept),)
+            return (_rescale(r, *_prune(r, self.p, self.p_negative, node.example_ndim)),)
         # the base rule is linear in the relevance: r = J R, with J^T and J v at hand
         r, apply_j = jax.linearize(lambda R: self.rule(node, R)[0], relevance)
-        pruned, _, _, _ = _prune(r, self.p, self.p_negative, node.example_ndim)
-        keep = ~(pruned[0] | pruned[1]).reshape(r.shape)
+        keep = ~_prune(r, self.p, self.p_negative, node.example_ndim)[0]
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, mags: Array, kept: Array) -> Array:
-    """PLRP-lambda: zero the pruned entries, scale each sign's survivors to its mass
-    (``kept``: the unpruned mass of each sign, from :func:`_prune`)."""
-    zero = jnp.zeros((), r.dtype)
-    total = jnp.sum(mags, axis=-1)
-    # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
-    lam = jnp.where(jnp.any(pruned, axis=-1), total / jnp.where(kept > 0, kept, 1), 1)
-    flat = r.reshape(mags.shape[1:])
-    factor = jnp.where(flat > 0, lam[0][:, None], lam[1][:, None])
-    out = jnp.where(pruned[0] | pruned[1], zero, flat * factor)
-    return out.reshape(r.shape)
+def _rescale(r: Array, pruned: Array, scale: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale each sign's survivors by its
+    ``scale`` (from :func:`_prune`)."""
+    flat = r.reshape((scale.shape[1], -1))
+    factor = jnp.where(flat > 0, scale[0][:, None], scale[1][:, None]).reshape(r.shape)
+    return jnp.where(pruned, jnp.zeros((), r.dtype), r * factor)
 
 
 def _sign_definite(rule: Rule) -> bool:
