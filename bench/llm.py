@@ -35,6 +35,7 @@ import os
 import pathlib
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -207,11 +208,18 @@ def _tables(data: dict) -> list:
                      f"{ml / mg:.2f} ({_mib(ml)} / {_mib(mg)}) | {cl} / {cg} | "
                      f"{r['compile_lrp_s']:.1f} / {r['compile_grad_s']:.1f} | "
                      f"{r.get('run_lrp_s', float('nan')):.2f} / {r.get('run_grad_s', float('nan')):.2f} |")
-    lines += ["", "### Compile time against depth (scanned layers)", "",
-              "| layers | compile LRP (s) | compile grad (s) | LRP/grad |", "|---|---|---|---|"]
+    lines += ["", "### Compile time against depth (scanned layers)", ""]
+    if "depth_command" in data:
+        lo, hi = sorted(data["depth_load"])
+        lines += [f"Command: `{data['depth_command'].strip()}` (load average {lo:.2f}-{hi:.2f})", ""]
+    lines += ["Trace, lowering and XLA compilation of one call; each depth in fresh processes: median times, "
+              "and the median and range of the per-process ratios.", "",
+              "| layers | processes | compile LRP (s) | compile grad (s) | LRP/grad (median, range) |",
+              "|---|---|---|---|---|"]
     for r in depth:
-        lines.append(f"| {r['layers']} | {r['compile_lrp_s']:.1f} | {r['compile_grad_s']:.1f} | "
-                     f"{r['compile_lrp_s'] / r['compile_grad_s']:.2f} |")
+        ratios = r.get("compile_ratios", [r["compile_lrp_s"] / r["compile_grad_s"]])
+        lines.append(f"| {r['layers']} | {len(ratios)} | {r['compile_lrp_s']:.1f} | {r['compile_grad_s']:.1f} | "
+                     f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
     lines += ["", "### Peak memory at long sequences (XLA's memory analysis, 1 device)", "",
               "| width x layers | seq | remat | LRP (MiB) | grad (MiB) | LRP/grad | temporaries LRP/grad |",
               "|---|---|---|---|---|---|---|"]
@@ -250,6 +258,21 @@ def _memory_tables(data: dict) -> list:
     return lines
 
 
+def _depth_rows(small: dict, repeats: int) -> list:
+    """Compile times at 4 and 32 scanned layers, each depth in ``repeats`` fresh
+    processes: the medians of the times and of the per-process ratios (compile
+    times vary by a third between processes; a ratio is paired within one)."""
+    rows = []
+    for n in (4, 32):
+        runs = [_spawn(**small, layers=n, seq=64, devices=1, remat=True, run=False) for _ in range(repeats)]
+        row = dict(runs[0], repeats=repeats)
+        for key in ("compile_lrp_s", "compile_grad_s"):
+            row[key] = statistics.median(r[key] for r in runs)
+        row["compile_ratios"] = [r["compile_lrp_s"] / r["compile_grad_s"] for r in runs]
+        rows.append(row)
+    return rows
+
+
 def _memory_rows(small: dict, big: dict) -> tuple:
     """The measured rows (8k tokens, remat, 2 heads: each process under 4 GB) and the longest rows."""
     cfg = small | {"heads": 2, "layers": 2}
@@ -272,6 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="store_true")
     p.add_argument("--quick", action="store_true", help="a small model and short sequences")
     p.add_argument("--memory", action="store_true", help="only the measured and longest tables")
+    p.add_argument("--depth", action="store_true", help="only the compile-time-against-depth table")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per depth (medians reported)")
     p.add_argument("--out", default=str(HERE / "llm"))
     args = p.parse_args(argv)
     if args.cell:
@@ -284,11 +309,15 @@ def main(argv=None) -> int:
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     if args.memory:
         data = old | dict(zip(("measured", "longest"), _memory_rows(small, big)), memory_command=cmd)
+    elif args.depth:
+        load = os.getloadavg()[0]
+        depth = _depth_rows(small, args.repeats)
+        data = old | {"depth": depth, "depth_command": cmd, "depth_load": [load, os.getloadavg()[0]]}
     else:
         if args.quick:
             big, args.seq = small | {"batch": 8}, 32
         model = [_spawn(**big, layers=args.layers, seq=args.seq, devices=d, remat=True, run=True) for d in (1, 8)]
-        depth = [_spawn(**small, layers=n, seq=64, devices=1, remat=True, run=False) for n in (4, 32)]
+        depth = _depth_rows(small, args.repeats)
         lengths = (256, 1024) if args.quick else (2048, 8192)
         length = [_spawn(**small, layers=2, seq=s, devices=1, remat=r, run=False)
                   for s in lengths for r in (False, True)]
