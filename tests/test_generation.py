@@ -383,7 +383,7 @@ def nnx_model():
 def test_nnx_llama_forward_equals_the_plain_port(nnx_model):
     fn, state, params = nnx_model
     ids = jax.random.randint(jax.random.PRNGKey(7), (2, 6), 0, V)
-    np.testing.assert_allclose(fn(state, ids), llama(params, ids), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(jax.jit(fn)(state, ids), jax.jit(llama)(params, ids), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -404,7 +404,7 @@ def test_penzai_llama_forward_equals_the_plain_port(model):
     params, _ = model
     fn, pz_model = _penzai_llama(params)
     ids = jax.random.randint(jax.random.PRNGKey(8), (2, 6), 0, V)
-    np.testing.assert_allclose(fn(pz_model, ids), llama(params, ids), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(jax.jit(fn)(pz_model, ids), jax.jit(llama)(params, ids), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -12,6 +12,8 @@ with ``composites.MambaLRP``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,7 @@ from jaxlrp import composites, rules
 N, L, DM, DI, S, K = 2, 8, 4, 6, 3, 3  # batch, length, model width, inner width, state, conv width
 
 
+@functools.partial(jax.jit, static_argnames="biases")  # one program, not one per operation
 def _params(key, biases: bool = True):
     ks = iter(jax.random.split(key, 16))
     p = {
@@ -81,7 +84,7 @@ def test_mamba_lrp_is_gradient_x_input_of_its_modified_graph(biases):
     x = jax.random.normal(jax.random.key(2), (N, L, DM), jnp.float64)
     onehot = jax.nn.one_hot(jnp.array([0, 2]), 3, dtype=jnp.float64)
     R = jaxlrp.lrp(block, EXACT)(p, x, target=jnp.array([0, 2]))  # seeded with f_c(x)
-    g = jax.vjp(lambda x: block(p, x, mamba_lrp_graph=True), x)[1](onehot)[0]  # d f_c / dx
+    g = jax.jit(lambda p, x: jax.vjp(lambda x: block(p, x, mamba_lrp_graph=True), x)[1](onehot)[0])(p, x)  # df_c/dx
     np.testing.assert_allclose(R, x * g, rtol=1e-9, atol=1e-12)
 
 
@@ -89,7 +92,7 @@ def test_mamba_lrp_conserves_without_biases():
     p = _params(jax.random.key(3), biases=False)
     x = jax.random.normal(jax.random.key(4), (N, L, DM), jnp.float64)
     R = jaxlrp.lrp(block, EXACT)(p, x, target=1)
-    out = block(p, x)[:, 1]
+    out = jax.jit(block)(p, x)[:, 1]
     np.testing.assert_allclose(R.sum((1, 2)), out, rtol=1e-12)
     # the default stabilisers (1e-6) move it by about their size only
     R6 = jaxlrp.lrp(block, "mamba_lrp")(p, x, target=1)

@@ -49,7 +49,7 @@ class VGGish(nn.Module):
 
 def _setup(model, shape=(2, 8, 8, 3)):
     x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
-    params = model.init(jax.random.PRNGKey(0), x)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     return params, x
 
 
@@ -85,10 +85,12 @@ def test_gated_gamma_equals_the_full_rule():
 def _explain(fn, comp, params, x, gate=True):
     """Relevance of the logits' sum; ``gate=False``: an identity mask on layer 0
     switches gating off (masks always do)."""
-    t = _trace(fn, comp, None, (params, x))
-    masks = None if gate else {0: (jnp.ones((), x.dtype), None)}
-    _, rel, _ = _run(t, None, None, masks=masks)
-    return rel[0]
+    def explain(params, x):  # one compiled program, not one per operation
+        t = _trace(fn, comp, None, (params, x))
+        masks = None if gate else {0: (jnp.ones((), x.dtype), None)}
+        return _run(t, None, None, masks=masks)[1][0]
+
+    return jax.jit(explain)(params, x)
 
 
 @pytest.mark.parametrize("name", ["epsilon_gamma_box", "epsilon_plus_flat", "epsilon_alpha2_beta1"])

@@ -181,7 +181,8 @@ def test_resnet50_full_size_loads_and_explains():
     x = _images()
     keep = {("conv1",), ("bn1",), ("layer1_2",), ("layer2_0", "bn1"), ("layer2_0", "conv2"),
             ("layer2_0", "downsample_conv")}
-    logits, state = model.apply(variables, x, capture_intermediates=lambda m, name: tuple(m.scope.path) in keep)
+    capture = lambda m, name: tuple(m.scope.path) in keep
+    logits, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=capture))(variables, x)
     assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
     # stem: 7x7 stride 2 padding 3, then BatchNorm from running statistics
     conv1 = conv_nchw(nchw(x), sd["conv1.weight"], 2, 3)
@@ -229,7 +230,7 @@ def test_every_architecture_loads(name):
         np.testing.assert_array_equal(block["conv1"]["kernel"], sd["layer1.0.conv1.weight"].transpose(2, 3, 1, 0))
         np.testing.assert_array_equal(stats["bn1"]["mean"], sd["layer1.0.bn1.running_mean"])
         np.testing.assert_array_equal(p["fc"]["kernel"], sd["fc.weight"].T)
-    out = model.apply(variables, _images(2, 64))
+    out = jax.jit(model.apply)(variables, _images(2, 64))
     assert out.shape == (2, 10) and np.all(np.isfinite(out))
 
 
