@@ -397,10 +397,10 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
     zero = jnp.zeros((), r.dtype)
     signs = (flat > 0, flat < 0)
     mags = jnp.abs(flat)
-    mass = lambda where: jnp.stack([jnp.sum(jnp.where(where & s, mags, zero), axis=-1) for s in signs])
+    mass = lambda mask: jnp.stack([jnp.sum(jnp.where(mask & s, mags, zero), axis=-1) for s in signs])
     total = mass(True)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta = _threshold(flat, p * total)
+    theta = _threshold(mags, signs, p * total)
     pruned = (flat != 0) & (mags <= jnp.where(signs[0], theta[0][:, None], theta[1][:, None]))
     kept = mass(~pruned)
     ok = kept > 0  # ties could remove a sign's whole mass: then prune none of it
@@ -414,46 +414,46 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 
 
-def _threshold(flat: Array, budget: Array) -> Array:
-    r"""The pruning thresholds of the rows of ``flat``, per sign, without sorting.
+def _threshold(mags: Array, signs: tuple, budget: Array) -> Array:
+    r"""The pruning thresholds of the rows of a relevance, per sign, without sorting.
 
-    ``flat`` has shape ``(B, n)``; ``budget`` has shape ``(2, B)``, the positive
-    sign's then the negative one's. For sign :math:`s` of a row, with magnitudes
-    :math:`m` of the entries of that sign, the entries whose running sum in
-    ascending order stays within the budget are pruned, ties with the last of them
-    included: the threshold is the largest magnitude :math:`u` with
+    ``mags`` (shape ``(B, n)``) are the entries' magnitudes, ``signs`` the masks of
+    the positive and of the negative entries, ``budget`` (shape ``(2, B)``) the
+    positive sign's budget then the negative one's. For sign :math:`s` of a row,
+    with magnitudes :math:`m` of the entries of that sign, the entries whose
+    running sum in ascending order stays within the budget are pruned, ties with
+    the last of them included: the threshold is the largest magnitude :math:`u` with
     :math:`\sum_{m < u} m + u \le` ``budget`` (0 if there is none).
 
     Non-negative floats order like their bit patterns read as integers, so the
     largest pattern :math:`t` with :math:`S(t) = \sum_{m \le t} m \le` ``budget`` is
-    built one bit at a time from the most significant: one masked sum of ``flat``
+    built one bit at a time from the most significant: one masked sum of ``mags``
     per bit and sign (a sort costs far more on CPU; testing several candidates per
     pass, or both signs in one reduction, was slower: XLA runs each sum as its own
     pass over the row). If :math:`t` is not the top of the row, the pattern
     :math:`t + 1` is an entry (:math:`S` grows there), and it is the threshold if
     it still fits on its own; else :math:`t` is.
     """
-    itype = _BITS[flat.dtype.itemsize]
-    flat = jax.lax.stop_gradient(flat)
-    zero = jnp.zeros((), flat.dtype)
-    signs = (flat > 0, flat < 0)
-    mags = jnp.abs(flat)
+    dtype = mags.dtype
+    itype, bits = _BITS[dtype.itemsize], dtype.itemsize * 8
+    mags = jax.lax.stop_gradient(mags)
+    zero = jnp.zeros((), dtype)
 
     def sums(t: Array) -> Array:
-        u = jax.lax.bitcast_convert_type(t, flat.dtype)[..., None]
+        u = jax.lax.bitcast_convert_type(t, dtype)[..., None]
         return jnp.stack([jnp.sum(jnp.where(m & (mags <= u[i]), mags, zero), axis=-1) for i, m in enumerate(signs)])
 
     def set_bit(i, state):
         t, s_t = state
-        cand = t | (jnp.ones((), itype) << (flat.dtype.itemsize * 8 - 2 - i).astype(itype))
+        cand = t | (jnp.ones((), itype) << (bits - 2 - i).astype(itype))
         s_cand = sums(cand)
         fits = s_cand <= budget
         return jnp.where(fits, cand, t), jnp.where(fits, s_cand, s_t)
 
     start = (jnp.zeros(budget.shape, itype), jnp.zeros_like(budget))
-    t, s_t = jax.lax.fori_loop(0, flat.dtype.itemsize * 8 - 1, set_bit, start)
-    above = jax.lax.bitcast_convert_type(t + 1, flat.dtype)
-    below = jax.lax.bitcast_convert_type(t, flat.dtype)
+    t, s_t = jax.lax.fori_loop(0, bits - 1, set_bit, start)  # the sign bit stays 0
+    above = jax.lax.bitcast_convert_type(t + 1, dtype)
+    below = jax.lax.bitcast_convert_type(t, dtype)
     # t + 1 is an entry unless the row has no mass of that sign (then S(t) = budget = 0)
     return jnp.where((s_t < budget) & (s_t + above <= budget), above, below)
 
