@@ -272,10 +272,12 @@ class NnxCNN(nnx.Module):
 def _nnx_model():
     model = NnxCNN(nnx.Rngs(0, dropout=1))
     rng = np.random.default_rng(4)
-    for bn in (model.bn1, model.bn2):  # running statistics as after training
-        for v, val in ((bn.mean, 0.3 * rng.normal(size=4)), (bn.var, 0.5 + rng.uniform(size=4)),
-                       (bn.scale, 1 + 0.3 * rng.normal(size=4)), (bn.bias, 0.3 * rng.normal(size=4))):
-            v[...] = jnp.asarray(val, v[...].dtype)
+    for bn in (model.bn1, model.bn2):  # running statistics as after training, in float64 like the
+        # model (flax keeps them in float32, and a float64 batch mean will not fit there in train mode)
+        bn.mean = nnx.BatchStat(jnp.asarray(0.3 * rng.normal(size=4)))
+        bn.var = nnx.BatchStat(jnp.asarray(0.5 + rng.uniform(size=4)))
+        bn.scale[...] = jnp.asarray(1 + 0.3 * rng.normal(size=4))
+        bn.bias[...] = jnp.asarray(0.3 * rng.normal(size=4))
     return model, rng.normal(size=(N, 6, 6, 2))
 
 
