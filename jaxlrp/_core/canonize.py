@@ -250,9 +250,11 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read, 
     per-channel arrays to the per-channel version of their output shape.
     """
 
+    start_axes = chain.start_axes
+    assert start_axes is not None, "a folded chain starts at a layer output with an axis map"
+
     def run(t):
-        var, axes = start, chain.start_axes
-        assert axes is not None, "a folded chain starts at a layer output with an axis map"
+        var, axes = start, start_axes
         for j in chain.members:
             e = program.eqns[j]
             if j in chain.reshapes:
@@ -267,8 +269,7 @@ def chain_coefficients(program: Program, chain: Chain, start: Var, dtype, read, 
             var = e.outvars[0]
         return t
 
-    assert chain.start_axes is not None, "a folded chain starts at a layer output with an axis map"
-    shape = reduced_shape(start.shape, chain.start_axes)
+    shape = reduced_shape(start.shape, start_axes)
     c = run(jnp.zeros(shape, dtype))
     return run(jnp.ones(shape, dtype)) - c, c
 
