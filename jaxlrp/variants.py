@@ -395,58 +395,56 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
     zero = jnp.zeros((), r.dtype)
-    signs = (flat > 0, flat < 0)
-    mags = jnp.abs(flat)
-    mass = lambda mask: jnp.stack([jnp.sum(jnp.where(mask & s, mags, zero), axis=-1) for s in signs])
-    total = mass(True)
+    # each sign's magnitudes, 0 on the other sign's entries (and on zeros and NaN):
+    # the per-sign masses below are each one reduction over this stack, not one per
+    # sign and mask (fewer kernels for XLA to compile)
+    mags = jnp.stack([jnp.where(flat > 0, flat, zero), jnp.where(flat < 0, -flat, zero)])
+    total = jnp.sum(mags, axis=-1)
     p = jnp.stack([jnp.asarray(p_pos, r.dtype), jnp.asarray(p_neg, r.dtype)])[:, None]
-    theta = _threshold(mags, signs, p * total)
-    pruned = (flat != 0) & (mags <= jnp.where(signs[0], theta[0][:, None], theta[1][:, None]))
-    kept = mass(~pruned)
+    theta = _threshold(mags, p * total)
+    per_entry = lambda a: jnp.where(flat > 0, a[0][:, None], a[1][:, None])  # a sign's value at its entries
+    pruned = (flat != 0) & (jnp.abs(flat) <= per_entry(theta))
+    kept, lost = jnp.sum(jnp.where(jnp.stack([~pruned, pruned])[:, None], mags, zero), axis=-1)
     ok = kept > 0  # ties could remove a sign's whole mass: then prune none of it
-    pruned = pruned & jnp.where(signs[0], ok[0][:, None], ok[1][:, None])
-    cut = jnp.stack([jnp.any(pruned & s, axis=-1) for s in signs])
     # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
-    scale = jnp.where(cut, total / jnp.where(ok, kept, 1), 1)
-    return pruned.reshape(r.shape), scale
+    scale = jnp.where(ok & (lost > 0), total / jnp.where(ok, kept, 1), 1)
+    return (pruned & per_entry(ok)).reshape(r.shape), scale
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 
 
-def _threshold(mags: Array, signs: tuple, budget: Array) -> Array:
+def _threshold(mags: Array, budget: Array) -> Array:
     r"""The pruning thresholds of the rows of a relevance, per sign, without sorting.
 
-    ``mags`` (shape ``(B, n)``) are the entries' magnitudes, ``signs`` the masks of
-    the positive and of the negative entries, ``budget`` (shape ``(2, B)``) the
-    positive sign's budget then the negative one's. For sign :math:`s` of a row,
-    with magnitudes :math:`m` of the entries of that sign, the entries whose
-    running sum in ascending order stays within the budget are pruned, ties with
-    the last of them included: the threshold is the largest magnitude :math:`u` with
-    :math:`\sum_{m < u} m + u \le` ``budget`` (0 if there is none).
+    ``mags`` (shape ``(2, B, n)``) holds each sign's magnitudes of the entries of
+    that sign (0 elsewhere), ``budget`` (shape ``(2, B)``) each sign's budget. For
+    sign :math:`s` of a row, with magnitudes :math:`m` of the entries of that sign,
+    the entries whose running sum in ascending order stays within the budget are
+    pruned, ties with the last of them included: the threshold is the largest
+    magnitude :math:`u` with :math:`\sum_{m < u} m + u \le` ``budget`` (0 if there
+    is none).
 
     Non-negative floats order like their bit patterns read as integers, so the
     largest pattern :math:`t` with :math:`S(t) = \sum_{m \le t} m \le` ``budget`` is
     built one bit at a time from the most significant: one masked sum of ``mags``
     per bit and sign (a sort costs far more on CPU; testing several candidates per
-    pass, or both signs in one reduction, was slower: XLA runs each sum as its own
-    pass over the row). If :math:`t` is not the top of the row, the pattern
-    :math:`t + 1` is an entry (:math:`S` grows there), and it is the threshold if
-    it still fits on its own; else :math:`t` is.
+    pass was slower: XLA runs each sum as its own pass over the row). If :math:`t`
+    is not the top of the row, the pattern :math:`t + 1` is an entry (:math:`S`
+    grows there), and it is the threshold if it still fits on its own; else
+    :math:`t` is.
     """
     dtype = mags.dtype
     itype, bits = _BITS[dtype.itemsize], dtype.itemsize * 8
     mags = jax.lax.stop_gradient(mags)
     zero = jnp.zeros((), dtype)
 
-    def sums(t: Array) -> Array:
-        u = jax.lax.bitcast_convert_type(t, dtype)[..., None]
-        return jnp.stack([jnp.sum(jnp.where(m & (mags <= u[i]), mags, zero), axis=-1) for i, m in enumerate(signs)])
-
     def set_bit(i, state):
         t, s_t = state
         cand = t | (jnp.ones((), itype) << (bits - 2 - i).astype(itype))
-        s_cand = sums(cand)
+        u = jax.lax.bitcast_convert_type(cand, dtype)[..., None]
+        # one sum per sign: XLA runs them side by side (one sum over both is slower)
+        s_cand = jnp.stack([jnp.sum(jnp.where(m <= v, m, zero), axis=-1) for m, v in zip(mags, u)])
         fits = s_cand <= budget
         return jnp.where(fits, cand, t), jnp.where(fits, s_cand, s_t)
 
