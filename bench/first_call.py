@@ -118,7 +118,9 @@ def main(argv=None) -> int:
         return 0
     import jax
 
-    machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    machine = (f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+               f"{os.cpu_count()} cores")
+    load_before = os.getloadavg()[0]
     cmd = "python bench/first_call.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for model in args.models:
@@ -128,8 +130,9 @@ def main(argv=None) -> int:
                 rows.append(r)
                 print(f"{model:>8} {preset:<26} {mode:<5} grad {r['grad_s']:6.2f} s  lrp {r['lrp_s']:6.2f} s  "
                       f"x{r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]", flush=True)
+    load = f"one-minute load average {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it"
     lines = [
-        f"Machine: {machine}. Command: `{cmd.strip()}`",
+        f"Machine: {machine}; {load}. Command: `{cmd.strip()}`",
         "",
         "First call (trace + analysis + compile + run), each in a fresh process; ratio = median over "
         "paired processes of LRP / grad (range in brackets).",
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
          f"{r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] |" for r in rows]
     out = pathlib.Path(args.out)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "load": load, "command": cmd, "rows": rows}, indent=1))
     print("\n".join(lines))
     return 0
 
