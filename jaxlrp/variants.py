@@ -619,20 +619,23 @@ def _absorb(out: Array, keep: Array, stray: Array, e: int) -> Array:
     :math:`K_s` the kept mass of that sign). Stray mass of a sign no kept entry
     has goes to all kept entries in proportion to :math:`|\hat r_j|`; only if every
     kept entry is zero does it stay where it is."""
-    axes = tuple(range(e, out.ndim))
     zero = jnp.zeros((), out.dtype)
-    total = lambda a: jnp.sum(a, axis=axes, keepdims=True)
-    added, rest = jnp.zeros_like(out), jnp.zeros_like(stray)
-    for s in (1, -1):
-        kept = keep & (s * out > 0)
-        mass = total(jnp.where(kept, s * out, zero))
+    pos, neg = out > 0, out < 0
+    # every per-example mass in one reduction: kept of each sign, stray of each sign, all
+    parts = jnp.stack([jnp.where(keep & pos, out, zero), jnp.where(keep & neg, -out, zero),
+                       jnp.where(stray > 0, stray, zero), jnp.where(stray < 0, -stray, zero), jnp.abs(out)])
+    masses = jnp.sum(parts, axis=tuple(range(e + 1, parts.ndim)), keepdims=True)
+    added, rest, rest_mass = jnp.zeros_like(out), jnp.zeros_like(stray), zero
+    for s, kept, mass, lost, strays in ((1, pos, masses[0], masses[2], stray > 0),
+                                        (-1, neg, masses[1], masses[3], stray < 0)):
         ok = mass > 0
-        lost = total(jnp.where(s * stray > 0, s * stray, zero))
-        added = added + jnp.where(kept, out / jnp.where(ok, mass, 1) * lost, zero)
-        rest = rest + jnp.where(~ok & (s * stray > 0), stray, zero)
-    size = total(jnp.abs(out))
+        added = added + jnp.where(keep & kept, out / jnp.where(ok, mass, 1) * lost, zero)
+        # a sign no kept entry has: its stray mass goes to every kept entry (below)
+        rest = rest + jnp.where(~ok & strays, stray, zero)
+        rest_mass = rest_mass + jnp.where(ok, zero, s * lost)
+    size = masses[4]
     ok = size > 0
-    added = added + jnp.abs(out) / jnp.where(ok, size, 1) * total(rest)
+    added = added + jnp.abs(out) / jnp.where(ok, size, 1) * rest_mass
     return out + added + jnp.where(ok, zero, rest)
 
 
