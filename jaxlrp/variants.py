@@ -626,10 +626,10 @@ def _absorb(out: Array, keep: Array, stray: Array, e: int) -> Array:
                        jnp.where(stray > 0, stray, zero), jnp.where(stray < 0, -stray, zero), jnp.abs(out)])
     masses = jnp.sum(parts, axis=tuple(range(e + 1, parts.ndim)), keepdims=True)
     added, rest, rest_mass = jnp.zeros_like(out), jnp.zeros_like(stray), zero
-    for s, kept, mass, lost, strays in ((1, pos, masses[0], masses[2], stray > 0),
-                                        (-1, neg, masses[1], masses[3], stray < 0)):
+    for s, of_sign, mass, lost, strays in ((1, pos, masses[0], masses[2], stray > 0),
+                                           (-1, neg, masses[1], masses[3], stray < 0)):
         ok = mass > 0
-        added = added + jnp.where(keep & kept, out / jnp.where(ok, mass, 1) * lost, zero)
+        added = added + jnp.where(keep & of_sign, out / jnp.where(ok, mass, 1) * lost, zero)
         # a sign no kept entry has: its stray mass goes to every kept entry (below)
         rest = rest + jnp.where(~ok & strays, stray, zero)
         rest_mass = rest_mass + jnp.where(ok, zero, s * lost)
