@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a small model and short sequences")
     p.add_argument("--memory", action="store_true", help="only the measured and longest tables")
     p.add_argument("--depth", action="store_true", help="only the compile-time-against-depth table")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per depth (medians reported)")
+    p.add_argument("--repeats", type=int, default=3, help="pairs of fresh processes (LRP, grad) per depth; medians reported")
     p.add_argument("--out", default=str(HERE / "llm"))
     args = p.parse_args(argv)
     if args.cell:

@@ -386,11 +386,10 @@ def relative(rules: Sequence[tuple] = (), mode: str = "layer") -> Composite:
 def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) -> tuple:
     """Per-example, per-sign pruning of ``r``.
 
-    Returns ``(pruned, scale)``: ``pruned`` of the shape of ``r`` (True = pruned) and
-    ``scale`` of shape ``(2, B)``, the factor PLRP-lambda gives each example's kept
-    entries of each sign (positive, negative): the sign's mass over its kept mass, 1
-    where nothing of the sign is pruned. Where ties would prune a sign's whole mass,
-    none of it is pruned.
+    Returns ``(pruned, factor)``, both of the shape of ``r``: which entries are pruned
+    (True = pruned), and the factor PLRP-lambda gives each entry if kept: its sign's
+    mass over the sign's kept mass in its example, 1 where nothing of the sign is
+    pruned. Where ties would prune a sign's whole mass, none of it is pruned.
     """
     e = _example_ndim(r, example_ndim)
     flat = r.reshape((math.prod(r.shape[:e]), -1))
@@ -408,7 +407,7 @@ def _prune(r: Array, p_pos: Proportion, p_neg: Proportion, example_ndim: int) ->
     ok = kept > 0  # ties could remove a sign's whole mass: then prune none of it
     # exactly 1 where nothing of the sign was pruned (so p = 0 reproduces the base rule)
     scale = jnp.where(ok & (lost > 0), total / jnp.where(ok, kept, 1), 1)
-    return (pruned & per_entry(ok)).reshape(r.shape), scale
+    return (pruned & per_entry(ok)).reshape(r.shape), per_entry(scale).reshape(r.shape)
 
 
 _BITS = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
@@ -555,11 +554,9 @@ class Pruned(Rule):
         return (_redistribute(self.rule, node, relevance, r, apply_j, keep),)
 
 
-def _rescale(r: Array, pruned: Array, scale: Array) -> Array:
-    """PLRP-lambda: zero the pruned entries, scale each sign's survivors by its
-    ``scale`` (from :func:`_prune`)."""
-    flat = r.reshape((scale.shape[1], -1))
-    factor = jnp.where(flat > 0, scale[0][:, None], scale[1][:, None]).reshape(r.shape)
+def _rescale(r: Array, pruned: Array, factor: Array) -> Array:
+    """PLRP-lambda: zero the pruned entries, scale the survivors by ``factor`` (from
+    :func:`_prune`)."""
     return jnp.where(pruned, jnp.zeros((), r.dtype), r * factor)
 
 
