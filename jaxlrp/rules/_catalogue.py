@@ -102,11 +102,13 @@ class ZPlus(Rule):
     relevance_to_zeros = "none"
 
     def __call__(self, node: Node, relevance: Array) -> tuple:
-        term = _positive_term(node, sign_parts(node), negative(depend(node.weight, relevance)), self.ignore_bias)
+        # W- only where x has a negative part: its branch is the only one that reads it
+        w_neg = None if node.nonnegative else negative(depend(node.weight, relevance))
+        term = _positive_term(node, sign_parts(node), w_neg, self.ignore_bias)
         return propagate(node, relevance, [term], self.stabilizer)
 
 
-def _positive_term(node: Node, parts: tuple, w_neg: Array, ignore_bias: bool, scale: float = 1.0) -> Term:
+def _positive_term(node: Node, parts: tuple, w_neg: Optional[Array], ignore_bias: bool, scale: float = 1.0) -> Term:
     return Term(signed_branches(parts, POSITIVE_WEIGHT, w_neg), bias=layer_bias(node, ignore_bias, positive), scale=scale)
 
 
