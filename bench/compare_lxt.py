@@ -349,12 +349,12 @@ def _model(arch: str):
     return model, json.loads(cfg.to_json_string())
 
 
-def _randomise(model, gemma: bool) -> None:
+def _randomise(model, gemma: bool, seed: int = SEED + 1) -> None:
     """Every parameter random: weights ~ N(0, 1/d), embeddings ~ N(0, 1), biases
     ~ N(0, 0.2^2), norm scales 1 + N(0, 0.3^2) (Gemma's ``1 + w`` scales: N(0, 0.3^2))."""
     import torch
 
-    g = torch.Generator().manual_seed(SEED + 1)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             n = torch.randn(p.shape, generator=g, dtype=torch.float64)
