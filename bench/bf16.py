@@ -9,7 +9,8 @@ to bfloat16, and the per-example cosine similarity of the two maps is reported
 (worst, 1st percentile, median, share of examples at or above 0.99) for
 
 * AttnLRP and CP-LRP with the relevance carried in float32 between layers
-  (``relevance_dtype``'s default) and in bfloat16 (``relevance_dtype=None``);
+  (``relevance_dtype``'s default, which evaluates the bf16 model in float32, see
+  ``jaxlrp._core.widening``) and in bfloat16 (``relevance_dtype=None``);
 * gradient x input of the same logit: how much the bf16 forward pass moves an
   attribution computed from the same activations without LRP's rules.
 

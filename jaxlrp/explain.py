@@ -20,7 +20,7 @@ from . import composites as _composites
 from ._core.checks import is_nnx_module
 from ._core.eager import CompiledCall
 from ._core.errors import AmbiguousOutputWarning
-from ._core.run import per_layer, run, selected, unflatten_relevance
+from ._core.run import model_output, per_layer, run, selected, unflatten_relevance
 from ._core.trace import trace
 from ._core.types import Array, LayerSelection, Matcher, Target
 from .composites import Composite
@@ -105,7 +105,7 @@ class Explainer:
             # a name/parameter pattern that matches nothing: warn (or raise)
             _composites.check_matches(patterns, t.layers, strict=self.composite.strict, where="layers= pattern")
         out, rel, tap_rel = run(t, target, output_relevance, selected(t, matcher))
-        relevance = unflatten_relevance(t, rel)
+        out, relevance = model_output(t, out), unflatten_relevance(t, rel)
         if layers is None:
             return out, relevance
         return out, (relevance, per_layer(t, tap_rel))
@@ -183,14 +183,17 @@ def lrp(
         The float in which relevance travels between layers where the model
         computes in a narrower one (bfloat16, float16). JAX keeps a value's
         cotangent in the value's dtype, so without this a bfloat16 model's
-        relevance is rounded to 8 bits after every operation. With it, each
-        operation is computed on float32 copies of its operands and rounded back
-        to the model's dtype (a bfloat16 forward pass, whose values differ from
-        the jitted model's by the order of its roundings, as XLA's own jitted and
-        eager bfloat16 passes do), while the relevance stays float32; the
-        returned relevance has the explained argument's dtype. Costs float32 activations in the backward pass. ``None``
-        carries relevance in the model's own dtypes. No effect on a model that
-        computes in float32 or wider only (docs: "Explaining an LLM across devices").
+        relevance is rounded to 8 bits after every operation. With it, the model
+        is evaluated in float32 from its bfloat16 parameters and inputs: each
+        operation runs on float32 copies of its operands and is not rounded
+        back (the model's own casts still round), so that the relevance stays
+        float32 and a sum that bfloat16 would round to exactly 0 still passes its
+        summands' relevance. The returned relevance has the explained argument's
+        dtype; the returned output is rounded to the model's dtype (it differs
+        from the jitted model's by that model's own rounding). Costs float32
+        activations in the backward pass. ``None`` carries relevance in the
+        model's own dtypes. No effect on a model that computes in float32 or
+        wider only (docs: "Explaining an LLM across devices").
 
     Returns
     -------

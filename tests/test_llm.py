@@ -147,16 +147,19 @@ def test_layers_in_a_cond_branch_are_refused_by_name():
 def test_bfloat16_llama_maps_match_float32_and_inspect_reports_conservation():
     """A 12-layer bf16 decoder. Relevance travels in float32 between layers
     (``relevance_dtype``'s default): the maps equal those with relevance carried in
-    float64 over the same bf16 forward pass (cosine > 0.99999, where relevance
-    carried in bf16 gets 0.991), and have cosine >= 0.99 with the float32 model's
-    (AttnLRP and CP-LRP); ``inspect`` sums per-layer relevance in float64."""
+    float64 over the same bf16 model (cosine > 0.99999, where relevance carried in
+    bf16 gets 0.991), and have cosine >= 0.999 with the float32 model's (AttnLRP and
+    CP-LRP) on each of 16 sequences, among them sequence 14, whose map a per-operation
+    bf16 rounding of the forward pass cut to 0.964 (a residual sum that cancels to
+    exactly 0, see ``jaxlrp._core.widening``); ``inspect`` sums per-layer relevance
+    in float64."""
     cfg = llama.Config(vocab=64, dim=32, layers=12, heads=4, hidden=64)
     p32 = llama.init(jax.random.key(0), cfg, jnp.float32)
-    h32 = llama.embed(p32, jax.random.randint(jax.random.key(1), (4, 16), 0, cfg.vocab))
+    h32 = llama.embed(p32, jax.random.randint(jax.random.key(100), (16, 16), 0, cfg.vocab))
     pbf, hbf = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), (p32, h32))
 
     def cosine(a, b):
-        a, b = np.asarray(a, np.float64).reshape(4, -1), np.asarray(b, np.float64).reshape(4, -1)
+        a, b = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (a, b))
         return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
     def explain(comp, params, h, **kw):
@@ -165,7 +168,7 @@ def test_bfloat16_llama_maps_match_float32_and_inspect_reports_conservation():
     maps = {name: explain(comp, pbf, hbf) for name, comp in COMPS.items()}
     for name, b in maps.items():
         assert b.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(b, np.float32)))
-        assert cosine(explain(COMPS[name], p32, h32), b).min() >= 0.99, name
+        assert cosine(explain(COMPS[name], p32, h32), b).min() >= 0.999, name
     wide = explain(COMPS["cplrp"], pbf, hbf, relevance_dtype=jnp.float64)
     assert cosine(wide, maps["cplrp"]).min() > 0.99999
     narrow = explain(COMPS["cplrp"], pbf, hbf, relevance_dtype=None)  # bf16 between layers: the old way

@@ -50,21 +50,25 @@ def test_round_as_rounds_values_and_passes_derivatives_unrounded():
     assert np.array_equal(jt, t)  # not rounded to bf16
 
 
-def test_widening_binds_narrow_equations_wide_and_rounds_their_results():
+def test_widening_binds_narrow_equations_wide_and_rounds_only_explicit_casts():
+    """Under a widening a bf16 program runs in float32 on its bf16 values: the
+    model's cast of a float32 input to bf16 still rounds it, the product and the
+    scaling that follow are not rounded (the result below needs 17 bits)."""
     w = Widening(jnp.dtype(F32))
-    prog = flatten(jax.make_jaxpr(lambda a, b: (a @ b).astype(BF16) * 3)(jnp.ones((2, 3), BF16),
+    prog = flatten(jax.make_jaxpr(lambda a, b: (a.astype(BF16) @ b) * 3)(jnp.ones((2, 3), F32),
                                                                        jnp.ones((3, 2), BF16)).jaxpr)
-    a = jnp.array([[1.0, 2.0 ** -9, 0.5]] * 2, F32).astype(BF16).astype(F32)
+    a = jnp.array([[1.0 + 2.0 ** -12, 2.0 ** -9, 0.5]] * 2, F32)  # 1 + 2^-12 rounds to 1 in bf16
     b = jnp.full((3, 2), 1.0 + 2.0 ** -7, F32)
-    env = {prog.invars[0]: a, prog.invars[1]: b.astype(BF16)}
+    env = {prog.invars[0]: a, prog.invars[1]: b}
     for e in prog.eqns:
-        outs = w.bind(e, [env[v] for v in e.invars] if all(v in env for v in e.invars)
-                      else [env.get(v, getattr(v, "val", None)) for v in e.invars])
+        outs = w.bind(e, [env[v] if v in env else v.val for v in e.invars])
         assert all(o.dtype == F32 for o in outs), e.prim
         env.update(zip(e.outvars, outs))
-    got = env[prog.outvars[0]]
-    model = ((a.astype(BF16) @ b.astype(BF16)).astype(BF16) * 3)
-    np.testing.assert_array_equal(got, model.astype(F32))
+    got = np.asarray(env[prog.outvars[0]], F64)
+    exact = (1.5 + 2.0 ** -9) * (1.0 + 2.0 ** -7) * 3  # from the rounded input, in float32 exactly
+    np.testing.assert_array_equal(got, np.full((2, 2), exact))
+    model = (a.astype(BF16) @ b.astype(BF16)) * 3  # the bf16 model rounds each result
+    assert not np.array_equal(got, np.asarray(model, F64))
     assert w.narrow(BF16) and not w.narrow(F32) and not w.narrow(jnp.int32)
     assert not NONE.narrow(BF16)
 
@@ -112,9 +116,10 @@ def test_bfloat16_relevance_carried_in_float32_is_close_to_float64_and_closer_th
 
 def test_lrp0_conserves_relevance_exactly_over_a_bf16_forward_pass():
     """LRP-0 on a bias-free ReLU MLP conserves relevance. Carried in float32 over a
-    bf16 forward pass it does to float32 precision (each rule divides by the exact
-    product it shares, not by its bf16 rounding); carried in bf16 it misses by a
-    rounding per operation (3.5e-3 of the total here)."""
+    bf16 model it does to float32 precision: the relevance sums to the explained
+    output, the model evaluated in float32 from its bf16 weights and input (which
+    the returned value rounds to bf16); carried in bf16 it misses by a rounding per
+    operation (3.5e-3 of the total here)."""
     def f(ws, x):
         h = x.astype(BF16)
         for w in ws[:-1]:
@@ -124,12 +129,39 @@ def test_lrp0_conserves_relevance_exactly_over_a_bf16_forward_pass():
     keys = jax.random.split(jax.random.key(3), 9)
     ws = _cast([jax.random.normal(k, (16, 16), F32) / 4 for k in keys[:8]], BF16)
     x = jax.random.normal(keys[8], (4, 16), F32).astype(BF16).astype(F32)
-    out = np.asarray(f(ws, x), F64)[:, 2]
+    wide = np.asarray(f(_cast(ws, F32), x), F64)[:, 2]  # the same network in float32 arithmetic
     errs = {}
     for dtype in (F32, None):
-        r = np.asarray(jaxlrp.lrp(f, rule=rules.Zero(), relevance_dtype=dtype)(ws, x, target=2), F64)
-        errs[dtype] = np.max(np.abs(r.sum(-1) - out) / np.abs(r).sum(-1))
+        out, r = jaxlrp.value_and_lrp(f, rule=rules.Zero(), relevance_dtype=dtype)(ws, x, target=2)
+        r = np.asarray(r, F64)
+        errs[dtype] = np.max(np.abs(r.sum(-1) - (wide if dtype else np.asarray(out, F64)[:, 2])) / np.abs(r).sum(-1))
+        assert out.dtype == BF16
+        np.testing.assert_allclose(np.asarray(out, F64), np.asarray(f(ws, x), F64), rtol=2e-2, atol=2e-2)
     assert errs[F32] < 1e-6 and errs[None] > 1e-4, errs
+
+
+def test_a_residual_sum_that_cancels_to_zero_in_bf16_keeps_its_summands_relevance():
+    """``y = x + x W`` where one entry's summands cancel exactly once rounded to
+    bf16 (``x_0 = 1.0546875``, ``(x W)_0 = -1.05176`` rounds to ``-x_0``): a bf16
+    evaluation makes ``y_0 = 0``, and relevance, which is ``y_0`` times what
+    reaches it, stops there for both summands. Evaluated in float32 (the widening)
+    ``y_0 = 0.0029`` and LRP-0 of this linear map equals gradient x input, as in
+    float32 and as LXT's gradient form gives in bf16."""
+    x = jnp.array([[1.0546875, 0.5, -0.75, 0.25]], F32)  # bf16 values; cast in f, so R is float32
+    w = -jnp.eye(4, dtype=F32).at[1, 0].set(0.75 * 2.0 ** -7).at[2, 3].set(0.375)
+    v = jnp.array([[0.5], [-1.25], [0.75], [2.0]], F32)
+    p = _cast((w, v), BF16)
+
+    def f(p, x):
+        w, v = p
+        x = x.astype(BF16)
+        return (x + x @ w) @ v
+
+    assert float((x.astype(BF16) + x.astype(BF16) @ p[0])[0, 0]) == 0.0  # the bf16 model's cancellation
+
+    r = np.asarray(jaxlrp.lrp(f, rule=rules.Zero())(p, x, target=0), F64)
+    xd, wd, vd = (np.asarray(a, F64) for a in (x, *p))
+    np.testing.assert_allclose(r, xd * (vd + wd @ vd).T, rtol=1e-6, atol=1e-7)
 
 
 def test_flax_mixed_precision_float32_parameters_bfloat16_compute():

@@ -47,8 +47,7 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
     With ``parameters`` (a dense/conv node, see :func:`evaluate`) the rule also
     gives the relevance of the weight and the bias share, returned as their
     cotangents (:func:`_parameter_cotangents`). Under a ``widening`` ``apply``
-    computes wide; the output is rounded to the model's values, while the rule sees
-    the exact wide ``z``, so that its shares sum to what it divides by.
+    computes wide (see :mod:`jaxlrp._core.widening`).
     """
     kind = spec.layer.kind
 
@@ -60,11 +59,11 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
 
     @jax.custom_vjp
     def call(inputs, weight, scale, bias, context):
-        return widening.round(forward(inputs, weight, scale, bias, context), spec.out.dtype)
+        return forward(inputs, weight, scale, bias, context)
 
     def fwd(inputs, weight, scale, bias, context):
         z = forward(inputs, weight, scale, bias, context)
-        return widening.round(z, spec.out.dtype), (inputs, weight, scale, bias, context, z)
+        return z, (inputs, weight, scale, bias, context, z)
 
     def bwd(res, relevance):
         inputs, weight, scale, bias, context, z = res
@@ -224,7 +223,7 @@ def _region_map(an: Analysis, spec: ReplaySpec, widening: Widening = NONE) -> tu
 
     def apply(xs, w, context):
         return replay(an.program, spec.replay, {spec.origin: xs[0], **dict(zip(outer, context))}, _literal,
-                      _exact(widening))[spec.out]
+                      widening.bind)[spec.out]
 
     return apply, outer
 
@@ -258,11 +257,6 @@ def _replay_inputs(an: Analysis, spec: ReplaySpec) -> tuple:
 
 def _literal(a: Lit) -> Any:
     return a.val
-
-
-def _exact(widening: Widening):
-    """The ``bind`` of a replay under ``widening``: results exact in the wide dtype."""
-    return lambda e, args: widening.bind(e, args, rounded=False)
 
 
 def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim: int, gated: bool = False,
@@ -306,8 +300,8 @@ def _rebind(
     """``(apply, context)``: ``apply(xs, w, context)`` is ``e`` re-bound with ``xs``
     at ``positions`` (and ``w`` at ``weight_pos``), zeros at ``zeroed``, the other
     operands from ``context`` (their values in ``ops``) or the literals, followed by
-    the one-operand equations ``then``; under a ``widening``, exact in its dtype."""
-    bind = _exact(widening)
+    the one-operand equations ``then``; under a ``widening``, in its dtype."""
+    bind = widening.bind
     free = tuple(k for k, a in enumerate(e.invars) if isinstance(a, Var) and k not in positions and k != weight_pos)
     fixed = [a.val if isinstance(a, Lit) else None for a in e.invars]
 
@@ -343,7 +337,7 @@ def _layer_map(an: Analysis, spec: LayerSpec, ops: list, raw, widening: Widening
     if any(j not in chain.reshapes for j in chain.members):
         start = (an.program.eqns[chain.post[-1]] if chain.post else e).outvars[0]
         a, bias = canonize.chain_coefficients(an.program, chain, start, widening.carried(start.dtype), raw,
-                                              _exact(widening))
+                                              widening.bind)
         if chain.scales:
             scale = a
 
@@ -362,7 +356,7 @@ def _affine_map(spec: NodeSpec, e: Eqn, ops: list, widening: Widening) -> tuple:
     constant = tuple(k for k, a in enumerate(e.invars) if k not in spec.tainted and inexact(a))
     bias = None
     if constant:
-        bias = _exact(widening)(e, [jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
+        bias = widening.bind(e, [jnp.zeros_like(x) if k in spec.tainted else x for k, x in enumerate(ops)])[0]
     apply, context = _rebind(e, ops, spec.tainted, zeroed=constant, widening=widening)
     return apply, context, bias
 

@@ -254,6 +254,9 @@ PARAMETER_ROUTING: frozenset[str] = frozenset({
 # Primitives whose result depends on the float format itself, not only on the
 # values: under a widening (jaxlrp._core.widening) they run in the model's dtype.
 FORMAT_DEPENDENT: frozenset[str] = frozenset({"bitcast_convert_type", "nextafter"})
+# Explicit casts: under a widening the one place a result is rounded to the model's
+# narrow format (the model asked for it; other results stay wide).
+NARROWING: frozenset[str] = frozenset({"convert_element_type"})
 
 RANDOM: frozenset[str] = frozenset(
     {"random_bits", "random_seed", "random_wrap", "random_unwrap", "threefry2x32", "rng_bit_generator"})

@@ -22,7 +22,7 @@ from .types import Array, Target
 
 __all__ = [
     "run", "linearized", "initial_relevance", "unflatten_relevance", "top_level_nodes", "tappable",
-    "per_layer", "selected", "is_mask", "check_target_range", "output",
+    "per_layer", "selected", "is_mask", "check_target_range", "output", "model_output",
 ]
 
 
@@ -87,9 +87,16 @@ def linearized(t: Traced, tapped: Sequence[int] = (), masks: Optional[dict] = No
 
 def output(t: Traced, vals: list, **options) -> Array:
     """The traced function's output on the flat argument values ``vals``, evaluated
-    by the interpreter (``options`` go to :func:`~jaxlrp._core.interpreter.evaluate`)
-    and given in the model's dtype (a widened output is exact in it)."""
+    by the interpreter (``options`` go to :func:`~jaxlrp._core.interpreter.evaluate`),
+    in its carried dtype: under a widening the wide value, which the relevance sums
+    to (:func:`model_output` gives it in the model's dtype)."""
     (out,) = evaluate(t.analysis, t.rules, vals, example_ndim=t.example_ndim, widening=t.widening, **options)
+    return out
+
+
+def model_output(t: Traced, out: Array) -> Array:
+    """An output of :func:`run` in the explained function's dtype (rounded to it
+    under a widening): what the caller of an explanation receives."""
     return t.widening.model(out, t.analysis.program.outvars[0].dtype)
 
 

@@ -3,29 +3,35 @@ r"""Relevance carried in a wider float than the model computes in.
 JAX gives a value's cotangent the value's dtype, so the VJP of a bfloat16 model
 carries its cotangents -- the relevance -- in bfloat16: rounded to 8 significant
 bits at every operation of the backward pass, an error that grows with depth (a
-12-layer CP-LRP decoder: cosine 0.9898 with the float32 map). A rule's division
-in float32 (:func:`jaxlrp.rules.divide`) does not help the rounding between
-layers.
+12-layer CP-LRP decoder: worst cosine 0.80 with the float32 map over 64
+sequences). A rule's division in float32 (:func:`jaxlrp.rules.divide`) does not
+help the rounding between layers.
 
-Under a :class:`Widening` the interpreter computes every equation whose float
-operands are narrower than ``dtype`` on ``dtype`` copies of them and rounds each
-result back to the model's format with :func:`round_as`, whose derivative is the
-identity:
+Under a :class:`Widening` the interpreter evaluates the model in ``dtype``: every
+equation whose float operands are narrower than ``dtype`` runs on ``dtype`` copies
+of them, parameters and inputs keep their (bfloat16) values, and the results are
+not rounded back, except where the model casts on purpose
+(:data:`jaxlrp._core.primitives.NARROWING`: ``x.astype(jnp.bfloat16)`` still rounds
+``x``, with :func:`round_as`, whose derivative is the identity). Every value, and
+so every cotangent, is a ``dtype`` array.
 
-.. math::
+Why not round each result, as the bfloat16 model does: LRP carries relevance,
+not a gradient, and the relevance of a value that is exactly zero is zero. A
+residual sum ``h + m`` whose summands cancel to the last of bfloat16's 8 bits is
+exactly 0 in bfloat16 (in float32 it is small, not zero), so the relevance of
+both summands, each ``x * R / z`` in the limit, is lost: on a 12-layer decoder one
+sequence in six lost part of its map that way (worst cosine 0.963 with the float32
+map, against 0.9997 evaluated in float32; ``bench/bf16.md``). LXT, which
+propagates a modified gradient, passes through such a zero; so does this
+evaluation. The price: the explained output is the model evaluated in float32
+from its bfloat16 parameters and inputs, which differs from the bfloat16 model's
+output by the model's own rounding (the returned value is rounded to its dtype).
 
-    \tilde y = \operatorname{round}_{\text{bf16}}\bigl(f(\tilde x)\bigr), \qquad
-    \frac{\partial \tilde y}{\partial \tilde x} := f'(\tilde x)\ \text{in float32}.
-
-The forward values are a bfloat16 evaluation of the model (each operation
-computed from bfloat16-representable operands and rounded once, as XLA computes
-a bfloat16 operation; a fused chain such as ``x ** 3`` may round differently from
-the jitted model, by as much as XLA's own jitted and eager bfloat16 passes differ
-from each other), while every value, and so every cotangent, is a ``dtype`` array.
-Parameters stay in their own dtype and are widened where they are read (no
-float32 copy of the model is kept). Operations that depend on the float format
-(:data:`jaxlrp._core.primitives.FORMAT_DEPENDENT`) and those holding a program
-of their own run in the model's dtype, their cotangent rounded there.
+Operations that depend on the float format
+(:data:`jaxlrp._core.primitives.FORMAT_DEPENDENT`) and those holding a program of
+their own run in the model's dtype, their cotangent rounded there. Parameters
+stay in their own dtype and are widened where they are read (no float32 copy of
+the model is kept).
 
 Cost: the activations the backward pass keeps are ``dtype`` (float32: twice a
 bfloat16 gradient's); the arithmetic is the same, in ``dtype``.
@@ -85,22 +91,13 @@ class Widening:
         return x.astype(self.dtype) if self.narrow(x.dtype) else x
 
     def model(self, x, dtype):
-        """A carried value ``x`` as the model's ``dtype`` (exact: its values are
-        representable), for a result the caller receives."""
+        """A carried value ``x`` as the model's ``dtype`` (rounded to it), for a
+        result the caller receives."""
         return x.astype(dtype) if self.narrow(dtype) else x
 
-    def round(self, x, dtype):
-        """A ``dtype`` result computed wide, rounded to the model's values (a plain
-        cast: for values no derivative passes through, e.g. inside a custom VJP)."""
-        return x.astype(dtype).astype(x.dtype) if self.narrow(dtype) else x
-
-    def bind(self, e: Eqn, args, rounded: bool = True) -> list:
-        """Apply ``e`` to the carried values ``args``; results carried.
-
-        ``rounded`` rounds each narrow result to the model's values (the forward
-        pass); without it the result is exact in ``dtype`` (a rule's recomputed
-        products, which only its derivative or its denominators read).
-        """
+    def bind(self, e: Eqn, args) -> list:
+        """Apply ``e`` to the carried values ``args``; results carried, in ``dtype``
+        (rounded to the model's format only by an explicit cast, :data:`NARROWING`)."""
         if self.dtype is None:
             return e.bind(*args)
         if e.prim.name in P.FORMAT_DEPENDENT or any(_is_program(v) for v in e.params.values()):
@@ -108,7 +105,7 @@ class Widening:
             return [self.value(o) for o in outs]
         params = {k: self.carried(v) if _is_dtype(v) else v for k, v in e.params.items()}
         outs = e.bind(*[self.value(a) for a in args], params=params)
-        if rounded:
+        if e.prim.name in P.NARROWING:
             outs = [round_as(o, v.dtype) if self.narrow(v.dtype) else o for o, v in zip(outs, e.outvars)]
         return outs
 
