@@ -32,7 +32,7 @@ from .widening import NONE, Widening
 
 
 def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated: bool = False,
-               parameters: bool = False, widening: Widening = NONE):
+               parameters: bool = False):
     """A function ``(inputs, weight, scale, bias, context) -> z`` whose VJP is ``rule``.
 
     ``apply(inputs, weight, context)`` is the layer's map; ``context`` holds the
@@ -46,8 +46,8 @@ def _node_call(spec: NodeSpec, rule, apply, example_ndim: int, fold=None, gated:
 
     With ``parameters`` (a dense/conv node, see :func:`evaluate`) the rule also
     gives the relevance of the weight and the bias share, returned as their
-    cotangents (:func:`_parameter_cotangents`). Under a ``widening`` ``apply``
-    computes wide (see :mod:`jaxlrp._core.widening`).
+    cotangents (:func:`_parameter_cotangents`). Under a widening ``apply`` computes
+    wide (see :mod:`jaxlrp._core.widening`), and so does ``z``.
     """
     kind = spec.layer.kind
 
@@ -278,7 +278,7 @@ def _eval_node(an: Analysis, spec: NodeSpec, rule, read, raw, tap, example_ndim:
         apply, context, bias = _affine_map(spec, e, ops, widening)
     else:
         apply, context = _rebind(e, ops, spec.tainted, widening=widening)
-    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and weight is not None, widening)(
+    z = _node_call(spec, rule, apply, example_ndim, fold, gated, parameters and weight is not None)(
         inputs, weight, scale, bias, context)
     if tap is not None:
         z = z + tap[1]

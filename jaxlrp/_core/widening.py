@@ -21,7 +21,7 @@ residual sum ``h + m`` whose summands cancel to the last of bfloat16's 8 bits is
 exactly 0 in bfloat16 (in float32 it is small, not zero), so the relevance of
 both summands, each ``x * R / z`` in the limit, is lost: on a 12-layer decoder one
 sequence in six lost part of its map that way (worst cosine 0.963 with the float32
-map, against 0.9997 evaluated in float32; ``bench/bf16.md``). LXT, which
+map, against 0.9993 evaluated in float32; ``bench/bf16.md``). LXT, which
 propagates a modified gradient, passes through such a zero; so does this
 evaluation. The price: the explained output is the model evaluated in float32
 from its bfloat16 parameters and inputs, which differs from the bfloat16 model's
