@@ -21,10 +21,10 @@ on, so a table taken with it on is of other models.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +34,12 @@ import jaxlrp
 from jaxlrp import composites
 from jaxlrp.models import llama
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _cosines  # noqa: E402  (the table, shared with bf16_lxt.py)
+
 CFG = llama.Config(vocab=64, dim=32, layers=12, heads=4, hidden=64)
 TOKENS = 16
 TARGET = 3
-
-
-def _cosine(a, b) -> np.ndarray:
-    a, b = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (a, b))
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def _methods() -> dict:
@@ -70,12 +68,8 @@ def measure(models: int, examples: int) -> list[dict]:
         h32 = llama.embed(p32, jax.random.randint(jax.random.key(100 + seed), (examples, TOKENS), 0, CFG.vocab))
         pbf, hbf = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), (p32, h32))
         for name, f in methods.items():
-            cos[name].append(_cosine(f(p32, h32), f(pbf, hbf)))
-    rows = []
-    for name in methods:
-        c = np.concatenate(cos[name])
-        rows.append({"method": name, "n": int(c.size), "worst": float(c.min()), "p1": float(np.percentile(c, 1)),
-                     "median": float(np.median(c)), "share_099": float(np.mean(c >= 0.99))})
+            cos[name].append(_cosines.cosine(f(p32, h32), f(pbf, hbf)))
+    rows = [_cosines.row(name, np.concatenate(cos[name])) for name in methods]
     return rows
 
 
@@ -90,20 +84,12 @@ def main() -> None:
     machine = (f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, {os.cpu_count()} cores; "
                f"one-minute load average {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it")
     cmd = f"python bench/bf16.py --models {args.models} --examples {args.examples}"
-    lines = [
+    _cosines.write(args.out, [
         f"Machine: {machine}. Command: `{cmd}` (float64 off).",
         "",
         f"Cosine similarity of each example's map in the bf16 model with the float32 model's, "
         f"{args.models} random 12-layer decoders x {args.examples} sequences.",
-        "",
-        "| method | examples | worst | 1st percentile | median | share >= 0.99 |",
-        "|---|---|---|---|---|---|",
-    ] + [f"| {r['method']} | {r['n']} | {r['worst']:.4f} | {r['p1']:.4f} | {r['median']:.5f} | "
-         f"{r['share_099']:.3f} |" for r in rows]
-    out = pathlib.Path(args.out)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
-    print("\n".join(lines))
+    ], rows, machine, cmd)
 
 
 if __name__ == "__main__":

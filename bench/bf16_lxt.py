@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import pathlib
 import platform
@@ -35,6 +34,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _cosines  # noqa: E402  (the table, shared with bf16.py)
 import compare_lxt as cl  # noqa: E402  (the randomiser of the LXT harness)
 
 VOCAB, DIM, LAYERS, HEADS, HIDDEN, TOKENS, TARGET = 64, 32, 12, 4, 64, 16, 3
@@ -74,8 +74,7 @@ def child(method: str, models: int, examples: int, out: str) -> None:
     for seed in range(models):
         model = _model(seed)
         ids = torch.tensor(np.random.default_rng(100 + seed).integers(0, VOCAB, (examples, TOKENS)))
-        a, b = (_map(model, ids, d).reshape(examples, -1) for d in (torch.float32, torch.bfloat16))
-        cos.append((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+        cos.append(_cosines.cosine(_map(model, ids, torch.float32), _map(model, ids, torch.bfloat16)))
     np.save(out, np.concatenate(cos))
 
 
@@ -102,29 +101,19 @@ def main() -> None:
             f = os.path.join(tmp, "cos.npy")
             subprocess.run([sys.executable, __file__, "--models", str(args.models), "--examples", str(args.examples),
                             "--child", f"{method}|{f}"], check=True)
-            c = np.load(f)
-            rows.append({"method": method, "n": int(c.size), "worst": float(c.min()), "p1": float(np.percentile(c, 1)),
-                         "median": float(np.median(c)), "share_099": float(np.mean(c >= 0.99))})
+            rows.append(_cosines.row(method, np.load(f)))
     versions = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
                 f"lxt {getattr(lxt, '__version__', '2.1')}")
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {versions}; one-minute load average "
                f"{load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it")
     cmd = f"python bench/bf16_lxt.py --models {args.models} --examples {args.examples}"
-    lines = [
+    _cosines.write(args.out, [
         f"Machine: {machine}. Command: `{cmd}` (LXT environment).",
         "",
         f"LXT 2.1 (efficient mode, its own Llama maps) on Hugging Face's Llama: cosine similarity of each "
         f"example's map in bf16 with the float32 model's, {args.models} random 12-layer decoders x "
         f"{args.examples} sequences (the experiment of bench/bf16.md, on LXT's side).",
-        "",
-        "| method | examples | worst | 1st percentile | median | share >= 0.99 |",
-        "|---|---|---|---|---|---|",
-    ] + [f"| {r['method']} | {r['n']} | {r['worst']:.4f} | {r['p1']:.4f} | {r['median']:.5f} | "
-         f"{r['share_099']:.3f} |" for r in rows]
-    out = pathlib.Path(args.out)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1))
-    print("\n".join(lines))
+    ], rows, machine, cmd)
 
 
 if __name__ == "__main__":
